@@ -1,0 +1,186 @@
+"""The `gpt2pipe` command: one subcommand per pipeline stage, each usable without Snakemake.
+
+    gpt2pipe corpus    -c config/config.yaml      # text/parquet/FineWeb -> parquet documents
+    gpt2pipe tokenize  -c config/config.yaml      # documents -> llm.c shards (val first)
+    gpt2pipe hellaswag -c config/config.yaml      # HellaSwag -> llm.c eval .bin
+    gpt2pipe train     -c config/config.yaml      # shards -> checkpoints + llm.c log
+    gpt2pipe evaluate  -c config/config.yaml --checkpoint results/demo/train/model_000050.pt
+    gpt2pipe report    -c config/config.yaml      # papermill notebook -> results/<run>/output.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import Gpt2pipeError, __version__
+from . import config as config_mod
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--configfile", type=Path, default=None,
+                   help="YAML run config (default: all schema defaults; see `gpt2pipe config --describe`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set train.max_steps=100 (repeatable)")
+
+
+def _config(args) -> config_mod.Config:
+    return config_mod.load(args.configfile, args.overrides)
+
+
+def cmd_config(args) -> None:
+    if args.describe:
+        print(config_mod.describe())
+        return
+    import yaml
+
+    print(yaml.safe_dump(_config(args).raw, sort_keys=False), end="")
+
+
+def cmd_corpus(args) -> None:
+    from .corpus import write_corpus
+
+    cfg = _config(args)
+    out = args.out or cfg.data_dir / "corpus"
+    files = write_corpus(cfg.data, out)
+    print(f"corpus: {len(files)} parquet file(s) in {out}")
+
+
+def cmd_tokenize(args) -> None:
+    from .corpus import read_corpus
+    from .shards import tokenize_to_shards
+
+    cfg = _config(args)
+    corpus = args.corpus or cfg.data_dir / "corpus"
+    out = args.out or cfg.data_dir / "shards"
+    m = tokenize_to_shards(read_corpus(corpus), cfg.data, out)
+    print(f"tokenize: {m['tokens']:,} tokens in {len(m['val'])} val + {len(m['train'])} train shard(s) in {out}")
+
+
+def cmd_hellaswag(args) -> None:
+    from . import hellaswag
+
+    cfg = _config(args)
+    src = args.source or cfg.eval.hellaswag
+    out = args.out or Path(cfg.results_dir) / "data" / "hellaswag" / f"hellaswag_{Path(src).stem if src not in ('demo', 'full') else src}.bin"
+    if src == "demo":
+        path = hellaswag.demo_jsonl()
+    elif src == "full":
+        path = hellaswag.fetch_full(out.with_suffix(".jsonl"))
+    else:
+        path = Path(src)
+    examples = hellaswag.load(path)
+    hellaswag.write_bin(out, examples)
+    print(f"hellaswag: {len(examples)} examples from {path} -> {out}")
+
+
+def cmd_train(args) -> None:
+    from .train import train
+
+    cfg = _config(args)
+    train(cfg, args.shards or cfg.data_dir / "shards", args.run_dir or cfg.run_dir, resume=args.resume,
+          progress=not args.no_progress)
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluate import evaluate_checkpoint
+
+    cfg = _config(args)
+    ckpt = Path(args.checkpoint)
+    out = args.out or cfg.run_dir / "eval" / f"{ckpt.stem.replace('model', 'step')}.json"
+    result = evaluate_checkpoint(cfg, ckpt, args.shards or cfg.data_dir / "shards", args.hellaswag, out)
+    print(json.dumps(result))
+
+
+def cmd_report(args) -> None:
+    import papermill
+
+    cfg = _config(args)
+    out = args.out or cfg.run_dir / "output.png"
+    notebook_out = args.notebook_out or out.with_name("report.ipynb")
+    evals = [str(p) for p in (args.evals or sorted((cfg.run_dir / "eval").glob("step_*.json")))]
+    for p in [args.notebook, *map(Path, evals)]:
+        if not Path(p).is_file():
+            raise Gpt2pipeError(f"{p}: not found")
+    params = {
+        "train_log": str(args.train_log or cfg.run_dir / "train" / "train.log"),
+        "eval_files": evals,
+        "output_png": str(out),
+        "config_file": str(args.configfile) if args.configfile else "",
+        "overrides": list(args.overrides),
+    }
+    papermill.execute_notebook(str(args.notebook), str(notebook_out), parameters=params, progress_bar=False,
+                               cwd=str(Path.cwd()))
+    print(f"report: {out} (notebook: {notebook_out})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpt2pipe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"gpt2pipe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("config", help="print the resolved config (defaults filled in) or describe every key")
+    _common(p)
+    p.add_argument("--describe", action="store_true", help="list every key with its default and meaning")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("corpus", help="gather the corpus into parquet documents")
+    _common(p)
+    p.add_argument("--out", type=Path, help="output folder (default: <results>/data/<data.name>/corpus)")
+    p.set_defaults(func=cmd_corpus)
+
+    p = sub.add_parser("tokenize", help="tokenize the corpus into llm.c shards (val shard first)")
+    _common(p)
+    p.add_argument("--corpus", type=Path, help="corpus folder (default: <results>/data/<data.name>/corpus)")
+    p.add_argument("--out", type=Path, help="shard folder (default: <results>/data/<data.name>/shards)")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("hellaswag", help="prepare HellaSwag as llm.c's eval .bin")
+    _common(p)
+    p.add_argument("--source", help="demo, full or a .jsonl/.bin path (default: eval.hellaswag)")
+    p.add_argument("--out", type=Path, help="output .bin (default: <results>/data/hellaswag/hellaswag_<source>.bin)")
+    p.set_defaults(func=cmd_hellaswag)
+
+    p = sub.add_parser("train", help="train the model; writes checkpoints and an llm.c-format log")
+    _common(p)
+    p.add_argument("--shards", type=Path, help="shard folder (default: <results>/data/<data.name>/shards)")
+    p.add_argument("--run-dir", type=Path, help="run folder (default: <results>/<run_name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <run-dir>/train_state/state.pt if it matches this config and is unfinished")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines still written)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="val loss and HellaSwag of one checkpoint, as JSON")
+    _common(p)
+    p.add_argument("--checkpoint", required=True, help="model_NNNNNN.pt written by train")
+    p.add_argument("--shards", type=Path, help="shard folder with the val shard")
+    p.add_argument("--hellaswag", type=Path, help="HellaSwag .bin or .jsonl (omit to skip HellaSwag)")
+    p.add_argument("--out", type=Path, help="result JSON (default: <results>/<run>/eval/step_NNNNNN.json)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="execute the report notebook with papermill; renders the PNG")
+    _common(p)
+    p.add_argument("--notebook", type=Path, default=Path("workflow/notebooks/report.ipynb"),
+                   help="notebook with a `parameters` cell (default: %(default)s)")
+    p.add_argument("--train-log", type=Path, help="llm.c-format train log (default: <results>/<run>/train/train.log)")
+    p.add_argument("--evals", nargs="*", help="eval JSON files (default: <results>/<run>/eval/step_*.json)")
+    p.add_argument("--out", type=Path, help="PNG path (default: <results>/<run>/output.png)")
+    p.add_argument("--notebook-out", type=Path, help="executed notebook (default: next to the PNG)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except Gpt2pipeError as e:
+        print(f"gpt2pipe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gpt2pipe {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

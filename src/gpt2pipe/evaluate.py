@@ -1,0 +1,52 @@
+"""Stage 4: evaluate one model snapshot — validation loss on a fixed token budget and HellaSwag."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .config import Config
+from .hellaswag import load as load_hellaswag
+from .hellaswag import score as score_hellaswag
+from .io import write_json
+from .loader import ShardLoader
+from .runtime import autocast, autocast_dtype, pick_device
+from .shards import ShardSet
+
+
+@torch.no_grad()
+def val_loss(model, loader: ShardLoader, tokens: int, device: torch.device, autocast_ctx) -> float:
+    """Mean loss over the first `tokens` tokens of the val split (at least one batch), always the same ones."""
+    model.eval()
+    loader.reset()
+    steps = max(1, tokens // (loader.B * loader.T * loader.world))
+    total = torch.zeros((), device=device)
+    for _ in range(steps):
+        x, y = loader.next_batch()
+        with autocast_ctx:
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.float()
+    return (total / steps).item()
+
+
+def evaluate_checkpoint(cfg: Config, ckpt: Path, shards_dir: Path, hellaswag_file: Path | None, out: Path) -> dict:
+    device = pick_device(cfg.train.device)
+    ctx = autocast(device, autocast_dtype(device, cfg.train.dtype))
+    # read every input before the model touches the device: bad input fails fast
+    shards = ShardSet.open(shards_dir)
+    examples = load_hellaswag(hellaswag_file, cfg.eval.hellaswag_max_examples) if hellaswag_file else None
+    model, ck = checkpoint.load_model(ckpt, cfg.model)
+    model.to(device)
+    seq_len = min(cfg.train.seq_len, cfg.model.block_size)
+    loader = ShardLoader(shards.val, cfg.eval.batch_size, seq_len, vocab_size=cfg.model.vocab_size)
+    t0 = time.time()
+    result = {"step": ck["step"], "checkpoint": str(ckpt), "tokens_seen": ck.get("tokens_seen"),
+              "val_loss": val_loss(model, loader, cfg.eval.val_tokens, device, ctx)}
+    if examples is not None:
+        result.update(score_hellaswag(model, examples, device, ctx, batch_examples=max(1, cfg.eval.batch_size // 4)))
+    result["eval_seconds"] = round(time.time() - t0, 2)
+    write_json(out, result)
+    return result

@@ -1,0 +1,95 @@
+"""Stage 5 helpers: read llm.c-format logs and eval results, and draw the loss/HellaSwag figure.
+
+The papermill notebook (workflow/notebooks/report.ipynb) calls these, so the plotting is unit-tested.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from . import Gpt2pipeError  # noqa: E402
+from .io import atomic_path  # noqa: E402
+
+# OpenAI GPT-2 val loss on FineWeb as llm.c measures it, and HellaSwag acc_norm (llm.c's dev/vislog.ipynb)
+GPT2_VAL_LOSS = {"124M": 3.424958, "350M": 3.083089, "774M": 3.000580, "1558M": 2.831273}
+GPT2_HELLASWAG = {"124M": 0.294463, "350M": 0.375224, "774M": 0.431986, "1558M": 0.488946}
+GPT3_HELLASWAG = {"124M": 0.337, "350M": 0.436, "774M": 0.510, "1558M": 0.547}
+
+
+def parse_log(path: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """llm.c log lines `s:STEP trl:X ...`, `s:STEP tel:X`, `s:STEP eval:X` -> {'trl': [(step, x)], ...}."""
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    path = Path(path)
+    if not path.is_file():
+        raise Gpt2pipeError(f"{path}: log not found")
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts or not parts[0].startswith("s:"):
+            continue
+        try:
+            step = int(parts[0][2:])
+            key, value = parts[1].split(":", 1)
+            series[key].append((step, float(value)))
+        except (IndexError, ValueError):
+            raise Gpt2pipeError(f"{path}:{lineno}: not an llm.c log line: {line!r}") from None
+    return dict(series)
+
+
+def load_evals(paths: list[str | Path]) -> list[dict]:
+    return sorted((json.loads(Path(p).read_text()) for p in paths), key=lambda r: r["step"])
+
+
+def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, tokens_per_step: int,
+         baseline: str | None = None, reference_log: str | Path | None = None,
+         reference_tokens_per_step: int = 524288, log_scale: bool = False, title: str = "") -> plt.Figure:
+    """Two panels against tokens seen: train/val loss, and HellaSwag acc_norm; baselines as lines."""
+    run = parse_log(train_log)
+    fig, (ax_loss, ax_hs) = plt.subplots(1, 2, figsize=(14, 5))
+    scale = 1e9 if tokens_per_step * max([s for s, _ in run.get("trl", [(1, 0)])] + [1]) > 5e8 else 1e6
+    unit = "B" if scale == 1e9 else "M"
+
+    def xs(points, tps):
+        return [s * tps / scale for s, _ in points]
+
+    def ys(points):
+        return [v for _, v in points]
+
+    if reference_log:
+        ref = parse_log(reference_log)
+        for key, ax, style in (("trl", ax_loss, "-"), ("tel", ax_loss, "--"), ("eval", ax_hs, "-")):
+            if ref.get(key):
+                ax.plot(xs(ref[key], reference_tokens_per_step), ys(ref[key]), style, color="tab:gray",
+                        alpha=0.6, lw=1, label=f"reference {key}")
+    if run.get("trl"):
+        ax_loss.plot(xs(run["trl"], tokens_per_step), ys(run["trl"]), color="tab:blue", lw=1, label="train loss")
+    val = [(r["step"], r["val_loss"]) for r in evals if r.get("val_loss") is not None] or run.get("tel", [])
+    if val:
+        ax_loss.plot(xs(val, tokens_per_step), ys(val), "o-", color="tab:red", ms=4, label="val loss")
+    hs = [(r["step"], r["hellaswag_acc_norm"]) for r in evals if r.get("hellaswag_acc_norm") is not None]
+    if hs:
+        ax_hs.plot(xs(hs, tokens_per_step), ys(hs), "o-", color="tab:green", ms=4, label="HellaSwag acc_norm")
+    if baseline:
+        ax_loss.axhline(GPT2_VAL_LOSS[baseline], color="tab:red", ls=":", label=f"OpenAI GPT-2 ({baseline}) val")
+        ax_hs.axhline(GPT2_HELLASWAG[baseline], color="tab:red", ls=":", label=f"OpenAI GPT-2 ({baseline})")
+        ax_hs.axhline(GPT3_HELLASWAG[baseline], color="tab:green", ls=":", label=f"OpenAI GPT-3 ({baseline})")
+    ax_hs.axhline(0.25, color="black", lw=0.8, ls="--", label="chance")
+    if log_scale:
+        ax_loss.set_yscale("log")
+    ax_loss.set(xlabel=f"tokens ({unit})", ylabel="loss", title="loss")
+    ax_hs.set(xlabel=f"tokens ({unit})", ylabel="acc_norm", title="HellaSwag (completion style)")
+    for ax in (ax_loss, ax_hs):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return fig

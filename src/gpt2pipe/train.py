@@ -1,0 +1,215 @@
+"""Stage 3: train GPT-2 on llm.c shards.
+
+AdamW (decay on 2-D weights only), linear warmup + cosine decay, gradient clipping, gradient accumulation
+up to a batch size in tokens, periodic validation, atomic checkpoints and exact resume. Logs in llm.c's
+text format (`s:STEP trl:LOSS lr:LR norm:N`, `s:STEP tel:VAL`) so llm.c's tools read our logs and ours theirs.
+
+Files under the run folder:
+  train/train.log, train/model_NNNNNN.pt   — the stage's outputs (snapshots are hard links into state/)
+  train_state/state.pt                      — latest full state (model, optimizer, loader, RNG) for --resume
+  train_state/model_NNNNNN.pt, train.log    — survive a failed job, whose outputs Snakemake deletes
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import Gpt2pipeError, checkpoint
+from .config import Config, TrainConfig
+from .evaluate import val_loss
+from .io import atomic_path
+from .loader import ShardLoader
+from .model import GPT
+from .runtime import autocast, autocast_dtype, peak_flops, pick_device, rng_state, seed_everything, set_rng_state
+from .shards import ShardSet
+
+
+def lr_at(step: int, t: TrainConfig) -> float:
+    """llm.c's schedule: linear warmup over warmup_steps, then cosine from lr down to lr*final_lr_frac."""
+    if step < t.warmup_steps:
+        return t.learning_rate * (step + 1) / t.warmup_steps
+    span = max(1, t.max_steps - t.warmup_steps)
+    ratio = min(1.0, (step - t.warmup_steps) / span)
+    min_lr = t.learning_rate * t.final_lr_frac
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (t.learning_rate - min_lr)
+
+
+def make_optimizer(model: GPT, t: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.eps,
+                             fused=device.type == "cuda")
+
+
+@dataclass
+class RunPaths:
+    out: Path     # run_dir/train: the stage's declared outputs
+    state: Path   # run_dir/train_state: what resume needs
+
+    @classmethod
+    def of(cls, run_dir: Path) -> RunPaths:
+        return cls(Path(run_dir) / "train", Path(run_dir) / "train_state")
+
+    def snapshot(self, step: int) -> Path:
+        return self.state / f"model_{step:06d}.pt"
+
+    def publish(self, step: int) -> None:
+        """Expose a snapshot as an output: a hard link, so it costs no disk and survives output deletion."""
+        dst = self.out / self.snapshot(step).name
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(self.snapshot(step), dst)
+        except OSError:
+            shutil.copy2(self.snapshot(step), dst)
+
+    def publish_log(self) -> None:
+        with atomic_path(self.out / "train.log") as tmp:
+            shutil.copyfile(self.state / "train.log", tmp)
+
+
+class Log:
+    """Append-only llm.c-format log; on resume, lines past the resumed step are dropped first."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        kept = []
+        if resume_step is not None and path.exists():
+            # the state at step k holds k updates: keep trl lines of steps < k and other lines of steps <= k
+            for ln in path.read_text().splitlines(keepends=True):
+                s, kind = int(ln[2:].split()[0]), ln.split()[1][:3]
+                if s < resume_step or (s == resume_step and kind != "trl"):
+                    kept.append(ln)
+        path.write_text("".join(kept))
+        self.f = open(path, "a")
+
+    def write(self, line: str) -> None:
+        self.f.write(line + "\n")
+        self.f.flush()
+
+
+def _resume_state(paths: RunPaths, cfg: Config, fingerprint: str) -> dict | None:
+    """The saved state if it belongs to this config and has steps left; None means start fresh."""
+    path = paths.state / "state.pt"
+    if not path.exists():
+        return None
+    ck = checkpoint.read(path)
+    checkpoint.check_shape(path, ck, cfg.model)
+    if ck.get("fingerprint") != fingerprint:
+        tqdm.write(f"{path}: saved under a different train/data config, starting fresh")
+        return None
+    if ck["step"] >= cfg.train.max_steps:
+        tqdm.write(f"{path}: run already finished at step {ck['step']}, starting fresh")
+        return None
+    return ck
+
+
+def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, progress: bool = True) -> dict:
+    t = cfg.train
+    # --- everything that can fail on bad input happens before the model exists -----------------------
+    shards = ShardSet.open(shards_dir)
+    device = pick_device(t.device)
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    B, T = t.micro_batch_size, t.seq_len
+    grad_accum = t.total_batch_tokens // (B * T)
+    train_loader = ShardLoader(shards.train, B, T, vocab_size=cfg.model.vocab_size)
+    val_loader = ShardLoader(shards.val, B, T, vocab_size=cfg.model.vocab_size)
+    paths = RunPaths.of(run_dir)
+    paths.out.mkdir(parents=True, exist_ok=True)
+    paths.state.mkdir(parents=True, exist_ok=True)
+    fingerprint = cfg.fingerprint("model", "train", "data")
+    saved = _resume_state(paths, cfg, fingerprint) if resume else None
+
+    # --- model, optimizer, state ---------------------------------------------------------------------
+    seed_everything(t.seed)
+    model = GPT(cfg.model).to(device)
+    optimizer = make_optimizer(model, t, device)
+    step = 0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        train_loader.load_state_dict(saved["loader"])
+        set_rng_state(saved["rng"])
+        step = saved["step"]
+        for s in t.checkpoint_steps():
+            if s <= step:
+                paths.publish(s)
+    else:
+        for stale in list(paths.state.glob("model_*.pt")) + list(paths.out.glob("model_*.pt")):
+            stale.unlink()
+    runner = torch.compile(model) if t.ops == "compile" else model
+    amp = autocast_dtype(device, t.dtype)
+    ctx = autocast(device, amp)
+    log = Log(paths.state / "train.log", step if saved else None)
+    flops_per_step = model.flops_per_token(T) * t.total_batch_tokens
+    peak = peak_flops(device)
+    tqdm.write(
+        f"gpt2pipe train: {model.num_params() / 1e6:.2f}M parameters on {device} ({amp}), "
+        f"{t.total_batch_tokens:,} tokens/step = {B}x{T} x {grad_accum} accumulation, "
+        f"{t.max_steps} steps = {t.max_steps * t.total_batch_tokens / 1e9:.3f}B tokens"
+        + (f", resuming at step {step}" if saved else "")
+    )
+
+    def save_state(step: int) -> None:
+        checkpoint.save(paths.snapshot(step), model, step, tokens_seen=step * t.total_batch_tokens)
+        paths.publish(step)
+        checkpoint.save(paths.state / "state.pt", model, step, optimizer=optimizer.state_dict(),
+                        loader=train_loader.state_dict(), rng=rng_state(), fingerprint=fingerprint,
+                        tokens_seen=step * t.total_batch_tokens)
+        paths.publish_log()
+
+    checkpoints = set(t.checkpoint_steps())
+    history: list[float] = []
+    bar = tqdm(total=t.max_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    while True:
+        last = step == t.max_steps
+        if last or (t.val_every and step % t.val_every == 0):
+            vl = val_loss(runner, val_loader, cfg.eval.val_tokens, device, ctx)
+            log.write(f"s:{step} tel:{vl:.4f}")
+            tqdm.write(f"step {step:6d} | val loss {vl:.4f}")
+        if step in checkpoints:
+            save_state(step)
+        if last:
+            break
+        # --- one optimizer step ----------------------------------------------------------------------
+        t0 = time.perf_counter()
+        runner.train()
+        loss_sum = torch.zeros((), device=device)
+        for _ in range(grad_accum):
+            x, y = train_loader.next_batch()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with ctx:
+                _, loss = runner(x, y)
+            (loss / grad_accum).backward()
+            loss_sum += loss.detach()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+        lr = lr_at(step, t)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_loss = (loss_sum / grad_accum).item()  # syncs, so the timing below is real
+        dt = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            raise Gpt2pipeError(f"step {step}: loss is {train_loss}; stopping (last checkpoint kept in {paths.state})")
+        log.write(f"s:{step} trl:{train_loss:.4f} lr:{lr:.6f} norm:{norm.item():.2f}")
+        history.append(train_loss)
+        tok_s = t.total_batch_tokens / dt
+        mfu = f"{100 * flops_per_step / dt / peak:.1f}%" if peak else "-"
+        bar.set_postfix_str(f"loss {train_loss:.4f} lr {lr:.2e} | {dt * 1e3:.0f} ms {tok_s:,.0f} tok/s mfu {mfu}")
+        bar.update(1)
+        step += 1
+    bar.close()
+    log.f.close()
+    paths.publish_log()
+    return {"final_step": step, "train_losses": history}

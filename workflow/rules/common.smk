@@ -1,0 +1,68 @@
+# Config validation and the paths every rule shares.
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+SRC = Path(workflow.basedir).parent / "src"
+
+
+def _conda_mode():
+    try:
+        from snakemake.settings.types import DeploymentMethod
+
+        return DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    except (ImportError, AttributeError):
+        return False
+
+
+try:  # full validation (schema + cross-field rules) when gpt2pipe is importable here
+    from gpt2pipe import Gpt2pipeError
+    from gpt2pipe.config import validate as validate_config
+
+    try:
+        config.update(validate_config(config, "config"))
+    except Gpt2pipeError as e:
+        raise WorkflowError(str(e)) from None
+except ImportError:  # snakemake installed apart from gpt2pipe (e.g. --sdm conda): the schema alone
+    validate(config, "../schemas/config.schema.yaml")
+
+# each job runs the gpt2pipe CLI from this Python's environment, or from the repo inside a conda env
+GPT2PIPE = (f"PYTHONPATH={SRC} python -m gpt2pipe" if _conda_mode() else f"{sys.executable} -m gpt2pipe")
+CONDA_ENV = "../../envs/gpt2pipe.yaml"
+
+RESULTS = config["results_dir"]
+DATA = f"{RESULTS}/data/{config['data']['name']}"
+RUN = f"{RESULTS}/{config['run_name']}"
+HELLASWAG_SOURCE = config["eval"]["hellaswag"]
+HELLASWAG_NAME = HELLASWAG_SOURCE if HELLASWAG_SOURCE in ("demo", "full") else Path(HELLASWAG_SOURCE).stem
+HELLASWAG_BIN = f"{RESULTS}/data/hellaswag/hellaswag_{HELLASWAG_NAME}.bin"
+
+
+def checkpoint_steps():
+    t = config["train"]
+    return [*range(t["checkpoint_every"], t["max_steps"], t["checkpoint_every"]), t["max_steps"]]
+
+
+def section_hash(*sections):
+    """A param that changes when these config sections change, so Snakemake's params trigger reruns them."""
+    payload = json.dumps({s: config[s] for s in sections}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def resolved_config():
+    """The full validated config as one file the CLI reads; rewritten only when it changes (keeps mtimes)."""
+    path = Path(RUN) / "config.yaml"
+    text = yaml.safe_dump(dict(config), sort_keys=False)
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return str(path)
+
+
+CONFIG_FILE = resolved_config()
+

@@ -1,0 +1,17 @@
+rule hellaswag:
+    """HellaSwag validation (vendored demo rows, the hash-checked download, or a file) -> llm.c eval .bin."""
+    input:
+        [] if HELLASWAG_SOURCE in ("demo", "full") else HELLASWAG_SOURCE,
+    output:
+        HELLASWAG_BIN,
+    params:
+        cli=GPT2PIPE,
+        config=CONFIG_FILE,
+    log:
+        f"{RESULTS}/data/hellaswag/logs/{HELLASWAG_NAME}.log",
+    benchmark:
+        f"{RESULTS}/data/hellaswag/benchmarks/{HELLASWAG_NAME}.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.cli} hellaswag -c {params.config} --out {output} > {log} 2>&1"
