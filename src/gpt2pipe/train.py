@@ -171,13 +171,14 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
     checkpoints = set(t.checkpoint_steps())
     history: list[float] = []
     bar = tqdm(total=t.max_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    resumed_at = step if saved else None  # its val loss and checkpoint were written before the state
     while True:
         last = step == t.max_steps
-        if last or (t.val_every and step % t.val_every == 0):
+        if step != resumed_at and (last or (t.val_every and step % t.val_every == 0)):
             vl = val_loss(runner, val_loader, cfg.eval.val_tokens, device, ctx)
             log.write(f"s:{step} tel:{vl:.4f}")
             tqdm.write(f"step {step:6d} | val loss {vl:.4f}")
-        if step in checkpoints:
+        if step in checkpoints and step != resumed_at:
             save_state(step)
         if last:
             break

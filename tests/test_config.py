@@ -1,0 +1,76 @@
+import pytest
+
+from gpt2pipe import Gpt2pipeError, config
+
+
+def test_defaults_are_filled_in():
+    cfg = config.from_dict({})
+    assert cfg.model.padded_vocab_size == 50304
+    assert cfg.train.total_batch_tokens == 524288
+    assert cfg.data.source == "text"
+    assert cfg.run_dir.as_posix() == "results/demo"
+
+
+def test_demo_and_124M_configs_validate():
+    demo = config.load("config/config.yaml")
+    real = config.load("config/gpt2-124M.yaml")
+    assert demo.run_name == "demo" and real.run_name == "gpt2-124M"
+    assert real.train.total_batch_tokens == 524288 and real.train.warmup_steps == 700
+    assert real.train.max_steps * real.train.total_batch_tokens == pytest.approx(10e9, rel=1e-4)  # ~10B tokens
+    assert real.train.checkpoint_steps()[-1] == real.train.max_steps
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"trian": {}}, "Additional properties are not allowed ('trian'"),
+    ({"train": {"max_steps": "ten"}}, "train.max_steps: 'ten' is not of type 'integer'"),
+    ({"train": {"lr": 1}}, "train: Additional properties"),
+    ({"model": {"n_embd": 100, "n_head": 12}}, "n_embd must be divisible by model.n_head"),
+    ({"train": {"seq_len": 2048}}, "seq_len must be <= model.block_size"),
+    ({"train": {"total_batch_tokens": 1000}}, "multiple of train.micro_batch_size"),
+    ({"run_name": "data"}, "run_name"),
+    ({"train": {"ops": "magic"}}, "train.ops: 'magic' is not one of"),
+])
+def test_bad_config_fails_with_one_line(raw, message):
+    with pytest.raises(Gpt2pipeError) as e:
+        config.from_dict(raw, "my.yaml")
+    assert message in str(e.value)
+    assert str(e.value).startswith("my.yaml: ")
+    assert "\n" not in str(e.value)
+
+
+def test_load_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run_name: x\ntrain:\n  max_steps: 7\n")
+    cfg = config.load(path, ["train.learning_rate=0.01", "data.val_tokens=null"])
+    assert (cfg.run_name, cfg.train.max_steps, cfg.train.learning_rate, cfg.data.val_tokens) == ("x", 7, 0.01, None)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(Gpt2pipeError, match="config file not found"):
+        config.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(Gpt2pipeError, match="not valid YAML"):
+        config.load(bad)
+    with pytest.raises(Gpt2pipeError, match="expected section.key=value"):
+        config.load(None, ["train.max_steps"])
+
+
+def test_checkpoint_steps_always_end_with_the_last_step():
+    t = config.from_dict({"train": {"max_steps": 10, "checkpoint_every": 4}}).train
+    assert t.checkpoint_steps() == [4, 8, 10]
+    t = config.from_dict({"train": {"max_steps": 8, "checkpoint_every": 4}}).train
+    assert t.checkpoint_steps() == [4, 8]
+
+
+def test_fingerprint_tracks_sections():
+    a = config.from_dict({"train": {"max_steps": 5}})
+    b = config.from_dict({"train": {"max_steps": 6}})
+    assert a.fingerprint("model") == b.fingerprint("model")
+    assert a.fingerprint("train") != b.fingerprint("train")
+
+
+def test_describe_lists_every_key_with_its_default():
+    text = config.describe()
+    assert "train.learning_rate = 0.0006" in text
+    assert "model.padded_vocab_size = 50304" in text

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from gpt2pipe import Gpt2pipeError, config
+from gpt2pipe.shards import HEADER_BYTES, ShardSet, read_shard, tokenize_to_shards, write_shard
+from gpt2pipe.tokenizer import EOT, encode_documents
+
+
+def test_round_trip_and_llmc_header(tmp_path):
+    toks = np.array([50256, 15496, 995, 0, 50256, 7], dtype=np.int64)
+    write_shard(tmp_path / "s.bin", toks)
+    raw = (tmp_path / "s.bin").read_bytes()
+    assert len(raw) == HEADER_BYTES + 2 * len(toks)
+    header = np.frombuffer(raw[:HEADER_BYTES], dtype="<i4")
+    assert list(header[:3]) == [20240520, 1, 6] and not header[3:].any()
+    assert read_shard(tmp_path / "s.bin").tolist() == toks.tolist()
+
+
+def test_corrupt_shards_are_refused(tmp_path):
+    write_shard(tmp_path / "s.bin", np.arange(100))
+    raw = (tmp_path / "s.bin").read_bytes()
+    (tmp_path / "trunc.bin").write_bytes(raw[:-10])
+    with pytest.raises(Gpt2pipeError, match=r"trunc.bin: corrupt shard, header says 100 tokens \(1224 bytes\) but the file has 1214"):
+        read_shard(tmp_path / "trunc.bin")
+    (tmp_path / "short.bin").write_bytes(raw[:100])
+    with pytest.raises(Gpt2pipeError, match="shorter than the 1024-byte header"):
+        read_shard(tmp_path / "short.bin")
+    (tmp_path / "magic.bin").write_bytes(np.int32(20240522).tobytes() + raw[4:])
+    with pytest.raises(Gpt2pipeError, match="not an llm.c data shard"):
+        read_shard(tmp_path / "magic.bin")
+    write_shard(tmp_path / "vocab.bin", np.array([1, 2, 60000]))
+    with pytest.raises(Gpt2pipeError, match="token 60000 at position 2 is outside the vocabulary"):
+        read_shard(tmp_path / "vocab.bin")
+    with pytest.raises(Gpt2pipeError, match="shard not found"):
+        read_shard(tmp_path / "none.bin")
+
+
+DOCS = [f"Document number {i}: " + "word " * (i % 37) for i in range(2000)]
+
+
+def test_tokenize_val_first_and_documents_delimited(tmp_path):
+    cfg = config.from_dict({"data": {"name": "t", "shard_tokens": 4096, "val_tokens": 1500, "workers": 1}}).data
+    m = tokenize_to_shards(DOCS, cfg, tmp_path)
+    assert m["val"] == ["t_val_000000.bin"] and m["train"][0] == "t_train_000001.bin"
+    assert m["shard_tokens"][0] == 1500 and all(n == 4096 for n in m["shard_tokens"][1:-1])
+    all_tokens = np.concatenate([read_shard(tmp_path / f) for f in m["val"] + m["train"]])
+    expected = np.concatenate([np.array(d) for d in encode_documents(DOCS)])
+    assert np.array_equal(all_tokens, expected)
+    assert (all_tokens == EOT).sum() == len(DOCS) and all_tokens[0] == EOT
+    s = ShardSet.open(tmp_path)
+    assert [p.name for p in s.train] == m["train"]
+
+
+def test_parallel_tokenization_is_deterministic(tmp_path):
+    cfg1 = config.from_dict({"data": {"name": "t", "shard_tokens": 4096, "workers": 1}}).data
+    cfg2 = config.from_dict({"data": {"name": "t", "shard_tokens": 4096, "workers": 2}}).data
+    m1 = tokenize_to_shards(DOCS, cfg1, tmp_path / "a")
+    m2 = tokenize_to_shards(DOCS, cfg2, tmp_path / "b")
+    assert m1 == m2
+    for f in m1["val"] + m1["train"]:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+def test_max_tokens_and_too_small_corpus(tmp_path):
+    cfg = config.from_dict({"data": {"name": "t", "shard_tokens": 2048, "max_tokens": 5000, "workers": 1}}).data
+    assert tokenize_to_shards(DOCS, cfg, tmp_path / "a")["tokens"] == 5000
+    cfg = config.from_dict({"data": {"name": "t", "shard_tokens": 100000, "workers": 1}}).data
+    with pytest.raises(Gpt2pipeError, match="all in the val shard"):
+        tokenize_to_shards(DOCS[:10], cfg, tmp_path / "b")
+    with pytest.raises(Gpt2pipeError, match="no shards.json"):
+        ShardSet.open(tmp_path / "c")

@@ -1,0 +1,90 @@
+import dataclasses
+
+import pytest
+import torch
+
+from gpt2pipe import Gpt2pipeError, checkpoint, config, train as train_mod
+from gpt2pipe.shards import write_shard
+
+
+def run_train(cfg, shards, run_dir, **kw):
+    return train_mod.train(cfg, shards, run_dir, progress=False, **kw)
+
+
+def test_training_writes_checkpoints_and_llmc_log(tiny, tiny_shards, tmp_path):
+    out = run_train(tiny, tiny_shards, tmp_path / "run")
+    log = (tmp_path / "run" / "train" / "train.log").read_text().splitlines()
+    assert log[0].startswith("s:0 tel:") and log[1].startswith("s:0 trl:")
+    trl = [ln for ln in log if " trl:" in ln]
+    assert len(trl) == 6 and trl[-1].startswith("s:5 trl:")
+    assert [ln.split()[0] for ln in log if "tel:" in ln] == ["s:0", "s:3", "s:6"]
+    assert "lr:" in trl[0] and "norm:" in trl[0]
+    assert out["train_losses"][-1] < out["train_losses"][0]
+    for step in (3, 6):
+        model, ck = checkpoint.load_model(tmp_path / "run" / "train" / f"model_{step:06d}.pt", tiny.model)
+        assert ck["step"] == step and ck["tokens_seen"] == step * 256
+    state = checkpoint.read(tmp_path / "run" / "train_state" / "state.pt")
+    assert {"optimizer", "loader", "rng", "fingerprint"} <= state.keys()
+
+
+def test_resume_after_a_crash_continues_identically(tiny, tiny_shards, tmp_path, monkeypatch):
+    run_train(tiny, tiny_shards, tmp_path / "full")
+    reference = (tmp_path / "full" / "train" / "train.log").read_text()
+
+    real_lr = train_mod.lr_at
+
+    def crash_at_step_4(step, t):
+        if step == 4:
+            raise RuntimeError("simulated crash")
+        return real_lr(step, t)
+
+    monkeypatch.setattr(train_mod, "lr_at", crash_at_step_4)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_train(tiny, tiny_shards, tmp_path / "crashed")
+    monkeypatch.setattr(train_mod, "lr_at", real_lr)
+    # the job's outputs may be deleted by the workflow manager; the saved state is enough
+    (tmp_path / "crashed" / "train" / "model_000003.pt").unlink()
+    run_train(tiny, tiny_shards, tmp_path / "crashed", resume=True)
+    assert (tmp_path / "crashed" / "train" / "train.log").read_text() == reference
+    a = checkpoint.read(tmp_path / "full" / "train" / "model_000006.pt")["model"]
+    b = checkpoint.read(tmp_path / "crashed" / "train" / "model_000006.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "crashed" / "train" / "model_000003.pt").exists()
+
+
+def test_resume_of_a_finished_or_changed_run_starts_fresh(tiny, tiny_shards, tmp_path):
+    run_train(tiny, tiny_shards, tmp_path / "run")
+    first = (tmp_path / "run" / "train" / "train.log").read_text()
+    run_train(tiny, tiny_shards, tmp_path / "run", resume=True)  # finished: trains again from scratch
+    assert (tmp_path / "run" / "train" / "train.log").read_text() == first
+    raw = dict(tiny.raw, train=dict(tiny.raw["train"], learning_rate=0.001))
+    changed = config.from_dict(raw)
+    run_train(changed, tiny_shards, tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "train" / "train.log").read_text() != first
+
+
+def test_checkpoint_of_another_shape_is_refused(tiny, tiny_shards, tmp_path):
+    run_train(tiny, tiny_shards, tmp_path / "run")
+    other = dataclasses.replace(tiny.model, n_layer=3)
+    with pytest.raises(Gpt2pipeError, match=r"another model shape \(checkpoint vs config: n_layer 2 != 3\)"):
+        checkpoint.load_model(tmp_path / "run" / "train" / "model_000006.pt", other)
+    raw = dict(tiny.raw, model=dict(tiny.raw["model"], n_layer=3))
+    with pytest.raises(Gpt2pipeError, match="another model shape"):
+        run_train(config.from_dict(raw), tiny_shards, tmp_path / "run", resume=True)
+    (tmp_path / "junk.pt").write_bytes(b"garbage")
+    with pytest.raises(Gpt2pipeError, match="junk.pt: not a readable checkpoint"):
+        checkpoint.read(tmp_path / "junk.pt")
+    torch.save({"x": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(Gpt2pipeError, match="not a gpt2pipe checkpoint"):
+        checkpoint.read(tmp_path / "foreign.pt")
+
+
+def test_bad_shards_fail_before_training(tiny, tiny_shards, tmp_path):
+    shard = sorted(tiny_shards.glob("*_train_*.bin"))[0]
+    shard.write_bytes(shard.read_bytes()[:-2])
+    with pytest.raises(Gpt2pipeError, match="corrupt shard"):
+        run_train(tiny, tiny_shards, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    write_shard(shard, [1, 2, 50300] * 400)
+    with pytest.raises(Gpt2pipeError, match="outside the vocabulary"):
+        run_train(tiny, tiny_shards, tmp_path / "run")

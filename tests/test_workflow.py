@@ -1,0 +1,92 @@
+"""End to end: the Snakemake workflow on a tiny config, in a temporary directory."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, tiny_config
+
+pytestmark = pytest.mark.slow
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--cores", "2"]
+
+
+def snakemake(workdir, *args):
+    # options such as --forcerun take several values: the config file goes last
+    r = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args, "--configfile", str(workdir / "config.yaml")],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+
+def planned_jobs(workdir, *args) -> dict[str, int]:
+    """The jobs a dry run would execute, from Snakemake's job-stats table."""
+    out = snakemake(workdir, "--dry-run", *args)
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("job ", 1)[1].split("total", 1)[0]
+    jobs = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+    jobs.pop("all", None)  # the default target's own (empty) job
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("wf")
+    cfg = tiny_config(wd, report={"log_scale": True})
+    cfg["results_dir"] = "results"
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(wd, "results/output.png")
+    return wd
+
+
+def test_demo_outputs(workdir):
+    res = workdir / "results"
+    png = (res / "output.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == (res / "tiny" / "output.png").read_bytes()
+    nb = json.loads((res / "report.ipynb").read_text())
+    assert nb["metadata"]["papermill"]["parameters"]["output_png"] == "results/tiny/output.png"
+    assert all(c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code")
+    for step in (3, 6):
+        m = json.loads((res / "tiny" / "eval" / f"step_{step:06d}.json").read_text())
+        assert m["step"] == step and m["val_loss"] < 11 and m["hellaswag_examples"] == 8
+    for rule in ("corpus", "tokenize"):
+        assert (res / "data" / "tiny" / "benchmarks" / f"{rule}.tsv").exists()
+    for rule in ("train", "evaluate_000003", "report"):
+        assert (res / "tiny" / "benchmarks" / f"{rule}.tsv").exists()
+        assert (res / "tiny" / "logs" / f"{rule}.log").exists()
+
+
+def test_rerun_does_nothing(workdir):
+    assert planned_jobs(workdir) == {}
+
+
+def test_forcerun_evaluate_reuses_checkpoints(workdir):
+    jobs = planned_jobs(workdir, "--forcerun", "evaluate")
+    assert jobs == {"evaluate": 2, "report": 1, "latest": 1}
+    ckpt = workdir / "results" / "tiny" / "train" / "model_000006.pt"
+    before = ckpt.stat().st_mtime_ns
+    snakemake(workdir, "--forcerun", "evaluate")
+    assert ckpt.stat().st_mtime_ns == before
+    assert planned_jobs(workdir) == {}
+
+
+def test_deleting_one_eval_reruns_only_it(workdir):
+    (workdir / "results" / "tiny" / "eval" / "step_000003.json").unlink()
+    assert planned_jobs(workdir) == {"evaluate": 1, "report": 1, "latest": 1}
+
+
+def test_bad_config_fails_before_any_job(workdir, tmp_path):
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg["train"]["learning_rat"] = 1
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
+                        "--dry-run"], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "train: Additional properties are not allowed ('learning_rat' was unexpected)" in r.stdout + r.stderr
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.pt"))
