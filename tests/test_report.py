@@ -39,5 +39,5 @@ def test_plot_writes_a_png(tmp_path):
     png = (tmp_path / "out.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
-    assert "OpenAI GPT-2 (124M) val" in labels and "OpenAI GPT-3 (124M)" in labels and "val loss" in labels
+    assert "OpenAI GPT-2 (124M) val" in labels and "OpenAI GPT-3 (124M)" in labels and "val loss (checkpoints)" in labels
     assert fig.axes[0].get_yscale() == "log"

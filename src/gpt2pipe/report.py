@@ -51,9 +51,11 @@ def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, token
          reference_tokens_per_step: int = 524288, log_scale: bool = False, title: str = "") -> plt.Figure:
     """Two panels against tokens seen: train/val loss, and HellaSwag acc_norm; baselines as lines."""
     run = parse_log(train_log)
+    ref = parse_log(reference_log) if reference_log else {}
     fig, (ax_loss, ax_hs) = plt.subplots(1, 2, figsize=(14, 5))
-    scale = 1e9 if tokens_per_step * max([s for s, _ in run.get("trl", [(1, 0)])] + [1]) > 5e8 else 1e6
-    unit = "B" if scale == 1e9 else "M"
+    last_tokens = max([s * tokens_per_step for pts in run.values() for s, _ in pts]
+                      + [s * reference_tokens_per_step for pts in ref.values() for s, _ in pts] + [1])
+    scale, unit = (1e9, "B") if last_tokens > 5e8 else (1e6, "M")
 
     def xs(points, tps):
         return [s * tps / scale for s, _ in points]
@@ -61,17 +63,19 @@ def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, token
     def ys(points):
         return [v for _, v in points]
 
-    if reference_log:
-        ref = parse_log(reference_log)
+    if ref:
         for key, ax, style in (("trl", ax_loss, "-"), ("tel", ax_loss, "--"), ("eval", ax_hs, "-")):
             if ref.get(key):
                 ax.plot(xs(ref[key], reference_tokens_per_step), ys(ref[key]), style, color="tab:gray",
                         alpha=0.6, lw=1, label=f"reference {key}")
     if run.get("trl"):
         ax_loss.plot(xs(run["trl"], tokens_per_step), ys(run["trl"]), color="tab:blue", lw=1, label="train loss")
-    val = [(r["step"], r["val_loss"]) for r in evals if r.get("val_loss") is not None] or run.get("tel", [])
+    if run.get("tel"):
+        ax_loss.plot(xs(run["tel"], tokens_per_step), ys(run["tel"]), "-", color="tab:red", lw=1, alpha=0.5,
+                     label="val loss (during training)")
+    val = [(r["step"], r["val_loss"]) for r in evals if r.get("val_loss") is not None]
     if val:
-        ax_loss.plot(xs(val, tokens_per_step), ys(val), "o-", color="tab:red", ms=4, label="val loss")
+        ax_loss.plot(xs(val, tokens_per_step), ys(val), "o", color="tab:red", ms=5, label="val loss (checkpoints)")
     hs = [(r["step"], r["hellaswag_acc_norm"]) for r in evals if r.get("hellaswag_acc_norm") is not None]
     if hs:
         ax_hs.plot(xs(hs, tokens_per_step), ys(hs), "o-", color="tab:green", ms=4, label="HellaSwag acc_norm")
