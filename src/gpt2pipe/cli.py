@@ -116,6 +116,21 @@ def cmd_report(args) -> None:
     print(f"report: {out} (notebook: {notebook_out})")
 
 
+def cmd_bench(args) -> None:
+    import torch
+
+    from . import bench
+
+    if not torch.cuda.is_available():
+        raise Gpt2pipeError("bench needs a CUDA GPU")
+    micro = dict(item.split("=") for item in args.micro_batch)
+    table = bench.run(args.size, args.seq_len, args.total_batch, tuple(args.modes.split(",")),
+                      {k: int(v) for k, v in micro.items()}, args.steps, args.warmup, not args.no_kernel_table)
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt2pipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="PNG path (default: <results>/<run>/output.png)")
     p.add_argument("--notebook-out", type=Path, help="executed notebook (default: next to the PNG)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="time a GPT-2 training step: our kernels vs torch eager vs torch.compile")
+    p.add_argument("--size", default="124M", choices=["124M", "350M", "774M", "1558M"])
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--total-batch", type=int, default=524288, help="tokens per optimizer step (default: %(default)s)")
+    p.add_argument("--modes", default="kernels,eager,compile", help="comma-separated subset of kernels,eager,compile")
+    p.add_argument("--micro-batch", nargs="*", default=[], metavar="MODE=B",
+                   help="micro-batch per mode (defaults: kernels=64 eager=32 compile=64; halves on out-of-memory)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, autotuning)")
+    p.add_argument("--no-kernel-table", action="store_true", help="skip the per-kernel table")
+    p.add_argument("--out", type=Path, help="also write the tables to this file")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

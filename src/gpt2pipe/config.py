@@ -68,6 +68,7 @@ class TrainConfig:
     device: str
     dtype: str
     ops: str
+    stochastic_rounding: bool
     num_threads: int
 
     def checkpoint_steps(self) -> list[int]:

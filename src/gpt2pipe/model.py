@@ -52,9 +52,14 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """GPT-2. `ops` picks how forward runs: "torch" (plain modules) or "kernels" (our CUDA kernels for the
+    embedding, residual+LayerNorm, bias+GELU and the fused classifier; cuBLAS matmuls and cuDNN attention).
+    Both use the same parameters, so checkpoints move freely between them."""
+
+    def __init__(self, cfg: ModelConfig, ops: str = "torch"):
         super().__init__()
         self.config = cfg
+        self.ops = ops
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
             wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
@@ -81,6 +86,8 @@ class GPT(nn.Module):
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
+        if self.ops == "kernels" and reduction == "mean":
+            return self._forward_kernels(idx, targets)
         pos = torch.arange(T, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
         for block in self.transformer.h:
@@ -90,6 +97,23 @@ class GPT(nn.Module):
             return logits, None
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
         return logits, loss if reduction != "none" else loss.view(B, T)
+
+    def _forward_kernels(self, idx: torch.Tensor, targets: torch.Tensor | None):
+        """The same network, with each block's residual add fused into the following LayerNorm."""
+        from .ops import functions as K
+
+        tr = self.transformer
+        x = K.encoder(idx, tr.wte.weight, tr.wpe.weight)
+        h = K.layernorm(x, tr.h[0].ln_1.weight, tr.h[0].ln_1.bias)
+        for i, block in enumerate(tr.h):
+            x, h = K.residual_layernorm(x, block.attn(h), block.ln_2.weight, block.ln_2.bias)
+            mlp = block.mlp
+            m = mlp.c_proj(K.bias_gelu(F.linear(h, mlp.c_fc.weight), mlp.c_fc.bias))
+            nxt = tr.h[i + 1].ln_1 if i + 1 < len(tr.h) else tr.ln_f
+            x, h = K.residual_layernorm(x, m, nxt.weight, nxt.bias)
+        if targets is None:
+            return F.linear(h, self.lm_head.weight)[..., : self.config.vocab_size], None
+        return None, K.fused_classifier(h, self.lm_head.weight, targets, self.config.vocab_size)
 
     def num_params(self, embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

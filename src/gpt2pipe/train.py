@@ -12,6 +12,7 @@ Files under the run folder:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -28,6 +29,8 @@ from .evaluate import val_loss
 from .io import atomic_path
 from .loader import ShardLoader
 from .model import GPT
+from .ops import kernels_available
+from .ops.optim import FlatAdamW
 from .runtime import autocast, autocast_dtype, peak_flops, pick_device, rng_state, seed_everything, set_rng_state
 from .shards import ShardSet
 
@@ -49,6 +52,26 @@ def make_optimizer(model: GPT, t: TrainConfig, device: torch.device) -> torch.op
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.eps,
                              fused=device.type == "cuda")
+
+
+def make_flat_optimizer(model: GPT, t: TrainConfig) -> FlatAdamW:
+    """AdamW on one flat bf16 buffer with fp32 master weights (the kernels path); turns the model bf16."""
+    return FlatAdamW(model, lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay,
+                     grad_clip=t.grad_clip, stochastic_rounding=t.stochastic_rounding, seed=t.seed)
+
+
+def optimizer_step(optimizer, model: GPT, lr: float, grad_clip: float) -> torch.Tensor:
+    """Clip the gradient to grad_clip (0: no clipping), update with learning rate lr, clear the gradients.
+    Returns the pre-clip gradient norm (a device tensor: reading it is the caller's choice of sync)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    if isinstance(optimizer, FlatAdamW):
+        norm = optimizer.step(lr).clone()
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
 
 
 @dataclass
@@ -131,9 +154,12 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
     saved = _resume_state(paths, cfg, fingerprint) if resume else None
 
     # --- model, optimizer, state ---------------------------------------------------------------------
+    use_kernels = t.ops == "kernels" and device.type == "cuda" and kernels_available()
+    if t.ops == "kernels" and not use_kernels:
+        tqdm.write("train.ops is 'kernels' but no CUDA GPU with CuPy is available: running the torch reference path")
     seed_everything(t.seed)
-    model = GPT(cfg.model).to(device)
-    optimizer = make_optimizer(model, t, device)
+    model = GPT(cfg.model, ops="kernels" if use_kernels else "torch").to(device)
+    optimizer = make_flat_optimizer(model, t) if use_kernels else make_optimizer(model, t, device)
     step = 0
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -148,8 +174,8 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
         for stale in list(paths.state.glob("model_*.pt")) + list(paths.out.glob("model_*.pt")):
             stale.unlink()
     runner = torch.compile(model) if t.ops == "compile" else model
-    amp = autocast_dtype(device, t.dtype)
-    ctx = autocast(device, amp)
+    amp = torch.bfloat16 if use_kernels else autocast_dtype(device, t.dtype)
+    ctx = contextlib.nullcontext() if use_kernels else autocast(device, amp)  # kernels: bf16 weights already
     log = Log(paths.state / "train.log", step if saved else None)
     flops_per_step = model.flops_per_token(T) * t.total_batch_tokens
     peak = peak_flops(device)
@@ -193,12 +219,8 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
                 _, loss = runner(x, y)
             (loss / grad_accum).backward()
             loss_sum += loss.detach()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
         lr = lr_at(step, t)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        norm = optimizer_step(optimizer, model, lr, t.grad_clip)
         train_loss = (loss_sum / grad_accum).item()  # syncs, so the timing below is real
         dt = time.perf_counter() - t0
         if not math.isfinite(train_loss):

@@ -1,0 +1,41 @@
+// Token + position embedding. Forward: out[n, :] = wte[idx[n], :] + wpe[n % T, :].
+// Backward is deterministic: wte rows are summed per unique token over positions pre-sorted by token
+// (one block per token, fixed order), wpe rows are summed over the batch in a fixed order.
+#include "common.cuh"
+
+extern "C" __global__ void encoder_forward(bf16* out, const long long* idx, const bf16* wte, const bf16* wpe,
+                                           int N, int T, int C) {
+    const long long total = (long long)N * C;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long n = i / C;
+        const int c = (int)(i % C);
+        const int t = (int)(n % T);
+        out[i] = tobf(bf(wte[idx[n] * C + c]) + bf(wpe[(long long)t * C + c]));
+    }
+}
+
+// order: positions sorted by token (stable); seg: start of each unique token's run in `order` (U+1 entries);
+// tokens: the unique token of each run. Grid: U blocks; each block owns one wte row, so no atomics.
+extern "C" __global__ void encoder_backward_wte(bf16* dwte, const bf16* dout, const long long* order,
+                                                const long long* seg, const long long* tokens, int C) {
+    const int u = blockIdx.x;
+    const long long begin = seg[u], end = seg[u + 1];
+    bf16* row = dwte + tokens[u] * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float acc = 0.0f;
+        for (long long k = begin; k < end; ++k) acc += bf(dout[order[k] * C + c]);
+        row[c] = tobf(bf(row[c]) + acc);
+    }
+}
+
+// dwpe[t, c] += sum over b of dout[b, t, c]
+extern "C" __global__ void encoder_backward_wpe(bf16* dwpe, const bf16* dout, int B, int T, int C) {
+    const long long total = (long long)T * C;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        float acc = 0.0f;
+        for (int b = 0; b < B; ++b) acc += bf(dout[(long long)b * total + i]);
+        dwpe[i] = tobf(bf(dwpe[i]) + acc);
+    }
+}

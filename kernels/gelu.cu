@@ -1,0 +1,44 @@
+// Bias + GELU (tanh approximation), the MLP's activation after its first matmul.
+// Forward: out = gelu(h + bias). Backward: dh = dout * gelu'(h + bias) and per-row-block partial sums of
+// dbias (partials[blockIdx.y * C + c]), summed on the host side in a fixed order.
+// Grid: x over column tiles of blockDim.x, y over row groups (each thread strides rows by gridDim.y).
+#include "common.cuh"
+
+#define GELU_K 0.7978845608028654f  // sqrt(2 / pi)
+
+__device__ __forceinline__ float gelu(float x) {
+    const float u = GELU_K * (x + 0.044715f * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(u));
+}
+
+__device__ __forceinline__ float gelu_grad(float x) {
+    const float u = GELU_K * (x + 0.044715f * x * x * x);
+    const float t = tanhf(u);
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
+extern "C" __global__ void bias_gelu_forward(bf16* out, const bf16* h, const bf16* bias, int N, int C) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    const float b = bf(bias[c]);
+    for (long long r = blockIdx.y; r < N; r += gridDim.y) {
+        const float x = bf(tobf(bf(h[r * C + c]) + b));  // round like the bf16 add it replaces
+        out[r * C + c] = tobf(gelu(x));
+    }
+}
+
+extern "C" __global__ void bias_gelu_backward(bf16* dh, float* partials, const bf16* dout, const bf16* h,
+                                              const bf16* bias, int N, int C) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    const float b = bf(bias[c]);
+    float db = 0.0f;
+    for (long long r = blockIdx.y; r < N; r += gridDim.y) {
+        const float x = bf(tobf(bf(h[r * C + c]) + b));
+        const float d = bf(dout[r * C + c]) * gelu_grad(x);
+        const bf16 dr = tobf(d);
+        dh[r * C + c] = dr;
+        db += bf(dr);
+    }
+    partials[(long long)blockIdx.y * C + c] = db;
+}

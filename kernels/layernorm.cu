@@ -1,0 +1,81 @@
+// LayerNorm fused with the residual add that precedes it in a pre-LN transformer:
+//   res_out = residual + x (rounded to bf16, as the residual stream is stored), out = LN(res_out) * w + b.
+// Without a residual it is a plain LayerNorm of x. One warp per row; mean and rstd are kept for backward.
+#include "common.cuh"
+
+extern "C" __global__ void layernorm_forward(bf16* out, float* mean_out, float* rstd_out, bf16* res_out,
+                                             const bf16* x, const bf16* residual, const bf16* w,
+                                             const bf16* b, int N, int C, float eps) {
+    const int warps = blockDim.x / 32, lane = threadIdx.x % 32;
+    const long long row = (long long)blockIdx.x * warps + threadIdx.x / 32;
+    if (row >= N) return;
+    const bf16* xr = x + row * C;
+    const bf16* src = xr;
+    if (residual != nullptr) {
+        const bf16* rr = residual + row * C;
+        bf16* o = res_out + row * C;
+        for (int c = lane; c < C; c += 32) o[c] = tobf(bf(rr[c]) + bf(xr[c]));
+        __syncwarp();
+        src = o;
+    }
+    float s = 0.0f;
+    for (int c = lane; c < C; c += 32) s += bf(src[c]);
+    const float mean = warp_sum(s) / C;
+    float v = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        const float d = bf(src[c]) - mean;
+        v += d * d;
+    }
+    const float rstd = rsqrtf(warp_sum(v) / C + eps);
+    bf16* orow = out + row * C;
+    for (int c = lane; c < C; c += 32) orow[c] = tobf((bf(src[c]) - mean) * rstd * bf(w[c]) + bf(b[c]));
+    if (lane == 0) {
+        mean_out[row] = mean;
+        rstd_out[row] = rstd;
+    }
+}
+
+// dx = dres + LN'(dout); per-block partial sums of dw (first C floats) and db (next C) go to
+// partials[blockIdx.x * 2C ...], summed on the host side in a fixed order (deterministic).
+// Dynamic shared memory: warps * 2C floats (each warp its own slice, reduced in warp order).
+extern "C" __global__ void layernorm_backward(bf16* dx, float* partials, const bf16* dout, const bf16* dres,
+                                              const bf16* inp, const float* mean, const float* rstd,
+                                              const bf16* w, int N, int C) {
+    extern __shared__ float acc[];
+    const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float* mine = acc + (long long)warp * 2 * C;
+    for (int c = lane; c < 2 * C; c += 32) mine[c] = 0.0f;
+    for (long long row = (long long)blockIdx.x * warps + warp; row < N; row += (long long)gridDim.x * warps) {
+        const bf16* g = dout + row * C;
+        const bf16* xr = inp + row * C;
+        const float m = mean[row], r = rstd[row];
+        float sum_d = 0.0f, sum_dx = 0.0f;
+        for (int c = lane; c < C; c += 32) {
+            const float xhat = (bf(xr[c]) - m) * r;
+            const float d = bf(g[c]) * bf(w[c]);
+            sum_d += d;
+            sum_dx += d * xhat;
+        }
+        sum_d = warp_sum(sum_d) / C;
+        sum_dx = warp_sum(sum_dx) / C;
+        bf16* o = dx + row * C;
+        const bf16* rr = dres ? dres + row * C : nullptr;
+        for (int c = lane; c < C; c += 32) {
+            const float xhat = (bf(xr[c]) - m) * r;
+            const float gc = bf(g[c]);
+            const float d = gc * bf(w[c]);
+            float val = (d - sum_d - xhat * sum_dx) * r;
+            if (rr) val += bf(rr[c]);
+            o[c] = tobf(val);
+            mine[c] += gc * xhat;
+            mine[C + c] += gc;
+        }
+    }
+    __syncthreads();
+    float* part = partials + (long long)blockIdx.x * 2 * C;
+    for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+        float s = 0.0f;
+        for (int k = 0; k < warps; ++k) s += acc[(long long)k * 2 * C + c];
+        part[c] = s;
+    }
+}

@@ -1,0 +1,22 @@
+"""The model's operations two ways: our CUDA kernels (through CuPy) and plain-torch references.
+
+`ops: kernels` in the config runs the kernels on a CUDA device; everywhere else the torch references run.
+"""
+
+from __future__ import annotations
+
+import functools
+
+
+@functools.cache
+def kernels_available() -> bool:
+    """True when a CUDA device and CuPy are both usable."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return False
+    return True

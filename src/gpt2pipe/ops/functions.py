@@ -1,0 +1,194 @@
+"""Our CUDA kernels as torch.autograd.Functions, and the dispatch between them and the torch references.
+
+Each public function (encoder, layernorm, residual_layernorm, bias_gelu, fused_classifier) runs the
+kernel on CUDA tensors when kernels are available, and the reference from reference.py otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import kernels_available, reference
+from .cuda import launch, sm_count
+
+EPS = 1e-5
+CLASSIFIER_CHUNK = 16384  # tokens per logits chunk: 16384 x 50304 bf16 = 1.6 GB at a time, never all of them
+
+
+def _blocks(n: int, threads: int = 256, cap: int = 65535 * 8) -> int:
+    return max(1, min((n + threads - 1) // threads, cap))
+
+
+def _use_kernels(*tensors: torch.Tensor) -> bool:
+    return all(t.is_cuda for t in tensors) and kernels_available()
+
+
+class Encoder(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, idx, wte, wpe):
+        idx = idx.contiguous()
+        B, T = idx.shape
+        C = wte.shape[1]
+        out = torch.empty(B, T, C, dtype=wte.dtype, device=wte.device)
+        launch("encoder", "encoder_forward", _blocks(B * T * C), 256, out, idx, wte, wpe, B * T, T, C)
+        ctx.save_for_backward(idx)
+        ctx.shapes = (wte.shape, wpe.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        (idx,) = ctx.saved_tensors
+        dout = dout.contiguous()
+        B, T = idx.shape
+        wte_shape, wpe_shape = ctx.shapes
+        C = wte_shape[1]
+        # group positions by token (stable sort): each token's rows are summed by one block, in order
+        sorted_tok, order = torch.sort(idx.view(-1), stable=True)
+        tokens, counts = torch.unique_consecutive(sorted_tok, return_counts=True)
+        seg = torch.zeros(len(tokens) + 1, dtype=torch.long, device=idx.device)
+        torch.cumsum(counts, 0, out=seg[1:])
+        dwte = torch.zeros(wte_shape, dtype=dout.dtype, device=dout.device)
+        launch("encoder", "encoder_backward_wte", len(tokens), 256, dwte, dout, order, seg, tokens, C)
+        dwpe = torch.zeros(wpe_shape, dtype=dout.dtype, device=dout.device)
+        launch("encoder", "encoder_backward_wpe", _blocks(T * C), 256, dwpe, dout, B, T, C)
+        return None, dwte, dwpe
+
+
+def _ln_forward(x, residual, w, b):
+    C = x.shape[-1]
+    N = x.numel() // C
+    out = torch.empty_like(x)
+    mean = torch.empty(N, dtype=torch.float32, device=x.device)
+    rstd = torch.empty(N, dtype=torch.float32, device=x.device)
+    res_out = torch.empty_like(x) if residual is not None else None
+    launch("layernorm", "layernorm_forward", (N + 7) // 8, 256, out, mean, rstd, res_out, x, residual, w, b,
+           N, C, EPS)
+    return out, mean, rstd, res_out
+
+
+def _ln_backward(dout, dres, inp, mean, rstd, w):
+    C = inp.shape[-1]
+    N = inp.numel() // C
+    warps = 4
+    grid = max(1, min((N + warps - 1) // warps, sm_count() * 4))
+    dx = torch.empty_like(inp)
+    partials = torch.empty(grid, 2 * C, dtype=torch.float32, device=inp.device)
+    launch("layernorm", "layernorm_backward", grid, 32 * warps, dx, partials, dout.contiguous(),
+           None if dres is None else dres.contiguous(), inp, mean, rstd, w, N, C,
+           shared_mem=warps * 2 * C * 4)
+    sums = partials.sum(0)
+    return dx, sums[:C].to(w.dtype), sums[C:].to(w.dtype)
+
+
+class LayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b):
+        x = x.contiguous()
+        out, mean, rstd, _ = _ln_forward(x, None, w, b)
+        ctx.save_for_backward(x, mean, rstd, w)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, mean, rstd, w = ctx.saved_tensors
+        dx, dw, db = _ln_backward(dout, None, x, mean, rstd, w)
+        return dx, dw, db
+
+
+class ResidualLayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, residual, x, w, b):
+        out, mean, rstd, res_out = _ln_forward(x.contiguous(), residual.contiguous(), w, b)
+        ctx.save_for_backward(res_out, mean, rstd, w)
+        return res_out, out
+
+    @staticmethod
+    def backward(ctx, dres, dout):
+        res_out, mean, rstd, w = ctx.saved_tensors
+        dx, dw, db = _ln_backward(dout, dres, res_out, mean, rstd, w)
+        return dx, dx, dw, db
+
+
+class BiasGelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, bias):
+        h = h.contiguous()
+        C = h.shape[-1]
+        N = h.numel() // C
+        out = torch.empty_like(h)
+        grid = _bias_gelu_grid(N, C)
+        launch("gelu", "bias_gelu_forward", grid, 256, out, h, bias, N, C)
+        ctx.save_for_backward(h, bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        h, bias = ctx.saved_tensors
+        C = h.shape[-1]
+        N = h.numel() // C
+        grid = _bias_gelu_grid(N, C)
+        dh = torch.empty_like(h)
+        partials = torch.empty(grid[1], C, dtype=torch.float32, device=h.device)
+        launch("gelu", "bias_gelu_backward", grid, 256, dh, partials, dout.contiguous(), h, bias, N, C)
+        return dh, partials.sum(0).to(bias.dtype)
+
+
+def _bias_gelu_grid(N: int, C: int) -> tuple[int, int]:
+    cols = (C + 255) // 256
+    return cols, max(1, min(N, sm_count() * 8 // cols))
+
+
+class FusedClassifier(torch.autograd.Function):
+    """Mean cross-entropy of h @ W.T over the real vocabulary; the gradients are computed in the forward
+    pass, chunk by chunk (the logits of a chunk become its dlogits in place), so the full logits never exist."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, vocab_size, grad):
+        C = h.shape[-1]
+        h2 = h.reshape(-1, C)
+        t = targets.reshape(-1).contiguous()
+        N, Vp = h2.shape[0], weight.shape[0]
+        losses = torch.empty(N, dtype=torch.float32, device=h.device)
+        dh = torch.empty_like(h2) if grad else None
+        dw = None
+        for s in range(0, N, CLASSIFIER_CHUNK):
+            e = min(N, s + CLASSIFIER_CHUNK)
+            logits = h2[s:e] @ weight.t()
+            launch("classifier", "fused_classifier", e - s, 1024, logits, losses[s:e], t[s:e], vocab_size, Vp,
+                   1.0 / N, int(grad))
+            if grad:
+                torch.mm(logits, weight, out=dh[s:e])
+                dw = logits.t() @ h2[s:e] if dw is None else dw.addmm_(logits.t(), h2[s:e])
+        ctx.grads = (dh.view_as(h) if grad else None, dw)
+        return losses.mean()
+
+    @staticmethod
+    def backward(ctx, dloss):
+        dh, dw = ctx.grads
+        ctx.grads = None
+        return dh * dloss.to(dh.dtype), dw * dloss.to(dw.dtype), None, None, None
+
+
+def encoder(idx, wte, wpe):
+    return Encoder.apply(idx, wte, wpe) if _use_kernels(wte) else reference.encoder(idx, wte, wpe)
+
+
+def layernorm(x, w, b):
+    return LayerNorm.apply(x, w, b) if _use_kernels(x) else reference.layernorm(x, w, b, EPS)
+
+
+def residual_layernorm(residual, x, w, b):
+    if _use_kernels(x):
+        return ResidualLayerNorm.apply(residual, x, w, b)
+    return reference.residual_layernorm(residual, x, w, b, EPS)
+
+
+def bias_gelu(h, bias):
+    return BiasGelu.apply(h, bias) if _use_kernels(h) else reference.bias_gelu(h, bias)
+
+
+def fused_classifier(h, weight, targets, vocab_size: int):
+    if _use_kernels(h) and weight.shape[0] % 8 == 0:
+        grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+        return FusedClassifier.apply(h, weight, targets, vocab_size, grad)
+    return reference.classifier(h, weight, targets, vocab_size)
