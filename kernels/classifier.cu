@@ -4,8 +4,6 @@
 // One block per row; 16-byte loads (Vp must be a multiple of 8, rows 16-byte aligned).
 #include "common.cuh"
 
-struct __align__(16) bf16x8 { __nv_bfloat162 v[4]; };
-
 __device__ __forceinline__ void online(float& m, float& s, float x) {
     const float mn = fmaxf(m, x);
     s = s * __expf(m - mn) + __expf(x - mn);

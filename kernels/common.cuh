@@ -48,3 +48,23 @@ __device__ float block_max(float v) {
     __syncthreads();
     return v;
 }
+
+// 8 bf16 in one 16-byte access: the widest load a thread can issue
+struct __align__(16) bf16x8 { __nv_bfloat162 v[4]; };
+
+__device__ __forceinline__ void load8(float* f, const bf16* p) {
+    const bf16x8 pk = *reinterpret_cast<const bf16x8*>(p);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const float2 t = __bfloat1622float2(pk.v[k]);
+        f[2 * k] = t.x;
+        f[2 * k + 1] = t.y;
+    }
+}
+
+__device__ __forceinline__ void store8(bf16* p, const float* f) {
+    bf16x8 pk;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) pk.v[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+    *reinterpret_cast<bf16x8*>(p) = pk;
+}

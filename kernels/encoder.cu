@@ -39,3 +39,22 @@ extern "C" __global__ void encoder_backward_wpe(bf16* dwpe, const bf16* dout, in
         dwpe[i] = tobf(bf(dwpe[i]) + acc);
     }
 }
+
+// C % 8 == 0: each thread writes 8 channels with 16-byte accesses.
+extern "C" __global__ void encoder_forward_vec(bf16* out, const long long* idx, const bf16* wte, const bf16* wpe,
+                                               int N, int T, int C) {
+    const int cv = C / 8;
+    const long long total = (long long)N * cv;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long n = i / cv;
+        const int c = (int)(i % cv) * 8;
+        const int t = (int)(n % T);
+        float a[8], p[8];
+        load8(a, wte + idx[n] * C + c);
+        load8(p, wpe + (long long)t * C + c);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) a[j] += p[j];
+        store8(out + n * C + c, a);
+    }
+}

@@ -79,3 +79,120 @@ extern "C" __global__ void layernorm_backward(bf16* dx, float* partials, const b
         part[c] = s;
     }
 }
+
+// Vectorised versions for C % 8 == 0 and C <= 8 * 32 * LN_MAXV (GPT-2 up to 1558M): 16-byte accesses and
+// the row kept in registers, so each input is read from memory once.
+#define LN_MAXV 8
+
+extern "C" __global__ void layernorm_forward_vec(bf16* out, float* mean_out, float* rstd_out, bf16* res_out,
+                                                 const bf16* x, const bf16* residual, const bf16* w,
+                                                 const bf16* b, int N, int C, float eps) {
+    const int warps = blockDim.x / 32, lane = threadIdx.x % 32;
+    const long long row = (long long)blockIdx.x * warps + threadIdx.x / 32;
+    if (row >= N) return;
+    const int nv = C / 8;
+    float vals[LN_MAXV][8];
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < LN_MAXV; ++k) {
+        const int c = (lane + 32 * k) * 8;
+        if (c < C) {
+            load8(vals[k], x + row * C + c);
+            if (residual != nullptr) {
+                float r8[8];
+                load8(r8, residual + row * C + c);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) vals[k][j] = bf(tobf(vals[k][j] + r8[j]));
+                store8(res_out + row * C + c, vals[k]);
+            }
+#pragma unroll
+            for (int j = 0; j < 8; ++j) s += vals[k][j];
+        }
+    }
+    const float mean = warp_sum(s) / C;
+    float var = 0.0f;
+#pragma unroll
+    for (int k = 0; k < LN_MAXV; ++k) {
+        if ((lane + 32 * k) < nv) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const float d = vals[k][j] - mean;
+                var += d * d;
+            }
+        }
+    }
+    const float rstd = rsqrtf(warp_sum(var) / C + eps);
+#pragma unroll
+    for (int k = 0; k < LN_MAXV; ++k) {
+        const int c = (lane + 32 * k) * 8;
+        if (c < C) {
+            float w8[8], b8[8], o8[8];
+            load8(w8, w + c);
+            load8(b8, b + c);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) o8[j] = (vals[k][j] - mean) * rstd * w8[j] + b8[j];
+            store8(out + row * C + c, o8);
+        }
+    }
+    if (lane == 0) {
+        mean_out[row] = mean;
+        rstd_out[row] = rstd;
+    }
+}
+
+extern "C" __global__ void layernorm_backward_vec(bf16* dx, float* partials, const bf16* dout, const bf16* dres,
+                                                  const bf16* inp, const float* mean, const float* rstd,
+                                                  const bf16* w, int N, int C) {
+    extern __shared__ float acc[];
+    const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float* mine = acc + (long long)warp * 2 * C;
+    for (int c = lane; c < 2 * C; c += 32) mine[c] = 0.0f;
+    __syncwarp();
+    for (long long row = (long long)blockIdx.x * warps + warp; row < N; row += (long long)gridDim.x * warps) {
+        const float m = mean[row], r = rstd[row];
+        float xhat[LN_MAXV][8], g[LN_MAXV][8];
+        float sum_d = 0.0f, sum_dx = 0.0f;
+#pragma unroll
+        for (int k = 0; k < LN_MAXV; ++k) {
+            const int c = (lane + 32 * k) * 8;
+            if (c < C) {
+                float w8[8];
+                load8(xhat[k], inp + row * C + c);
+                load8(g[k], dout + row * C + c);
+                load8(w8, w + c);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    xhat[k][j] = (xhat[k][j] - m) * r;
+                    const float d = g[k][j] * w8[j];
+                    sum_d += d;
+                    sum_dx += d * xhat[k][j];
+                }
+            }
+        }
+        sum_d = warp_sum(sum_d) / C;
+        sum_dx = warp_sum(sum_dx) / C;
+#pragma unroll
+        for (int k = 0; k < LN_MAXV; ++k) {
+            const int c = (lane + 32 * k) * 8;
+            if (c < C) {
+                float w8[8], o8[8], r8[8];
+                load8(w8, w + c);
+                if (dres) load8(r8, dres + row * C + c);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    o8[j] = (g[k][j] * w8[j] - sum_d - xhat[k][j] * sum_dx) * r + (dres ? r8[j] : 0.0f);
+                    mine[c + j] += g[k][j] * xhat[k][j];
+                    mine[C + c + j] += g[k][j];
+                }
+                store8(dx + row * C + c, o8);
+            }
+        }
+    }
+    __syncthreads();
+    float* part = partials + (long long)blockIdx.x * 2 * C;
+    for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+        float s = 0.0f;
+        for (int k = 0; k < warps; ++k) s += acc[(long long)k * 2 * C + c];
+        part[c] = s;
+    }
+}

@@ -45,7 +45,7 @@ def _sdpa_context():
 
 
 def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: int, total_batch: int,
-                       steps: int, warmup: int) -> StepResult:
+                       steps: int, warmup: int, profile: bool = False) -> StepResult:
     from .ops.optim import FlatAdamW
 
     device = torch.device("cuda")
@@ -86,6 +86,20 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
             torch.cuda.synchronize()
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
+    if profile:  # one more step under the profiler: where the time goes, kernel by kernel
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        with _sdpa_context(), torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for k in range(accum):
+                with amp:
+                    _, loss = runner(data[k, :, :-1], data[k, :, 1:])
+                (loss / accum).backward()
+            opt.step(6e-4) if mode == "kernels" else opt.step()
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+        print(f"## profile of one {mode} step (CUDA time per kernel)")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
     dt = statistics.median(times)
     peak = peak_flops(device)
     result = StepResult(mode, micro_batch, dt * 1e3, total_batch / dt, flops / dt / 1e12,
@@ -178,7 +192,8 @@ def kernel_table(cfg: ModelConfig, tokens: int = 16384) -> list[tuple[str, float
 
 
 def run(size: str = "124M", seq_len: int = 1024, total_batch: int = 524288, modes=("kernels", "eager", "compile"),
-        micro_batch: dict | None = None, steps: int = 5, warmup: int = 2, kernels: bool = True) -> str:
+        micro_batch: dict | None = None, steps: int = 5, warmup: int = 2, kernels: bool = True,
+        profile: tuple[str, ...] = ()) -> str:
     cfg = GPT2_SIZES[size]
     micro_batch = {"kernels": 64, "eager": 32, "compile": 64, **(micro_batch or {})}
     name = torch.cuda.get_device_name()
@@ -189,7 +204,8 @@ def run(size: str = "124M", seq_len: int = 1024, total_batch: int = 524288, mode
         b = micro_batch[mode]
         while True:
             try:
-                results.append(time_training_step(mode, cfg, b, seq_len, total_batch, steps, warmup))
+                results.append(time_training_step(mode, cfg, b, seq_len, total_batch, steps, warmup,
+                                                  profile=mode in profile))
                 break
             except torch.cuda.OutOfMemoryError:
                 gc.collect()

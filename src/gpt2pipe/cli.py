@@ -125,7 +125,8 @@ def cmd_bench(args) -> None:
         raise Gpt2pipeError("bench needs a CUDA GPU")
     micro = dict(item.split("=") for item in args.micro_batch)
     table = bench.run(args.size, args.seq_len, args.total_batch, tuple(args.modes.split(",")),
-                      {k: int(v) for k, v in micro.items()}, args.steps, args.warmup, not args.no_kernel_table)
+                      {k: int(v) for k, v in micro.items()}, args.steps, args.warmup, not args.no_kernel_table,
+                      tuple(args.profile.split(",")) if args.profile else ())
     print(table)
     if args.out:
         args.out.write_text(table + "\n")
@@ -196,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, autotuning)")
     p.add_argument("--no-kernel-table", action="store_true", help="skip the per-kernel table")
+    p.add_argument("--profile", default="", help="comma-separated modes to profile for one extra step")
     p.add_argument("--out", type=Path, help="also write the tables to this file")
     p.set_defaults(func=cmd_bench)
     return parser

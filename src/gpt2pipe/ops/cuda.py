@@ -74,10 +74,27 @@ def launch(name: str, kernel: str, grid, block, *args, shared_mem: int = 0) -> N
     fn = function(name, kernel)
     if shared_mem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < shared_mem:
         fn.max_dynamic_shared_size_bytes = shared_mem
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+    stream = _stream(torch.cuda.current_stream().cuda_stream)
     fn(tuple(grid) if isinstance(grid, (tuple, list)) else (grid,),
        tuple(block) if isinstance(block, (tuple, list)) else (block,),
        tuple(converted), stream=stream, shared_mem=shared_mem)
+
+
+@functools.lru_cache(maxsize=64)
+def _stream(pointer: int):
+    """CuPy's handle on a torch stream, made once per stream."""
+    import warnings
+
+    import cupy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # ExternalStream still works in CuPy 14
+        return cupy.cuda.ExternalStream(pointer)
+
+
+def aligned(*tensors) -> bool:
+    """All tensors start on a 16-byte boundary (the vectorised kernels' requirement)."""
+    return all(t is None or t.data_ptr() % 16 == 0 for t in tensors)
 
 
 def compile_check(path: Path, arch: str = "compute_90") -> None:

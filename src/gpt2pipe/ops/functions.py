@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 
 from . import kernels_available, reference
-from .cuda import launch, sm_count
+from .cuda import aligned, launch, sm_count
+
+LN_MAX_VEC_C = 8 * 32 * 8  # layernorm_*_vec keep a row in registers: C up to 2048
 
 EPS = 1e-5
 CLASSIFIER_CHUNK = 16384  # tokens per logits chunk: 16384 x 50304 bf16 = 1.6 GB at a time, never all of them
@@ -30,7 +32,10 @@ class Encoder(torch.autograd.Function):
         B, T = idx.shape
         C = wte.shape[1]
         out = torch.empty(B, T, C, dtype=wte.dtype, device=wte.device)
-        launch("encoder", "encoder_forward", _blocks(B * T * C), 256, out, idx, wte, wpe, B * T, T, C)
+        if C % 8 == 0 and aligned(wte, wpe):
+            launch("encoder", "encoder_forward_vec", _blocks(B * T * C // 8), 256, out, idx, wte, wpe, B * T, T, C)
+        else:
+            launch("encoder", "encoder_forward", _blocks(B * T * C), 256, out, idx, wte, wpe, B * T, T, C)
         ctx.save_for_backward(idx)
         ctx.shapes = (wte.shape, wpe.shape)
         return out
@@ -61,7 +66,8 @@ def _ln_forward(x, residual, w, b):
     mean = torch.empty(N, dtype=torch.float32, device=x.device)
     rstd = torch.empty(N, dtype=torch.float32, device=x.device)
     res_out = torch.empty_like(x) if residual is not None else None
-    launch("layernorm", "layernorm_forward", (N + 7) // 8, 256, out, mean, rstd, res_out, x, residual, w, b,
+    vec = "_vec" if _ln_vec(C, x, residual, w, b) else ""
+    launch("layernorm", f"layernorm_forward{vec}", (N + 7) // 8, 256, out, mean, rstd, res_out, x, residual, w, b,
            N, C, EPS)
     return out, mean, rstd, res_out
 
@@ -70,14 +76,20 @@ def _ln_backward(dout, dres, inp, mean, rstd, w):
     C = inp.shape[-1]
     N = inp.numel() // C
     warps = 4
-    grid = max(1, min((N + warps - 1) // warps, sm_count() * 4))
+    grid = max(1, min((N + warps - 1) // warps, sm_count() * 8))
     dx = torch.empty_like(inp)
     partials = torch.empty(grid, 2 * C, dtype=torch.float32, device=inp.device)
-    launch("layernorm", "layernorm_backward", grid, 32 * warps, dx, partials, dout.contiguous(),
-           None if dres is None else dres.contiguous(), inp, mean, rstd, w, N, C,
-           shared_mem=warps * 2 * C * 4)
+    dout = dout.contiguous()
+    dres = None if dres is None else dres.contiguous()
+    vec = "_vec" if _ln_vec(C, dout, dres, inp, w) else ""
+    launch("layernorm", f"layernorm_backward{vec}", grid, 32 * warps, dx, partials, dout, dres, inp, mean, rstd,
+           w, N, C, shared_mem=warps * 2 * C * 4)
     sums = partials.sum(0)
     return dx, sums[:C].to(w.dtype), sums[C:].to(w.dtype)
+
+
+def _ln_vec(C: int, *tensors) -> bool:
+    return C % 8 == 0 and C <= LN_MAX_VEC_C and aligned(*tensors)
 
 
 class LayerNorm(torch.autograd.Function):
@@ -116,8 +128,8 @@ class BiasGelu(torch.autograd.Function):
         C = h.shape[-1]
         N = h.numel() // C
         out = torch.empty_like(h)
-        grid = _bias_gelu_grid(N, C)
-        launch("gelu", "bias_gelu_forward", grid, 256, out, h, bias, N, C)
+        vec, grid, threads = _bias_gelu_grid(N, C, h, bias)
+        launch("gelu", f"bias_gelu_forward{vec}", grid, threads, out, h, bias, N, C)
         ctx.save_for_backward(h, bias)
         return out
 
@@ -126,16 +138,20 @@ class BiasGelu(torch.autograd.Function):
         h, bias = ctx.saved_tensors
         C = h.shape[-1]
         N = h.numel() // C
-        grid = _bias_gelu_grid(N, C)
+        dout = dout.contiguous()
+        vec, grid, threads = _bias_gelu_grid(N, C, h, bias, dout)
         dh = torch.empty_like(h)
         partials = torch.empty(grid[1], C, dtype=torch.float32, device=h.device)
-        launch("gelu", "bias_gelu_backward", grid, 256, dh, partials, dout.contiguous(), h, bias, N, C)
+        launch("gelu", f"bias_gelu_backward{vec}", grid, threads, dh, partials, dout, h, bias, N, C)
         return dh, partials.sum(0).to(bias.dtype)
 
 
-def _bias_gelu_grid(N: int, C: int) -> tuple[int, int]:
-    cols = (C + 255) // 256
-    return cols, max(1, min(N, sm_count() * 8 // cols))
+def _bias_gelu_grid(N: int, C: int, *tensors) -> tuple[str, tuple[int, int], int]:
+    """(kernel suffix, grid, threads): x tiles the columns (8 per thread when vectorised), y strides rows."""
+    vec = C % 8 == 0 and aligned(*tensors)
+    threads = 128 if vec else 256
+    cols = (C // (8 if vec else 1) + threads - 1) // threads
+    return ("_vec" if vec else ""), (cols, max(1, min(N, sm_count() * 16 // cols))), threads
 
 
 class FusedClassifier(torch.autograd.Function):
