@@ -1,6 +1,6 @@
 // Token + position embedding. Forward: out[n, :] = wte[idx[n], :] + wpe[n % T, :].
-// Backward is deterministic: wte rows are summed per unique token over positions pre-sorted by token
-// (one block per token, fixed order), wpe rows are summed over the batch in a fixed order.
+// Backward is deterministic: wte rows are summed per token over positions pre-sorted by token (one block
+// per run of equal tokens, in a fixed order), wpe rows are summed over the batch in a fixed order.
 #include "common.cuh"
 
 extern "C" __global__ void encoder_forward(bf16* out, const long long* idx, const bf16* wte, const bf16* wpe,
@@ -12,20 +12,6 @@ extern "C" __global__ void encoder_forward(bf16* out, const long long* idx, cons
         const int c = (int)(i % C);
         const int t = (int)(n % T);
         out[i] = tobf(bf(wte[idx[n] * C + c]) + bf(wpe[(long long)t * C + c]));
-    }
-}
-
-// order: positions sorted by token (stable); seg: start of each unique token's run in `order` (U+1 entries);
-// tokens: the unique token of each run. Grid: U blocks; each block owns one wte row, so no atomics.
-extern "C" __global__ void encoder_backward_wte(bf16* dwte, const bf16* dout, const long long* order,
-                                                const long long* seg, const long long* tokens, int C) {
-    const int u = blockIdx.x;
-    const long long begin = seg[u], end = seg[u + 1];
-    bf16* row = dwte + tokens[u] * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float acc = 0.0f;
-        for (long long k = begin; k < end; ++k) acc += bf(dout[order[k] * C + c]);
-        row[c] = tobf(bf(row[c]) + acc);
     }
 }
 
@@ -56,5 +42,22 @@ extern "C" __global__ void encoder_forward_vec(bf16* out, const long long* idx, 
 #pragma unroll
         for (int j = 0; j < 8; ++j) a[j] += p[j];
         store8(out + n * C + c, a);
+    }
+}
+
+// The same sums without knowing the runs in advance (no host sync to count them): one block per position
+// of the token-sorted order; only the block at the start of a run works, summing the run in order.
+extern "C" __global__ void encoder_backward_wte_sorted(bf16* dwte, const bf16* dout, const long long* order,
+                                                       const long long* sorted_tokens, int N, int C) {
+    const int i = blockIdx.x;
+    const long long tok = sorted_tokens[i];
+    if (i > 0 && sorted_tokens[i - 1] == tok) return;
+    int end = i + 1;
+    while (end < N && sorted_tokens[end] == tok) ++end;
+    bf16* row = dwte + tok * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float acc = 0.0f;
+        for (int k = i; k < end; ++k) acc += bf(dout[order[k] * C + c]);
+        row[c] = tobf(bf(row[c]) + acc);
     }
 }

@@ -140,11 +140,14 @@ extern "C" __global__ void layernorm_forward_vec(bf16* out, float* mean_out, flo
     }
 }
 
+// The per-warp dw/db accumulators are stored transposed (element j of vector v at j * nv + v), so the 32
+// lanes of a warp, which own consecutive vectors, touch consecutive shared-memory words: no bank conflicts.
 extern "C" __global__ void layernorm_backward_vec(bf16* dx, float* partials, const bf16* dout, const bf16* dres,
                                                   const bf16* inp, const float* mean, const float* rstd,
                                                   const bf16* w, int N, int C) {
     extern __shared__ float acc[];
     const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int nv = C / 8;
     float* mine = acc + (long long)warp * 2 * C;
     for (int c = lane; c < 2 * C; c += 32) mine[c] = 0.0f;
     __syncwarp();
@@ -181,8 +184,8 @@ extern "C" __global__ void layernorm_backward_vec(bf16* dx, float* partials, con
 #pragma unroll
                 for (int j = 0; j < 8; ++j) {
                     o8[j] = (g[k][j] * w8[j] - sum_d - xhat[k][j] * sum_dx) * r + (dres ? r8[j] : 0.0f);
-                    mine[c + j] += g[k][j] * xhat[k][j];
-                    mine[C + c + j] += g[k][j];
+                    mine[j * nv + lane + 32 * k] += g[k][j] * xhat[k][j];
+                    mine[C + j * nv + lane + 32 * k] += g[k][j];
                 }
                 store8(dx + row * C + c, o8);
             }
@@ -191,8 +194,10 @@ extern "C" __global__ void layernorm_backward_vec(bf16* dx, float* partials, con
     __syncthreads();
     float* part = partials + (long long)blockIdx.x * 2 * C;
     for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+        const int half = c < C ? 0 : C, cc = c - half;  // column cc = v * 8 + j lives at j * nv + v
+        const int at = half + (cc % 8) * nv + cc / 8;
         float s = 0.0f;
-        for (int k = 0; k < warps; ++k) s += acc[(long long)k * 2 * C + c];
+        for (int k = 0; k < warps; ++k) s += acc[(long long)k * 2 * C + at];
         part[c] = s;
     }
 }

@@ -22,7 +22,8 @@ def test_every_kernel_source_compiles_with_nvrtc():
     from gpt2pipe.ops import cuda
 
     sources = cuda.sources()
-    assert {p.stem for p in sources} >= {"encoder", "layernorm", "gelu", "classifier", "adamw", "global_norm"}
+    assert {p.stem for p in sources} >= {"encoder", "layernorm", "gelu", "classifier", "adamw", "global_norm",
+                                         "bias_grad"}
     for path in sources:
         cuda.compile_check(path)
 
@@ -96,6 +97,19 @@ def test_bias_gelu(N, C):
     assert rel(out, ref) < 1e-2
     g = torch.randn_like(out)
     for a, c in zip(grads_of(out, (h, bias), g), grads_of(ref, (h, bias), g.float())):
+        assert rel(a, c) < 2e-2
+
+
+@gpu
+@pytest.mark.parametrize("N,C_in,C", [(4096, 768, 2304), (33, 24, 40), (5, 7, 9)])
+def test_linear_bias_grad(N, C_in, C):
+    torch.manual_seed(0)
+    x, w, b = leaf(N, C_in), leaf(C, C_in, scale=0.1), leaf(C)
+    out = K.LinearBias.apply(x, w, b)
+    ref = torch.nn.functional.linear(x.float(), w.float(), b.float())
+    assert rel(out, ref) < 1e-2
+    g = torch.randn_like(out)
+    for a, c in zip(grads_of(out, (x, w, b), g), grads_of(ref, (x, w, b), g.float())):
         assert rel(a, c) < 2e-2
 
 

@@ -19,12 +19,12 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.c_proj.residual = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, linear=F.linear) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = linear(x, self.c_attn.weight, self.c_attn.bias).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return linear(y.transpose(1, 2).contiguous().view(B, T, C), self.c_proj.weight, self.c_proj.bias)
 
 
 class MLP(nn.Module):
@@ -106,9 +106,9 @@ class GPT(nn.Module):
         x = K.encoder(idx, tr.wte.weight, tr.wpe.weight)
         h = K.layernorm(x, tr.h[0].ln_1.weight, tr.h[0].ln_1.bias)
         for i, block in enumerate(tr.h):
-            x, h = K.residual_layernorm(x, block.attn(h), block.ln_2.weight, block.ln_2.bias)
+            x, h = K.residual_layernorm(x, block.attn(h, linear=K.linear), block.ln_2.weight, block.ln_2.bias)
             mlp = block.mlp
-            m = mlp.c_proj(K.bias_gelu(F.linear(h, mlp.c_fc.weight), mlp.c_fc.bias))
+            m = K.linear(K.bias_gelu(F.linear(h, mlp.c_fc.weight), mlp.c_fc.bias), mlp.c_proj.weight, mlp.c_proj.bias)
             nxt = tr.h[i + 1].ln_1 if i + 1 < len(tr.h) else tr.ln_f
             x, h = K.residual_layernorm(x, m, nxt.weight, nxt.bias)
         if targets is None:

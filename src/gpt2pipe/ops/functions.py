@@ -49,11 +49,8 @@ class Encoder(torch.autograd.Function):
         C = wte_shape[1]
         # group positions by token (stable sort): each token's rows are summed by one block, in order
         sorted_tok, order = torch.sort(idx.view(-1), stable=True)
-        tokens, counts = torch.unique_consecutive(sorted_tok, return_counts=True)
-        seg = torch.zeros(len(tokens) + 1, dtype=torch.long, device=idx.device)
-        torch.cumsum(counts, 0, out=seg[1:])
         dwte = torch.zeros(wte_shape, dtype=dout.dtype, device=dout.device)
-        launch("encoder", "encoder_backward_wte", len(tokens), 256, dwte, dout, order, seg, tokens, C)
+        launch("encoder", "encoder_backward_wte_sorted", B * T, 256, dwte, dout, order, sorted_tok, B * T, C)
         dwpe = torch.zeros(wpe_shape, dtype=dout.dtype, device=dout.device)
         launch("encoder", "encoder_backward_wpe", _blocks(T * C), 256, dwpe, dout, B, T, C)
         return None, dwte, dwpe
@@ -146,6 +143,38 @@ class BiasGelu(torch.autograd.Function):
         return dh, partials.sum(0).to(bias.dtype)
 
 
+class LinearBias(torch.autograd.Function):
+    """y = x @ W.T + b (cuBLASLt with its bias epilogue); backward takes db from our column-sum kernel
+    instead of a generic reduction."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        return torch.nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        C_out = dy.shape[-1]
+        dy2 = dy.reshape(-1, C_out)
+        x2 = x.reshape(-1, x.shape[-1])
+        dx = (dy2 @ weight).view_as(x)
+        dw = dy2.t() @ x2
+        return dx, dw, bias_grad(dy2)
+
+
+def bias_grad(dy: torch.Tensor) -> torch.Tensor:
+    N, C = dy.shape
+    if C % 8 or not aligned(dy):
+        return dy.sum(0)
+    dy = dy.contiguous()
+    cols = (C // 8 + 127) // 128
+    rows = max(1, min(N, sm_count() * 16 // cols))
+    partials = torch.empty(rows, C, dtype=torch.float32, device=dy.device)
+    launch("bias_grad", "bias_grad", (cols, rows), 128, partials, dy, N, C)
+    return partials.sum(0).to(dy.dtype)
+
+
 def _bias_gelu_grid(N: int, C: int, *tensors) -> tuple[str, tuple[int, int], int]:
     """(kernel suffix, grid, threads): x tiles the columns (8 per thread when vectorised), y strides rows."""
     vec = C % 8 == 0 and aligned(*tensors)
@@ -197,6 +226,12 @@ def residual_layernorm(residual, x, w, b):
     if _use_kernels(x):
         return ResidualLayerNorm.apply(residual, x, w, b)
     return reference.residual_layernorm(residual, x, w, b, EPS)
+
+
+def linear(x, weight, bias):
+    if bias is not None and _use_kernels(x):
+        return LinearBias.apply(x, weight, bias)
+    return torch.nn.functional.linear(x, weight, bias)
 
 
 def bias_gelu(h, bias):
