@@ -80,21 +80,20 @@ extern "C" __global__ void layernorm_backward(bf16* dx, float* partials, const b
     }
 }
 
-// Vectorised versions for C % 8 == 0 and C <= 8 * 32 * LN_MAXV (GPT-2 up to 1558M): 16-byte accesses and
-// the row kept in registers, so each input is read from memory once.
-#define LN_MAXV 8
-
-extern "C" __global__ void layernorm_forward_vec(bf16* out, float* mean_out, float* rstd_out, bf16* res_out,
-                                                 const bf16* x, const bf16* residual, const bf16* w,
-                                                 const bf16* b, int N, int C, float eps) {
+// Vectorised versions for C % 8 == 0: 16-byte accesses and the row kept in registers, so each input is
+// read from memory once. V = vectors of 8 per lane = ceil(C / 256) is a template parameter, so a row
+// takes only the registers it needs (occupancy); extern "C" entry points exist for V = 1..8 (C <= 2048).
+// Backward for V <= 3 (GPT-2 124M: C = 768) is capped at 80 registers: 6 blocks per SM instead of 4.
+template <int V>
+__device__ void ln_forward_vec(bf16* out, float* mean_out, float* rstd_out, bf16* res_out, const bf16* x,
+                               const bf16* residual, const bf16* w, const bf16* b, int N, int C, float eps) {
     const int warps = blockDim.x / 32, lane = threadIdx.x % 32;
     const long long row = (long long)blockIdx.x * warps + threadIdx.x / 32;
     if (row >= N) return;
-    const int nv = C / 8;
-    float vals[LN_MAXV][8];
+    float vals[V][8];
     float s = 0.0f;
 #pragma unroll
-    for (int k = 0; k < LN_MAXV; ++k) {
+    for (int k = 0; k < V; ++k) {
         const int c = (lane + 32 * k) * 8;
         if (c < C) {
             load8(vals[k], x + row * C + c);
@@ -112,8 +111,8 @@ extern "C" __global__ void layernorm_forward_vec(bf16* out, float* mean_out, flo
     const float mean = warp_sum(s) / C;
     float var = 0.0f;
 #pragma unroll
-    for (int k = 0; k < LN_MAXV; ++k) {
-        if ((lane + 32 * k) < nv) {
+    for (int k = 0; k < V; ++k) {
+        if ((lane + 32 * k) * 8 < C) {
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 const float d = vals[k][j] - mean;
@@ -123,7 +122,7 @@ extern "C" __global__ void layernorm_forward_vec(bf16* out, float* mean_out, flo
     }
     const float rstd = rsqrtf(warp_sum(var) / C + eps);
 #pragma unroll
-    for (int k = 0; k < LN_MAXV; ++k) {
+    for (int k = 0; k < V; ++k) {
         const int c = (lane + 32 * k) * 8;
         if (c < C) {
             float w8[8], b8[8], o8[8];
@@ -142,9 +141,9 @@ extern "C" __global__ void layernorm_forward_vec(bf16* out, float* mean_out, flo
 
 // The per-warp dw/db accumulators are stored transposed (element j of vector v at j * nv + v), so the 32
 // lanes of a warp, which own consecutive vectors, touch consecutive shared-memory words: no bank conflicts.
-extern "C" __global__ void layernorm_backward_vec(bf16* dx, float* partials, const bf16* dout, const bf16* dres,
-                                                  const bf16* inp, const float* mean, const float* rstd,
-                                                  const bf16* w, int N, int C) {
+template <int V>
+__device__ void ln_backward_vec(bf16* dx, float* partials, const bf16* dout, const bf16* dres, const bf16* inp,
+                                const float* mean, const float* rstd, const bf16* w, int N, int C) {
     extern __shared__ float acc[];
     const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int nv = C / 8;
@@ -153,10 +152,10 @@ extern "C" __global__ void layernorm_backward_vec(bf16* dx, float* partials, con
     __syncwarp();
     for (long long row = (long long)blockIdx.x * warps + warp; row < N; row += (long long)gridDim.x * warps) {
         const float m = mean[row], r = rstd[row];
-        float xhat[LN_MAXV][8], g[LN_MAXV][8];
+        float xhat[V][8], g[V][8];
         float sum_d = 0.0f, sum_dx = 0.0f;
 #pragma unroll
-        for (int k = 0; k < LN_MAXV; ++k) {
+        for (int k = 0; k < V; ++k) {
             const int c = (lane + 32 * k) * 8;
             if (c < C) {
                 float w8[8];
@@ -175,8 +174,8 @@ extern "C" __global__ void layernorm_backward_vec(bf16* dx, float* partials, con
         sum_d = warp_sum(sum_d) / C;
         sum_dx = warp_sum(sum_dx) / C;
 #pragma unroll
-        for (int k = 0; k < LN_MAXV; ++k) {
-            const int c = (lane + 32 * k) * 8;
+        for (int k = 0; k < V; ++k) {
+            const int v = lane + 32 * k, c = v * 8;
             if (c < C) {
                 float w8[8], o8[8], r8[8];
                 load8(w8, w + c);
@@ -184,8 +183,8 @@ extern "C" __global__ void layernorm_backward_vec(bf16* dx, float* partials, con
 #pragma unroll
                 for (int j = 0; j < 8; ++j) {
                     o8[j] = (g[k][j] * w8[j] - sum_d - xhat[k][j] * sum_dx) * r + (dres ? r8[j] : 0.0f);
-                    mine[j * nv + lane + 32 * k] += g[k][j] * xhat[k][j];
-                    mine[C + j * nv + lane + 32 * k] += g[k][j];
+                    mine[j * nv + v] += g[k][j] * xhat[k][j];
+                    mine[C + j * nv + v] += g[k][j];
                 }
                 store8(dx + row * C + c, o8);
             }
@@ -201,3 +200,24 @@ extern "C" __global__ void layernorm_backward_vec(bf16* dx, float* partials, con
         part[c] = s;
     }
 }
+
+#define LN_VEC_ENTRY(V)                                                                                        \
+    extern "C" __global__ void layernorm_forward_vec##V(bf16* out, float* mean, float* rstd, bf16* res_out,   \
+                                                        const bf16* x, const bf16* residual, const bf16* w,    \
+                                                        const bf16* b, int N, int C, float eps) {              \
+        ln_forward_vec<V>(out, mean, rstd, res_out, x, residual, w, b, N, C, eps);                             \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128, (V <= 3 ? 6 : 2)) layernorm_backward_vec##V(bf16* dx, float* partials, const bf16* dout,         \
+                                                         const bf16* dres, const bf16* inp, const float* mean, \
+                                                         const float* rstd, const bf16* w, int N, int C) {     \
+        ln_backward_vec<V>(dx, partials, dout, dres, inp, mean, rstd, w, N, C);                                \
+    }
+
+LN_VEC_ENTRY(1)
+LN_VEC_ENTRY(2)
+LN_VEC_ENTRY(3)
+LN_VEC_ENTRY(4)
+LN_VEC_ENTRY(5)
+LN_VEC_ENTRY(6)
+LN_VEC_ENTRY(7)
+LN_VEC_ENTRY(8)

@@ -188,3 +188,18 @@ def test_training_steps_with_kernels_match_the_torch_reference():
         n_ours = optimizer_step(opt_ours, ours, 1e-3, 1.0)
         assert l_ours.item() == pytest.approx(l_ref.item(), rel=2e-2), step
         assert n_ours.item() == pytest.approx(n_ref.item(), rel=5e-2), step
+
+
+@gpu
+def test_recompute_gives_the_same_gradients():
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=64)
+    a = GPT(cfg, ops="kernels").cuda().bfloat16()
+    b = GPT(cfg, ops="kernels", recompute=True).cuda().bfloat16()
+    b.load_state_dict(a.state_dict())
+    x = torch.randint(0, 50257, (4, 64), device="cuda")
+    la, lb = a(x, x)[1], b(x, x)[1]
+    la.backward()
+    lb.backward()
+    assert la.item() == lb.item()
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(a.parameters(), b.parameters()))

@@ -50,8 +50,9 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
 
     device = torch.device("cuda")
     torch.manual_seed(0)
-    model = GPT(cfg, ops="kernels" if mode == "kernels" else "torch").to(device)
-    if mode == "kernels":
+    kernels = mode.startswith("kernels")
+    model = GPT(cfg, ops="kernels" if kernels else "torch", recompute=mode == "kernels-recompute").to(device)
+    if kernels:
         opt = FlatAdamW(model, lr=6e-4, weight_decay=0.1, grad_clip=1.0)
         amp = contextlib.nullcontext()
     else:
@@ -76,7 +77,7 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
                     _, loss = runner(data[k, :, :-1], data[k, :, 1:])
                 (loss / accum).backward()
                 total += loss.detach()
-            if mode == "kernels":
+            if kernels:
                 opt.step(6e-4)
             else:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -95,7 +96,7 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
                 with amp:
                     _, loss = runner(data[k, :, :-1], data[k, :, 1:])
                 (loss / accum).backward()
-            opt.step(6e-4) if mode == "kernels" else opt.step()
+            opt.step(6e-4) if kernels else opt.step()
             opt.zero_grad(set_to_none=True)
             torch.cuda.synchronize()
         print(f"## profile of one {mode} step (CUDA time per kernel)")
@@ -195,7 +196,7 @@ def run(size: str = "124M", seq_len: int = 1024, total_batch: int = 524288, mode
         micro_batch: dict | None = None, steps: int = 5, warmup: int = 2, kernels: bool = True,
         profile: tuple[str, ...] = ()) -> str:
     cfg = GPT2_SIZES[size]
-    micro_batch = {"kernels": 64, "eager": 32, "compile": 64, **(micro_batch or {})}
+    micro_batch = {"kernels": 64, "kernels-recompute": 128, "eager": 32, "compile": 64, **(micro_batch or {})}
     name = torch.cuda.get_device_name()
     lines = [f"# gpt2pipe bench on {name}, torch {torch.__version__}, GPT-2 {size}, T={seq_len}, "
              f"{total_batch:,} tokens/step, median of {steps} steps after {warmup} warm-up"]

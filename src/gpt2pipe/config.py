@@ -68,6 +68,7 @@ class TrainConfig:
     device: str
     dtype: str
     ops: str
+    recompute: bool
     stochastic_rounding: bool
     num_threads: int
 

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from .config import ModelConfig
 
@@ -56,10 +57,11 @@ class GPT(nn.Module):
     embedding, residual+LayerNorm, bias+GELU and the fused classifier; cuBLAS matmuls and cuDNN attention).
     Both use the same parameters, so checkpoints move freely between them."""
 
-    def __init__(self, cfg: ModelConfig, ops: str = "torch"):
+    def __init__(self, cfg: ModelConfig, ops: str = "torch", recompute: bool = False):
         super().__init__()
         self.config = cfg
         self.ops = ops
+        self.recompute = recompute  # kernels path: keep only block inputs, recompute the rest in backward
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
             wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
@@ -105,12 +107,19 @@ class GPT(nn.Module):
         tr = self.transformer
         x = K.encoder(idx, tr.wte.weight, tr.wpe.weight)
         h = K.layernorm(x, tr.h[0].ln_1.weight, tr.h[0].ln_1.bias)
-        for i, block in enumerate(tr.h):
+
+        def block_step(block, nxt, x, h):
             x, h = K.residual_layernorm(x, block.attn(h, linear=K.linear), block.ln_2.weight, block.ln_2.bias)
             mlp = block.mlp
             m = K.linear(K.bias_gelu(F.linear(h, mlp.c_fc.weight), mlp.c_fc.bias), mlp.c_proj.weight, mlp.c_proj.bias)
+            return K.residual_layernorm(x, m, nxt.weight, nxt.bias)
+
+        for i, block in enumerate(tr.h):
             nxt = tr.h[i + 1].ln_1 if i + 1 < len(tr.h) else tr.ln_f
-            x, h = K.residual_layernorm(x, m, nxt.weight, nxt.bias)
+            if self.recompute and torch.is_grad_enabled():
+                x, h = torch.utils.checkpoint.checkpoint(block_step, block, nxt, x, h, use_reentrant=False)
+            else:
+                x, h = block_step(block, nxt, x, h)
         if targets is None:
             return F.linear(h, self.lm_head.weight)[..., : self.config.vocab_size], None
         return None, K.fused_classifier(h, self.lm_head.weight, targets, self.config.vocab_size)

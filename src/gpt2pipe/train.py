@@ -158,7 +158,7 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
     if t.ops == "kernels" and not use_kernels:
         tqdm.write("train.ops is 'kernels' but no CUDA GPU with CuPy is available: running the torch reference path")
     seed_everything(t.seed)
-    model = GPT(cfg.model, ops="kernels" if use_kernels else "torch").to(device)
+    model = GPT(cfg.model, ops="kernels" if use_kernels else "torch", recompute=t.recompute).to(device)
     optimizer = make_flat_optimizer(model, t) if use_kernels else make_optimizer(model, t, device)
     step = 0
     if saved is not None:

@@ -63,7 +63,7 @@ def _ln_forward(x, residual, w, b):
     mean = torch.empty(N, dtype=torch.float32, device=x.device)
     rstd = torch.empty(N, dtype=torch.float32, device=x.device)
     res_out = torch.empty_like(x) if residual is not None else None
-    vec = "_vec" if _ln_vec(C, x, residual, w, b) else ""
+    vec = _ln_vec(C, x, residual, w, b)
     launch("layernorm", f"layernorm_forward{vec}", (N + 7) // 8, 256, out, mean, rstd, res_out, x, residual, w, b,
            N, C, EPS)
     return out, mean, rstd, res_out
@@ -78,15 +78,18 @@ def _ln_backward(dout, dres, inp, mean, rstd, w):
     partials = torch.empty(grid, 2 * C, dtype=torch.float32, device=inp.device)
     dout = dout.contiguous()
     dres = None if dres is None else dres.contiguous()
-    vec = "_vec" if _ln_vec(C, dout, dres, inp, w) else ""
+    vec = _ln_vec(C, dout, dres, inp, w)
     launch("layernorm", f"layernorm_backward{vec}", grid, 32 * warps, dx, partials, dout, dres, inp, mean, rstd,
            w, N, C, shared_mem=warps * 2 * C * 4)
     sums = partials.sum(0)
     return dx, sums[:C].to(w.dtype), sums[C:].to(w.dtype)
 
 
-def _ln_vec(C: int, *tensors) -> bool:
-    return C % 8 == 0 and C <= LN_MAX_VEC_C and aligned(*tensors)
+def _ln_vec(C: int, *tensors) -> str:
+    """Kernel-name suffix: `_vecV` (V = 16-byte vectors per lane) when the row fits, else the scalar kernel."""
+    if C % 8 == 0 and C <= LN_MAX_VEC_C and aligned(*tensors):
+        return f"_vec{(C + 255) // 256}"
+    return ""
 
 
 class LayerNorm(torch.autograd.Function):
