@@ -34,7 +34,8 @@ def tiny_config(tmp_path: Path, **sections) -> dict:
         "train": {"seq_len": 32, "micro_batch_size": 4, "total_batch_tokens": 256, "max_steps": 6,
                   "learning_rate": 0.003, "warmup_steps": 2, "val_every": 3, "checkpoint_every": 3,
                   "device": "cpu"},
-        "eval": {"val_tokens": 256, "hellaswag": "demo", "hellaswag_max_examples": 8, "batch_size": 8},
+        "eval": {"val_tokens": 256, "hellaswag": "demo", "hellaswag_max_examples": 8, "batch_size": 8,
+                 "sample_tokens": 8},
     }
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)

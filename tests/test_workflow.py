@@ -41,7 +41,7 @@ def workdir(tmp_path_factory):
     cfg = tiny_config(wd, report={"log_scale": True})
     cfg["results_dir"] = "results"
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
-    snakemake(wd, "results/output.png")
+    snakemake(wd)  # the default target: report, eval results and samples
     return wd
 
 
@@ -55,6 +55,11 @@ def test_demo_outputs(workdir):
     for step in (3, 6):
         m = json.loads((res / "tiny" / "eval" / f"step_{step:06d}.json").read_text())
         assert m["step"] == step and m["val_loss"] < 11 and m["hellaswag_examples"] == 8
+    metrics = (res / "tiny" / "metrics.tsv").read_text().splitlines()
+    assert metrics[0].split("\t") == ["step", "tokens", "val_loss", "hellaswag_acc_norm", "hellaswag_acc"]
+    assert [row.split("\t")[0] for row in metrics[1:]] == ["3", "6"]
+    samples = (res / "tiny" / "samples" / "step_000006.txt").read_text()
+    assert samples.count("--- sample") == 3
     for rule in ("corpus", "tokenize"):
         assert (res / "data" / "tiny" / "benchmarks" / f"{rule}.tsv").exists()
     for rule in ("train", "evaluate_000003", "report"):
@@ -90,3 +95,11 @@ def test_bad_config_fails_before_any_job(workdir, tmp_path):
     assert r.returncode != 0
     assert "train: Additional properties are not allowed ('learning_rat' was unexpected)" in r.stdout + r.stderr
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.pt"))
+
+
+def test_html_report(workdir):
+    snakemake(workdir, "--report", "report.html")
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert len(html) > 50_000
+    for name in ("output.png", "metrics.tsv", "step_000006.txt"):
+        assert name in html

@@ -90,8 +90,19 @@ def cmd_evaluate(args) -> None:
     cfg = _config(args)
     ckpt = Path(args.checkpoint)
     out = args.out or cfg.run_dir / "eval" / f"{ckpt.stem.replace('model', 'step')}.json"
+    if ckpt.is_dir() or ckpt.suffix == ".bin":  # a model from elsewhere: its own shape, not the config's
+        cfg = config_mod.from_dict(dict(cfg.raw, model=_model_section(ckpt)))
     result = evaluate_checkpoint(cfg, ckpt, args.shards or cfg.data_dir / "shards", args.hellaswag, out)
     print(json.dumps(result))
+
+
+def _model_section(path: Path) -> dict:
+    import dataclasses
+
+    from . import export
+
+    cfg, _ = export.from_hf(path) if path.is_dir() else export.from_llmc(path)
+    return dataclasses.asdict(cfg)
 
 
 def cmd_report(args) -> None:
@@ -113,7 +124,51 @@ def cmd_report(args) -> None:
     }
     papermill.execute_notebook(str(args.notebook), str(notebook_out), parameters=params, progress_bar=False,
                                cwd=str(Path.cwd()))
-    print(f"report: {out} (notebook: {notebook_out})")
+    from .report import load_evals, write_metrics
+
+    metrics = args.metrics or out.with_name("metrics.tsv")
+    write_metrics(load_evals(evals), cfg.train.total_batch_tokens, metrics)
+    print(f"report: {out} (notebook: {notebook_out}, metrics: {metrics})")
+
+
+def cmd_export(args) -> None:
+    import torch
+
+    from . import export
+
+    model, _ = export.load_any(args.checkpoint)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    out = export.to_hf(model, args.out, dtype) if args.format == "hf" else export.to_llmc(model, args.out, dtype)
+    print(f"export: {args.checkpoint} -> {out} ({args.format}, {args.dtype})")
+
+
+def cmd_import(args) -> None:
+    from . import checkpoint, export
+
+    model, meta = export.load_any(args.source)
+    checkpoint.save(args.out, model, 0, imported_from=str(args.source), tokens_seen=0)
+    print(f"import: {args.source} ({meta.get('source', 'gpt2pipe')}) -> {args.out}, "
+          f"{model.num_params() / 1e6:.2f}M parameters, {model.config}")
+
+
+def cmd_sample(args) -> None:
+    from . import export
+    from .runtime import pick_device
+    from .sample import generate
+
+    device = pick_device(args.device)
+    model, meta = export.load_any(args.checkpoint)
+    model.to(device)
+    texts = generate(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.num_samples,
+                     args.seed, device)
+    body = "".join(f"--- sample {i} (step {meta.get('step')}, seed {args.seed}, temperature {args.temperature}, "
+                   f"top-k {args.top_k})\n{args.prompt}{t}\n" for i, t in enumerate(texts))
+    if args.out:
+        from .io import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(body)
+    print(body, end="")
 
 
 def cmd_bench(args) -> None:
@@ -171,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="val loss and HellaSwag of one checkpoint, as JSON")
     _common(p)
-    p.add_argument("--checkpoint", required=True, help="model_NNNNNN.pt written by train")
+    p.add_argument("--checkpoint", required=True,
+                   help="model_NNNNNN.pt written by train, an llm.c model .bin, or a Hugging Face GPT-2 directory")
     p.add_argument("--shards", type=Path, help="shard folder with the val shard")
     p.add_argument("--hellaswag", type=Path, help="HellaSwag .bin or .jsonl (omit to skip HellaSwag)")
     p.add_argument("--out", type=Path, help="result JSON (default: <results>/<run>/eval/step_NNNNNN.json)")
@@ -185,7 +241,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evals", nargs="*", help="eval JSON files (default: <results>/<run>/eval/step_*.json)")
     p.add_argument("--out", type=Path, help="PNG path (default: <results>/<run>/output.png)")
     p.add_argument("--notebook-out", type=Path, help="executed notebook (default: next to the PNG)")
+    p.add_argument("--metrics", type=Path, help="metrics table, TSV (default: metrics.tsv next to the PNG)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face directory or an llm.c model .bin")
+    p.add_argument("--checkpoint", required=True, type=Path, help="our .pt, an llm.c .bin or a Hugging Face directory")
+    p.add_argument("--format", choices=["hf", "llmc"], required=True)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="tensor dtype (llm.c: float32 = version 3, bfloat16 = version 5)")
+    p.add_argument("--out", type=Path, required=True, help="directory (hf) or .bin file (llmc)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="turn a Hugging Face GPT-2 directory or llm.c .bin into our checkpoint")
+    p.add_argument("source", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (usable by evaluate, sample, "
+                   "or train.init_from)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("sample", help="generate text from a checkpoint")
+    p.add_argument("--checkpoint", required=True, type=Path, help="our .pt, an llm.c .bin or a Hugging Face directory")
+    p.add_argument("--prompt", default="", help="text to continue (default: a fresh document)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (0: all)")
+    p.add_argument("--num-samples", type=int, default=3)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--out", type=Path, help="also write the samples to this text file")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("bench", help="time a GPT-2 training step: our kernels vs torch eager vs torch.compile")
     p.add_argument("--size", default="124M", choices=["124M", "350M", "774M", "1558M"])

@@ -68,6 +68,7 @@ class TrainConfig:
     device: str
     dtype: str
     ops: str
+    init_from: str | None
     recompute: bool
     stochastic_rounding: bool
     num_threads: int
@@ -84,6 +85,11 @@ class EvalConfig:
     hellaswag: str
     hellaswag_max_examples: int | None
     batch_size: int
+    samples: int
+    sample_tokens: int
+    sample_temperature: float
+    sample_top_k: int
+    sample_prompt: str
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from .export import load_any
 from .config import Config
 from .hellaswag import load as load_hellaswag
 from .hellaswag import score as score_hellaswag
@@ -38,7 +38,7 @@ def evaluate_checkpoint(cfg: Config, ckpt: Path, shards_dir: Path, hellaswag_fil
     # read every input before the model touches the device: bad input fails fast
     shards = ShardSet.open(shards_dir)
     examples = load_hellaswag(hellaswag_file, cfg.eval.hellaswag_max_examples) if hellaswag_file else None
-    model, ck = checkpoint.load_model(ckpt, cfg.model)
+    model, ck = load_any(ckpt, cfg.model)
     model.to(device)
     seq_len = min(cfg.train.seq_len, cfg.model.block_size)
     loader = ShardLoader(shards.val, cfg.eval.batch_size, seq_len, vocab_size=cfg.model.vocab_size)

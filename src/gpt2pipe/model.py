@@ -71,6 +71,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
+        with torch.no_grad():  # padding rows are never looked up or scored: zero, as llm.c exports them
+            self.transformer.wte.weight[cfg.vocab_size :] = 0
 
     def _init_weights(self, module: nn.Module) -> None:
         # llm.c: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * n_layer), biases 0

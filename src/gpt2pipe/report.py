@@ -46,6 +46,23 @@ def load_evals(paths: list[str | Path]) -> list[dict]:
     return sorted((json.loads(Path(p).read_text()) for p in paths), key=lambda r: r["step"])
 
 
+def metrics_rows(evals: list[dict], tokens_per_step: int) -> list[dict]:
+    """One row per evaluated checkpoint: the table in the notebook and metrics.tsv."""
+    return [{"step": r["step"], "tokens": r["step"] * tokens_per_step, "val_loss": r.get("val_loss"),
+             "hellaswag_acc_norm": r.get("hellaswag_acc_norm"), "hellaswag_acc": r.get("hellaswag_acc")}
+            for r in evals]
+
+
+def write_metrics(evals: list[dict], tokens_per_step: int, path: str | Path) -> None:
+    import csv
+
+    rows = metrics_rows(evals, tokens_per_step)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step"], delimiter="\t")
+        w.writeheader()
+        w.writerows(rows)
+
+
 def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, tokens_per_step: int,
          baseline: str | None = None, reference_log: str | Path | None = None,
          reference_tokens_per_step: int = 524288, log_scale: bool = False, title: str = "") -> plt.Figure:

@@ -43,3 +43,57 @@ def encode_document(text: str) -> list[int]:
 def encode_documents(texts: list[str]) -> list[list[int]]:
     """Batch form of encode_document (tiktoken encodes the batch on its own threads)."""
     return [[EOT, *toks] for toks in gpt2().encode_ordinary_batch(texts)]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used in vocab.json / merges.txt."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def _merge_pair(ranks: dict[bytes, int], token: bytes) -> tuple[bytes, bytes]:
+    """The two tokens BPE merged into `token`: run BPE on its bytes using only lower-ranked merges."""
+    limit = ranks[token]
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        best = min(range(len(parts) - 1), key=lambda i: ranks.get(parts[i] + parts[i + 1], limit))
+        if ranks.get(parts[best] + parts[best + 1], limit) >= limit:
+            break
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    if len(parts) != 2:
+        raise ValueError(f"token {token!r} is not a merge of two lower-ranked tokens")
+    return parts[0], parts[1]
+
+
+@functools.cache
+def hf_tokenizer_files(model_max_length: int = 1024) -> dict[str, str]:
+    """vocab.json, merges.txt and configs of the GPT-2 tokenizer for a Hugging Face directory, rebuilt from
+    the vendored ranks (tiktoken keeps the ranks; the merge list is recovered by re-running BPE)."""
+    import json
+
+    ranks = gpt2()._mergeable_ranks
+    u = _bytes_to_unicode()
+    text = lambda b: "".join(u[x] for x in b)  # noqa: E731
+    vocab = {text(tok): rank for tok, rank in ranks.items()}
+    vocab["<|endoftext|>"] = EOT
+    merges = ["#version: 0.2"]
+    for tok, _ in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(tok) > 1:
+            a, b = _merge_pair(ranks, tok)
+            merges.append(f"{text(a)} {text(b)}")
+    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    config = {"model_max_length": model_max_length, "tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False,
+              **special}
+    return {
+        "vocab.json": json.dumps(vocab, ensure_ascii=False),
+        "merges.txt": "\n".join(merges) + "\n",
+        "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
+        "special_tokens_map.json": json.dumps(special, indent=2) + "\n",
+    }

@@ -13,6 +13,7 @@ Files under the run folder:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import shutil
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from . import Gpt2pipeError, checkpoint
 from .config import Config, TrainConfig
 from .evaluate import val_loss
+from .export import load_any
 from .io import atomic_path
 from .loader import ShardLoader
 from .model import GPT
@@ -158,7 +160,12 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
     if t.ops == "kernels" and not use_kernels:
         tqdm.write("train.ops is 'kernels' but no CUDA GPU with CuPy is available: running the torch reference path")
     seed_everything(t.seed)
-    model = GPT(cfg.model, ops="kernels" if use_kernels else "torch", recompute=t.recompute).to(device)
+    model = GPT(cfg.model, ops="kernels" if use_kernels else "torch", recompute=t.recompute)
+    if t.init_from and saved is None:  # start from existing weights (ours, llm.c's or Hugging Face's)
+        source, _ = load_any(t.init_from, cfg.model)
+        checkpoint.check_shape(t.init_from, {"model_config": dataclasses.asdict(source.config)}, cfg.model)
+        model.load_state_dict(source.state_dict())
+    model.to(device)
     optimizer = make_flat_optimizer(model, t) if use_kernels else make_optimizer(model, t, device)
     step = 0
     if saved is not None:

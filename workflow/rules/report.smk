@@ -5,8 +5,9 @@ rule report:
         train_log=f"{RUN}/train/train.log",
         evals=[f"{RUN}/eval/step_{s:06d}.json" for s in checkpoint_steps()],
     output:
-        png=f"{RUN}/output.png",
+        png=report(f"{RUN}/output.png", caption="../report/output.rst", category="Results"),
         notebook=f"{RUN}/report.ipynb",
+        metrics=report(f"{RUN}/metrics.tsv", caption="../report/metrics.rst", category="Results"),
     params:
         cli=GPT2PIPE,
         config=CONFIG_FILE,
@@ -19,7 +20,8 @@ rule report:
         CONDA_ENV
     shell:
         "{params.cli} report -c {params.config} --notebook {input.notebook} --train-log {input.train_log}"
-        " --evals {input.evals} --out {output.png} --notebook-out {output.notebook} > {log} 2>&1"
+        " --evals {input.evals} --out {output.png} --notebook-out {output.notebook} --metrics {output.metrics}"
+        " > {log} 2>&1"
 
 
 rule latest:
