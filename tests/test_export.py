@@ -138,6 +138,13 @@ def test_import_then_evaluate_and_init_from(model, tiny, tiny_shards, tmp_path):
     r_hf = evaluate_checkpoint(tiny, tmp_path / "hf", tiny_shards, None, tmp_path / "hf.json")
     r_pt = evaluate_checkpoint(tiny, tmp_path / "imported.pt", tiny_shards, None, tmp_path / "pt.json")
     assert r_hf["val_loss"] == r_pt["val_loss"]
+    from gpt2pipe import hellaswag
+
+    hellaswag.write_bin(tmp_path / "hs.bin", hellaswag.read_jsonl(hellaswag.demo_jsonl(), max_examples=8))
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "hf"), "--skip-val", "--hellaswag",
+                 str(tmp_path / "hs.bin"), "--out", str(tmp_path / "hs.json")]) == 0
+    hs_only = json.loads((tmp_path / "hs.json").read_text())
+    assert hs_only["val_loss"] is None and hs_only["hellaswag_examples"] == 8
     cfg = config.from_dict(dict(tiny.raw, train=dict(tiny.raw["train"], init_from=str(tmp_path / "hf"))))
     train.train(cfg, tiny_shards, tmp_path / "run", progress=False)
     first = (tmp_path / "run" / "train" / "train.log").read_text().splitlines()[0]

@@ -91,8 +91,12 @@ def cmd_evaluate(args) -> None:
     ckpt = Path(args.checkpoint)
     out = args.out or cfg.run_dir / "eval" / f"{ckpt.stem.replace('model', 'step')}.json"
     if ckpt.is_dir() or ckpt.suffix == ".bin":  # a model from elsewhere: its own shape, not the config's
-        cfg = config_mod.from_dict(dict(cfg.raw, model=_model_section(ckpt)))
-    result = evaluate_checkpoint(cfg, ckpt, args.shards or cfg.data_dir / "shards", args.hellaswag, out)
+        model = _model_section(ckpt)
+        seq_len = min(cfg.train.seq_len, model["block_size"])  # evaluation reads no more than the model takes
+        train = dict(cfg.raw["train"], seq_len=seq_len, total_batch_tokens=seq_len * cfg.train.micro_batch_size)
+        cfg = config_mod.from_dict(dict(cfg.raw, model=model, train=train))
+    shards = None if args.skip_val else args.shards or cfg.data_dir / "shards"
+    result = evaluate_checkpoint(cfg, ckpt, shards, args.hellaswag, out)
     print(json.dumps(result))
 
 
@@ -230,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model_NNNNNN.pt written by train, an llm.c model .bin, or a Hugging Face GPT-2 directory")
     p.add_argument("--shards", type=Path, help="shard folder with the val shard")
     p.add_argument("--hellaswag", type=Path, help="HellaSwag .bin or .jsonl (omit to skip HellaSwag)")
+    p.add_argument("--skip-val", action="store_true", help="no validation loss (no shards needed), e.g. to "
+                   "score a downloaded GPT-2 on HellaSwag alone")
     p.add_argument("--out", type=Path, help="result JSON (default: <results>/<run>/eval/step_NNNNNN.json)")
     p.set_defaults(func=cmd_evaluate)
 

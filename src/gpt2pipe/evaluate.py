@@ -32,19 +32,22 @@ def val_loss(model, loader: ShardLoader, tokens: int, device: torch.device, auto
     return (total / steps).item()
 
 
-def evaluate_checkpoint(cfg: Config, ckpt: Path, shards_dir: Path, hellaswag_file: Path | None, out: Path) -> dict:
+def evaluate_checkpoint(cfg: Config, ckpt: Path, shards_dir: Path | None, hellaswag_file: Path | None,
+                        out: Path) -> dict:
+    """Val loss (unless shards_dir is None) and HellaSwag (unless hellaswag_file is None) of one model."""
     device = pick_device(cfg.train.device)
     ctx = autocast(device, autocast_dtype(device, cfg.train.dtype))
     # read every input before the model touches the device: bad input fails fast
-    shards = ShardSet.open(shards_dir)
+    shards = ShardSet.open(shards_dir) if shards_dir is not None else None
     examples = load_hellaswag(hellaswag_file, cfg.eval.hellaswag_max_examples) if hellaswag_file else None
     model, ck = load_any(ckpt, cfg.model)
     model.to(device)
-    seq_len = min(cfg.train.seq_len, cfg.model.block_size)
-    loader = ShardLoader(shards.val, cfg.eval.batch_size, seq_len, vocab_size=cfg.model.vocab_size)
     t0 = time.time()
-    result = {"step": ck["step"], "checkpoint": str(ckpt), "tokens_seen": ck.get("tokens_seen"),
-              "val_loss": val_loss(model, loader, cfg.eval.val_tokens, device, ctx)}
+    result = {"step": ck["step"], "checkpoint": str(ckpt), "tokens_seen": ck.get("tokens_seen"), "val_loss": None}
+    if shards is not None:
+        seq_len = min(cfg.train.seq_len, model.config.block_size)
+        loader = ShardLoader(shards.val, cfg.eval.batch_size, seq_len, vocab_size=model.config.vocab_size)
+        result["val_loss"] = val_loss(model, loader, cfg.eval.val_tokens, device, ctx)
     if examples is not None:
         result.update(score_hellaswag(model, examples, device, ctx, batch_examples=max(1, cfg.eval.batch_size // 4)))
     result["eval_seconds"] = round(time.time() - t0, 2)
