@@ -17,16 +17,17 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// Reduce over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
 // The trailing barrier lets a caller reduce again right away.
-__device__ float block_sum(float v) {
+template <typename WarpOp>
+__device__ float block_reduce(float v, WarpOp warp_op, float identity) {
     __shared__ float partial[32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    v = warp_sum(v);
+    v = warp_op(v);
     if (lane == 0) partial[warp] = v;
     __syncthreads();
-    v = (threadIdx.x < warps) ? partial[threadIdx.x] : 0.0f;
-    if (warp == 0) v = warp_sum(v);
+    v = (threadIdx.x < warps) ? partial[threadIdx.x] : identity;
+    if (warp == 0) v = warp_op(v);
     if (threadIdx.x == 0) partial[0] = v;
     __syncthreads();
     v = partial[0];
@@ -34,20 +35,15 @@ __device__ float block_sum(float v) {
     return v;
 }
 
-__device__ float block_max(float v) {
-    __shared__ float partial[32];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    v = warp_max(v);
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    v = (threadIdx.x < warps) ? partial[threadIdx.x] : -3.0e38f;
-    if (warp == 0) v = warp_max(v);
-    if (threadIdx.x == 0) partial[0] = v;
-    __syncthreads();
-    v = partial[0];
-    __syncthreads();
-    return v;
-}
+struct WarpSum {
+    __device__ float operator()(float v) const { return warp_sum(v); }
+};
+struct WarpMax {
+    __device__ float operator()(float v) const { return warp_max(v); }
+};
+
+__device__ __forceinline__ float block_sum(float v) { return block_reduce(v, WarpSum(), 0.0f); }
+__device__ __forceinline__ float block_max(float v) { return block_reduce(v, WarpMax(), -3.0e38f); }
 
 // 8 bf16 in one 16-byte access: the widest load a thread can issue
 struct __align__(16) bf16x8 { __nv_bfloat162 v[4]; };

@@ -49,12 +49,36 @@ def tiny(tmp_path):
     return config.from_dict(tiny_config(tmp_path))
 
 
-@pytest.fixture
-def tiny_shards(tiny):
-    """Corpus and shards of the tiny config, built with the real stage code."""
+def build_shards(cfg) -> Path:
+    """Corpus and shards of a config, built with the real stage code."""
     from gpt2pipe.corpus import read_corpus, write_corpus
     from gpt2pipe.shards import tokenize_to_shards
 
-    write_corpus(tiny.data, tiny.data_dir / "corpus")
-    tokenize_to_shards(read_corpus(tiny.data_dir / "corpus"), tiny.data, tiny.data_dir / "shards")
-    return tiny.data_dir / "shards"
+    write_corpus(cfg.data, cfg.data_dir / "corpus")
+    tokenize_to_shards(read_corpus(cfg.data_dir / "corpus"), cfg.data, cfg.data_dir / "shards")
+    return cfg.data_dir / "shards"
+
+
+@pytest.fixture
+def tiny_shards(tiny):
+    return build_shards(tiny)
+
+
+def crash_then_resume(cfg, shards, run_dir, monkeypatch, at_step: int = 4) -> None:
+    """Train until an exception at `at_step` (a simulated crash), then train again with resume."""
+    from gpt2pipe import train as train_mod
+
+    real_lr = train_mod.lr_at
+
+    def crash(step, t):
+        if step == at_step:
+            raise RuntimeError("simulated crash")
+        return real_lr(step, t)
+
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "lr_at", crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train_mod.train(cfg, shards, run_dir, progress=False)
+    # the job's outputs may be deleted by the workflow manager; the saved state is enough
+    (run_dir / "train" / "model_000003.pt").unlink()
+    train_mod.train(cfg, shards, run_dir, resume=True, progress=False)

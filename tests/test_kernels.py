@@ -208,32 +208,17 @@ def test_recompute_gives_the_same_gradients():
 @gpu
 def test_kernels_training_resumes_bit_exactly(tmp_path, monkeypatch):
     """The CLI's training loop on the kernels path: a crash and --resume reproduce the uninterrupted run."""
-    from conftest import tiny_config
+    from conftest import build_shards, crash_then_resume, tiny_config
 
     from gpt2pipe import checkpoint, config, train as train_mod
-    from gpt2pipe.corpus import read_corpus, write_corpus
-    from gpt2pipe.shards import tokenize_to_shards
 
     raw = tiny_config(tmp_path)
     raw["train"].update(device="cuda", ops="kernels")
     raw["model"]["n_embd"] = 64
     cfg = config.from_dict(raw)
-    write_corpus(cfg.data, cfg.data_dir / "corpus")
-    tokenize_to_shards(read_corpus(cfg.data_dir / "corpus"), cfg.data, cfg.data_dir / "shards")
-    shards = cfg.data_dir / "shards"
+    shards = build_shards(cfg)
     train_mod.train(cfg, shards, tmp_path / "full", progress=False)
-    real_lr = train_mod.lr_at
-
-    def crash(step, t):
-        if step == 4:
-            raise RuntimeError("simulated crash")
-        return real_lr(step, t)
-
-    monkeypatch.setattr(train_mod, "lr_at", crash)
-    with pytest.raises(RuntimeError):
-        train_mod.train(cfg, shards, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(train_mod, "lr_at", real_lr)
-    train_mod.train(cfg, shards, tmp_path / "resumed", resume=True, progress=False)
+    crash_then_resume(cfg, shards, tmp_path / "resumed", monkeypatch)
     log = (tmp_path / "full" / "train" / "train.log").read_text()
     assert (tmp_path / "resumed" / "train" / "train.log").read_text() == log
     a = checkpoint.read(tmp_path / "full" / "train" / "model_000006.pt")["model"]

@@ -6,6 +6,8 @@ import torch
 from gpt2pipe import Gpt2pipeError, checkpoint, config, train as train_mod
 from gpt2pipe.shards import write_shard
 
+from conftest import crash_then_resume
+
 
 def run_train(cfg, shards, run_dir, **kw):
     return train_mod.train(cfg, shards, run_dir, progress=False, **kw)
@@ -30,21 +32,7 @@ def test_training_writes_checkpoints_and_llmc_log(tiny, tiny_shards, tmp_path):
 def test_resume_after_a_crash_continues_identically(tiny, tiny_shards, tmp_path, monkeypatch):
     run_train(tiny, tiny_shards, tmp_path / "full")
     reference = (tmp_path / "full" / "train" / "train.log").read_text()
-
-    real_lr = train_mod.lr_at
-
-    def crash_at_step_4(step, t):
-        if step == 4:
-            raise RuntimeError("simulated crash")
-        return real_lr(step, t)
-
-    monkeypatch.setattr(train_mod, "lr_at", crash_at_step_4)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_train(tiny, tiny_shards, tmp_path / "crashed")
-    monkeypatch.setattr(train_mod, "lr_at", real_lr)
-    # the job's outputs may be deleted by the workflow manager; the saved state is enough
-    (tmp_path / "crashed" / "train" / "model_000003.pt").unlink()
-    run_train(tiny, tiny_shards, tmp_path / "crashed", resume=True)
+    crash_then_resume(tiny, tiny_shards, tmp_path / "crashed", monkeypatch)
     assert (tmp_path / "crashed" / "train" / "train.log").read_text() == reference
     a = checkpoint.read(tmp_path / "full" / "train" / "model_000006.pt")["model"]
     b = checkpoint.read(tmp_path / "crashed" / "train" / "model_000006.pt")["model"]

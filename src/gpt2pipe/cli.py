@@ -191,45 +191,42 @@ def cmd_bench(args) -> None:
         args.out.write_text(table + "\n")
 
 
+def _subcommand(sub, name: str, help: str, func, common: bool = True) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help)
+    if common:
+        _common(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt2pipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"gpt2pipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("config", help="print the resolved config (defaults filled in) or describe every key")
-    _common(p)
+    p = _subcommand(sub, "config", "print the resolved config (defaults filled in) or describe every key", cmd_config)
     p.add_argument("--describe", action="store_true", help="list every key with its default and meaning")
-    p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("corpus", help="gather the corpus into parquet documents")
-    _common(p)
+    p = _subcommand(sub, "corpus", "gather the corpus into parquet documents", cmd_corpus)
     p.add_argument("--out", type=Path, help="output folder (default: <results>/data/<data.name>/corpus)")
-    p.set_defaults(func=cmd_corpus)
 
-    p = sub.add_parser("tokenize", help="tokenize the corpus into llm.c shards (val shard first)")
-    _common(p)
+    p = _subcommand(sub, "tokenize", "tokenize the corpus into llm.c shards (val shard first)", cmd_tokenize)
     p.add_argument("--corpus", type=Path, help="corpus folder (default: <results>/data/<data.name>/corpus)")
     p.add_argument("--out", type=Path, help="shard folder (default: <results>/data/<data.name>/shards)")
-    p.set_defaults(func=cmd_tokenize)
 
-    p = sub.add_parser("hellaswag", help="prepare HellaSwag as llm.c's eval .bin")
-    _common(p)
+    p = _subcommand(sub, "hellaswag", "prepare HellaSwag as llm.c's eval .bin", cmd_hellaswag)
     p.add_argument("--source", help="demo, full or a .jsonl/.bin path (default: eval.hellaswag)")
     p.add_argument("--out", type=Path, help="output .bin (default: <results>/data/hellaswag/hellaswag_<source>.bin)")
-    p.set_defaults(func=cmd_hellaswag)
 
-    p = sub.add_parser("train", help="train the model; writes checkpoints and an llm.c-format log")
-    _common(p)
+    p = _subcommand(sub, "train", "train the model; writes checkpoints and an llm.c-format log", cmd_train)
     p.add_argument("--shards", type=Path, help="shard folder (default: <results>/data/<data.name>/shards)")
     p.add_argument("--run-dir", type=Path, help="run folder (default: <results>/<run_name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue from <run-dir>/train_state/state.pt if it matches this config and is unfinished")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines still written)")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="val loss and HellaSwag of one checkpoint, as JSON")
-    _common(p)
+    p = _subcommand(sub, "evaluate", "val loss and HellaSwag of one checkpoint, as JSON", cmd_evaluate)
     p.add_argument("--checkpoint", required=True,
                    help="model_NNNNNN.pt written by train, an llm.c model .bin, or a Hugging Face GPT-2 directory")
     p.add_argument("--shards", type=Path, help="shard folder with the val shard")
@@ -237,10 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-val", action="store_true", help="no validation loss (no shards needed), e.g. to "
                    "score a downloaded GPT-2 on HellaSwag alone")
     p.add_argument("--out", type=Path, help="result JSON (default: <results>/<run>/eval/step_NNNNNN.json)")
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("report", help="execute the report notebook with papermill; renders the PNG")
-    _common(p)
+    p = _subcommand(sub, "report", "execute the report notebook with papermill; renders the PNG", cmd_report)
     p.add_argument("--notebook", type=Path, default=Path("workflow/notebooks/report.ipynb"),
                    help="notebook with a `parameters` cell (default: %(default)s)")
     p.add_argument("--train-log", type=Path, help="llm.c-format train log (default: <results>/<run>/train/train.log)")
@@ -248,23 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="PNG path (default: <results>/<run>/output.png)")
     p.add_argument("--notebook-out", type=Path, help="executed notebook (default: next to the PNG)")
     p.add_argument("--metrics", type=Path, help="metrics table, TSV (default: metrics.tsv next to the PNG)")
-    p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face directory or an llm.c model .bin")
+    p = _subcommand(sub, "export", "write a checkpoint as a Hugging Face directory or an llm.c model .bin", cmd_export, common=False)
     p.add_argument("--checkpoint", required=True, type=Path, help="our .pt, an llm.c .bin or a Hugging Face directory")
     p.add_argument("--format", choices=["hf", "llmc"], required=True)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="tensor dtype (llm.c: float32 = version 3, bfloat16 = version 5)")
     p.add_argument("--out", type=Path, required=True, help="directory (hf) or .bin file (llmc)")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("import", help="turn a Hugging Face GPT-2 directory or llm.c .bin into our checkpoint")
+    p = _subcommand(sub, "import", "turn a Hugging Face GPT-2 directory or llm.c .bin into our checkpoint", cmd_import, common=False)
     p.add_argument("source", type=Path)
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (usable by evaluate, sample, "
                    "or train.init_from)")
-    p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("sample", help="generate text from a checkpoint")
+    p = _subcommand(sub, "sample", "generate text from a checkpoint", cmd_sample, common=False)
     p.add_argument("--checkpoint", required=True, type=Path, help="our .pt, an llm.c .bin or a Hugging Face directory")
     p.add_argument("--prompt", default="", help="text to continue (default: a fresh document)")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -274,9 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", type=Path, help="also write the samples to this text file")
-    p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("bench", help="time a GPT-2 training step: our kernels vs torch eager vs torch.compile")
+    p = _subcommand(sub, "bench", "time a GPT-2 training step: our kernels vs torch eager vs torch.compile", cmd_bench, common=False)
     p.add_argument("--size", default="124M", choices=["124M", "350M", "774M", "1558M"])
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--total-batch", type=int, default=524288, help="tokens per optimizer step (default: %(default)s)")
@@ -288,7 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-kernel-table", action="store_true", help="skip the per-kernel table")
     p.add_argument("--profile", default="", help="comma-separated modes to profile for one extra step")
     p.add_argument("--out", type=Path, help="also write the tables to this file")
-    p.set_defaults(func=cmd_bench)
     return parser
 
 
