@@ -287,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except Gpt2pipeError as e:
-        print(f"gpt2pipe {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        code = getattr(e, "exit_code", 2)
+        print(f"gpt2pipe {args.command}: {'error: ' if code == 2 else ''}{e}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(f"gpt2pipe {args.command}: interrupted", file=sys.stderr)
         return 130

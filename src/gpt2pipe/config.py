@@ -64,6 +64,9 @@ class TrainConfig:
     grad_clip: float
     val_every: int
     checkpoint_every: int
+    skip_update_lossz: float
+    skip_update_gradz: float
+    max_skipped_steps: int
     seed: int
     device: str
     dtype: str

@@ -12,11 +12,14 @@ Files under the run folder:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,18 +65,77 @@ def make_flat_optimizer(model: GPT, t: TrainConfig) -> FlatAdamW:
                      grad_clip=t.grad_clip, stochastic_rounding=t.stochastic_rounding, seed=t.seed)
 
 
-def optimizer_step(optimizer, model: GPT, lr: float, grad_clip: float) -> torch.Tensor:
-    """Clip the gradient to grad_clip (0: no clipping), update with learning rate lr, clear the gradients.
-    Returns the pre-clip gradient norm (a device tensor: reading it is the caller's choice of sync)."""
+def clip_gradients(optimizer, model: GPT, grad_clip: float) -> torch.Tensor:
+    """The pre-clip global gradient norm (a device tensor), clipping to grad_clip (0: no clipping).
+    The flat optimizer only computes the clip factor here; it applies it inside its update."""
+    if isinstance(optimizer, FlatAdamW):
+        return optimizer.grad_norm()[0].clone()
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+
+
+def apply_update(optimizer, lr: float) -> None:
+    """Update with learning rate lr (after clip_gradients) and clear the gradients."""
     for g in optimizer.param_groups:
         g["lr"] = lr
     if isinstance(optimizer, FlatAdamW):
-        norm = optimizer.step(lr).clone()
+        optimizer.step(lr, norm_ready=True)
     else:
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def optimizer_step(optimizer, model: GPT, lr: float, grad_clip: float) -> torch.Tensor:
+    """clip_gradients + apply_update; returns the pre-clip gradient norm."""
+    norm = clip_gradients(optimizer, model, grad_clip)
+    apply_update(optimizer, lr)
     return norm
+
+
+class OutlierDetector:
+    """z-score of a value against the previous `window` values (llm.c's outlier detector, window 128);
+    nan until the window is full."""
+
+    def __init__(self, window: int = 128):
+        self.values: collections.deque[float] = collections.deque(maxlen=window)
+
+    def update(self, x: float) -> float:
+        z = float("nan")
+        if len(self.values) == self.values.maxlen:
+            mean = sum(self.values) / len(self.values)
+            std = (sum((v - mean) ** 2 for v in self.values) / len(self.values)) ** 0.5
+            z = (x - mean) / std if std > 0 else (0.0 if x == mean else math.inf)
+        if math.isfinite(x):
+            self.values.append(x)
+        return z
+
+    def state_dict(self) -> list[float]:
+        return list(self.values)
+
+    def load_state_dict(self, values: list[float]) -> None:
+        self.values.extend(values)
+
+
+class Preempted(Gpt2pipeError):
+    """SIGTERM/SIGUSR1 arrived: the state was saved and the run should be requeued (exit code 75)."""
+
+    exit_code = 75
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """Turn SIGTERM/SIGUSR1 (a scheduler's preemption notice) into a flag the training loop checks after
+    each step; the previous handlers come back afterwards."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -193,52 +255,82 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
         + (f", resuming at step {step}" if saved else "")
     )
 
+    loss_outliers, norm_outliers = OutlierDetector(), OutlierDetector()
+    if saved is not None and "outliers" in saved:
+        loss_outliers.load_state_dict(saved["outliers"]["loss"])
+        norm_outliers.load_state_dict(saved["outliers"]["norm"])
+
+    def save_resume_state(step: int) -> None:
+        checkpoint.save(paths.state / "state.pt", model, step, optimizer=optimizer.state_dict(),
+                        loader=train_loader.state_dict(), rng=rng_state(), fingerprint=fingerprint,
+                        tokens_seen=step * t.total_batch_tokens,
+                        outliers={"loss": loss_outliers.state_dict(), "norm": norm_outliers.state_dict()})
+        paths.publish_log()
+
     def save_state(step: int) -> None:
         checkpoint.save(paths.snapshot(step), model, step, tokens_seen=step * t.total_batch_tokens)
         paths.publish(step)
-        checkpoint.save(paths.state / "state.pt", model, step, optimizer=optimizer.state_dict(),
-                        loader=train_loader.state_dict(), rng=rng_state(), fingerprint=fingerprint,
-                        tokens_seen=step * t.total_batch_tokens)
-        paths.publish_log()
+        save_resume_state(step)
 
     checkpoints = set(t.checkpoint_steps())
     history: list[float] = []
+    skipped_in_a_row = 0
     bar = tqdm(total=t.max_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     resumed_at = step if saved else None  # its val loss and checkpoint were written before the state
-    while True:
-        last = step == t.max_steps
-        if step != resumed_at and (last or (t.val_every and step % t.val_every == 0)):
-            vl = val_loss(runner, val_loader, cfg.eval.val_tokens, device, ctx)
-            log.write(f"s:{step} tel:{vl:.4f}")
-            tqdm.write(f"step {step:6d} | val loss {vl:.4f}")
-        if step in checkpoints and step != resumed_at:
-            save_state(step)
-        if last:
-            break
-        # --- one optimizer step ----------------------------------------------------------------------
-        t0 = time.perf_counter()
-        runner.train()
-        loss_sum = torch.zeros((), device=device)
-        for _ in range(grad_accum):
-            x, y = train_loader.next_batch()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with ctx:
-                _, loss = runner(x, y)
-            (loss / grad_accum).backward()
-            loss_sum += loss.detach()
-        lr = lr_at(step, t)
-        norm = optimizer_step(optimizer, model, lr, t.grad_clip)
-        train_loss = (loss_sum / grad_accum).item()  # syncs, so the timing below is real
-        dt = time.perf_counter() - t0
-        if not math.isfinite(train_loss):
-            raise Gpt2pipeError(f"step {step}: loss is {train_loss}; stopping (last checkpoint kept in {paths.state})")
-        log.write(f"s:{step} trl:{train_loss:.4f} lr:{lr:.6f} norm:{norm.item():.2f}")
-        history.append(train_loss)
-        tok_s = t.total_batch_tokens / dt
-        mfu = f"{100 * flops_per_step / dt / peak:.1f}%" if peak else "-"
-        bar.set_postfix_str(f"loss {train_loss:.4f} lr {lr:.2e} | {dt * 1e3:.0f} ms {tok_s:,.0f} tok/s mfu {mfu}")
-        bar.update(1)
-        step += 1
+    with stop_signals() as stop:
+        while True:
+            last = step == t.max_steps
+            if step != resumed_at and (last or (t.val_every and step % t.val_every == 0)):
+                vl = val_loss(runner, val_loader, cfg.eval.val_tokens, device, ctx)
+                log.write(f"s:{step} tel:{vl:.4f}")
+                tqdm.write(f"step {step:6d} | val loss {vl:.4f}")
+            if step in checkpoints and step != resumed_at:
+                save_state(step)
+            if last:
+                break
+            if stop:  # preemption notice: everything up to this step is saved, so a requeue resumes exactly
+                if step != resumed_at:
+                    save_resume_state(step)
+                bar.close()
+                raise Preempted(f"signal {stop[0]} at step {step}: state saved in {paths.state}, "
+                                "rerun with --resume to continue")
+            # --- one optimizer step ------------------------------------------------------------------
+            t0 = time.perf_counter()
+            runner.train()
+            loss_sum = torch.zeros((), device=device)
+            for _ in range(grad_accum):
+                x, y = train_loader.next_batch()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with ctx:
+                    _, loss = runner(x, y)
+                (loss / grad_accum).backward()
+                loss_sum += loss.detach()
+            lr = lr_at(step, t)
+            norm_t = clip_gradients(optimizer, model, t.grad_clip)
+            train_loss, norm = (loss_sum / grad_accum).item(), norm_t.item()  # one sync per step
+            lossz, normz = loss_outliers.update(train_loss), norm_outliers.update(norm)
+            skip = (not math.isfinite(train_loss) or not math.isfinite(norm)
+                    or (t.skip_update_lossz > 0 and lossz > t.skip_update_lossz)
+                    or (t.skip_update_gradz > 0 and normz > t.skip_update_gradz))
+            if skip:  # llm.c's guard: a bad batch or a spike does not get to move the weights
+                optimizer.zero_grad(set_to_none=True)
+                skipped_in_a_row += 1
+                tqdm.write(f"step {step}: update skipped (loss {train_loss:.4f}, z {lossz:.1f}; grad norm {norm:.2f}, "
+                           f"z {normz:.1f})")
+                if skipped_in_a_row >= t.max_skipped_steps:
+                    raise Gpt2pipeError(f"step {step}: {skipped_in_a_row} updates in a row skipped for a non-finite "
+                                        f"or outlier loss/grad norm; stopping (last checkpoint in {paths.state})")
+            else:
+                apply_update(optimizer, lr)
+                skipped_in_a_row = 0
+            dt = time.perf_counter() - t0
+            log.write(f"s:{step} trl:{train_loss:.4f} lr:{lr:.6f} norm:{norm:.2f}" + (" skipped" if skip else ""))
+            history.append(train_loss)
+            tok_s = t.total_batch_tokens / dt
+            mfu = f"{100 * flops_per_step / dt / peak:.1f}%" if peak else "-"
+            bar.set_postfix_str(f"loss {train_loss:.4f} lr {lr:.2e} | {dt * 1e3:.0f} ms {tok_s:,.0f} tok/s mfu {mfu}")
+            bar.update(1)
+            step += 1
     bar.close()
     log.f.close()
     paths.publish_log()

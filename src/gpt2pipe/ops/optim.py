@@ -59,10 +59,12 @@ class FlatAdamW:
             self.norm.copy_(reference.global_norm_scale(self.grads, self.grad_clip))
         return self.norm
 
-    def step(self, lr: float | None = None) -> torch.Tensor:
-        """Clip and update; returns the pre-clip gradient norm as a device tensor."""
+    def step(self, lr: float | None = None, norm_ready: bool = False) -> torch.Tensor:
+        """Clip and update; returns the pre-clip gradient norm as a device tensor.
+        norm_ready: grad_norm() already ran on these gradients (the training loop reads the norm first)."""
         lr = self.param_groups[0]["lr"] if lr is None else lr
-        self.grad_norm()
+        if not norm_ready:
+            self.grad_norm()
         self.t += 1
         b1, b2 = self.betas
         if _use_kernels(self.grads):
