@@ -2,7 +2,8 @@
 // bf16 parameters for the forward/backward, fp32 master weights and moments; the gradient is scaled by
 // clip[1] (written on the device by global_norm_finalize, so clipping needs no host sync).
 // Elements [0, n_decay) get weight decay (the 2-D weights are laid out first). Stochastic rounding of the
-// new bf16 parameter is optional (llm.c does it) and seeded per step.
+// new bf16 parameter is optional (llm.c does it) and seeded per step and by the element's index in the
+// whole buffer (offset = where this ZeRO shard starts), so any number of shards rounds alike.
 #include "common.cuh"
 
 __device__ __forceinline__ unsigned int mix(unsigned int seed, unsigned long long i) {
@@ -23,7 +24,8 @@ __device__ __forceinline__ bf16 round_stochastic(float x, unsigned int r) {
 }
 
 extern "C" __global__ void adamw_update(bf16* params, float* master, float* m, float* v, const bf16* grads,
-                                        const float* clip, long long n, long long n_decay, float lr,
+                                        const float* clip, long long n, long long n_decay, long long offset,
+                                        float lr,
                                         float beta1, float beta2, float bias1, float bias2, float eps,
                                         float weight_decay, unsigned int seed, int stochastic) {
     const float scale = clip[1];
@@ -40,6 +42,6 @@ extern "C" __global__ void adamw_update(bf16* params, float* master, float* m, f
         if (i < n_decay) p *= 1.0f - lr * weight_decay;
         p -= step * mi / (sqrtf(vi) / bias2_sqrt + eps);
         master[i] = p;
-        params[i] = stochastic ? round_stochastic(p, mix(seed, i)) : tobf(p);
+        params[i] = stochastic ? round_stochastic(p, mix(seed, i + offset)) : tobf(p);
     }
 }

@@ -9,6 +9,7 @@ import torch
 
 from .export import load_any
 from .config import Config
+from .distributed import World, mean
 from .hellaswag import load as load_hellaswag
 from .hellaswag import score as score_hellaswag
 from .io import write_json
@@ -18,8 +19,10 @@ from .shards import ShardSet
 
 
 @torch.no_grad()
-def val_loss(model, loader: ShardLoader, tokens: int, device: torch.device, autocast_ctx) -> float:
-    """Mean loss over the first `tokens` tokens of the val split (at least one batch), always the same ones."""
+def val_loss(model, loader: ShardLoader, tokens: int, device: torch.device, autocast_ctx,
+             world: World = World()) -> float:
+    """Mean loss over the first `tokens` tokens of the val split (at least one batch), always the same ones;
+    with several processes each scores its part of every batch and the means are averaged."""
     model.eval()
     loader.reset()
     steps = max(1, tokens // (loader.B * loader.T * loader.world))
@@ -29,7 +32,7 @@ def val_loss(model, loader: ShardLoader, tokens: int, device: torch.device, auto
         with autocast_ctx:
             _, loss = model(x.to(device), y.to(device))
         total += loss.float()
-    return (total / steps).item()
+    return mean(total / steps, world).item()
 
 
 def evaluate_checkpoint(cfg: Config, ckpt: Path, shards_dir: Path | None, hellaswag_file: Path | None,

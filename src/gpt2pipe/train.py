@@ -27,17 +27,22 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import Gpt2pipeError, checkpoint
+from . import Gpt2pipeError, checkpoint, distributed
 from .config import Config, TrainConfig
+from .distributed import World
 from .evaluate import val_loss
 from .export import load_any
 from .io import atomic_path
 from .loader import ShardLoader
 from .model import GPT
 from .ops import kernels_available
-from .ops.optim import FlatAdamW
+from .ops.optim import FlatAdamW, flat_state_from_torch, ordered_params, torch_state_from_flat
 from .runtime import autocast, autocast_dtype, peak_flops, pick_device, rng_state, seed_everything, set_rng_state
 from .shards import ShardSet
+
+
+# test seam: behave as if a preemption signal arrived at this step (GPT2PIPE_PREEMPT_AT_STEP=N)
+_PREEMPT_AT = int(os.environ.get("GPT2PIPE_PREEMPT_AT_STEP", "-1"))
 
 
 def lr_at(step: int, t: TrainConfig) -> float:
@@ -59,10 +64,13 @@ def make_optimizer(model: GPT, t: TrainConfig, device: torch.device) -> torch.op
                              fused=device.type == "cuda")
 
 
-def make_flat_optimizer(model: GPT, t: TrainConfig) -> FlatAdamW:
-    """AdamW on one flat bf16 buffer with fp32 master weights (the kernels path); turns the model bf16."""
+def make_flat_optimizer(model: GPT, t: TrainConfig, world: World = World(),
+                        dtype: torch.dtype = torch.bfloat16) -> FlatAdamW:
+    """AdamW on one flat buffer with fp32 master weights, ZeRO-1 sharded over the processes; with bf16
+    (the kernels path) it turns the model's weights bf16."""
     return FlatAdamW(model, lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay,
-                     grad_clip=t.grad_clip, stochastic_rounding=t.stochastic_rounding, seed=t.seed)
+                     grad_clip=t.grad_clip, stochastic_rounding=t.stochastic_rounding, seed=t.seed, dtype=dtype,
+                     world=world)
 
 
 def clip_gradients(optimizer, model: GPT, grad_clip: float) -> torch.Tensor:
@@ -201,16 +209,32 @@ def _resume_state(paths: RunPaths, cfg: Config, fingerprint: str) -> dict | None
 
 
 def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train on one process, or as one of several (torchrun / srun): each reads its own part of every
+    batch and the optimizer is ZeRO-1 sharded; process 0 writes logs and checkpoints."""
+    device = pick_device(cfg.train.device)
+    world = distributed.setup(device.type)
+    try:
+        return _train(cfg, shards_dir, run_dir, resume, progress, world)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool, progress: bool, world: World) -> dict:
     t = cfg.train
     # --- everything that can fail on bad input happens before the model exists -----------------------
     shards = ShardSet.open(shards_dir)
     device = pick_device(t.device)
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     B, T = t.micro_batch_size, t.seq_len
-    grad_accum = t.total_batch_tokens // (B * T)
-    train_loader = ShardLoader(shards.train, B, T, vocab_size=cfg.model.vocab_size)
-    val_loader = ShardLoader(shards.val, B, T, vocab_size=cfg.model.vocab_size)
+    if t.total_batch_tokens % (B * T * world.size):
+        raise Gpt2pipeError(f"train.total_batch_tokens {t.total_batch_tokens} is not a multiple of micro_batch_size "
+                            f"x seq_len x {world.size} processes ({B * T * world.size})")
+    grad_accum = t.total_batch_tokens // (B * T * world.size)
+    train_loader = ShardLoader(shards.train, B, T, world.rank, world.size, vocab_size=cfg.model.vocab_size)
+    val_loader = ShardLoader(shards.val, B, T, world.rank, world.size, vocab_size=cfg.model.vocab_size)
     paths = RunPaths.of(run_dir)
     paths.out.mkdir(parents=True, exist_ok=True)
     paths.state.mkdir(parents=True, exist_ok=True)
@@ -228,29 +252,45 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
         checkpoint.check_shape(t.init_from, {"model_config": dataclasses.asdict(source.config)}, cfg.model)
         model.load_state_dict(source.state_dict())
     model.to(device)
-    optimizer = make_flat_optimizer(model, t) if use_kernels else make_optimizer(model, t, device)
+    if use_kernels:
+        optimizer = make_flat_optimizer(model, t, world)
+    elif world.distributed:  # ZeRO-1 needs the flat layout; fp32 weights as the torch path keeps them
+        optimizer = make_flat_optimizer(model, t, world, dtype=torch.float32)
+    else:
+        optimizer = make_optimizer(model, t, device)
     step = 0
     if saved is not None:
         model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        opt_state = saved["optimizer"]  # saved by one process (torch AdamW) or several (ZeRO-1): convert
+        if isinstance(optimizer, FlatAdamW) and "param_groups" in opt_state:
+            opt_state = flat_state_from_torch(opt_state, ordered_params(model))
+        elif not isinstance(optimizer, FlatAdamW) and "master" in opt_state:
+            opt_state = torch_state_from_flat(opt_state, optimizer)
+        optimizer.load_state_dict(opt_state)
         train_loader.load_state_dict(saved["loader"])
         set_rng_state(saved["rng"])
         step = saved["step"]
         for s in t.checkpoint_steps():
-            if s <= step:
+            if s <= step and world.main:
                 paths.publish(s)
-    else:
+    elif world.main:
         for stale in list(paths.state.glob("model_*.pt")) + list(paths.out.glob("model_*.pt")):
             stale.unlink()
+    distributed.barrier(world)
     runner = torch.compile(model) if t.ops == "compile" else model
     amp = torch.bfloat16 if use_kernels else autocast_dtype(device, t.dtype)
     ctx = contextlib.nullcontext() if use_kernels else autocast(device, amp)  # kernels: bf16 weights already
-    log = Log(paths.state / "train.log", step if saved else None)
+    log = Log(paths.state / "train.log", step if saved else None) if world.main else None
+    progress = progress and world.main
+    say = tqdm.write if world.main else (lambda *a, **k: None)
+    if isinstance(optimizer, FlatAdamW) and world.distributed:
+        say(f"ZeRO-1: {world.size} processes, rank {world.rank} holds optimizer state for "
+            f"{optimizer.shard_size():,} of {optimizer.n:,} parameters")
     flops_per_step = model.flops_per_token(T) * t.total_batch_tokens
     peak = peak_flops(device)
-    tqdm.write(
+    say(
         f"gpt2pipe train: {model.num_params() / 1e6:.2f}M parameters on {device} ({amp}), "
-        f"{t.total_batch_tokens:,} tokens/step = {B}x{T} x {grad_accum} accumulation, "
+        f"{t.total_batch_tokens:,} tokens/step = {B}x{T} x {grad_accum} accumulation x {world.size} processes, "
         f"{t.max_steps} steps = {t.max_steps * t.total_batch_tokens / 1e9:.3f}B tokens"
         + (f", resuming at step {step}" if saved else "")
     )
@@ -261,15 +301,19 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
         norm_outliers.load_state_dict(saved["outliers"]["norm"])
 
     def save_resume_state(step: int) -> None:
-        checkpoint.save(paths.state / "state.pt", model, step, optimizer=optimizer.state_dict(),
-                        loader=train_loader.state_dict(), rng=rng_state(), fingerprint=fingerprint,
-                        tokens_seen=step * t.total_batch_tokens,
-                        outliers={"loss": loss_outliers.state_dict(), "norm": norm_outliers.state_dict()})
-        paths.publish_log()
+        opt_state = optimizer.state_dict()  # collective under ZeRO: every process gathers
+        if world.main:
+            checkpoint.save(paths.state / "state.pt", model, step, optimizer=opt_state,
+                            loader=train_loader.state_dict(), rng=rng_state(), fingerprint=fingerprint,
+                            tokens_seen=step * t.total_batch_tokens,
+                            outliers={"loss": loss_outliers.state_dict(), "norm": norm_outliers.state_dict()})
+            paths.publish_log()
+        distributed.barrier(world)
 
     def save_state(step: int) -> None:
-        checkpoint.save(paths.snapshot(step), model, step, tokens_seen=step * t.total_batch_tokens)
-        paths.publish(step)
+        if world.main:
+            checkpoint.save(paths.snapshot(step), model, step, tokens_seen=step * t.total_batch_tokens)
+            paths.publish(step)
         save_resume_state(step)
 
     checkpoints = set(t.checkpoint_steps())
@@ -281,14 +325,17 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
         while True:
             last = step == t.max_steps
             if step != resumed_at and (last or (t.val_every and step % t.val_every == 0)):
-                vl = val_loss(runner, val_loader, cfg.eval.val_tokens, device, ctx)
-                log.write(f"s:{step} tel:{vl:.4f}")
-                tqdm.write(f"step {step:6d} | val loss {vl:.4f}")
+                vl = val_loss(runner, val_loader, cfg.eval.val_tokens, device, ctx, world)
+                if log:
+                    log.write(f"s:{step} tel:{vl:.4f}")
+                say(f"step {step:6d} | val loss {vl:.4f}")
             if step in checkpoints and step != resumed_at:
                 save_state(step)
             if last:
                 break
-            if stop:  # preemption notice: everything up to this step is saved, so a requeue resumes exactly
+            if distributed.any_rank(bool(stop) or (step == _PREEMPT_AT and step != resumed_at), world, device):
+                # preemption notice: everything up to this step is saved, so a requeue resumes exactly
+                stop = stop or [signal.SIGTERM]
                 if step != resumed_at:
                     save_resume_state(step)
                 bar.close()
@@ -307,7 +354,8 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
                 loss_sum += loss.detach()
             lr = lr_at(step, t)
             norm_t = clip_gradients(optimizer, model, t.grad_clip)
-            train_loss, norm = (loss_sum / grad_accum).item(), norm_t.item()  # one sync per step
+            loss_mean = distributed.mean(loss_sum / grad_accum, world)
+            train_loss, norm = loss_mean.item(), norm_t.item()  # one sync per step
             lossz, normz = loss_outliers.update(train_loss), norm_outliers.update(norm)
             skip = (not math.isfinite(train_loss) or not math.isfinite(norm)
                     or (t.skip_update_lossz > 0 and lossz > t.skip_update_lossz)
@@ -315,7 +363,7 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
             if skip:  # llm.c's guard: a bad batch or a spike does not get to move the weights
                 optimizer.zero_grad(set_to_none=True)
                 skipped_in_a_row += 1
-                tqdm.write(f"step {step}: update skipped (loss {train_loss:.4f}, z {lossz:.1f}; grad norm {norm:.2f}, "
+                say(f"step {step}: update skipped (loss {train_loss:.4f}, z {lossz:.1f}; grad norm {norm:.2f}, "
                            f"z {normz:.1f})")
                 if skipped_in_a_row >= t.max_skipped_steps:
                     raise Gpt2pipeError(f"step {step}: {skipped_in_a_row} updates in a row skipped for a non-finite "
@@ -324,7 +372,8 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
                 apply_update(optimizer, lr)
                 skipped_in_a_row = 0
             dt = time.perf_counter() - t0
-            log.write(f"s:{step} trl:{train_loss:.4f} lr:{lr:.6f} norm:{norm:.2f}" + (" skipped" if skip else ""))
+            if log:
+                log.write(f"s:{step} trl:{train_loss:.4f} lr:{lr:.6f} norm:{norm:.2f}" + (" skipped" if skip else ""))
             history.append(train_loss)
             tok_s = t.total_batch_tokens / dt
             mfu = f"{100 * flops_per_step / dt / peak:.1f}%" if peak else "-"
@@ -332,6 +381,8 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
             bar.update(1)
             step += 1
     bar.close()
-    log.f.close()
-    paths.publish_log()
+    if log:
+        log.f.close()
+        paths.publish_log()
+    distributed.barrier(world)
     return {"final_step": step, "train_losses": history}
