@@ -76,3 +76,13 @@ def test_bad_shards_fail_before_training(tiny, tiny_shards, tmp_path):
     write_shard(shard, [1, 2, 50300] * 400)
     with pytest.raises(Gpt2pipeError, match="outside the vocabulary"):
         run_train(tiny, tiny_shards, tmp_path / "run")
+
+
+def test_keep_last_states(tiny, tiny_shards, tmp_path):
+    cfg = config.from_dict(dict(tiny.raw, train=dict(tiny.raw["train"], max_steps=9, keep_states=2)))
+    run_train(cfg, tiny_shards, tmp_path / "run")
+    state_dir = tmp_path / "run" / "train_state"
+    assert sorted(p.name for p in state_dir.glob("state*.pt")) == ["state.pt", "state_000006.pt"]
+    assert checkpoint.read(state_dir / "state.pt")["step"] == 9
+    assert sorted(p.name for p in state_dir.glob("model_*.pt")) == ["model_000003.pt", "model_000006.pt",
+                                                                    "model_000009.pt"]

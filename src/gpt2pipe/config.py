@@ -64,6 +64,7 @@ class TrainConfig:
     grad_clip: float
     val_every: int
     checkpoint_every: int
+    keep_states: int
     skip_update_lossz: float
     skip_update_gradz: float
     max_skipped_steps: int

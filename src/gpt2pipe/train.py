@@ -172,6 +172,17 @@ class RunPaths:
             shutil.copyfile(self.state / "train.log", tmp)
 
 
+def keep_previous_states(state_dir: Path, keep: int) -> None:
+    """Before a new state.pt is written: keep the current one as state_NNNNNN.pt if `keep` > 1, and delete
+    all but the newest keep - 1 of those (model snapshots at checkpoint steps are milestones, never deleted)."""
+    current = state_dir / "state.pt"
+    if keep > 1 and current.exists():
+        step = checkpoint.read(current)["step"]
+        os.replace(current, state_dir / f"state_{step:06d}.pt")
+    for old in sorted(state_dir.glob("state_*.pt"))[: -(keep - 1) or None]:
+        old.unlink()
+
+
 class Log:
     """Append-only llm.c-format log; on resume, lines past the resumed step are dropped first."""
 
@@ -303,6 +314,7 @@ def _train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool, progress:
     def save_resume_state(step: int) -> None:
         opt_state = optimizer.state_dict()  # collective under ZeRO: every process gathers
         if world.main:
+            keep_previous_states(paths.state, t.keep_states)
             checkpoint.save(paths.state / "state.pt", model, step, optimizer=opt_state,
                             loader=train_loader.state_dict(), rng=rng_state(), fingerprint=fingerprint,
                             tokens_seen=step * t.total_batch_tokens,
@@ -345,7 +357,9 @@ def _train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool, progress:
             t0 = time.perf_counter()
             runner.train()
             loss_sum = torch.zeros((), device=device)
-            for _ in range(grad_accum):
+            for k in range(grad_accum):
+                if k == grad_accum - 1 and isinstance(optimizer, FlatAdamW):
+                    optimizer.overlap_next_backward()  # reduce-scatter buckets as the backward completes them
                 x, y = train_loader.next_batch()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with ctx:

@@ -18,34 +18,68 @@ from .cuda import launch, sm_count
 from .functions import _use_kernels
 
 
+BUCKET_ELEMENTS = 32 * 2**20  # ~64 MB of bf16 gradients per reduce-scatter
+# torch >= 2.12 renames the flat-tensor collectives (same arguments); older releases have only the old names
+_reduce_scatter = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
+_all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+
+
+class _Bucket:
+    """Whole parameters sharing one reduce-scatter: [start, start + size) of the flat buffer (size padded
+    to a multiple of the process count); this process owns slice `rank` of it, at `local` in its shard."""
+
+    def __init__(self, params: list, start: int, size: int, world: World, local: int, decay: bool):
+        self.params, self.start, self.size, self.decay = params, start, size, decay
+        self.slice = size // world.size
+        self.own = start + world.rank * self.slice  # where this process's slice sits in the flat buffer
+        self.local = local
+
+
 class FlatAdamW:
     def __init__(self, model: torch.nn.Module, lr: float, betas=(0.9, 0.95), eps: float = 1e-8,
                  weight_decay: float = 0.1, grad_clip: float = 1.0, stochastic_rounding: bool = True,
-                 seed: int = 0, dtype: torch.dtype = torch.bfloat16, world: World = World()):
+                 seed: int = 0, dtype: torch.dtype = torch.bfloat16, world: World = World(),
+                 bucket_elements: int = BUCKET_ELEMENTS):
         params = ordered_params(model)
-        n_decay = sum(p.numel() for p in params if p.dim() >= 2)
         self.n = sum(p.numel() for p in params)
         self.world = world
-        shard = -(-self.n // world.size)  # ceil: the buffer is padded to world * shard
-        self.lo, self.hi = world.rank * shard, (world.rank + 1) * shard
-        device = params[0].device
-        full = torch.zeros(shard * world.size, dtype=torch.float32, device=device)
-        self.params = torch.zeros(shard * world.size, dtype=dtype, device=device)
-        self.grads = torch.zeros(shard * world.size, dtype=dtype, device=device)
-        off = 0
+        # buckets of whole parameters, decayed and not-decayed kept apart so a bucket is all one kind
+        groups: list[tuple[list, bool]] = []
         for p in params:
-            k = p.numel()
-            full[off : off + k].copy_(p.detach().view(-1))
-            self.params[off : off + k].copy_(full[off : off + k])
-            p.data = self.params[off : off + k].view(p.shape)
-            p.grad = self.grads[off : off + k].view(p.shape)
-            off += k
-        self.master = full[self.lo : self.hi].clone()  # this process's shard only
+            decay = p.dim() >= 2
+            if not groups or groups[-1][1] != decay or sum(q.numel() for q in groups[-1][0]) + p.numel() > bucket_elements:
+                groups.append(([], decay))
+            groups[-1][0].append(p)
+        self.buckets: list[_Bucket] = []
+        start = local = 0
+        for members, decay in groups:
+            size = -(-sum(q.numel() for q in members) // world.size) * world.size
+            self.buckets.append(_Bucket(members, start, size, world, local, decay))
+            start += size
+            local += size // world.size
+        device = params[0].device
+        full = torch.zeros(start, dtype=torch.float32, device=device)
+        self.params = torch.zeros(start, dtype=dtype, device=device)
+        self.grads = torch.zeros(start, dtype=dtype, device=device)
+        self.layout = []  # (numel, start in the flat buffer) of each parameter, in ordered_params order
+        for b in self.buckets:
+            off = b.start
+            for p in b.params:
+                k = p.numel()
+                full[off : off + k].copy_(p.detach().view(-1))
+                self.params[off : off + k].copy_(full[off : off + k])
+                p.data = self.params[off : off + k].view(p.shape)
+                p.grad = self.grads[off : off + k].view(p.shape)
+                self.layout.append((k, off))
+                off += k
+        if world.distributed:  # this process's slices, packed: the ZeRO-1 shard
+            self.master = torch.cat([full[b.own : b.own + b.slice] for b in self.buckets])
+            self.grad_shard = torch.empty(local, dtype=dtype, device=device)
+            self.param_shard = torch.empty(local, dtype=dtype, device=device)
+        else:  # one process: the shard is the whole buffer, no copies
+            self.master, self.grad_shard, self.param_shard = full, self.grads, self.params
         self.m = torch.zeros_like(self.master)
         self.v = torch.zeros_like(self.master)
-        self.grad_shard = self.grads[self.lo : self.hi] if not world.distributed else torch.empty(
-            shard, dtype=dtype, device=device)
-        self.n_decay = min(max(n_decay - self.lo, 0), shard)  # decayed elements at the start of this shard
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.grad_clip, self.stochastic, self.seed = grad_clip, stochastic_rounding, seed
         self.t = 0
@@ -54,15 +88,48 @@ class FlatAdamW:
         self.partials = torch.empty(self.blocks, dtype=torch.float32, device=device)
         self.param_groups = [{"lr": lr}]  # what the training loop's lr setter touches
         self.kernels = _use_kernels(self.grads) and dtype == torch.bfloat16  # our kernels read/write bf16
+        # overlap: during the backward pass that completes the gradients, each bucket is reduce-scattered
+        # as soon as all its parameters have their gradient (post-accumulate hooks)
+        self._overlap, self._pending, self._handles = False, [], {}
+        if world.distributed:
+            for i, b in enumerate(self.buckets):
+                for p in b.params:
+                    p.register_post_accumulate_grad_hook(lambda p, i=i: self._grad_ready(i))
+
+    def overlap_next_backward(self) -> None:
+        """Call before the backward pass of the last micro-batch of a step: its buckets are reduced as
+        they complete, overlapping communication with the rest of the backward pass."""
+        if self.world.distributed:
+            self._overlap = True
+            self._pending = [len(b.params) for b in self.buckets]
+            self._handles = {}
+
+    def _grad_ready(self, i: int) -> None:
+        if not self._overlap:
+            return
+        self._pending[i] -= 1
+        if self._pending[i] == 0:
+            self._handles[i] = self._reduce(self.buckets[i], async_op=True)
+
+    def _reduce(self, b: _Bucket, async_op: bool = False):
+        return _reduce_scatter(self.grad_shard[b.local : b.local + b.slice],
+                                          self.grads[b.start : b.start + b.size], async_op=async_op)
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         self.grads.zero_()  # never None: the views must stay the .grad of every parameter
 
     def grad_norm(self) -> torch.Tensor:
-        """Average the gradients into this shard (reduce-scatter), then write [norm, clip factor] of the
-        global gradient into self.norm on the device and return it."""
+        """Average the gradients into this process's shard (reduce-scatter; buckets already launched
+        during backward are just waited for), then write [norm, clip factor] of the global gradient into
+        self.norm on the device and return it."""
         if self.world.distributed:
-            dist.reduce_scatter_tensor(self.grad_shard, self.grads)
+            for i, b in enumerate(self.buckets):
+                handle = self._handles.pop(i, None)
+                if handle is not None:
+                    handle.wait()
+                else:
+                    self._reduce(b)
+            self._overlap = False
             self.grad_shard /= self.world.size
             sq = self.grad_shard.float().square().sum()
             dist.all_reduce(sq)
@@ -86,41 +153,58 @@ class FlatAdamW:
             self.grad_norm()
         self.t += 1
         b1, b2 = self.betas
-        mine = self.params[self.lo : self.hi]
-        if self.kernels:
-            n = mine.numel()
-            launch("adamw", "adamw_update", min((n + 255) // 256, self.blocks * 8), 256, mine, self.master,
-                   self.m, self.v, self.grad_shard, self.norm, _i64(n), _i64(self.n_decay), _i64(self.lo),
-                   float(lr), float(b1), float(b2), float(1 - b1**self.t), float(1 - b2**self.t), float(self.eps),
-                   float(self.weight_decay), _u32(self.seed * 1_000_003 + self.t), int(self.stochastic))
-        else:
-            reference.adamw_update(mine, self.master, self.m, self.v, self.grad_shard, self.norm, self.n_decay,
-                                   lr, b1, b2, self.t, self.eps, self.weight_decay)
-        if self.world.distributed:
-            dist.all_gather_into_tensor(self.params, mine.clone())
+        for b in self.buckets:  # one launch per bucket: weight decay and rounding seeds follow the bucket
+            sl = slice(b.local, b.local + b.slice)
+            decay = b.slice if b.decay else 0
+            if self.kernels:
+                launch("adamw", "adamw_update", min((b.slice + 255) // 256, self.blocks * 8), 256,
+                       self.param_shard[sl], self.master[sl], self.m[sl], self.v[sl], self.grad_shard[sl], self.norm,
+                       _i64(b.slice), _i64(decay), _i64(b.own), float(lr), float(b1), float(b2),
+                       float(1 - b1**self.t), float(1 - b2**self.t), float(self.eps), float(self.weight_decay),
+                       _u32(self.seed * 1_000_003 + self.t), int(self.stochastic))
+            else:
+                reference.adamw_update(self.param_shard[sl], self.master[sl], self.m[sl], self.v[sl],
+                                       self.grad_shard[sl], self.norm, decay, lr, b1, b2, self.t, self.eps,
+                                       self.weight_decay)
+            if self.world.distributed:
+                _all_gather(self.params[b.start : b.start + b.size], self.param_shard[sl])
         return self.norm[0]
 
     def _full(self, shard: torch.Tensor) -> torch.Tensor:
-        """The whole (unpadded) buffer of a sharded tensor, on every process."""
+        """The whole buffer of a sharded tensor in parameter order, without padding, on every process."""
+        if self.world.distributed:
+            out = torch.empty(self.grads.numel(), dtype=shard.dtype, device=shard.device)
+            for b in self.buckets:
+                _all_gather(out[b.start : b.start + b.size], shard[b.local : b.local + b.slice])
+        else:
+            out = shard
+        return torch.cat([out[off : off + k] for k, off in self.layout])
+
+    def _shard_of(self, full: torch.Tensor) -> torch.Tensor:
+        """This process's shard of a whole buffer given in parameter order without padding."""
+        padded = torch.zeros(self.grads.numel(), dtype=full.dtype, device=self.master.device)
+        pos = 0
+        for k, off in self.layout:
+            padded[off : off + k] = full[pos : pos + k]
+            pos += k
         if not self.world.distributed:
-            return shard[: self.n]
-        out = torch.empty(shard.numel() * self.world.size, dtype=shard.dtype, device=shard.device)
-        dist.all_gather_into_tensor(out, shard.contiguous())
-        return out[: self.n]
+            return padded
+        return torch.cat([padded[b.own : b.own + b.slice] for b in self.buckets])
 
     def state_dict(self) -> dict:
-        """Whole-model state (gathered from every shard), so a run can resume on any number of processes.
-        Collective: every process must call it."""
+        """Whole-model state (gathered from every shard) in parameter order, so a run can resume on any
+        number of processes. Collective: every process must call it."""
         return {"t": self.t, "master": self._full(self.master), "m": self._full(self.m), "v": self._full(self.v)}
 
     def load_state_dict(self, state: dict) -> None:
         self.t = state["t"]
         for name in ("master", "m", "v"):
-            full = state[name].to(self.master.device)
-            mine = getattr(self, name)
-            mine.zero_()
-            part = full[self.lo : min(self.hi, self.n)]
-            mine[: part.numel()].copy_(part)
+            getattr(self, name).copy_(self._shard_of(state[name].to(self.master.device)))
+
+    @property
+    def n_decay(self) -> int:
+        """Elements of this process's shard that get weight decay (decayed buckets come first)."""
+        return sum(b.slice for b in self.buckets if b.decay)
 
     def shard_size(self) -> int:
         return self.master.numel()
