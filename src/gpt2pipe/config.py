@@ -183,7 +183,7 @@ def from_dict(raw: dict | None, source: str = "config") -> Config:
         train=TrainConfig(**cfg["train"]),
         eval=EvalConfig(**cfg["eval"]),
         report=ReportConfig(**cfg["report"]),
-        raw=cfg,
+        raw=cfg,  # cfg["resources"] is Snakemake's alone: read there, not by the stages
     )
 
 

@@ -32,7 +32,20 @@ except ImportError:  # snakemake installed apart from gpt2pipe (e.g. --sdm conda
     validate(config, "../schemas/config.schema.yaml")
 
 # each job runs the gpt2pipe CLI from this Python's environment, or from the repo inside a conda env
-GPT2PIPE = (f"PYTHONPATH={SRC} python -m gpt2pipe" if _conda_mode() else f"{sys.executable} -m gpt2pipe")
+PYTHON = f"env PYTHONPATH={SRC} python" if _conda_mode() else sys.executable
+GPT2PIPE = f"{PYTHON} -m gpt2pipe"
+RES = config["resources"]
+
+
+def train_launcher():
+    """How the training job starts its processes: one process, torchrun over one node's GPUs, or srun
+    (one task per GPU, through the SLURM plugin's `mpi` resource) across nodes."""
+    gpus, nodes = RES["train_gpus"], RES["train_nodes"]
+    if nodes > 1:
+        return f"srun --kill-on-bad-exit=1 {GPT2PIPE}"
+    if gpus > 1:
+        return f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node {gpus} -m gpt2pipe"
+    return GPT2PIPE
 CONDA_ENV = "../../envs/gpt2pipe.yaml"
 
 RESULTS = config["results_dir"]

@@ -8,6 +8,9 @@ rule corpus:
         cli=GPT2PIPE,
         config=CONFIG_FILE,
         data=section_hash("data"),
+    resources:
+        mem_mb=RES["job_mem_mb"],
+        runtime=RES["job_runtime"],
     log:
         f"{DATA}/logs/corpus.log",
     benchmark:

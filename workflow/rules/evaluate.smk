@@ -10,7 +10,11 @@ rule evaluate:
         cli=GPT2PIPE,
         config=CONFIG_FILE,
         eval=section_hash("eval"),
-    threads: workflow.cores
+    threads: RES["data_cpus"]
+    resources:
+        gpu=RES["eval_gpus"],
+        mem_mb=RES["job_mem_mb"],
+        runtime=RES["job_runtime"],
     log:
         f"{RUN}/logs/evaluate_{{step}}.log",
     benchmark:

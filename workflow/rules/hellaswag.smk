@@ -7,6 +7,9 @@ rule hellaswag:
     params:
         cli=GPT2PIPE,
         config=CONFIG_FILE,
+    resources:
+        mem_mb=RES["job_mem_mb"],
+        runtime=RES["job_runtime"],
     log:
         f"{RESULTS}/data/hellaswag/logs/{HELLASWAG_NAME}.log",
     benchmark:

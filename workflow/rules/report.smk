@@ -12,6 +12,9 @@ rule report:
         cli=GPT2PIPE,
         config=CONFIG_FILE,
         report=section_hash("report"),
+    resources:
+        mem_mb=RES["job_mem_mb"],
+        runtime=RES["job_runtime"],
     log:
         f"{RUN}/logs/report.log",
     benchmark:

@@ -17,6 +17,10 @@ rule sample:
         top_k=config["eval"]["sample_top_k"],
         prompt=config["eval"]["sample_prompt"],
         seed=config["train"]["seed"],
+    resources:
+        gpu=RES["eval_gpus"],
+        mem_mb=RES["job_mem_mb"],
+        runtime=RES["job_runtime"],
     log:
         f"{RUN}/logs/sample_{{step}}.log",
     benchmark:

@@ -8,7 +8,10 @@ rule tokenize:
         cli=GPT2PIPE,
         config=CONFIG_FILE,
         data=section_hash("data"),
-    threads: workflow.cores
+    threads: RES["data_cpus"]  # capped at --cores when run locally
+    resources:
+        mem_mb=RES["job_mem_mb"],
+        runtime=RES["job_runtime"],
     log:
         f"{DATA}/logs/tokenize.log",
     benchmark:

@@ -7,11 +7,20 @@ rule train:
         [f"{RUN}/train/model_{s:06d}.pt" for s in checkpoint_steps()],
         log=f"{RUN}/train/train.log",
     params:
-        cli=GPT2PIPE,
+        cli=train_launcher(),
         config=CONFIG_FILE,
         run_dir=lambda wildcards, output: Path(output.log).parent.parent,
         setup=section_hash("model", "train", "data"),
-    threads: workflow.cores
+    threads: RES["train_cpus_per_gpu"] * max(1, RES["train_gpus"])  # capped at --cores locally
+    resources:
+        nodes=RES["train_nodes"],
+        gpu=RES["train_gpus"],
+        # one task (torchrun starts the per-GPU processes) on one node; one task per GPU across nodes
+        tasks=RES["train_nodes"] * max(1, RES["train_gpus"]) if RES["train_nodes"] > 1 else 1,
+        tasks_per_gpu=1 if RES["train_nodes"] > 1 else 0,
+        cpus_per_task=RES["train_cpus_per_gpu"] * (max(1, RES["train_gpus"]) if RES["train_nodes"] == 1 else 1),
+        mem_mb=RES["train_mem_mb"],
+        runtime=RES["train_runtime"],
     log:
         f"{RUN}/logs/train.log",
     benchmark:
