@@ -15,7 +15,6 @@ from gpt2pipe import Gpt2pipeError, config
 from gpt2pipe import train as train_mod
 from gpt2pipe.train import OutlierDetector, Preempted
 
-from conftest import tiny_config
 
 
 def test_outlier_detector():

@@ -1,11 +1,9 @@
 """End to end: the Snakemake workflow on a tiny config, in a temporary directory."""
 
 import json
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml

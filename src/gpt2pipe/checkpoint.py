@@ -48,8 +48,8 @@ def read(path: str | Path) -> dict:
     return ck
 
 
-def check_shape(path: str | Path, ck: dict, expected: ModelConfig) -> None:
-    got = ModelConfig(**ck["model_config"])
+def check_shape(path: str | Path, got: ModelConfig, expected: ModelConfig) -> None:
+    """One line naming every field in which the model at `path` differs from the configured one."""
     if got != expected:
         diff = ", ".join(f"{f.name} {getattr(got, f.name)} != {getattr(expected, f.name)}"
                          for f in dataclasses.fields(ModelConfig) if getattr(got, f.name) != getattr(expected, f.name))
@@ -60,7 +60,7 @@ def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[G
     """A GPT built from the checkpoint's own config (checked against `expected` if given)."""
     ck = read(path)
     if expected is not None:
-        check_shape(path, ck, expected)
+        check_shape(path, ModelConfig(**ck["model_config"]), expected)
     model = GPT(ModelConfig(**ck["model_config"]))
     model.load_state_dict(ck["model"])
     return model, ck

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import math
 import os
 import shutil
@@ -28,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from . import Gpt2pipeError, checkpoint, distributed
-from .config import Config, TrainConfig
+from .config import Config, ModelConfig, TrainConfig
 from .distributed import World
 from .evaluate import val_loss
 from .export import load_any
@@ -209,7 +208,7 @@ def _resume_state(paths: RunPaths, cfg: Config, fingerprint: str) -> dict | None
     if not path.exists():
         return None
     ck = checkpoint.read(path)
-    checkpoint.check_shape(path, ck, cfg.model)
+    checkpoint.check_shape(path, ModelConfig(**ck["model_config"]), cfg.model)
     if ck.get("fingerprint") != fingerprint:
         tqdm.write(f"{path}: saved under a different train/data config, starting fresh")
         return None
@@ -260,7 +259,7 @@ def _train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool, progress:
     model = GPT(cfg.model, ops="kernels" if use_kernels else "torch", recompute=t.recompute)
     if t.init_from and saved is None:  # start from existing weights (ours, llm.c's or Hugging Face's)
         source, _ = load_any(t.init_from, cfg.model)
-        checkpoint.check_shape(t.init_from, {"model_config": dataclasses.asdict(source.config)}, cfg.model)
+        checkpoint.check_shape(t.init_from, source.config, cfg.model)
         model.load_state_dict(source.state_dict())
     model.to(device)
     if use_kernels:

@@ -54,7 +54,6 @@ def function(name: str, kernel: str):
 def launch(name: str, kernel: str, grid, block, *args, shared_mem: int = 0) -> None:
     """Run kernels/<name>.cu's `kernel` on torch's current stream. Tensors go in as device pointers,
     Python ints as int32, floats as float32; pass numpy scalars for other widths."""
-    import cupy
     import numpy as np
 
     converted = []
