@@ -46,21 +46,17 @@ def _sdpa_context():
 
 def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: int, total_batch: int,
                        steps: int, warmup: int, profile: bool = False) -> StepResult:
-    from .ops.optim import FlatAdamW
+    from .config import from_dict
+    from .train import make_flat_optimizer, make_optimizer, optimizer_step
 
     device = torch.device("cuda")
     torch.manual_seed(0)
+    t = from_dict({}).train  # the 124M recipe's optimizer: lr 6e-4, betas 0.9/0.95, decay 0.1, clip 1.0
     kernels = mode.startswith("kernels")
     model = GPT(cfg, ops="kernels" if kernels else "torch", recompute=mode == "kernels-recompute").to(device)
-    if kernels:
-        opt = FlatAdamW(model, lr=6e-4, weight_decay=0.1, grad_clip=1.0)
-        amp = contextlib.nullcontext()
-    else:
-        decay = [p for p in model.parameters() if p.dim() >= 2]
-        rest = [p for p in model.parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                                lr=6e-4, betas=(0.9, 0.95), fused=True)
-        amp = torch.autocast("cuda", dtype=torch.bfloat16)
+    # the training loop's own optimizers: flat bf16 AdamW for the kernels, fused torch AdamW otherwise
+    opt = make_flat_optimizer(model, t) if kernels else make_optimizer(model, t, device)
+    amp = contextlib.nullcontext() if kernels else torch.autocast("cuda", dtype=torch.bfloat16)
     runner = torch.compile(model) if mode == "compile" else model
     accum = total_batch // (micro_batch * seq_len)
     data = torch.randint(0, cfg.vocab_size, (accum, micro_batch, seq_len + 1), device=device)
@@ -77,12 +73,7 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
                     _, loss = runner(data[k, :, :-1], data[k, :, 1:])
                 (loss / accum).backward()
                 total += loss.detach()
-            if kernels:
-                opt.step(6e-4)
-            else:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(opt, model, t.learning_rate, t.grad_clip)
             losses.append((total / accum).item())
             torch.cuda.synchronize()
             if i >= warmup:
@@ -96,8 +87,7 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
                 with amp:
                     _, loss = runner(data[k, :, :-1], data[k, :, 1:])
                 (loss / accum).backward()
-            opt.step(6e-4) if kernels else opt.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(opt, model, t.learning_rate, t.grad_clip)
             torch.cuda.synchronize()
         print(f"## profile of one {mode} step (CUDA time per kernel)")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))

@@ -171,13 +171,13 @@ class RunPaths:
             shutil.copyfile(self.state / "train.log", tmp)
 
 
-def keep_previous_states(state_dir: Path, keep: int) -> None:
-    """Before a new state.pt is written: keep the current one as state_NNNNNN.pt if `keep` > 1, and delete
-    all but the newest keep - 1 of those (model snapshots at checkpoint steps are milestones, never deleted)."""
+def keep_previous_states(state_dir: Path, keep: int, current_step: int | None) -> None:
+    """Before a new state.pt is written: keep the current one (this run's, saved at current_step) as
+    state_NNNNNN.pt if `keep` > 1, and delete all but the newest keep - 1 of those (model snapshots at
+    checkpoint steps are milestones, never deleted)."""
     current = state_dir / "state.pt"
-    if keep > 1 and current.exists():
-        step = checkpoint.read(current)["step"]
-        os.replace(current, state_dir / f"state_{step:06d}.pt")
+    if keep > 1 and current_step is not None and current.exists():
+        os.replace(current, state_dir / f"state_{current_step:06d}.pt")
     for old in sorted(state_dir.glob("state_*.pt"))[: -(keep - 1) or None]:
         old.unlink()
 
@@ -224,16 +224,16 @@ def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, pr
     device = pick_device(cfg.train.device)
     world = distributed.setup(device.type)
     try:
-        return _train(cfg, shards_dir, run_dir, resume, progress, world)
+        return _train(cfg, shards_dir, run_dir, resume, progress, world, device)
     finally:
         distributed.teardown(world)
 
 
-def _train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool, progress: bool, world: World) -> dict:
+def _train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool, progress: bool, world: World,
+           device: torch.device) -> dict:
     t = cfg.train
     # --- everything that can fail on bad input happens before the model exists -----------------------
     shards = ShardSet.open(shards_dir)
-    device = pick_device(t.device)
     if device.type == "cuda" and world.distributed:
         device = torch.device("cuda", world.local_rank)
     if t.num_threads:
@@ -310,10 +310,13 @@ def _train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool, progress:
         loss_outliers.load_state_dict(saved["outliers"]["loss"])
         norm_outliers.load_state_dict(saved["outliers"]["norm"])
 
+    state_step = [saved["step"] if saved else None]  # step of the state.pt this run wrote or resumed from
+
     def save_resume_state(step: int) -> None:
         opt_state = optimizer.state_dict()  # collective under ZeRO: every process gathers
         if world.main:
-            keep_previous_states(paths.state, t.keep_states)
+            keep_previous_states(paths.state, t.keep_states, state_step[0])
+            state_step[0] = step
             checkpoint.save(paths.state / "state.pt", model, step, optimizer=opt_state,
                             loader=train_loader.state_dict(), rng=rng_state(), fingerprint=fingerprint,
                             tokens_seen=step * t.total_batch_tokens,

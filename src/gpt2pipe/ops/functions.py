@@ -173,10 +173,9 @@ def bias_grad(dy: torch.Tensor) -> torch.Tensor:
     if C % 8 or not aligned(dy):
         return dy.sum(0)
     dy = dy.contiguous()
-    cols = (C // 8 + 127) // 128
-    rows = max(1, min(N, sm_count() * 16 // cols))
-    partials = torch.empty(rows, C, dtype=torch.float32, device=dy.device)
-    launch("bias_grad", "bias_grad", (cols, rows), 128, partials, dy, N, C)
+    _, grid, threads = _bias_gelu_grid(N, C, dy)  # same layout: 8 columns per thread, rows strided
+    partials = torch.empty(grid[1], C, dtype=torch.float32, device=dy.device)
+    launch("bias_grad", "bias_grad", grid, threads, partials, dy, N, C)
     return partials.sum(0).to(dy.dtype)
 
 

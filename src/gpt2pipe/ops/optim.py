@@ -133,9 +133,7 @@ class FlatAdamW:
             self.grad_shard /= self.world.size
             sq = self.grad_shard.float().square().sum()
             dist.all_reduce(sq)
-            norm = sq.sqrt()
-            scale = torch.clamp(self.grad_clip / (norm + 1e-6), max=1.0) if self.grad_clip > 0 else torch.ones_like(norm)
-            self.norm.copy_(torch.stack([norm, scale]))
+            self.norm.copy_(reference.norm_and_scale(sq.sqrt(), self.grad_clip))
         elif self.kernels:
             n = self.grads.numel()
             launch("global_norm", "global_norm_partial", self.blocks, 1024, self.partials, self.grads, _i64(n))

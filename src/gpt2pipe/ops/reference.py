@@ -30,11 +30,15 @@ def classifier(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, voc
     return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten())
 
 
-def global_norm_scale(grads: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """[norm, clip factor] as global_norm.cu computes them (torch's clip_grad_norm_ rule)."""
-    norm = torch.linalg.vector_norm(grads.float())
+def norm_and_scale(norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """[norm, clip factor] for a global gradient norm (torch's clip_grad_norm_ rule; max_norm <= 0: no clip)."""
     scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0) if max_norm > 0 else torch.ones_like(norm)
     return torch.stack([norm, scale])
+
+
+def global_norm_scale(grads: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """[norm, clip factor] as global_norm.cu computes them."""
+    return norm_and_scale(torch.linalg.vector_norm(grads.float()), max_norm)
 
 
 def adamw_update(params, master, m, v, grads, clip, n_decay: int, lr: float, beta1: float, beta2: float,
