@@ -82,3 +82,43 @@ def crash_then_resume(cfg, shards, run_dir, monkeypatch, at_step: int = 4) -> No
     # the job's outputs may be deleted by the workflow manager; the saved state is enough
     (run_dir / "train" / "model_000003.pt").unlink()
     train_mod.train(cfg, shards, run_dir, resume=True, progress=False)
+
+
+def fineweb_parquet(path: Path, texts: list[str], row_group_size: int | None = None) -> Path:
+    """A parquet file with FineWeb's columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({
+        "text": texts, "id": [f"<urn:uuid:{i}>" for i in range(n)], "dump": ["CC-MAIN-2024-10"] * n,
+        "url": [f"https://example.org/{i}" for i in range(n)], "date": ["2024-02-20"] * n,
+        "file_path": ["s3://x"] * n, "language": ["en"] * n, "language_score": [0.9] * n, "token_count": [3] * n,
+    }), path, row_group_size=row_group_size)
+    return path
+
+
+def shakespeare_docs(n_files: int, docs_per_file: int) -> list[list[str]]:
+    """Real text cut into documents (Tiny Shakespeare's speeches), spread over n_files."""
+    speeches = [s.strip() for s in DEMO_TEXT.read_text().split("\n\n") if s.strip()]
+    return [speeches[i * docs_per_file:(i + 1) * docs_per_file] for i in range(n_files)]
+
+
+def hub_cache(cache: Path, repo: str, files: dict[str, Path], commit: str = "c0ffee" * 6 + "c0ff") -> str:
+    """Lay out huggingface_hub's cache for a dataset repo at one commit (blobs named by sha256, snapshot
+    symlinks, refs/main), so the real hf_hub_download/snapshot_download serve it with HF_HUB_OFFLINE=1."""
+    import hashlib
+
+    base = cache / f"datasets--{repo.replace('/', '--')}"
+    (base / "blobs").mkdir(parents=True, exist_ok=True)
+    (base / "refs").mkdir(exist_ok=True)
+    (base / "refs" / "main").write_text(commit)
+    for name, src in files.items():
+        data = src.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        (base / "blobs" / sha).write_bytes(data)
+        link = base / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(base / "blobs" / sha, link.parent))
+    return commit

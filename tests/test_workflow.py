@@ -101,3 +101,51 @@ def test_html_report(workdir):
     assert len(html) > 50_000
     for name in ("output.png", "metrics.tsv", "step_000006.txt"):
         assert name in html
+
+
+def test_fineweb_file_by_file_jobs_from_the_hub_cache(tmp_path):
+    """FineWeb through Snakemake with the real huggingface_hub in offline mode: one download and tokenize
+    job per file; max_tokens stops after the files it needs; files stay cached when more are needed."""
+    import os
+
+    import numpy as np
+
+    from conftest import fineweb_parquet, hub_cache, shakespeare_docs
+    from gpt2pipe.shards import read_shard
+    from gpt2pipe.tokenizer import encode_documents
+
+    parts = shakespeare_docs(3, 100)
+    src = [fineweb_parquet(tmp_path / "src" / f"{i:03d}_00000.parquet", d) for i, d in enumerate(parts)]
+    hub_cache(tmp_path / "hub", "HuggingFaceFW/fineweb", {f"sample/10BT/{p.name}": p for p in src})
+    first = sum(len(d) for d in encode_documents(parts[0]))
+    cfg = tiny_config(tmp_path, data={"name": "fw", "source": "fineweb", "paths": [], "max_tokens": first + 1})
+    cfg["results_dir"] = "results"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    data = tmp_path / "results" / "data" / "fw"
+
+    def run(*args):
+        r = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), *args, "results/data/fw/shards",
+                            "--configfile", str(tmp_path / "config.yaml")], capture_output=True, text=True,
+                           timeout=900, env=env)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return r.stdout + r.stderr
+
+    run()
+    assert sorted(p.name for p in (data / "fineweb" / "tokens").glob("*.bin")) == ["000_00000.bin", "001_00000.bin"]
+    assert not (data / "fineweb" / "raw" / "002_00000.parquet").exists()
+    m = json.loads((data / "shards" / "shards.json").read_text())
+    assert m["tokens"] == first + 1
+
+    cfg["data"]["max_tokens"] = None
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = run("--dry-run")
+    assert re.search(r"^fineweb_download\s+1$", out, re.M) and re.search(r"^fineweb_encode\s+1$", out, re.M)
+    run()
+    m = json.loads((data / "shards" / "shards.json").read_text())
+    tokens = np.concatenate([read_shard(data / "shards" / f) for f in m["val"] + m["train"]])
+    expected = np.concatenate([np.array(d) for docs in parts for d in encode_documents(docs)])
+    assert np.array_equal(tokens, expected)
+    listing = json.loads((data / "fineweb" / "files.json").read_text())
+    assert listing["commit"] == (tmp_path / "hub" / "datasets--HuggingFaceFW--fineweb" / "refs" / "main").read_text()
+    assert len(list((data / "logs" / "fineweb_encode").glob("*.log"))) == 3

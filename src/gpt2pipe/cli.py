@@ -2,6 +2,7 @@
 
     gpt2pipe corpus    -c config/config.yaml      # text/parquet/FineWeb -> parquet documents
     gpt2pipe tokenize  -c config/config.yaml      # documents -> llm.c shards (val first)
+    gpt2pipe fineweb list / download, gpt2pipe encode, gpt2pipe shard   # FineWeb file by file (the workflow's way)
     gpt2pipe hellaswag -c config/config.yaml      # HellaSwag -> llm.c eval .bin
     gpt2pipe train     -c config/config.yaml      # shards -> checkpoints + llm.c log
     gpt2pipe evaluate  -c config/config.yaml --checkpoint results/demo/train/model_000050.pt
@@ -57,6 +58,51 @@ def cmd_tokenize(args) -> None:
     out = args.out or cfg.data_dir / "shards"
     m = tokenize_to_shards(read_corpus(corpus), cfg.data, out)
     print(f"tokenize: {m['tokens']:,} tokens in {len(m['val'])} val + {len(m['train'])} train shard(s) in {out}")
+
+
+def cmd_fineweb(args) -> None:
+    from . import fineweb
+
+    cfg = _config(args)
+    listing_path = args.listing or cfg.data_dir / "fineweb" / "files.json"
+    if args.action == "list":
+        listing = fineweb.list_files(cfg.data.hf_repo, cfg.data.hf_subset, cfg.data.hf_revision)
+        listing.save(listing_path)
+        size = sum(f.size for f in listing.files)
+        print(f"fineweb: {len(listing.files)} files, {size / 1e9:.2f} GB, in {listing.repo} {listing.subset} "
+              f"@ {listing.commit} -> {listing_path}")
+        return
+    listing = fineweb.Listing.load(listing_path)
+    wanted = (cfg.data.hf_repo, cfg.data.hf_subset, cfg.data.hf_revision)
+    if (listing.repo, listing.subset, listing.revision) != wanted:
+        raise Gpt2pipeError(f"{listing_path} lists {listing.repo} {listing.subset}@{listing.revision}, the config "
+                            f"asks for {wanted[0]} {wanted[1]}@{wanted[2]}: run `gpt2pipe fineweb list` again")
+    names = [f.stem for f in listing.files] if args.all else args.file
+    if not names:
+        raise Gpt2pipeError("fineweb download: name files with --file, or pass --all")
+    if args.out and len(names) > 1:
+        raise Gpt2pipeError("fineweb download: --out takes one --file")
+    for name in names:
+        out = args.out or cfg.data_dir / "fineweb" / "raw" / f"{listing.file(name).stem}.parquet"
+        fineweb.download_file(listing, name, out)
+        print(f"fineweb: {name} -> {out}")
+
+
+def cmd_encode(args) -> None:
+    from .shards import encode_parquet
+
+    cfg = _config(args)
+    n = encode_parquet(args.input, args.out, cfg.data.workers, args.max_tokens)
+    print(f"encode: {n:,} tokens from {args.input} -> {args.out}")
+
+
+def cmd_shard(args) -> None:
+    from .shards import shards_from_token_files
+
+    cfg = _config(args)
+    out = args.out or cfg.data_dir / "shards"
+    m = shards_from_token_files(args.tokens, cfg.data, out)
+    print(f"shard: {m['tokens']:,} tokens in {len(m['val'])} val + {len(m['train'])} train shard(s) in {out}")
 
 
 def cmd_hellaswag(args) -> None:
@@ -191,6 +237,17 @@ def cmd_bench(args) -> None:
         args.out.write_text(table + "\n")
 
 
+def cmd_bench_tokenize(args) -> None:
+    from . import tokenize_bench
+
+    parquet = args.parquet
+    if parquet is None:
+        parquet = tokenize_bench.sample_parquet(Path(args.sample_out), Path(args.sample_text), args.sample_mb)
+    elif not parquet.is_file():
+        raise Gpt2pipeError(f"{parquet}: not found")
+    print(tokenize_bench.run(parquet, [int(w) for w in args.workers.split(",")]))
+
+
 def _subcommand(sub, name: str, help: str, func, common: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
     if common:
@@ -213,6 +270,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subcommand(sub, "tokenize", "tokenize the corpus into llm.c shards (val shard first)", cmd_tokenize)
     p.add_argument("--corpus", type=Path, help="corpus folder (default: <results>/data/<data.name>/corpus)")
+    p.add_argument("--out", type=Path, help="shard folder (default: <results>/data/<data.name>/shards)")
+
+    p = _subcommand(sub, "fineweb", "list a FineWeb subset's files on the hub, or download some of them", cmd_fineweb)
+    p.add_argument("action", choices=["list", "download"],
+                   help="list: resolve data.hf_revision and write the file listing (sizes, sha256); "
+                   "download: fetch listed files through the hub cache and verify them")
+    p.add_argument("--listing", type=Path, help="file listing (default: <results>/data/<data.name>/fineweb/files.json)")
+    p.add_argument("--file", action="append", default=[], metavar="NAME",
+                   help="a listed file by stem (000_00000) or path (repeatable)")
+    p.add_argument("--all", action="store_true", help="every listed file, one after another")
+    p.add_argument("--out", type=Path, help="where to put the one --file (default: <data>/fineweb/raw/<stem>.parquet)")
+
+    p = _subcommand(sub, "encode", "tokenize one parquet file into one llm.c-format token file (streaming)", cmd_encode)
+    p.add_argument("--input", type=Path, required=True, help="parquet file with a 'text' column")
+    p.add_argument("--out", type=Path, required=True, help="token file to write (.bin)")
+    p.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: the whole file; "
+                   "`shard` applies data.max_tokens)")
+
+    p = _subcommand(sub, "shard", "concatenate token files, in order, into llm.c shards (val first)", cmd_shard)
+    p.add_argument("tokens", nargs="+", type=Path, help="token files written by `gpt2pipe encode`")
     p.add_argument("--out", type=Path, help="shard folder (default: <results>/data/<data.name>/shards)")
 
     p = _subcommand(sub, "hellaswag", "prepare HellaSwag as llm.c's eval .bin", cmd_hellaswag)
@@ -279,6 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-kernel-table", action="store_true", help="skip the per-kernel table")
     p.add_argument("--profile", default="", help="comma-separated modes to profile for one extra step")
     p.add_argument("--out", type=Path, help="also write the tables to this file")
+
+    p = _subcommand(sub, "bench-tokenize", "tokenization speed: ours end to end vs raw tiktoken on the same cores",
+                    cmd_bench_tokenize, common=False)
+    p.add_argument("parquet", nargs="?", type=Path, help="a parquet file with a 'text' column (default: build "
+                   "a sample from --sample-text)")
+    p.add_argument("--workers", default="1,2", help="comma-separated worker counts (default: %(default)s)")
+    p.add_argument("--sample-text", default="data/demo/tiny_shakespeare.txt", help="text the sample is cut from")
+    p.add_argument("--sample-mb", type=float, default=20, help="sample size, MB of text (default: %(default)s)")
+    p.add_argument("--sample-out", default="/tmp/gpt2pipe_tokenize_sample.parquet")
     return parser
 
 

@@ -1,12 +1,12 @@
 """Stage 1: gather a corpus into parquet files of documents (columns `id`, `text`, FineWeb's names).
 
 Sources: local text files split into documents, local parquet files with a `text` column, or the
-FineWeb dataset on the Hugging Face hub (files fetched one by one with huggingface_hub).
+FineWeb dataset on the Hugging Face hub (see fineweb.py; the workflow fetches and tokenizes FineWeb
+file by file instead, without this stage).
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,51 +33,30 @@ def text_documents(path: Path, separator: str | None) -> Iterator[str]:
             yield part
 
 
-def parquet_documents(path: Path) -> Iterator[str]:
-    """The `text` column of a parquet file, read a row group at a time (bounded memory)."""
+def parquet_text_batches(path: Path, batch_size: int | None = None) -> Iterator[pa.RecordBatch]:
+    """The `text` column of a parquet file in record batches (bounded memory), after checking the file."""
     try:
         f = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise Gpt2pipeError(f"{path}: not a readable parquet file ({e})") from None
     if "text" not in f.schema_arrow.names:
         raise Gpt2pipeError(f"{path}: parquet file has no 'text' column (columns: {f.schema_arrow.names})")
-    for batch in f.iter_batches(columns=["text"]):
+    yield from f.iter_batches(**({"batch_size": batch_size} if batch_size else {}), columns=["text"])
+
+
+def parquet_documents(path: Path) -> Iterator[str]:
+    """The non-empty documents of a parquet file's `text` column."""
+    for batch in parquet_text_batches(path):
         yield from (t for t in batch.column(0).to_pylist() if t)
 
 
-def fineweb_files(repo: str, subset: str, revision: str, api=None) -> list[str]:
-    """Parquet files of one FineWeb subset in the hub repository, in sorted order.
-
-    `api` is a huggingface_hub.HfApi (or a stand-in in tests): the one seam to the network.
-    Subsets are folders such as `sample/10BT` (named `sample-10BT` in the dataset card) or `data/CC-MAIN-...`.
-    """
-    if api is None:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-    folder = subset.replace("sample-", "sample/", 1) if subset.startswith("sample-") else f"data/{subset}"
-    files = api.list_repo_files(repo, repo_type="dataset", revision=revision)
-    chosen = sorted(f for f in files if fnmatch.fnmatch(f, f"{folder}/*.parquet"))
-    if not chosen:
-        raise Gpt2pipeError(f"{repo}@{revision}: no parquet files under {folder}/")
-    return chosen
-
-
-def download_fineweb(cfg: DataConfig, out_dir: Path, api=None, download=None) -> list[Path]:
-    """Fetch the subset's parquet files into out_dir/raw (resumable, cached by huggingface_hub)."""
-    if download is None:
-        from huggingface_hub import hf_hub_download as download
-    local = []
-    for name in fineweb_files(cfg.hf_repo, cfg.hf_subset, cfg.hf_revision, api=api):
-        local.append(Path(download(cfg.hf_repo, name, repo_type="dataset", revision=cfg.hf_revision,
-                                   local_dir=out_dir / "raw")))
-    return local
-
-
 def iter_documents(cfg: DataConfig, out_dir: Path) -> Iterator[str]:
-    if cfg.source == "fineweb":
-        for path in download_fineweb(cfg, out_dir):
-            yield from parquet_documents(path)
+    if cfg.source == "fineweb":  # one file after another; the workflow runs them as parallel jobs instead
+        from . import fineweb
+
+        listing = fineweb.list_files(cfg.hf_repo, cfg.hf_subset, cfg.hf_revision)
+        for f in listing.files:
+            yield from parquet_documents(fineweb.download_file(listing, f.path, out_dir / "raw" / Path(f.path).name))
         return
     if not cfg.paths:
         raise Gpt2pipeError(f"data.paths is empty: source '{cfg.source}' needs input files")

@@ -7,9 +7,11 @@ preceded by <|endoftext|> (50256); documents run across shard boundaries. Shard 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -21,25 +23,60 @@ from tqdm import tqdm
 from . import Gpt2pipeError
 from .config import DataConfig
 from .io import atomic_path, write_json
-from .tokenizer import VOCAB_SIZE, encode_documents
+from .tokenizer import EOT, VOCAB_SIZE, gpt2
 
 MAGIC, VERSION = 20240520, 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
+MAX_TOKENS_PER_FILE = 2**31 - 1  # the header's int32 count
 MANIFEST = "shards.json"
 DOCS_PER_TASK = 256  # documents per worker task: large enough to amortise IPC, small enough to stream
 
 
-def write_shard(path: str | Path, tokens: np.ndarray) -> None:
-    """Write tokens (any int array with values < 2**16) as one llm.c shard, atomically."""
-    tokens = np.asarray(tokens)
+def _check_range(tokens: np.ndarray) -> None:
     if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
         raise ValueError("token values must fit in uint16")
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:3] = (MAGIC, VERSION, tokens.size)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype("<u2", copy=False).tobytes())
+
+
+class TokenFile:
+    """Appends tokens to one llm.c-format file whose length is not known up front (bounded memory).
+
+    Used as a context manager: the header is written on a clean exit and the file appears atomically;
+    on an error nothing is left behind.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.count = 0
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> TokenFile:
+        tmp = self._stack.enter_context(atomic_path(self.path))
+        self._f = self._stack.enter_context(open(tmp, "wb"))
+        self._f.write(bytes(HEADER_BYTES))
+        return self
+
+    def write(self, tokens: np.ndarray) -> None:
+        tokens = np.asarray(tokens)
+        _check_range(tokens)
+        if self.count + tokens.size > MAX_TOKENS_PER_FILE:
+            raise Gpt2pipeError(f"{self.path}: more than {MAX_TOKENS_PER_FILE} tokens do not fit an llm.c header")
+        self._f.write(tokens.astype("<u2", copy=False).tobytes())
+        self.count += tokens.size
+
+    def __exit__(self, *exc) -> bool:
+        if exc[0] is None:
+            header = np.zeros(HEADER_INTS, dtype="<i4")
+            header[:3] = (MAGIC, VERSION, self.count)
+            self._f.seek(0)
+            self._f.write(header.tobytes())
+        return self._stack.__exit__(*exc)
+
+
+def write_shard(path: str | Path, tokens: np.ndarray) -> None:
+    """Write tokens (any int array with values < 2**16) as one llm.c shard, atomically."""
+    with TokenFile(path) as f:
+        f.write(tokens)
 
 
 def read_shard(path: str | Path, vocab_size: int = VOCAB_SIZE, check_tokens: bool = True) -> np.ndarray:
@@ -87,8 +124,21 @@ class ShardSet:
         return s
 
 
-def _encode_task(texts: list[str]) -> np.ndarray:
-    return np.fromiter((t for doc in encode_documents(texts) for t in doc), dtype=np.uint16)
+def _encode_task(texts) -> np.ndarray:
+    """Documents (a list of str, or an Arrow string array) -> their tokens, each after <|endoftext|>.
+
+    One thread per worker process (tiktoken's batch call would start 8), so `workers` is the core count."""
+    if not isinstance(texts, list):
+        texts = texts.to_pylist()  # Arrow -> str happens here, in the worker, not in the parent
+    enc = gpt2()
+    docs = [enc.encode_ordinary(t) for t in texts if t]
+    out = np.empty(sum(map(len, docs)) + len(docs), dtype=np.uint16)
+    pos = 0
+    for d in docs:
+        out[pos] = EOT
+        out[pos + 1 : pos + 1 + len(d)] = d
+        pos += 1 + len(d)
+    return out
 
 
 def _chunks(docs: Iterable[str], n: int) -> Iterator[list[str]]:
@@ -97,63 +147,158 @@ def _chunks(docs: Iterable[str], n: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def encoded_chunks(docs: Iterable[str], workers: int) -> Iterator[np.ndarray]:
-    """Token arrays for consecutive chunks of documents, in input order, from `workers` processes."""
+class ArrowChunks:
+    """A parquet file's `text` column as Arrow arrays of n rows: they pickle as flat buffers, so the
+    parent process only reads and forwards while the workers decode and encode."""
+
+    def __init__(self, path: Path, n: int):
+        self.path, self.n = path, n
+
+    def __iter__(self) -> Iterator:
+        from .corpus import parquet_text_batches
+
+        return (batch.column(0) for batch in parquet_text_batches(self.path, self.n))
+
+
+def encoded_chunks(docs: Iterable, workers: int, with_counts: bool = False) -> Iterator:
+    """Token arrays for consecutive chunks of documents, in input order, from `workers` processes
+    (0 = one per core). `docs` yields documents (str), or ready-made chunks (Arrow string arrays).
+    With `with_counts`, (documents in the chunk, tokens) pairs."""
     workers = workers or os.cpu_count() or 1
-    chunks = _chunks(docs, DOCS_PER_TASK)
+    sizes: deque[int] = deque()  # imap keeps order, so chunk sizes pair up with results first-in first-out
+
+    def chunks() -> Iterator:
+        for c in docs if isinstance(docs, ArrowChunks) else _chunks(docs, DOCS_PER_TASK):
+            sizes.append(len(c))
+            yield c
+
     if workers == 1:
-        yield from map(_encode_task, chunks)
+        results = map(_encode_task, chunks())
+        yield from ((sizes.popleft(), t) for t in results) if with_counts else results
         return
     # spawn: the parent may hold threads (torch, tiktoken) that fork would copy in a broken state
     with mp.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(_encode_task, chunks, chunksize=4)
+        results = pool.imap(_encode_task, chunks(), chunksize=4)
+        yield from ((sizes.popleft(), t) for t in results) if with_counts else results
+
+
+class ShardWriter:
+    """Streams tokens into <name>_{val,train}_NNNNNN.bin shards plus a manifest, as llm.c lays them out:
+    shard 0 (val_tokens, default shard_tokens) is the validation split, then shard_tokens per train shard.
+    Stops accepting tokens at data.max_tokens. Memory stays bounded: tokens go straight to the open shard."""
+
+    def __init__(self, cfg: DataConfig, out_dir: str | Path):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.out_dir.glob(f"{cfg.name}_*.bin"):
+            stale.unlink()
+        self.limit = cfg.max_tokens or float("inf")
+        self.manifest = {"name": cfg.name, "tokenizer": "gpt2", "val": [], "train": [], "tokens": 0,
+                         "shard_tokens": []}
+        self._shard: TokenFile | None = None
+        self._room = 0
+
+    @property
+    def full(self) -> bool:
+        return self.manifest["tokens"] >= self.limit
+
+    def add(self, toks: np.ndarray) -> None:
+        toks = toks[: max(0, int(min(len(toks), self.limit - self.manifest["tokens"])))]
+        self.manifest["tokens"] += len(toks)
+        while len(toks):
+            if self._shard is None:
+                self._open()
+            take = min(self._room, len(toks))
+            self._shard.write(toks[:take])
+            self._room -= take
+            toks = toks[take:]
+            if not self._room:
+                self._close()
+
+    def _open(self) -> None:
+        i = len(self.manifest["shard_tokens"])
+        split = "val" if i == 0 else "train"
+        self._room = (self.cfg.val_tokens or self.cfg.shard_tokens) if i == 0 else self.cfg.shard_tokens
+        self._shard = TokenFile(self.out_dir / f"{self.cfg.name}_{split}_{i:06d}.bin").__enter__()
+        self.manifest[split].append(self._shard.path.name)
+
+    def _close(self, *exc) -> None:
+        shard, self._shard = self._shard, None
+        shard.__exit__(*(exc or (None, None, None)))
+        self.manifest["shard_tokens"].append(shard.count)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._shard is not None:
+            self._close(*exc)
+        if exc[0] is not None:
+            return
+        if not self.manifest["train"]:
+            raise Gpt2pipeError(
+                f"dataset {self.cfg.name}: only {self.manifest['tokens']} tokens, all in the val shard; "
+                "lower data.val_tokens so that training data remains"
+            )
+        write_json(self.out_dir / MANIFEST, self.manifest)
 
 
 def tokenize_to_shards(docs: Iterable[str], cfg: DataConfig, out_dir: str | Path) -> dict:
     """Tokenize documents into out_dir/<name>_{val,train}_NNNNNN.bin plus a manifest; returns the manifest."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(f"{cfg.name}_*.bin"):
-        stale.unlink()
-    limit = cfg.max_tokens or float("inf")
-    sizes = lambda i: (cfg.val_tokens or cfg.shard_tokens) if i == 0 else cfg.shard_tokens  # noqa: E731
-    manifest = {"name": cfg.name, "tokenizer": "gpt2", "val": [], "train": [], "tokens": 0, "shard_tokens": []}
-    buf = np.empty(sizes(0), dtype=np.uint16)
-    fill = 0
-
-    def flush() -> None:
-        nonlocal buf, fill
-        i = len(manifest["val"]) + len(manifest["train"])
-        split = "val" if i == 0 else "train"
-        name = f"{cfg.name}_{split}_{i:06d}.bin"
-        write_shard(out_dir / name, buf[:fill])
-        manifest[split].append(name)
-        manifest["shard_tokens"].append(fill)
-        manifest["tokens"] += fill
-        buf, fill = np.empty(sizes(i + 1), dtype=np.uint16), 0
-
-    with tqdm(desc=f"tokenize {cfg.name}", unit="tok", unit_scale=True, dynamic_ncols=True) as bar:
-        total = 0
+    with ShardWriter(cfg, out_dir) as w, tqdm(desc=f"tokenize {cfg.name}", unit="tok", unit_scale=True,
+                                              dynamic_ncols=True) as bar:
         for toks in encoded_chunks(docs, cfg.workers):
-            if total + len(toks) > limit:
-                toks = toks[: int(limit - total)]
-            total += len(toks)
+            w.add(toks)
             bar.update(len(toks))
-            while len(toks):
-                take = min(len(buf) - fill, len(toks))
-                buf[fill : fill + take] = toks[:take]
-                fill += take
-                toks = toks[take:]
-                if fill == len(buf):
-                    flush()
-            if total >= limit:
+            if w.full:
                 break
-    if fill:
-        flush()
-    if not manifest["train"]:
-        raise Gpt2pipeError(
-            f"dataset {cfg.name}: only {manifest['tokens']} tokens, all in the val shard; "
-            "lower data.val_tokens so that training data remains"
-        )
-    write_json(out_dir / MANIFEST, manifest)
-    return manifest
+    return w.manifest
+
+
+def encode_parquet(path: str | Path, out: str | Path, workers: int = 0, max_tokens: int | None = None,
+                   progress: bool = True) -> int:
+    """Tokenize one parquet file of documents into one llm.c-format token file, streaming row groups.
+
+    The file holds the documents' tokens back to back, each after <|endoftext|>, exactly as they will
+    go into the shards. `max_tokens` stops early (a run that needs fewer tokens than the file has).
+    Returns the number of tokens written.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    rows = pq.ParquetFile(path).metadata.num_rows if path.is_file() else None
+    limit = max_tokens or MAX_TOKENS_PER_FILE
+    with TokenFile(out) as f, tqdm(total=rows, desc=f"encode {path.name}", unit="doc", unit_scale=True,
+                                   disable=not progress, dynamic_ncols=True) as bar:
+        for n_docs, toks in encoded_chunks(ArrowChunks(path, DOCS_PER_TASK), workers, with_counts=True):
+            f.write(toks[: limit - f.count])
+            bar.update(n_docs)
+            bar.set_postfix(tokens=f"{f.count:,}", refresh=False)
+            if f.count >= limit:
+                break
+        return f.count
+
+
+def shards_from_token_files(paths: Iterable[str | Path], cfg: DataConfig, out_dir: str | Path,
+                            progress: bool = True) -> dict:
+    """Concatenate per-file token files (from encode_parquet), in order, into shards; returns the manifest.
+
+    Every file is checked (header, size, token range) before the first shard is written."""
+    files = [read_shard(p) for p in paths]
+    if not files:
+        raise Gpt2pipeError("no token files to shard")
+    total = min(sum(len(t) for t in files), cfg.max_tokens or float("inf"))
+    chunk = 1 << 24  # 32 MiB of tokens at a time
+    with ShardWriter(cfg, out_dir) as w, tqdm(total=total, desc=f"shard {cfg.name}", unit="tok", unit_scale=True,
+                                              disable=not progress, dynamic_ncols=True) as bar:
+        for toks in files:
+            for start in range(0, len(toks), chunk):
+                before = w.manifest["tokens"]
+                w.add(np.asarray(toks[start : start + chunk]))
+                bar.update(w.manifest["tokens"] - before)
+                if w.full:
+                    break
+            if w.full:
+                break
+    return w.manifest

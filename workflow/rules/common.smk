@@ -51,6 +51,7 @@ CONDA_ENV = "../../envs/gpt2pipe.yaml"
 RESULTS = config["results_dir"]
 DATA = f"{RESULTS}/data/{config['data']['name']}"
 RUN = f"{RESULTS}/{config['run_name']}"
+FINEWEB = f"{DATA}/fineweb"
 HELLASWAG_SOURCE = config["eval"]["hellaswag"]
 HELLASWAG_NAME = HELLASWAG_SOURCE if HELLASWAG_SOURCE in ("demo", "full") else Path(HELLASWAG_SOURCE).stem
 HELLASWAG_BIN = f"{RESULTS}/data/hellaswag/hellaswag_{HELLASWAG_NAME}.bin"
@@ -79,3 +80,25 @@ def resolved_config():
 
 CONFIG_FILE = resolved_config()
 
+
+def token_count(path):
+    """Tokens in an llm.c-format file, from its header."""
+    with open(path, "rb") as f:
+        return int.from_bytes(f.read(12)[8:12], "little")
+
+
+def fineweb_token_files(wildcards):
+    """The token files the shards are made of (rules/fineweb.smk): all listed files, or with
+    data.max_tokens the first files that hold enough tokens, found one checkpoint at a time."""
+    with open(checkpoints.fineweb_list.get().output[0]) as f:
+        stems = [Path(entry["path"]).stem for entry in json.load(f)["files"]]
+    limit = config["data"]["max_tokens"]
+    if limit is None:  # every file: all downloads and tokenize jobs can run at once
+        return [f"{FINEWEB}/tokens/{s}.bin" for s in stems]
+    chosen, total = [], 0
+    for s in stems:  # one file after another, until enough tokens
+        chosen.append(checkpoints.fineweb_encode.get(stem=s).output[0])
+        total += token_count(chosen[-1])
+        if total >= limit:
+            break
+    return chosen
