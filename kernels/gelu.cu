@@ -2,7 +2,7 @@
 // Forward: out = gelu(h + bias). Backward: dh = dout * gelu'(h + bias) and per-row-block partial sums of
 // dbias (partials[blockIdx.y * C + c]), summed on the host side in a fixed order.
 // Grid: x over column tiles of blockDim.x, y over row groups (each thread strides rows by gridDim.y).
-#include "common.cuh"
+#include "fp8.cuh"
 
 #define GELU_K 0.7978845608028654f  // sqrt(2 / pi)
 
@@ -44,9 +44,18 @@ extern "C" __global__ void bias_gelu_backward(bf16* dh, float* partials, const b
 }
 
 // Vectorised versions for C % 8 == 0: each thread owns 8 consecutive columns (16-byte accesses).
-extern "C" __global__ void bias_gelu_forward_vec(bf16* out, const bf16* h, const bf16* bias, int N, int C) {
+// With F8, each also writes an fp8 copy of its output for the next GEMM (e4m3 forward, e5m2 gradient),
+// scaled from amax_prev, records this call's amax in amax_cur and writes 1/scale (see fp8.cu).
+template <bool F8>
+__device__ void bias_gelu_forward_vec_impl(bf16* out, fp8* out8, float* inv_scale, float* amax_cur,
+                                           const float* amax_prev, const bf16* h, const bf16* bias, int N, int C) {
     const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (c >= C) return;
+    float s = 1.0f, m = 0.0f;
+    if (F8) {
+        s = fp8_scale(*amax_prev, E4M3_MAX);
+        if (first_thread()) *inv_scale = 1.0f / s;
+    }
     float b8[8];
     load8(b8, bias + c);
     for (long long r = blockIdx.y; r < N; r += gridDim.y) {
@@ -55,13 +64,26 @@ extern "C" __global__ void bias_gelu_forward_vec(bf16* out, const bf16* h, const
 #pragma unroll
         for (int j = 0; j < 8; ++j) x8[j] = gelu(bf(tobf(x8[j] + b8[j])));
         store8(out + r * C + c, x8);
+        if (F8) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) m = fmaxf(m, fabsf(x8[j]));
+            store8_fp8<false>(out8 + r * C + c, x8, s);
+        }
     }
+    if (F8) amax_commit(amax_cur, m);
 }
 
-extern "C" __global__ void bias_gelu_backward_vec(bf16* dh, float* partials, const bf16* dout, const bf16* h,
-                                                  const bf16* bias, int N, int C) {
+template <bool F8>
+__device__ void bias_gelu_backward_vec_impl(bf16* dh, fp8* dh8, float* inv_scale, float* amax_cur,
+                                            const float* amax_prev, float* partials, const bf16* dout,
+                                            const bf16* h, const bf16* bias, int N, int C) {
     const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (c >= C) return;
+    float s = 1.0f, m = 0.0f;
+    if (F8) {
+        s = fp8_scale(*amax_prev, E5M2_MAX);
+        if (first_thread()) *inv_scale = 1.0f / s;
+    }
     float b8[8], db[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     load8(b8, bias + c);
     for (long long r = blockIdx.y; r < N; r += gridDim.y) {
@@ -74,7 +96,33 @@ extern "C" __global__ void bias_gelu_backward_vec(bf16* dh, float* partials, con
             db[j] += g8[j];
         }
         store8(dh + r * C + c, g8);
+        if (F8) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) m = fmaxf(m, fabsf(g8[j]));
+            store8_fp8<true>(dh8 + r * C + c, g8, s);
+        }
     }
 #pragma unroll
     for (int j = 0; j < 8; ++j) partials[(long long)blockIdx.y * C + c + j] = db[j];
+    if (F8) amax_commit(amax_cur, m);
+}
+
+extern "C" __global__ void bias_gelu_forward_vec(bf16* out, const bf16* h, const bf16* bias, int N, int C) {
+    bias_gelu_forward_vec_impl<false>(out, nullptr, nullptr, nullptr, nullptr, h, bias, N, C);
+}
+
+extern "C" __global__ void bias_gelu_backward_vec(bf16* dh, float* partials, const bf16* dout, const bf16* h,
+                                                  const bf16* bias, int N, int C) {
+    bias_gelu_backward_vec_impl<false>(dh, nullptr, nullptr, nullptr, nullptr, partials, dout, h, bias, N, C);
+}
+
+extern "C" __global__ void bias_gelu_forward_fp8(bf16* out, fp8* out8, float* inv_scale, float* amax_cur,
+                                                 const float* amax_prev, const bf16* h, const bf16* bias, int N, int C) {
+    bias_gelu_forward_vec_impl<true>(out, out8, inv_scale, amax_cur, amax_prev, h, bias, N, C);
+}
+
+extern "C" __global__ void bias_gelu_backward_fp8(bf16* dh, fp8* dh8, float* inv_scale, float* amax_cur,
+                                                  const float* amax_prev, float* partials, const bf16* dout,
+                                                  const bf16* h, const bf16* bias, int N, int C) {
+    bias_gelu_backward_vec_impl<true>(dh, dh8, inv_scale, amax_cur, amax_prev, partials, dout, h, bias, N, C);
 }

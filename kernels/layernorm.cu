@@ -1,7 +1,7 @@
 // LayerNorm fused with the residual add that precedes it in a pre-LN transformer:
 //   res_out = residual + x (rounded to bf16, as the residual stream is stored), out = LN(res_out) * w + b.
 // Without a residual it is a plain LayerNorm of x. One warp per row; mean and rstd are kept for backward.
-#include "common.cuh"
+#include "fp8.cuh"
 
 extern "C" __global__ void layernorm_forward(bf16* out, float* mean_out, float* rstd_out, bf16* res_out,
                                              const bf16* x, const bf16* residual, const bf16* w,
@@ -86,7 +86,12 @@ extern "C" __global__ void layernorm_backward(bf16* dx, float* partials, const b
 // Backward for V <= 3 (GPT-2 124M: C = 768) is capped at 80 registers: 6 blocks per SM instead of 4.
 template <int V>
 __device__ void ln_forward_vec(bf16* out, float* mean_out, float* rstd_out, bf16* res_out, const bf16* x,
-                               const bf16* residual, const bf16* w, const bf16* b, int N, int C, float eps) {
+                               const bf16* residual, const bf16* w, const bf16* b, int N, int C, float eps,
+                               fp8* out8, float* inv_scale, float* amax_cur, const float* amax_prev) {
+    // out8 != nullptr: also an e4m3 copy of out for an fp8 GEMM (delayed scaling, see fp8.cu)
+    const float s8 = out8 != nullptr ? fp8_scale(*amax_prev, E4M3_MAX) : 1.0f;
+    if (out8 != nullptr && first_thread()) *inv_scale = 1.0f / s8;
+    float m8 = 0.0f;
     const int warps = blockDim.x / 32, lane = threadIdx.x % 32;
     const long long row = (long long)blockIdx.x * warps + threadIdx.x / 32;
     if (row >= N) return;
@@ -131,12 +136,18 @@ __device__ void ln_forward_vec(bf16* out, float* mean_out, float* rstd_out, bf16
 #pragma unroll
             for (int j = 0; j < 8; ++j) o8[j] = (vals[k][j] - mean) * rstd * w8[j] + b8[j];
             store8(out + row * C + c, o8);
+            if (out8 != nullptr) {
+#pragma unroll
+                for (int j = 0; j < 8; ++j) m8 = fmaxf(m8, fabsf(o8[j]));
+                store8_fp8<false>(out8 + row * C + c, o8, s8);
+            }
         }
     }
     if (lane == 0) {
         mean_out[row] = mean;
         rstd_out[row] = rstd;
     }
+    if (out8 != nullptr) amax_commit(amax_cur, m8);
 }
 
 // The per-warp dw/db accumulators are stored transposed (element j of vector v at j * nv + v), so the 32
@@ -204,8 +215,10 @@ __device__ void ln_backward_vec(bf16* dx, float* partials, const bf16* dout, con
 #define LN_VEC_ENTRY(V)                                                                                        \
     extern "C" __global__ void layernorm_forward_vec##V(bf16* out, float* mean, float* rstd, bf16* res_out,   \
                                                         const bf16* x, const bf16* residual, const bf16* w,    \
-                                                        const bf16* b, int N, int C, float eps) {              \
-        ln_forward_vec<V>(out, mean, rstd, res_out, x, residual, w, b, N, C, eps);                             \
+                                                        const bf16* b, int N, int C, float eps, fp8* out8,     \
+                                                        float* inv_scale, float* amax_cur, const float* amax_prev) { \
+        ln_forward_vec<V>(out, mean, rstd, res_out, x, residual, w, b, N, C, eps, out8, inv_scale, amax_cur,   \
+                          amax_prev);                                                                          \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(128, (V <= 3 ? 6 : 2)) layernorm_backward_vec##V(bf16* dx, float* partials, const bf16* dout,         \
                                                          const bf16* dres, const bf16* inp, const float* mean, \

@@ -23,7 +23,7 @@ def test_every_kernel_source_compiles_with_nvrtc():
 
     sources = cuda.sources()
     assert {p.stem for p in sources} >= {"encoder", "layernorm", "gelu", "classifier", "adamw", "global_norm",
-                                         "bias_grad"}
+                                         "bias_grad", "fp8"}
     for path in sources:
         cuda.compile_check(path)
 
@@ -228,3 +228,99 @@ def test_kernels_training_resumes_bit_exactly(tmp_path, monkeypatch):
     # a kernels checkpoint evaluates on the torch path
     model, _ = checkpoint.load_model(tmp_path / "full" / "train" / "model_000006.pt", cfg.model)
     assert model.transformer.wte.weight.dtype == torch.float32
+
+
+fp8_gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                             reason="fp8 needs an sm_89+ GPU")
+
+
+@gpu
+@fp8_gpu
+def test_fp8_casts_scale_by_powers_of_two_and_record_amax():
+    from gpt2pipe.ops import fp8
+
+    torch.manual_seed(0)
+    state = fp8.Fp8State(1, torch.device("cuda"))
+    x = (torch.randn(4096, 768, device="cuda") * 3e-5).bfloat16()  # gradient-sized values
+    state.prev[0, fp8.DY] = x.abs().max().float()
+    x8 = fp8.cast(x, fp8.E5M2, state, 0, fp8.DY)
+    inv = state.inv[0, fp8.DY].item()
+    assert inv == 2.0 ** round(torch.log2(torch.tensor(inv)).item())  # a power of two: exact to undo
+    assert state.cur[0, fp8.DY].item() == x.abs().max().item()
+    assert rel(x8.float() * inv, x.float()) < 0.1  # e5m2: 2 mantissa bits
+    assert x8.float().abs().max().item() <= 57344 / 2  # headroom kept
+
+    w = (torch.randn(3072, 768, device="cuda") * 0.02).bfloat16()
+    w8, w8t = fp8._weight(w, state, 0, fp8.W_FC)
+    assert torch.equal(w8t.view(torch.uint8), w8.t().contiguous().view(torch.uint8))
+    assert rel(w8.float() * state.inv[0, fp8.W_FC].item(), w.float()) < 0.05  # e4m3: 3 mantissa bits
+
+    # LayerNorm writes the e4m3 copy of its output itself, scaled from the slot's previous amax
+    res, xin = leaf(512, 768), leaf(512, 768)
+    ln_w, ln_b = leaf(768), leaf(768)
+    state.prev[0, fp8.X_QKV] = 4.0
+    _, out, out8 = K.residual_layernorm(res, xin, ln_w, ln_b, (state, 0, fp8.X_QKV))
+    assert rel(out8.float() * state.inv[0, fp8.X_QKV].item(), out.float()) < 0.05
+    assert state.cur[0, fp8.X_QKV].item() == pytest.approx(out.float().abs().max().item(), rel=1e-2)
+
+    big = torch.full((64, 16), 1e4, device="cuda").bfloat16()  # grew past its delayed scale: saturates
+    state.prev[0, fp8.H] = 1.0
+    assert torch.isfinite(fp8.cast(big, fp8.E4M3, state, 0, fp8.H).float()).all()
+
+
+@gpu
+@fp8_gpu
+def test_fp8_mlp_calibrates_in_bf16_then_tracks_the_bf16_mlp():
+    from gpt2pipe.ops import fp8
+
+    torch.manual_seed(0)
+    C, M = 768, 4096
+    h = leaf(M, C)
+    w_fc, b_fc = leaf(4 * C, C, scale=0.02), leaf(4 * C, scale=0.02)
+    w_pr, b_pr = leaf(C, 4 * C, scale=0.02), leaf(C, scale=0.02)
+    inputs = (h, w_fc, b_fc, w_pr, b_pr)
+    dy = torch.randn(M, C, device="cuda").bfloat16() * 1e-4
+    want_y = R.bias_gelu(h @ w_fc.t(), b_fc) @ w_pr.t() + b_pr
+    want = grads_of(want_y, inputs, dy)
+    state = fp8.Fp8State(1, torch.device("cuda"))
+    for micro_step in range(3):
+        state.roll()
+        y = fp8.Fp8Mlp.apply(h, None, w_fc, b_fc, w_pr, b_pr, state, 0)
+        got = grads_of(y, inputs, dy)
+        if micro_step == 0:  # no amax yet: bf16 (our kernels), measuring
+            assert rel(y, want_y) < 1e-2 and all(rel(g, w) < 2e-2 for g, w in zip(got, want))
+        else:
+            assert rel(y, want_y) < 0.06
+            assert all(rel(g, w) < 0.1 for g, w in zip(got, want)), [rel(g, w) for g, w in zip(got, want)]
+    assert state.ready == {"fwd": True, "bwd": True}
+    assert (state.prev[0, [fp8.H, fp8.G, fp8.DY, fp8.DPRE, fp8.W_FC, fp8.W_PROJ]] > 0).all()
+
+
+@gpu
+@fp8_gpu
+def test_fp8_training_follows_bf16_training():
+    from gpt2pipe.config import from_dict
+    from gpt2pipe.train import make_flat_optimizer, optimizer_step
+
+    t = from_dict({"train": {"learning_rate": 1e-3, "warmup_steps": 0, "stochastic_rounding": False}}).train
+    cfg = ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=64)
+    torch.manual_seed(0)
+    bf = GPT(cfg, ops="kernels").cuda()
+    f8 = GPT(cfg, ops="kernels", fp8=True).cuda()
+    f8.load_state_dict(bf.state_dict())
+    opts = make_flat_optimizer(bf, t), make_flat_optimizer(f8, t)
+    data = torch.randint(0, 50257, (4, 16, 65), device="cuda")  # 4 batches, seen 5 times: the loss falls
+    losses = []
+    for step in range(20):
+        x, y = data[step % 4, :, :-1], data[step % 4, :, 1:]
+        pair = []
+        for model, opt in zip((bf, f8), opts):
+            loss = model(x, y)[1]
+            loss.backward()
+            optimizer_step(opt, model, 1e-3, 1.0)
+            pair.append(loss.item())
+        losses.append(pair)
+    assert f8._fp8_state.ready == {"fwd": True, "bwd": True}
+    for step, (l_bf, l_f8) in enumerate(losses):
+        assert l_f8 == pytest.approx(l_bf, rel=2e-2), (step, losses)
+    assert losses[-1][1] < losses[0][1] - 1.0

@@ -53,7 +53,8 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
     torch.manual_seed(0)
     t = from_dict({}).train  # the 124M recipe's optimizer: lr 6e-4, betas 0.9/0.95, decay 0.1, clip 1.0
     kernels = mode.startswith("kernels")
-    model = GPT(cfg, ops="kernels" if kernels else "torch", recompute=mode == "kernels-recompute").to(device)
+    model = GPT(cfg, ops="kernels" if kernels else "torch", recompute=mode == "kernels-recompute",
+                fp8=mode == "kernels-fp8").to(device)
     # the training loop's own optimizers: flat bf16 AdamW for the kernels, fused torch AdamW otherwise
     opt = make_flat_optimizer(model, t) if kernels else make_optimizer(model, t, device)
     amp = contextlib.nullcontext() if kernels else torch.autocast("cuda", dtype=torch.bfloat16)
@@ -187,7 +188,7 @@ def run(size: str = "124M", seq_len: int = 1024, total_batch: int = 524288, mode
         micro_batch: dict | None = None, steps: int = 5, warmup: int = 2, kernels: bool = True,
         profile: tuple[str, ...] = ()) -> str:
     cfg = GPT2_SIZES[size]
-    micro_batch = {"kernels": 64, "kernels-recompute": 128, "eager": 32, "compile": 64, **(micro_batch or {})}
+    micro_batch = {"kernels": 64, "kernels-fp8": 64, "kernels-recompute": 128, "eager": 32, "compile": 64, **(micro_batch or {})}
     name = torch.cuda.get_device_name()
     lines = [f"# gpt2pipe bench on {name}, torch {torch.__version__}, GPT-2 {size}, T={seq_len}, "
              f"{total_batch:,} tokens/step, median of {steps} steps after {warmup} warm-up"]

@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="124M", choices=["124M", "350M", "774M", "1558M"])
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--total-batch", type=int, default=524288, help="tokens per optimizer step (default: %(default)s)")
-    p.add_argument("--modes", default="kernels,eager,compile", help="comma-separated subset of kernels,kernels-recompute,eager,compile")
+    p.add_argument("--modes", default="kernels,eager,compile", help="comma-separated subset of kernels,kernels-fp8,kernels-recompute,eager,compile")
     p.add_argument("--micro-batch", nargs="*", default=[], metavar="MODE=B",
                    help="micro-batch per mode (defaults: kernels=64 eager=32 compile=64; halves on out-of-memory)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")

@@ -74,6 +74,7 @@ class TrainConfig:
     ops: str
     init_from: str | None
     recompute: bool
+    fp8: bool
     stochastic_rounding: bool
     num_threads: int
 

@@ -57,11 +57,13 @@ class GPT(nn.Module):
     embedding, residual+LayerNorm, bias+GELU and the fused classifier; cuBLAS matmuls and cuDNN attention).
     Both use the same parameters, so checkpoints move freely between them."""
 
-    def __init__(self, cfg: ModelConfig, ops: str = "torch", recompute: bool = False):
+    def __init__(self, cfg: ModelConfig, ops: str = "torch", recompute: bool = False, fp8: bool = False):
         super().__init__()
         self.config = cfg
         self.ops = ops
         self.recompute = recompute  # kernels path: keep only block inputs, recompute the rest in backward
+        self.fp8 = fp8  # kernels path: the MLP's GEMMs in fp8 where the GPU has them (ops/fp8.py)
+        self._fp8_state = None
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
             wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
@@ -104,27 +106,61 @@ class GPT(nn.Module):
 
     def _forward_kernels(self, idx: torch.Tensor, targets: torch.Tensor | None):
         """The same network, with each block's residual add fused into the following LayerNorm."""
+        from .ops import fp8
         from .ops import functions as K
 
         tr = self.transformer
         x = K.encoder(idx, tr.wte.weight, tr.wpe.weight)
         h = K.layernorm(x, tr.h[0].ln_1.weight, tr.h[0].ln_1.bias)
+        fp8_state = self._fp8_micro_step(h)
 
-        def block_step(block, nxt, x, h):
-            x, h = K.residual_layernorm(x, block.attn(h, linear=K.linear), block.ln_2.weight, block.ln_2.bias)
+        def block_step(i, block, nxt, x, h, h8):
+            # with fp8, each LayerNorm also writes the e4m3 copy of its output that the next GEMM reads
+            slot = (lambda layer, k: (fp8_state, layer, k)) if fp8_state is not None else (lambda layer, k: None)
+            attn_linear = K.linear if h8 is None else qkv_fp8_linear(block, h8, i)
+            x, h, *h8 = K.residual_layernorm(x, block.attn(h, linear=attn_linear), block.ln_2.weight,
+                                             block.ln_2.bias, slot(i, fp8.H))
             mlp = block.mlp
-            m = K.linear(K.bias_gelu(F.linear(h, mlp.c_fc.weight), mlp.c_fc.bias), mlp.c_proj.weight, mlp.c_proj.bias)
-            return K.residual_layernorm(x, m, nxt.weight, nxt.bias)
+            if fp8_state is not None:
+                m = fp8.Fp8Mlp.apply(h, h8[0], mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias,
+                                     fp8_state, i)
+            else:
+                m = K.linear(K.bias_gelu(F.linear(h, mlp.c_fc.weight), mlp.c_fc.bias), mlp.c_proj.weight,
+                             mlp.c_proj.bias)
+            last = i + 1 == len(tr.h)
+            x, h, *h8 = K.residual_layernorm(x, m, nxt.weight, nxt.bias, None if last else slot(i + 1, fp8.X_QKV))
+            return x, h, (h8[0] if h8 else None)
 
+        def qkv_fp8_linear(block, h8, i):
+            def linear(inp, w, b):
+                if w is block.attn.c_attn.weight:
+                    return fp8.Fp8Linear.apply(inp, h8, w, b, fp8_state, i)
+                return K.linear(inp, w, b)
+
+            return linear
+
+        h8 = None  # the first block's input LayerNorm has no fp8 copy: its qkv GEMM stays bf16
         for i, block in enumerate(tr.h):
             nxt = tr.h[i + 1].ln_1 if i + 1 < len(tr.h) else tr.ln_f
             if self.recompute and torch.is_grad_enabled():
-                x, h = torch.utils.checkpoint.checkpoint(block_step, block, nxt, x, h, use_reentrant=False)
+                x, h, h8 = torch.utils.checkpoint.checkpoint(block_step, i, block, nxt, x, h, h8, use_reentrant=False)
             else:
-                x, h = block_step(block, nxt, x, h)
+                x, h, h8 = block_step(i, block, nxt, x, h, h8)
         if targets is None:
             return F.linear(h, self.lm_head.weight)[..., : self.config.vocab_size], None
         return None, K.fused_classifier(h, self.lm_head.weight, targets, self.config.vocab_size)
+
+    def _fp8_micro_step(self, h: torch.Tensor):
+        """The fp8 scaling state, rolled to a new micro-step; None when fp8 is off or the GPU lacks it."""
+        from .ops import fp8
+
+        mlp = self.transformer.h[0].mlp
+        if not self.fp8 or not fp8.usable(h, mlp.c_fc.weight, mlp.c_proj.weight):
+            return None
+        if self._fp8_state is None:
+            self._fp8_state = fp8.Fp8State(self.config.n_layer, h.device)
+        self._fp8_state.roll()
+        return self._fp8_state
 
     def num_params(self, embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -256,7 +256,7 @@ def _train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool, progress:
     if t.ops == "kernels" and not use_kernels:
         tqdm.write("train.ops is 'kernels' but no CUDA GPU with CuPy is available: running the torch reference path")
     seed_everything(t.seed)
-    model = GPT(cfg.model, ops="kernels" if use_kernels else "torch", recompute=t.recompute)
+    model = GPT(cfg.model, ops="kernels" if use_kernels else "torch", recompute=t.recompute, fp8=t.fp8)
     if t.init_from and saved is None:  # start from existing weights (ours, llm.c's or Hugging Face's)
         source, _ = load_any(t.init_from, cfg.model)
         checkpoint.check_shape(t.init_from, source.config, cfg.model)

@@ -40,9 +40,9 @@ def module(name: str):
     path = kernel_dir() / f"{name}.cu"
     if not path.is_file():
         raise Gpt2pipeError(f"{path}: kernel source not found")
-    # includes are resolved by NVRTC, so edits to common.cuh must change the cache key too
-    common = hashlib.sha256((kernel_dir() / "common.cuh").read_bytes()).hexdigest()
-    code = path.read_text() + f"\n// common.cuh sha256 {common}\n"
+    # includes are resolved by NVRTC, so edits to the headers must change the cache key too
+    headers = hashlib.sha256(b"".join(h.read_bytes() for h in sorted(kernel_dir().glob("*.cuh")))).hexdigest()
+    code = path.read_text() + f"\n// headers sha256 {headers}\n"
     return cupy.RawModule(code=code, options=OPTIONS + _include_options())
 
 

@@ -58,7 +58,8 @@ class Encoder(torch.autograd.Function):
         return None, dwte, dwpe
 
 
-def _ln_forward(x, residual, w, b):
+def _ln_forward(x, residual, w, b, fp8_slot=None):
+    """LayerNorm (of residual + x); with fp8_slot = (Fp8State, layer, slot) also an e4m3 copy of the output."""
     C = x.shape[-1]
     N = x.numel() // C
     out = torch.empty_like(x)
@@ -66,9 +67,20 @@ def _ln_forward(x, residual, w, b):
     rstd = torch.empty(N, dtype=torch.float32, device=x.device)
     res_out = torch.empty_like(x) if residual is not None else None
     vec = _ln_vec(C, x, residual, w, b)
+    out8, extra = None, ()
+    if fp8_slot is not None and vec:
+        state, layer, slot = fp8_slot
+        out8 = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+        extra = (out8, state.inv[layer, slot], state.cur[layer, slot], state.prev[layer, slot])
+    elif vec:
+        extra = (None, None, None, None)
     launch("layernorm", f"layernorm_forward{vec}", (N + 7) // 8, 256, out, mean, rstd, res_out, x, residual, w, b,
-           N, C, EPS)
-    return out, mean, rstd, res_out
+           N, C, EPS, *extra)
+    if fp8_slot is not None and out8 is None:  # the scalar kernel has no fp8 output: cast apart
+        from .fp8 import E4M3, cast
+
+        out8 = cast(out, E4M3, *fp8_slot)
+    return out, mean, rstd, res_out, out8
 
 
 def _ln_backward(dout, dres, inp, mean, rstd, w):
@@ -98,7 +110,7 @@ class LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b):
         x = x.contiguous()
-        out, mean, rstd, _ = _ln_forward(x, None, w, b)
+        out, mean, rstd, _, _ = _ln_forward(x, None, w, b)
         ctx.save_for_backward(x, mean, rstd, w)
         return out
 
@@ -110,17 +122,22 @@ class LayerNorm(torch.autograd.Function):
 
 
 class ResidualLayerNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, residual, x, w, b):
-        out, mean, rstd, res_out = _ln_forward(x.contiguous(), residual.contiguous(), w, b)
-        ctx.save_for_backward(res_out, mean, rstd, w)
-        return res_out, out
+    """(residual + x, LayerNorm(residual + x)[, its e4m3 copy when fp8_slot is given])."""
 
     @staticmethod
-    def backward(ctx, dres, dout):
+    def forward(ctx, residual, x, w, b, fp8_slot=None):
+        out, mean, rstd, res_out, out8 = _ln_forward(x.contiguous(), residual.contiguous(), w, b, fp8_slot)
+        ctx.save_for_backward(res_out, mean, rstd, w)
+        if out8 is None:
+            return res_out, out
+        ctx.mark_non_differentiable(out8)
+        return res_out, out, out8
+
+    @staticmethod
+    def backward(ctx, dres, dout, _=None):
         res_out, mean, rstd, w = ctx.saved_tensors
         dx, dw, db = _ln_backward(dout, dres, res_out, mean, rstd, w)
-        return dx, dx, dw, db
+        return dx, dx, dw, db, None
 
 
 class BiasGelu(torch.autograd.Function):
@@ -160,12 +177,14 @@ class LinearBias(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        C_out = dy.shape[-1]
-        dy2 = dy.reshape(-1, C_out)
-        x2 = x.reshape(-1, x.shape[-1])
-        dx = (dy2 @ weight).view_as(x)
-        dw = dy2.t() @ x2
-        return dx, dw, bias_grad(dy2)
+        return linear_backward(dy, x, weight)
+
+
+def linear_backward(dy, x, weight):
+    """(dx, dW, db) of y = x @ W.T + b, with db from our column-sum kernel."""
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    x2 = x.reshape(-1, x.shape[-1])
+    return (dy2 @ weight).view_as(x), dy2.t() @ x2, bias_grad(dy2)
 
 
 def bias_grad(dy: torch.Tensor) -> torch.Tensor:
@@ -226,9 +245,10 @@ def layernorm(x, w, b):
     return LayerNorm.apply(x, w, b) if _use_kernels(x) else reference.layernorm(x, w, b, EPS)
 
 
-def residual_layernorm(residual, x, w, b):
+def residual_layernorm(residual, x, w, b, fp8_slot=None):
+    """(residual + x, its LayerNorm); with fp8_slot (kernels only) also the LayerNorm's e4m3 copy."""
     if _use_kernels(x):
-        return ResidualLayerNorm.apply(residual, x, w, b)
+        return ResidualLayerNorm.apply(residual, x, w, b, fp8_slot)
     return reference.residual_layernorm(residual, x, w, b, EPS)
 
 
