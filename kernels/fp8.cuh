@@ -43,3 +43,10 @@ __device__ __forceinline__ void amax_commit(float* addr, float v) {
 __device__ __forceinline__ bool first_thread() {
     return blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0;
 }
+
+// A cast's scale from the amax it is based on; the first thread also hands 1/scale to the GEMM.
+__device__ __forceinline__ float fp8_begin(const float* amax, float fmax, float* inv_scale) {
+    const float s = fp8_scale(*amax, fmax);
+    if (first_thread()) *inv_scale = 1.0f / s;
+    return s;
+}

@@ -51,11 +51,8 @@ __device__ void bias_gelu_forward_vec_impl(bf16* out, fp8* out8, float* inv_scal
                                            const float* amax_prev, const bf16* h, const bf16* bias, int N, int C) {
     const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (c >= C) return;
-    float s = 1.0f, m = 0.0f;
-    if (F8) {
-        s = fp8_scale(*amax_prev, E4M3_MAX);
-        if (first_thread()) *inv_scale = 1.0f / s;
-    }
+    const float s = F8 ? fp8_begin(amax_prev, E4M3_MAX, inv_scale) : 1.0f;
+    float m = 0.0f;
     float b8[8];
     load8(b8, bias + c);
     for (long long r = blockIdx.y; r < N; r += gridDim.y) {
@@ -79,11 +76,8 @@ __device__ void bias_gelu_backward_vec_impl(bf16* dh, fp8* dh8, float* inv_scale
                                             const bf16* h, const bf16* bias, int N, int C) {
     const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (c >= C) return;
-    float s = 1.0f, m = 0.0f;
-    if (F8) {
-        s = fp8_scale(*amax_prev, E5M2_MAX);
-        if (first_thread()) *inv_scale = 1.0f / s;
-    }
+    const float s = F8 ? fp8_begin(amax_prev, E5M2_MAX, inv_scale) : 1.0f;
+    float m = 0.0f;
     float b8[8], db[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     load8(b8, bias + c);
     for (long long r = blockIdx.y; r < N; r += gridDim.y) {

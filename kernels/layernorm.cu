@@ -89,8 +89,7 @@ __device__ void ln_forward_vec(bf16* out, float* mean_out, float* rstd_out, bf16
                                const bf16* residual, const bf16* w, const bf16* b, int N, int C, float eps,
                                fp8* out8, float* inv_scale, float* amax_cur, const float* amax_prev) {
     // out8 != nullptr: also an e4m3 copy of out for an fp8 GEMM (delayed scaling, see fp8.cu)
-    const float s8 = out8 != nullptr ? fp8_scale(*amax_prev, E4M3_MAX) : 1.0f;
-    if (out8 != nullptr && first_thread()) *inv_scale = 1.0f / s8;
+    const float s8 = out8 != nullptr ? fp8_begin(amax_prev, E4M3_MAX, inv_scale) : 1.0f;
     float m8 = 0.0f;
     const int warps = blockDim.x / 32, lane = threadIdx.x % 32;
     const long long row = (long long)blockIdx.x * warps + threadIdx.x / 32;
