@@ -114,9 +114,11 @@ class GPT(nn.Module):
         h = K.layernorm(x, tr.h[0].ln_1.weight, tr.h[0].ln_1.bias)
         fp8_state = self._fp8_micro_step(h)
 
+        def slot(layer, k):
+            """With fp8, where a LayerNorm writes the e4m3 copy of its output that the next GEMM reads."""
+            return None if fp8_state is None else (fp8_state, layer, k)
+
         def block_step(i, block, nxt, x, h, h8):
-            # with fp8, each LayerNorm also writes the e4m3 copy of its output that the next GEMM reads
-            slot = (lambda layer, k: (fp8_state, layer, k)) if fp8_state is not None else (lambda layer, k: None)
             attn_linear = K.linear if h8 is None else qkv_fp8_linear(block, h8, i)
             x, h, *h8 = K.residual_layernorm(x, block.attn(h, linear=attn_linear), block.ln_2.weight,
                                              block.ln_2.bias, slot(i, fp8.H))

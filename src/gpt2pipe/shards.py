@@ -23,7 +23,7 @@ from tqdm import tqdm
 from . import Gpt2pipeError
 from .config import DataConfig
 from .io import atomic_path, write_json
-from .tokenizer import EOT, VOCAB_SIZE, gpt2
+from .tokenizer import VOCAB_SIZE, encode_document
 
 MAGIC, VERSION = 20240520, 1
 HEADER_INTS = 256
@@ -127,17 +127,16 @@ class ShardSet:
 def _encode_task(texts) -> np.ndarray:
     """Documents (a list of str, or an Arrow string array) -> their tokens, each after <|endoftext|>.
 
-    One thread per worker process (tiktoken's batch call would start 8), so `workers` is the core count."""
+    One document at a time on this process's one thread (tiktoken's batch call would start 8), so
+    `workers` is the core count."""
     if not isinstance(texts, list):
         texts = texts.to_pylist()  # Arrow -> str happens here, in the worker, not in the parent
-    enc = gpt2()
-    docs = [enc.encode_ordinary(t) for t in texts if t]
-    out = np.empty(sum(map(len, docs)) + len(docs), dtype=np.uint16)
+    docs = [encode_document(t) for t in texts if t]
+    out = np.empty(sum(map(len, docs)), dtype=np.uint16)
     pos = 0
     for d in docs:
-        out[pos] = EOT
-        out[pos + 1 : pos + 1 + len(d)] = d
-        pos += 1 + len(d)
+        out[pos : pos + len(d)] = d
+        pos += len(d)
     return out
 
 
@@ -289,16 +288,14 @@ def shards_from_token_files(paths: Iterable[str | Path], cfg: DataConfig, out_di
     if not files:
         raise Gpt2pipeError("no token files to shard")
     total = min(sum(len(t) for t in files), cfg.max_tokens or float("inf"))
-    chunk = 1 << 24  # 32 MiB of tokens at a time
+    n = 1 << 24  # 32 MiB of tokens at a time
+    chunks = (toks[start : start + n] for toks in files for start in range(0, len(toks), n))
     with ShardWriter(cfg, out_dir) as w, tqdm(total=total, desc=f"shard {cfg.name}", unit="tok", unit_scale=True,
                                               disable=not progress, dynamic_ncols=True) as bar:
-        for toks in files:
-            for start in range(0, len(toks), chunk):
-                before = w.manifest["tokens"]
-                w.add(np.asarray(toks[start : start + chunk]))
-                bar.update(w.manifest["tokens"] - before)
-                if w.full:
-                    break
+        for chunk in chunks:
+            before = w.manifest["tokens"]
+            w.add(np.asarray(chunk))
+            bar.update(w.manifest["tokens"] - before)
             if w.full:
                 break
     return w.manifest

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .cuda import launch, sm_count
-from .functions import _bias_gelu_grid, bias_grad, linear_backward
+from .functions import bias_gelu_backward, bias_gelu_forward, bias_grad, linear_backward
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 # per layer: MLP input, GELU output, gradient of the MLP output, gradient of the pre-GELU, attention input;
@@ -91,7 +91,7 @@ class Fp8Linear(torch.autograd.Function):
     def forward(ctx, x, x8, w, b, state: Fp8State, layer: int):
         ctx.save_for_backward(x, w)
         C = x.shape[-1]
-        if not state.ready["fwd"] or x8 is None:
+        if not state.ready["fwd"]:
             return torch.nn.functional.linear(x, w, b)
         w8, _ = _weight(w, state, layer, W_QKV)
         y = _mm(x8.view(-1, C), w8.t(), state.inv[layer, X_QKV], state.inv[layer, W_QKV], bias=b)
@@ -125,14 +125,12 @@ class Fp8Mlp(torch.autograd.Function):
             _amax(h2, state.cur[layer, H])
             wfc8t = wpr8t = None
             pre = h2 @ w_fc.t()
-        g = torch.empty_like(pre)
-        vec, grid, threads = _bias_gelu_grid(M, F, pre, b_fc)
         if fp8:
             g8 = torch.empty(M, F, dtype=E4M3, device=h.device)
-            launch("gelu", "bias_gelu_forward_fp8", grid, threads, g, g8, inv_g, cur_g, prev_g, pre, b_fc, M, F)
+            g = bias_gelu_forward(pre, b_fc, (g8, inv_g, cur_g, prev_g))
             y = _mm(g8, wpr8.t(), inv_g, state.inv[layer, W_PROJ], bias=b_proj)
         else:
-            launch("gelu", "bias_gelu_forward_vec", grid, threads, g, pre, b_fc, M, F)
+            g = bias_gelu_forward(pre, b_fc)
             _amax(g, cur_g)
             y = torch.addmm(b_proj, g, w_proj.t())
         ctx.save_for_backward(h2, pre, g, w_fc, b_fc, w_proj, wfc8t, wpr8t)
@@ -153,21 +151,17 @@ class Fp8Mlp(torch.autograd.Function):
             _amax(dy2, state.cur[layer, DY])
             dg = dy2 @ w_proj
         dw_proj, db_proj = dy2.t() @ g, bias_grad(dy2)
-        vec, grid, threads = _bias_gelu_grid(M, F, pre, b_fc, dg)
-        dpre = torch.empty_like(pre)
-        partials = torch.empty(grid[1], F, dtype=torch.float32, device=pre.device)
         cur, prev, inv = _slot(state, layer, DPRE)
         if fp8:
             dpre8 = torch.empty(M, F, dtype=E5M2, device=pre.device)
-            launch("gelu", "bias_gelu_backward_fp8", grid, threads, dpre, dpre8, inv, cur, prev, partials, dg, pre,
-                   b_fc, M, F)
+            dpre, db_fc = bias_gelu_backward(dg, pre, b_fc, (dpre8, inv, cur, prev))
             dh = _mm(dpre8, wfc8t.t(), inv, state.inv[layer, W_FC])
         else:
-            launch("gelu", "bias_gelu_backward_vec", grid, threads, dpre, partials, dg, pre, b_fc, M, F)
+            dpre, db_fc = bias_gelu_backward(dg, pre, b_fc)
             _amax(dpre, cur)
             dh = dpre @ w_fc
         dw_fc = dpre.t() @ h2
-        return (dh.view(ctx.shape), None, dw_fc, partials.sum(0).to(b_fc.dtype), dw_proj, db_proj, None, None)
+        return (dh.view(ctx.shape), None, dw_fc, db_fc, dw_proj, db_proj, None, None)
 
 
 def usable(h: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor) -> bool:

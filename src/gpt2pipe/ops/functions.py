@@ -144,25 +144,43 @@ class BiasGelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, bias):
         h = h.contiguous()
-        C = h.shape[-1]
-        N = h.numel() // C
-        out = torch.empty_like(h)
-        vec, grid, threads = _bias_gelu_grid(N, C, h, bias)
-        launch("gelu", f"bias_gelu_forward{vec}", grid, threads, out, h, bias, N, C)
         ctx.save_for_backward(h, bias)
-        return out
+        return bias_gelu_forward(h, bias)
 
     @staticmethod
     def backward(ctx, dout):
         h, bias = ctx.saved_tensors
-        C = h.shape[-1]
-        N = h.numel() // C
-        dout = dout.contiguous()
-        vec, grid, threads = _bias_gelu_grid(N, C, h, bias, dout)
-        dh = torch.empty_like(h)
-        partials = torch.empty(grid[1], C, dtype=torch.float32, device=h.device)
+        return bias_gelu_backward(dout, h, bias)
+
+
+def bias_gelu_forward(h, bias, fp8=None):
+    """gelu(h + bias) by our kernel (h contiguous). fp8 = (out8, inv_scale, amax_cur, amax_prev): the
+    kernel also writes the e4m3 copy out8 for the next GEMM (ops/fp8.py; 16-byte aligned tensors only)."""
+    C = h.shape[-1]
+    N = h.numel() // C
+    out = torch.empty_like(h)
+    vec, grid, threads = _bias_gelu_grid(N, C, h, bias)
+    if fp8 is None:
+        launch("gelu", f"bias_gelu_forward{vec}", grid, threads, out, h, bias, N, C)
+    else:
+        launch("gelu", "bias_gelu_forward_fp8", grid, threads, out, *fp8, h, bias, N, C)
+    return out
+
+
+def bias_gelu_backward(dout, h, bias, fp8=None):
+    """(dh, dbias) of gelu(h + bias); fp8 = (dh8, inv_scale, amax_cur, amax_prev) as in bias_gelu_forward,
+    with an e5m2 copy of dh."""
+    C = h.shape[-1]
+    N = h.numel() // C
+    dout = dout.contiguous()
+    vec, grid, threads = _bias_gelu_grid(N, C, h, bias, dout)
+    dh = torch.empty_like(h)
+    partials = torch.empty(grid[1], C, dtype=torch.float32, device=h.device)
+    if fp8 is None:
         launch("gelu", f"bias_gelu_backward{vec}", grid, threads, dh, partials, dout, h, bias, N, C)
-        return dh, partials.sum(0).to(bias.dtype)
+    else:
+        launch("gelu", "bias_gelu_backward_fp8", grid, threads, dh, *fp8, partials, dout, h, bias, N, C)
+    return dh, partials.sum(0).to(bias.dtype)
 
 
 class LinearBias(torch.autograd.Function):
