@@ -156,8 +156,9 @@ class GPT(nn.Module):
         """The fp8 scaling state, rolled to a new micro-step; None when fp8 is off or the GPU lacks it."""
         from .ops import fp8
 
-        mlp = self.transformer.h[0].mlp
-        if not self.fp8 or not fp8.usable(h, mlp.c_fc.weight, mlp.c_proj.weight):
+        mlps = [block.mlp for block in self.transformer.h]
+        if not self.fp8 or not all(fp8.usable(h, m.c_fc.weight, m.c_proj.weight, m.c_fc.bias, m.c_proj.bias)
+                                   for m in mlps):
             return None
         if self._fp8_state is None:
             self._fp8_state = fp8.Fp8State(self.config.n_layer, h.device)

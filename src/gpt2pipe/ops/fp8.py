@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .cuda import launch, sm_count
+from .cuda import aligned, launch, sm_count
 from .functions import bias_gelu_backward, bias_gelu_forward, bias_grad, linear_backward
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
@@ -164,9 +164,11 @@ class Fp8Mlp(torch.autograd.Function):
         return (dh.view(ctx.shape), None, dw_fc, db_fc, dw_proj, db_proj, None, None)
 
 
-def usable(h: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor) -> bool:
-    """fp8 GEMMs need an sm_89+ GPU, bf16 tensors and dimensions that are multiples of 16."""
+def usable(h: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, *biases: torch.Tensor) -> bool:
+    """fp8 GEMMs need an sm_89+ GPU, bf16 tensors and dimensions that are multiples of 16; the fp8 kernels
+    are the vectorised ones, so the parameters must also be 16-byte aligned."""
     if not (h.is_cuda and torch.cuda.get_device_capability(h.device) >= (8, 9)):
         return False
     dims = (h.shape[-1], w_fc.shape[0], h.numel() // h.shape[-1])
-    return h.dtype == w_fc.dtype == w_proj.dtype == torch.bfloat16 and all(d % 16 == 0 for d in dims)
+    return (h.dtype == w_fc.dtype == w_proj.dtype == torch.bfloat16 and all(d % 16 == 0 for d in dims)
+            and aligned(w_fc, w_proj, *biases))
