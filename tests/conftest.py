@@ -51,8 +51,8 @@ def tiny(tmp_path):
 
 def build_shards(cfg) -> Path:
     """Corpus and shards of a config, built with the real stage code."""
-    from gpt2pipe.corpus import read_corpus, write_corpus
-    from gpt2pipe.shards import tokenize_to_shards
+    from gpt2pipe.data.corpus import read_corpus, write_corpus
+    from gpt2pipe.data.shards import tokenize_to_shards
 
     write_corpus(cfg.data, cfg.data_dir / "corpus")
     tokenize_to_shards(read_corpus(cfg.data_dir / "corpus"), cfg.data, cfg.data_dir / "shards")
@@ -66,7 +66,7 @@ def tiny_shards(tiny):
 
 def crash_then_resume(cfg, shards, run_dir, monkeypatch, at_step: int = 4) -> None:
     """Train until an exception at `at_step` (a simulated crash), then train again with resume."""
-    from gpt2pipe import train as train_mod
+    from gpt2pipe.train import loop as train_mod
 
     real_lr = train_mod.lr_at
 

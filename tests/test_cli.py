@@ -4,7 +4,7 @@ import sys
 
 import yaml
 
-from gpt2pipe.cli import main
+from gpt2pipe.cli.main import main
 
 from conftest import tiny_config
 

@@ -4,7 +4,7 @@ import pytest
 from conftest import fineweb_parquet
 
 from gpt2pipe import Gpt2pipeError, config
-from gpt2pipe.corpus import read_corpus, write_corpus
+from gpt2pipe.data.corpus import read_corpus, write_corpus
 
 
 def data_cfg(**data):

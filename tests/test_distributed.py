@@ -77,7 +77,7 @@ def _zero_worker(rank, world_size, init_file, out_dir):
 
     from gpt2pipe.config import ModelConfig
     from gpt2pipe.distributed import World
-    from gpt2pipe.model import GPT
+    from gpt2pipe.model.gpt import GPT
     from gpt2pipe.ops.optim import FlatAdamW
 
     torch.set_num_threads(1)
@@ -108,7 +108,7 @@ def test_zero_buckets_match_one_process(tmp_path):
     import torch.multiprocessing as mp
 
     from gpt2pipe.config import ModelConfig
-    from gpt2pipe.model import GPT
+    from gpt2pipe.model.gpt import GPT
 
     mp.spawn(_zero_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     got = torch.load(tmp_path / "zero.pt", weights_only=False)

@@ -1,7 +1,8 @@
 import json
 
-from gpt2pipe import hellaswag, train
-from gpt2pipe.evaluate import evaluate_checkpoint
+from gpt2pipe.eval import hellaswag
+from gpt2pipe.train import loop as train
+from gpt2pipe.eval.evaluate import evaluate_checkpoint
 
 
 def test_evaluate_a_checkpoint(tiny, tiny_shards, tmp_path):

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2pipe import Gpt2pipeError, checkpoint, export
+from gpt2pipe import Gpt2pipeError
+from gpt2pipe.model import checkpoint
+from gpt2pipe.model import formats as export
 from gpt2pipe.config import ModelConfig
-from gpt2pipe.model import GPT
-from gpt2pipe.sample import generate
-from gpt2pipe.tokenizer import gpt2
+from gpt2pipe.model.gpt import GPT
+from gpt2pipe.eval.sample import generate
+from gpt2pipe.data.tokenizer import gpt2
 
 CFG = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)
 
@@ -127,9 +129,10 @@ def test_sampling_is_seeded(model):
 
 
 def test_import_then_evaluate_and_init_from(model, tiny, tiny_shards, tmp_path):
-    from gpt2pipe import config, train
-    from gpt2pipe.cli import main
-    from gpt2pipe.evaluate import evaluate_checkpoint
+    from gpt2pipe import config
+    from gpt2pipe.train import loop as train
+    from gpt2pipe.cli.main import main
+    from gpt2pipe.eval.evaluate import evaluate_checkpoint
 
     export.to_hf(model, tmp_path / "hf")
     assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "imported.pt")]) == 0
@@ -138,7 +141,7 @@ def test_import_then_evaluate_and_init_from(model, tiny, tiny_shards, tmp_path):
     r_hf = evaluate_checkpoint(tiny, tmp_path / "hf", tiny_shards, None, tmp_path / "hf.json")
     r_pt = evaluate_checkpoint(tiny, tmp_path / "imported.pt", tiny_shards, None, tmp_path / "pt.json")
     assert r_hf["val_loss"] == r_pt["val_loss"]
-    from gpt2pipe import hellaswag
+    from gpt2pipe.eval import hellaswag
 
     hellaswag.write_bin(tmp_path / "hs.bin", hellaswag.read_jsonl(hellaswag.demo_jsonl(), max_examples=8))
     assert main(["evaluate", "--checkpoint", str(tmp_path / "hf"), "--skip-val", "--hellaswag",

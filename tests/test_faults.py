@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from gpt2pipe import Gpt2pipeError, config
-from gpt2pipe import train as train_mod
-from gpt2pipe.train import OutlierDetector, Preempted
+from gpt2pipe.train import loop as train_mod
+from gpt2pipe.train.loop import OutlierDetector, Preempted
 
 
 

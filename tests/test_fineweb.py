@@ -11,9 +11,9 @@ from huggingface_hub import constants
 from huggingface_hub.hf_api import RepoFile, RepoFolder
 
 from gpt2pipe import Gpt2pipeError, config
-from gpt2pipe.fineweb import Listing, download_file, list_files
-from gpt2pipe.shards import encode_parquet, read_shard, shards_from_token_files, tokenize_to_shards
-from gpt2pipe.tokenizer import encode_documents
+from gpt2pipe.data.fineweb import Listing, download_file, list_files
+from gpt2pipe.data.shards import encode_parquet, read_shard, shards_from_token_files, tokenize_to_shards
+from gpt2pipe.data.tokenizer import encode_documents
 
 REPO = "HuggingFaceFW/fineweb"
 

@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from gpt2pipe import Gpt2pipeError, hellaswag
-from gpt2pipe.hellaswag import Example, encode_bin, read_bin, read_jsonl, render, score, write_bin
+from gpt2pipe import Gpt2pipeError
+from gpt2pipe.eval import hellaswag
+from gpt2pipe.eval.hellaswag import Example, encode_bin, read_bin, read_jsonl, render, score, write_bin
 
 from conftest import SHARED
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from gpt2pipe.config import ModelConfig
-from gpt2pipe.model import GPT
-from gpt2pipe.ops import functions as K
+from gpt2pipe.model.gpt import GPT
+from gpt2pipe.ops import autograd as K
 from gpt2pipe.ops import reference as R
 
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
@@ -166,7 +166,7 @@ def test_stochastic_rounding_is_unbiased_and_seeded():
 
 @gpu
 def test_training_steps_with_kernels_match_the_torch_reference():
-    from gpt2pipe.train import make_flat_optimizer, make_optimizer, optimizer_step
+    from gpt2pipe.train.loop import make_flat_optimizer, make_optimizer, optimizer_step
     from gpt2pipe.config import from_dict
 
     t = from_dict({"train": {"learning_rate": 1e-3, "warmup_steps": 0, "stochastic_rounding": False}}).train
@@ -210,7 +210,9 @@ def test_kernels_training_resumes_bit_exactly(tmp_path, monkeypatch):
     """The CLI's training loop on the kernels path: a crash and --resume reproduce the uninterrupted run."""
     from conftest import build_shards, crash_then_resume, tiny_config
 
-    from gpt2pipe import checkpoint, config, train as train_mod
+    from gpt2pipe import config
+    from gpt2pipe.model import checkpoint
+    from gpt2pipe.train import loop as train_mod
 
     raw = tiny_config(tmp_path)
     raw["train"].update(device="cuda", ops="kernels")
@@ -300,7 +302,7 @@ def test_fp8_mlp_calibrates_in_bf16_then_tracks_the_bf16_mlp():
 @fp8_gpu
 def test_fp8_training_follows_bf16_training():
     from gpt2pipe.config import from_dict
-    from gpt2pipe.train import make_flat_optimizer, optimizer_step
+    from gpt2pipe.train.loop import make_flat_optimizer, optimizer_step
 
     t = from_dict({"train": {"learning_rate": 1e-3, "warmup_steps": 0, "stochastic_rounding": False}}).train
     cfg = ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=64)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from gpt2pipe import Gpt2pipeError
-from gpt2pipe.loader import ShardLoader
-from gpt2pipe.shards import write_shard
+from gpt2pipe.data.loader import ShardLoader
+from gpt2pipe.data.shards import write_shard
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from gpt2pipe import Gpt2pipeError, config
-from gpt2pipe.shards import HEADER_BYTES, ShardSet, read_shard, tokenize_to_shards, write_shard
-from gpt2pipe.tokenizer import EOT, encode_documents
+from gpt2pipe.data.shards import HEADER_BYTES, ShardSet, read_shard, tokenize_to_shards, write_shard
+from gpt2pipe.data.tokenizer import EOT, encode_documents
 
 
 def test_round_trip_and_llmc_header(tmp_path):

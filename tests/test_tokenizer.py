@@ -1,6 +1,6 @@
 import pytest
 
-from gpt2pipe import tokenizer
+from gpt2pipe.data import tokenizer
 
 
 def test_gpt2_encoding_known_ids():

@@ -111,8 +111,8 @@ def test_fineweb_file_by_file_jobs_from_the_hub_cache(tmp_path):
     import numpy as np
 
     from conftest import fineweb_parquet, hub_cache, shakespeare_docs
-    from gpt2pipe.shards import read_shard
-    from gpt2pipe.tokenizer import encode_documents
+    from gpt2pipe.data.shards import read_shard
+    from gpt2pipe.data.tokenizer import encode_documents
 
     parts = shakespeare_docs(3, 100)
     src = [fineweb_parquet(tmp_path / "src" / f"{i:03d}_00000.parquet", d) for i, d in enumerate(parts)]

@@ -1,3 +1,3 @@
-from .cli import main
+from gpt2pipe.cli.main import main
 
 raise SystemExit(main())

@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from . import Gpt2pipeError
+from gpt2pipe import Gpt2pipeError
 
 SCHEMA_PATH = resources.files("gpt2pipe") / "schemas" / "config.schema.yaml"
 
@@ -125,8 +125,36 @@ class Config:
 
     def fingerprint(self, *sections: str) -> str:
         """Hash of the named config sections: a checkpoint only resumes under the same training setup."""
-        payload = {s: self.raw[s] for s in sections}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return digest({s: self.raw[s] for s in sections})
+
+
+# Keys that change how a run trains but not what it computes: a run resumes across changes to them (a
+# different device, thread count, logging or checkpoint cadence, kernels vs torch path) — everything else in
+# model/train/data decides the trained weights, so a saved state only resumes under the same values.
+NOT_IDENTITY = {
+    "data": {"workers", "name"},
+    "train": {"device", "num_threads", "val_every", "checkpoint_every", "keep_states", "max_skipped_steps", "ops",
+              "recompute", "log_to", "zero"},
+}
+
+
+def identity(raw: dict, *sections: str) -> dict:
+    """The part of the named config sections that decides what a stage produces (NOT_IDENTITY removed)."""
+    return {s: {k: v for k, v in raw[s].items() if k not in NOT_IDENTITY.get(s, set())} for s in sections}
+
+
+def training_identity(raw: dict) -> dict:
+    """What decides the trained weights: a saved training state resumes only under the same values."""
+    return identity(raw, "model", "data", "train")
+
+
+def data_identity(raw: dict) -> dict:
+    """What decides a dataset's contents: data stages depend on this alone, so runs share datasets."""
+    return identity(raw, "data")
+
+
+def digest(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _schema() -> dict:

@@ -14,8 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from . import Gpt2pipeError  # noqa: E402
-from .io import atomic_path  # noqa: E402
+from gpt2pipe import Gpt2pipeError  # noqa: E402
+from gpt2pipe.files import atomic_path  # noqa: E402
 
 # OpenAI GPT-2 val loss on FineWeb as llm.c measures it, and HellaSwag acc_norm (llm.c's dev/vislog.ipynb)
 GPT2_VAL_LOSS = {"124M": 3.424958, "350M": 3.083089, "774M": 3.000580, "1558M": 2.831273}
@@ -114,3 +114,29 @@ def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, token
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     return fig
+
+
+def run(cfg, evals=None, out=None, notebook=None, notebook_out=None, metrics=None, train_log=None,
+        configfile=None, overrides=()) -> Path:
+    """`gpt2pipe report`: execute the report notebook with papermill (it draws the PNG) and write metrics.tsv."""
+    import papermill
+
+    out = Path(out or cfg.run_dir / "output.png")
+    notebook_out = Path(notebook_out or out.with_name("report.ipynb"))
+    evals = [str(p) for p in (evals or sorted((cfg.run_dir / "eval").glob("step_*.json")))]
+    for p in [notebook, *map(Path, evals)]:
+        if not Path(p).is_file():
+            raise Gpt2pipeError(f"{p}: not found")
+    params = {
+        "train_log": str(train_log or cfg.run_dir / "train" / "train.log"),
+        "eval_files": evals,
+        "output_png": str(out),
+        "config_file": str(configfile) if configfile else "",
+        "overrides": list(overrides),
+    }
+    papermill.execute_notebook(str(notebook), str(notebook_out), parameters=params, progress_bar=False,
+                               cwd=str(Path.cwd()))
+    metrics = Path(metrics or out.with_name("metrics.tsv"))
+    write_metrics(load_evals(evals), cfg.train.total_batch_tokens, metrics)
+    print(f"report: {out} (notebook: {notebook_out}, metrics: {metrics})")
+    return out

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from .. import Gpt2pipeError
+from gpt2pipe import Gpt2pipeError
 
 OPTIONS = ("-std=c++17", "--use_fast_math")
 
 
 def kernel_dir() -> Path:
-    return Path(str(resources.files("gpt2pipe") / "cuda_kernels"))
+    return Path(str(resources.files("gpt2pipe.ops") / "kernels"))
 
 
 def sources() -> list[Path]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .cuda import aligned, launch, sm_count
-from .functions import bias_gelu_backward, bias_gelu_forward, bias_grad, linear_backward
+from gpt2pipe.ops.cuda import aligned, launch, sm_count
+from gpt2pipe.ops.autograd import bias_gelu_backward, bias_gelu_forward, bias_grad, linear_backward
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 # per layer: MLP input, GELU output, gradient of the MLP output, gradient of the pre-GELU, attention input;

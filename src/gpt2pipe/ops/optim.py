@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..distributed import World
-from . import reference
-from .cuda import launch, sm_count
-from .functions import _use_kernels
+from gpt2pipe.distributed import World
+from gpt2pipe.ops import reference
+from gpt2pipe.ops.cuda import launch, sm_count
+from gpt2pipe.ops.autograd import _use_kernels
 
 
 BUCKET_ELEMENTS = 32 * 2**20  # ~64 MB of bf16 gradients per reduce-scatter

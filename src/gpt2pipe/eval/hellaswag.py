@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import Gpt2pipeError
-from .io import atomic_path
-from .tokenizer import gpt2
+from gpt2pipe import Gpt2pipeError
+from gpt2pipe.files import atomic_path
+from gpt2pipe.data.tokenizer import gpt2
 
 MAGIC, VERSION = 20240522, 1
 HEADER_INTS = 256

@@ -26,18 +26,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import Gpt2pipeError, checkpoint, distributed
-from .config import Config, ModelConfig, TrainConfig
-from .distributed import World
-from .evaluate import val_loss
-from .export import load_any
-from .io import atomic_path
-from .loader import ShardLoader
-from .model import GPT
-from .ops import kernels_available
-from .ops.optim import FlatAdamW, flat_state_from_torch, ordered_params, torch_state_from_flat
-from .runtime import autocast, autocast_dtype, peak_flops, pick_device, rng_state, seed_everything, set_rng_state
-from .shards import ShardSet
+from gpt2pipe import Gpt2pipeError
+from gpt2pipe.model import checkpoint
+from gpt2pipe import distributed
+from gpt2pipe.config import Config, ModelConfig, TrainConfig
+from gpt2pipe.distributed import World
+from gpt2pipe.eval.evaluate import val_loss
+from gpt2pipe.model.formats import load_any
+from gpt2pipe.files import atomic_path
+from gpt2pipe.data.loader import ShardLoader
+from gpt2pipe.model.gpt import GPT
+from gpt2pipe.ops import kernels_available
+from gpt2pipe.ops.optim import FlatAdamW, flat_state_from_torch, ordered_params, torch_state_from_flat
+from gpt2pipe.device import autocast, autocast_dtype, peak_flops, pick_device, rng_state, seed_everything, set_rng_state
+from gpt2pipe.data.shards import ShardSet
 
 
 # test seam: behave as if a preemption signal arrived at this step (GPT2PIPE_PREEMPT_AT_STEP=N)

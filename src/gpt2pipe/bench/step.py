@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ModelConfig
-from .model import GPT, GPT2_SIZES
-from .runtime import peak_flops
+from gpt2pipe.config import ModelConfig
+from gpt2pipe.model.gpt import GPT, GPT2_SIZES
+from gpt2pipe.device import peak_flops
 
 COPY_BANDWIDTH = {"H100": 3.0e12, "H200": 4.3e12}  # measured device-to-device copy (read + write), bytes/s
 
@@ -46,8 +46,8 @@ def _sdpa_context():
 
 def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: int, total_batch: int,
                        steps: int, warmup: int, profile: bool = False) -> StepResult:
-    from .config import from_dict
-    from .train import make_flat_optimizer, make_optimizer, optimizer_step
+    from gpt2pipe.config import from_dict
+    from gpt2pipe.train.loop import make_flat_optimizer, make_optimizer, optimizer_step
 
     device = torch.device("cuda")
     torch.manual_seed(0)
@@ -120,10 +120,10 @@ def _time(fn, reps: int = 20) -> float:
 def kernel_table(cfg: ModelConfig, tokens: int = 65536) -> list[tuple[str, float, float, float]]:
     """(name, our µs, torch µs, bytes moved) for each op at GPT-2 shapes over `tokens` tokens. Times are per
     call as the model makes it (autograd and launch overhead included); bytes are the least the op must move."""
-    from .ops import functions as K
-    from .ops import reference as R
-    from .ops.cuda import launch
-    from .ops.optim import FlatAdamW
+    from gpt2pipe.ops import autograd as K
+    from gpt2pipe.ops import reference as R
+    from gpt2pipe.ops.cuda import launch
+    from gpt2pipe.ops.optim import FlatAdamW
 
     torch.manual_seed(0)
     C, V, Vp, T = cfg.n_embd, cfg.vocab_size, cfg.padded_vocab_size, 1024

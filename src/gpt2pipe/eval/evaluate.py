@@ -7,15 +7,15 @@ from pathlib import Path
 
 import torch
 
-from .export import load_any
-from .config import Config
-from .distributed import World, mean
-from .hellaswag import load as load_hellaswag
-from .hellaswag import score as score_hellaswag
-from .io import write_json
-from .loader import ShardLoader
-from .runtime import autocast, autocast_dtype, pick_device
-from .shards import ShardSet
+from gpt2pipe.model.formats import load_any
+from gpt2pipe.config import Config
+from gpt2pipe.distributed import World, mean
+from gpt2pipe.eval.hellaswag import load as load_hellaswag
+from gpt2pipe.eval.hellaswag import score as score_hellaswag
+from gpt2pipe.files import write_json
+from gpt2pipe.data.loader import ShardLoader
+from gpt2pipe.device import autocast, autocast_dtype, pick_device
+from gpt2pipe.data.shards import ShardSet
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from importlib import resources
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
-from . import Gpt2pipeError
+from gpt2pipe import Gpt2pipeError
 
 EOT = 50256  # <|endoftext|>, also the document delimiter in every shard
 VOCAB_SIZE = 50257

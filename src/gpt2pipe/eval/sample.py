@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .model import GPT
-from .tokenizer import EOT, gpt2
+from gpt2pipe.model.gpt import GPT
+from gpt2pipe.data.tokenizer import EOT, gpt2
 
 
 @torch.no_grad()

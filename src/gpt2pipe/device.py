@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from . import Gpt2pipeError
+from gpt2pipe import Gpt2pipeError
 
 # dense bf16 tensor-core peaks (FLOP/s), matched against torch.cuda.get_device_name()
 PEAK_BF16_FLOPS = {

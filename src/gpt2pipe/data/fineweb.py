@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import Gpt2pipeError
-from .io import atomic_path, write_json
+from gpt2pipe import Gpt2pipeError
+from gpt2pipe.files import atomic_path, write_json
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from .config import ModelConfig
+from gpt2pipe.config import ModelConfig
 
 
 class CausalSelfAttention(nn.Module):
@@ -106,8 +106,8 @@ class GPT(nn.Module):
 
     def _forward_kernels(self, idx: torch.Tensor, targets: torch.Tensor | None):
         """The same network, with each block's residual add fused into the following LayerNorm."""
-        from .ops import fp8
-        from .ops import functions as K
+        from gpt2pipe.ops import fp8
+        from gpt2pipe.ops import autograd as K
 
         tr = self.transformer
         x = K.encoder(idx, tr.wte.weight, tr.wpe.weight)
@@ -154,7 +154,7 @@ class GPT(nn.Module):
 
     def _fp8_micro_step(self, h: torch.Tensor):
         """The fp8 scaling state, rolled to a new micro-step; None when fp8 is off or the GPU lacks it."""
-        from .ops import fp8
+        from gpt2pipe.ops import fp8
 
         mlps = [block.mlp for block in self.transformer.h]
         if not self.fp8 or not all(fp8.usable(h, m.c_fc.weight, m.c_proj.weight, m.c_fc.bias, m.c_proj.bias)

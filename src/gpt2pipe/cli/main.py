@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from . import Gpt2pipeError, __version__
-from . import config as config_mod
+from gpt2pipe import Gpt2pipeError, __version__
+from gpt2pipe import config as config_mod
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def cmd_config(args) -> None:
 
 
 def cmd_corpus(args) -> None:
-    from .corpus import write_corpus
+    from gpt2pipe.data.corpus import write_corpus
 
     cfg = _config(args)
     out = args.out or cfg.data_dir / "corpus"
@@ -50,8 +50,8 @@ def cmd_corpus(args) -> None:
 
 
 def cmd_tokenize(args) -> None:
-    from .corpus import read_corpus
-    from .shards import tokenize_to_shards
+    from gpt2pipe.data.corpus import read_corpus
+    from gpt2pipe.data.shards import tokenize_to_shards
 
     cfg = _config(args)
     corpus = args.corpus or cfg.data_dir / "corpus"
@@ -61,7 +61,7 @@ def cmd_tokenize(args) -> None:
 
 
 def cmd_fineweb(args) -> None:
-    from . import fineweb
+    from gpt2pipe.data import fineweb
 
     cfg = _config(args)
     listing_path = args.listing or cfg.data_dir / "fineweb" / "files.json"
@@ -89,7 +89,7 @@ def cmd_fineweb(args) -> None:
 
 
 def cmd_encode(args) -> None:
-    from .shards import encode_parquet
+    from gpt2pipe.data.shards import encode_parquet
 
     cfg = _config(args)
     n = encode_parquet(args.input, args.out, cfg.data.workers, args.max_tokens)
@@ -97,7 +97,7 @@ def cmd_encode(args) -> None:
 
 
 def cmd_shard(args) -> None:
-    from .shards import shards_from_token_files
+    from gpt2pipe.data.shards import shards_from_token_files
 
     cfg = _config(args)
     out = args.out or cfg.data_dir / "shards"
@@ -106,7 +106,7 @@ def cmd_shard(args) -> None:
 
 
 def cmd_hellaswag(args) -> None:
-    from . import hellaswag
+    from gpt2pipe.eval import hellaswag
 
     cfg = _config(args)
     src = args.source or cfg.eval.hellaswag
@@ -123,7 +123,7 @@ def cmd_hellaswag(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import train
+    from gpt2pipe.train.loop import train
 
     cfg = _config(args)
     train(cfg, args.shards or cfg.data_dir / "shards", args.run_dir or cfg.run_dir, resume=args.resume,
@@ -131,7 +131,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import evaluate_checkpoint
+    from gpt2pipe.eval.evaluate import evaluate_checkpoint
 
     cfg = _config(args)
     ckpt = Path(args.checkpoint)
@@ -149,42 +149,24 @@ def cmd_evaluate(args) -> None:
 def _model_section(path: Path) -> dict:
     import dataclasses
 
-    from . import export
+    from gpt2pipe.model import formats as export
 
     cfg, _ = export.from_hf(path) if path.is_dir() else export.from_llmc(path)
     return dataclasses.asdict(cfg)
 
 
 def cmd_report(args) -> None:
-    import papermill
+    from gpt2pipe.report import run
 
     cfg = _config(args)
-    out = args.out or cfg.run_dir / "output.png"
-    notebook_out = args.notebook_out or out.with_name("report.ipynb")
-    evals = [str(p) for p in (args.evals or sorted((cfg.run_dir / "eval").glob("step_*.json")))]
-    for p in [args.notebook, *map(Path, evals)]:
-        if not Path(p).is_file():
-            raise Gpt2pipeError(f"{p}: not found")
-    params = {
-        "train_log": str(args.train_log or cfg.run_dir / "train" / "train.log"),
-        "eval_files": evals,
-        "output_png": str(out),
-        "config_file": str(args.configfile) if args.configfile else "",
-        "overrides": list(args.overrides),
-    }
-    papermill.execute_notebook(str(args.notebook), str(notebook_out), parameters=params, progress_bar=False,
-                               cwd=str(Path.cwd()))
-    from .report import load_evals, write_metrics
-
-    metrics = args.metrics or out.with_name("metrics.tsv")
-    write_metrics(load_evals(evals), cfg.train.total_batch_tokens, metrics)
-    print(f"report: {out} (notebook: {notebook_out}, metrics: {metrics})")
+    run(cfg, evals=args.evals, out=args.out, notebook=args.notebook, notebook_out=args.notebook_out,
+        metrics=args.metrics, train_log=args.train_log, configfile=args.configfile, overrides=list(args.overrides))
 
 
 def cmd_export(args) -> None:
     import torch
 
-    from . import export
+    from gpt2pipe.model import formats as export
 
     model, _ = export.load_any(args.checkpoint)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
@@ -193,7 +175,8 @@ def cmd_export(args) -> None:
 
 
 def cmd_import(args) -> None:
-    from . import checkpoint, export
+    from gpt2pipe.model import checkpoint
+    from gpt2pipe.model import formats as export
 
     model, meta = export.load_any(args.source)
     checkpoint.save(args.out, model, 0, imported_from=str(args.source), tokens_seen=0)
@@ -202,9 +185,9 @@ def cmd_import(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    from . import export
-    from .runtime import pick_device
-    from .sample import generate
+    from gpt2pipe.model import formats as export
+    from gpt2pipe.device import pick_device
+    from gpt2pipe.eval.sample import generate
 
     device = pick_device(args.device)
     model, meta = export.load_any(args.checkpoint)
@@ -214,7 +197,7 @@ def cmd_sample(args) -> None:
     body = "".join(f"--- sample {i} (step {meta.get('step')}, seed {args.seed}, temperature {args.temperature}, "
                    f"top-k {args.top_k})\n{args.prompt}{t}\n" for i, t in enumerate(texts))
     if args.out:
-        from .io import atomic_path
+        from gpt2pipe.files import atomic_path
 
         with atomic_path(args.out) as tmp:
             tmp.write_text(body)
@@ -224,7 +207,7 @@ def cmd_sample(args) -> None:
 def cmd_bench(args) -> None:
     import torch
 
-    from . import bench
+    from gpt2pipe.bench import step as bench
 
     if not torch.cuda.is_available():
         raise Gpt2pipeError("bench needs a CUDA GPU")
@@ -238,7 +221,7 @@ def cmd_bench(args) -> None:
 
 
 def cmd_bench_tokenize(args) -> None:
-    from . import tokenize_bench
+    from gpt2pipe.bench import tokenize as tokenize_bench
 
     parquet = args.parquet
     if parquet is None:

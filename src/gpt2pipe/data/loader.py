@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import Gpt2pipeError
-from .shards import read_shard
+from gpt2pipe import Gpt2pipeError
+from gpt2pipe.data.shards import read_shard
 
 
 class ShardLoader:

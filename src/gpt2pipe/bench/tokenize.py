@@ -12,9 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .corpus import parquet_documents
-from .shards import encode_parquet
-from .tokenizer import gpt2
+from gpt2pipe.data.corpus import parquet_documents
+from gpt2pipe.data.shards import encode_parquet
+from gpt2pipe.data.tokenizer import gpt2
 
 
 def sample_parquet(path: Path, source: Path, megabytes: float) -> Path:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import Gpt2pipeError
-from .config import DataConfig
-from .io import atomic_path
+from gpt2pipe import Gpt2pipeError
+from gpt2pipe.config import DataConfig
+from gpt2pipe.files import atomic_path
 
 DOCS_PER_FILE = 100_000
 
@@ -52,7 +52,7 @@ def parquet_documents(path: Path) -> Iterator[str]:
 
 def iter_documents(cfg: DataConfig, out_dir: Path) -> Iterator[str]:
     if cfg.source == "fineweb":  # one file after another; the workflow runs them as parallel jobs instead
-        from . import fineweb
+        from gpt2pipe.data import fineweb
 
         listing = fineweb.list_files(cfg.hf_repo, cfg.hf_subset, cfg.hf_revision)
         for f in listing.files:

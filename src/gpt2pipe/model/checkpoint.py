@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from . import Gpt2pipeError
-from .config import ModelConfig
-from .io import atomic_path
-from .model import GPT
+from gpt2pipe import Gpt2pipeError
+from gpt2pipe.config import ModelConfig
+from gpt2pipe.files import atomic_path
+from gpt2pipe.model.gpt import GPT
 
 FORMAT = "gpt2pipe-checkpoint"
 VERSION = 1

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import Gpt2pipeError
-from .config import ModelConfig
-from .io import atomic_path
-from .model import GPT
+from gpt2pipe import Gpt2pipeError
+from gpt2pipe.config import ModelConfig
+from gpt2pipe.files import atomic_path
+from gpt2pipe.model.gpt import GPT
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 LLMC_MAGIC = 20240326
@@ -52,7 +52,7 @@ def _check(source: str, state: dict[str, torch.Tensor], cfg: ModelConfig) -> Non
 def to_hf(model: GPT, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
     from safetensors.torch import save_file
 
-    from .tokenizer import hf_tokenizer_files
+    from gpt2pipe.data.tokenizer import hf_tokenizer_files
 
     cfg = model.config
     out_dir = Path(out_dir)
@@ -188,7 +188,7 @@ def from_llmc(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
 
 def load_any(path: str | Path, expected: ModelConfig | None = None) -> tuple[GPT, dict]:
     """A model from our checkpoint (.pt), an llm.c model (.bin) or a Hugging Face directory."""
-    from . import checkpoint
+    from gpt2pipe.model import checkpoint
 
     path = Path(path)
     if path.is_dir():

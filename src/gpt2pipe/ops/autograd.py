@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from . import kernels_available, reference
-from .cuda import aligned, launch, sm_count
+from gpt2pipe.ops import kernels_available
+from gpt2pipe.ops import reference
+from gpt2pipe.ops.cuda import aligned, launch, sm_count
 
 LN_MAX_VEC_C = 8 * 32 * 8  # layernorm_*_vec keep a row in registers: C up to 2048
 
@@ -77,7 +78,7 @@ def _ln_forward(x, residual, w, b, fp8_slot=None):
     launch("layernorm", f"layernorm_forward{vec}", (N + 7) // 8, 256, out, mean, rstd, res_out, x, residual, w, b,
            N, C, EPS, *extra)
     if fp8_slot is not None and out8 is None:  # the scalar kernel has no fp8 output: cast apart
-        from .fp8 import E4M3, cast
+        from gpt2pipe.ops.fp8 import E4M3, cast
 
         out8 = cast(out, E4M3, *fp8_slot)
     return out, mean, rstd, res_out, out8

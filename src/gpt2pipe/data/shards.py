@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import Gpt2pipeError
-from .config import DataConfig
-from .io import atomic_path, write_json
-from .tokenizer import VOCAB_SIZE, encode_document
+from gpt2pipe import Gpt2pipeError
+from gpt2pipe.config import DataConfig
+from gpt2pipe.files import atomic_path, write_json
+from gpt2pipe.data.tokenizer import VOCAB_SIZE, encode_document
 
 MAGIC, VERSION = 20240520, 1
 HEADER_INTS = 256
@@ -154,7 +154,7 @@ class ArrowChunks:
         self.path, self.n = path, n
 
     def __iter__(self) -> Iterator:
-        from .corpus import parquet_text_batches
+        from gpt2pipe.data.corpus import parquet_text_batches
 
         return (batch.column(0) for batch in parquet_text_batches(self.path, self.n))
 
