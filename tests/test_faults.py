@@ -13,7 +13,7 @@ import yaml
 
 from gpt2pipe import Gpt2pipeError, config
 from gpt2pipe.train import loop as train_mod
-from gpt2pipe.train.loop import OutlierDetector, Preempted
+from gpt2pipe.train.guards import OutlierDetector, Preempted
 
 
 

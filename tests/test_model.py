@@ -5,7 +5,8 @@ import torch
 
 from gpt2pipe.config import ModelConfig, from_dict
 from gpt2pipe.model.gpt import GPT, gpt2_size_name
-from gpt2pipe.train.loop import lr_at, make_optimizer
+from gpt2pipe.train.optim import make_optimizer
+from gpt2pipe.train.schedule import lr_at
 
 SMALL = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16)
 

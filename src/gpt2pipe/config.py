@@ -65,6 +65,7 @@ class TrainConfig:
     val_every: int
     checkpoint_every: int
     keep_states: int
+    log_to: list[str]
     skip_update_lossz: float
     skip_update_gradz: float
     max_skipped_steps: int

@@ -1,4 +1,4 @@
-"""Small file helpers shared by the stages: atomic writes, so a crash never leaves a half-written output."""
+"""Small file helpers shared by the stages: atomic, durable writes, so a crash never leaves a half-written output."""
 
 from __future__ import annotations
 
@@ -13,9 +13,19 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def fsync_path(path: str | Path, directory: bool = False) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path next to `path`; on success it is renamed onto `path`, on error removed."""
+    """Yield a temporary path next to `path`; on success it is flushed to disk and renamed onto `path` (and the
+    rename flushed too), on error removed. After a crash `path` is either the old file or the complete new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -23,7 +33,10 @@ def atomic_path(path: str | Path):
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield Path(tmp)
+        if os.path.isfile(tmp):
+            fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent, directory=True)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

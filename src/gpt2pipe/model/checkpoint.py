@@ -1,7 +1,9 @@
-"""Checkpoints: model snapshots (evaluated later) and the full training state (for --resume).
+"""Model snapshots (evaluated later) and training states (for --resume), in one safe file format.
 
-Both are torch.save'd dicts with a format tag and the model config, written atomically; loading checks
-the tag and that the model shape matches before any tensor is touched.
+Both are torch.save'd dicts holding only tensors and plain values (numbers, strings, lists, dicts), written
+atomically, and read with `torch.load(weights_only=True)`: loading a file someone hands you never runs code
+(pickled objects are refused). Loading checks the format tag and that the model shape matches before any
+tensor is used.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from gpt2pipe.files import atomic_path
 from gpt2pipe.model.gpt import GPT
 
 FORMAT = "gpt2pipe-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: loadable with weights_only=True (version 1 pickled RNG and numpy objects)
 
 
 def save(path: str | Path, model: GPT, step: int, **extra) -> None:
@@ -33,14 +35,16 @@ def save(path: str | Path, model: GPT, step: int, **extra) -> None:
         torch.save(payload, tmp)
 
 
-def read(path: str | Path) -> dict:
+def read(path: str | Path, mmap: bool = False) -> dict:
+    """The checkpoint's dict, without executing anything in the file. mmap: tensors stay on disk until read."""
     path = Path(path)
     if not path.is_file():
         raise Gpt2pipeError(f"{path}: checkpoint not found")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises several types for truncated/foreign files
-        raise Gpt2pipeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # truncated, foreign or code-carrying files all end here
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise Gpt2pipeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first[:200]})") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise Gpt2pipeError(f"{path}: not a gpt2pipe checkpoint")
     if ck.get("version") != VERSION:
@@ -56,11 +60,19 @@ def check_shape(path: str | Path, got: ModelConfig, expected: ModelConfig) -> No
         raise Gpt2pipeError(f"{path}: checkpoint is for another model shape (checkpoint vs config: {diff})")
 
 
+def model_config(path: str | Path, ck: dict) -> ModelConfig:
+    try:
+        return ModelConfig(**ck["model_config"])
+    except (KeyError, TypeError) as e:
+        raise Gpt2pipeError(f"{path}: checkpoint has no valid model config ({e})") from None
+
+
 def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[GPT, dict]:
-    """A GPT built from the checkpoint's own config (checked against `expected` if given)."""
+    """A GPT built from the checkpoint's own config (checked against `expected` if given), fp32 weights."""
     ck = read(path)
+    cfg = model_config(path, ck)
     if expected is not None:
-        check_shape(path, ModelConfig(**ck["model_config"]), expected)
-    model = GPT(ModelConfig(**ck["model_config"]))
-    model.load_state_dict(ck["model"])
+        check_shape(path, cfg, expected)
+    model = GPT(cfg)
+    model.load_state_dict({k: v.float() for k, v in ck["model"].items()})
     return model, ck

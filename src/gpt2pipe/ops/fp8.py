@@ -172,3 +172,21 @@ def usable(h: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, *biases: t
     dims = (h.shape[-1], w_fc.shape[0], h.numel() // h.shape[-1])
     return (h.dtype == w_fc.dtype == w_proj.dtype == torch.bfloat16 and all(d % 16 == 0 for d in dims)
             and aligned(w_fc, w_proj, *biases))
+
+
+def state_of(model) -> dict | None:
+    """The fp8 scaling state of a model (amax history, scales, calibration flags), None without fp8."""
+    st = getattr(model, "_fp8_state", None)
+    if st is None:
+        return None
+    return {"prev": st.prev.cpu(), "cur": st.cur.cpu(), "inv": st._inv.cpu(), "seen": dict(st.seen),
+            "ready": dict(st.ready)}
+
+
+def load_state(model, state: dict) -> None:
+    st = getattr(model, "_fp8_state", None)
+    if st is None:
+        model._fp8_saved = state  # created lazily on the first fp8 micro-step, which takes it from here
+        return
+    st.prev.copy_(state["prev"]), st.cur.copy_(state["cur"]), st._inv.copy_(state["inv"])
+    st.seen, st.ready = dict(state["seen"]), dict(state["ready"])

@@ -168,36 +168,55 @@ class FlatAdamW:
                 _all_gather(self.params[b.start : b.start + b.size], self.param_shard[sl])
         return self.norm[0]
 
-    def _full(self, shard: torch.Tensor) -> torch.Tensor:
-        """The whole buffer of a sharded tensor in parameter order, without padding, on every process."""
-        if self.world.distributed:
-            out = torch.empty(self.grads.numel(), dtype=shard.dtype, device=shard.device)
-            for b in self.buckets:
-                _all_gather(out[b.start : b.start + b.size], shard[b.local : b.local + b.slice])
-        else:
-            out = shard
-        return torch.cat([out[off : off + k] for k, off in self.layout])
-
-    def _shard_of(self, full: torch.Tensor) -> torch.Tensor:
-        """This process's shard of a whole buffer given in parameter order without padding."""
-        padded = torch.zeros(self.grads.numel(), dtype=full.dtype, device=self.master.device)
+    def _own_ranges(self):
+        """(bucket, start, stop, position) for every piece of a parameter that lies in this process's slices:
+        padded-buffer positions [start, stop) and where they sit in the unpadded, parameter-order vector."""
         pos = 0
         for k, off in self.layout:
-            padded[off : off + k] = full[pos : pos + k]
+            for b in self.buckets:
+                lo, hi = max(off, b.own), min(off + k, b.own + b.slice)
+                if lo < hi:
+                    yield b, lo, hi, pos + lo - off
             pos += k
-        if not self.world.distributed:
-            return padded
-        return torch.cat([padded[b.own : b.own + b.slice] for b in self.buckets])
 
-    def state_dict(self) -> dict:
-        """Whole-model state (gathered from every shard) in parameter order, so a run can resume on any
-        number of processes. Collective: every process must call it."""
-        return {"t": self.t, "master": self._full(self.master), "m": self._full(self.m), "v": self._full(self.v)}
+    def gathered_state(self) -> dict | None:
+        """Whole-model state {"t", "master", "m", "v"} (fp32, CPU, parameter order, no padding) on process 0,
+        None elsewhere, so a run resumes on any number of processes. Collective: every process calls it.
+        Gathered one bucket at a time into process 0 alone: the extra GPU memory is one bucket."""
+        main = self.world.rank == 0
+        out = {name: torch.empty(self.grads.numel(), dtype=torch.float32) if main else None
+               for name in ("master", "m", "v")}
+        for name in out:
+            shard = getattr(self, name)
+            for b in self.buckets:
+                piece = shard[b.local : b.local + b.slice]
+                if self.world.distributed:
+                    parts = [torch.empty_like(piece) for _ in range(self.world.size)] if main else None
+                    dist.gather(piece, parts, dst=0)
+                    piece = torch.cat(parts) if main else None
+                if main:
+                    out[name][b.start : b.start + b.size] = piece.cpu()
+        if not main:
+            return None
+        unpadded = {name: torch.cat([buf[off : off + k] for k, off in self.layout]) for name, buf in out.items()}
+        return {"t": self.t, **unpadded}
 
     def load_state_dict(self, state: dict) -> None:
-        self.t = state["t"]
+        """Take this process's part of a whole-model state (CPU tensors, e.g. memory-mapped from the saved
+        file: only the pages of this process's slices are read)."""
+        self.t = int(state["t"])
         for name in ("master", "m", "v"):
-            getattr(self, name).copy_(self._shard_of(state[name].to(self.master.device)))
+            src, dst = state[name], getattr(self, name)
+            for b, lo, hi, at in self._own_ranges():
+                local = b.local + lo - b.own
+                dst[local : local + hi - lo].copy_(src[at : at + hi - lo])
+
+    def weights_from_master(self) -> None:
+        """Set the model's weights from the fp32 master weights (rounded to the weights' dtype)."""
+        self.param_shard.copy_(self.master)
+        if self.world.distributed:
+            for b in self.buckets:
+                _all_gather(self.params[b.start : b.start + b.size], self.param_shard[b.local : b.local + b.slice])
 
     @property
     def n_decay(self) -> int:
@@ -225,31 +244,3 @@ def ordered_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     the same order as the two parameter groups of the training loop's torch AdamW."""
     params = list(dict.fromkeys(p for p in model.parameters() if p.requires_grad))
     return sorted(params, key=lambda p: p.dim() < 2)
-
-
-def flat_state_from_torch(state: dict, params: list[torch.Tensor]) -> dict:
-    """torch.optim.AdamW's state (one process, fp32 weights) as FlatAdamW's whole-model state."""
-    per = state["state"]
-    if not per:
-        z = torch.zeros(sum(p.numel() for p in params))
-        return {"t": 0, "master": torch.cat([p.detach().float().view(-1).cpu() for p in params]), "m": z, "v": z}
-    return {
-        "t": int(per[0]["step"]),
-        "master": torch.cat([p.detach().float().view(-1).cpu() for p in params]),
-        "m": torch.cat([per[i]["exp_avg"].float().view(-1).cpu() for i in range(len(params))]),
-        "v": torch.cat([per[i]["exp_avg_sq"].float().view(-1).cpu() for i in range(len(params))]),
-    }
-
-
-def torch_state_from_flat(flat: dict, optimizer: torch.optim.Optimizer) -> dict:
-    """FlatAdamW's whole-model state as torch.optim.AdamW's (whose weights are the fp32 master weights)."""
-    state = optimizer.state_dict()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    off = 0
-    for i, p in enumerate(params):
-        k = p.numel()
-        state["state"][i] = {"step": torch.tensor(float(flat["t"])),
-                             "exp_avg": flat["m"][off : off + k].view(p.shape).clone(),
-                             "exp_avg_sq": flat["v"][off : off + k].view(p.shape).clone()}
-        off += k
-    return state

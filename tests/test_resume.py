@@ -1,0 +1,164 @@
+"""Nothing lost on resume: each way a run used to lose work or resume wrongly, reproduced."""
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from gpt2pipe import Gpt2pipeError, config
+from gpt2pipe.model import checkpoint
+from gpt2pipe.ops.optim import ordered_params
+from gpt2pipe.train import loop as train_mod
+from gpt2pipe.train import state as state_mod
+
+
+def run_train(cfg, shards, run_dir, **kw):
+    return train_mod.train(cfg, shards, run_dir, progress=False, **kw)
+
+
+def with_train(cfg, **changes):
+    return config.from_dict(dict(cfg.raw, train=dict(cfg.raw["train"], **changes)))
+
+
+def log_of(run_dir):
+    return (run_dir / "train" / "train.log").read_text()
+
+
+def trl_lines(run_dir):
+    return [ln for ln in log_of(run_dir).splitlines() if " trl:" in ln]
+
+
+def test_crash_while_writing_a_state_falls_back_to_the_last_complete_one(tiny, tiny_shards, tmp_path, monkeypatch):
+    cfg = with_train(tiny, keep_states=2)
+    run_train(cfg, tiny_shards, tmp_path / "full")
+    real_save = torch.save
+
+    def crash_on_step_6_state(obj, f, *a, **k):
+        if isinstance(obj, dict) and obj.get("kind") == "train-state" and obj["step"] == 6:
+            with open(f, "wb") as out:
+                out.write(b"half a state")  # the write dies midway
+            raise OSError("disk vanished")
+        return real_save(obj, f, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", crash_on_step_6_state)
+        with pytest.raises(OSError, match="disk vanished"):
+            run_train(cfg, tiny_shards, tmp_path / "run")
+    state_dir = tmp_path / "run" / "train_state"
+    assert [p.name for p in state_dir.glob("state_*.pt")] == ["state_000003.pt"]  # no partial file left
+    assert not list(state_dir.glob(".*.tmp"))
+    run_train(cfg, tiny_shards, tmp_path / "run", resume=True)
+    assert log_of(tmp_path / "run") == log_of(tmp_path / "full")
+    assert sorted(p.name for p in (tmp_path / "run" / "train").glob("model_*.pt")) == \
+        ["model_000003.pt", "model_000006.pt"]
+
+
+def test_a_damaged_newest_state_is_skipped(tiny, tiny_shards, tmp_path):
+    cfg = with_train(tiny, keep_states=3)
+    run_train(cfg, tiny_shards, tmp_path / "full")
+    state_dir = tmp_path / "full" / "train_state"
+    newest = state_dir / "state_000006.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # e.g. a disk error after the write
+    saved = state_mod.newest_state(state_dir, say=lambda m: None)
+    assert saved["step"] == 3 and saved["path"].endswith("state_000003.pt")
+
+
+def test_settings_that_do_not_change_the_weights_may_change_on_resume(tiny, tiny_shards, tmp_path, monkeypatch):
+    """Preempted, then resumed with another val_every, checkpoint cadence, thread count and device setting:
+    the run continues (it used to restart from step 0) and trains exactly the same steps."""
+    run_train(tiny, tiny_shards, tmp_path / "full")
+    monkeypatch.setattr(train_mod, "_PREEMPT_AT", 4)
+    with pytest.raises(train_mod.Preempted):
+        run_train(tiny, tiny_shards, tmp_path / "run")
+    monkeypatch.setattr(train_mod, "_PREEMPT_AT", -1)
+    changed = with_train(tiny, val_every=2, checkpoint_every=2, num_threads=1, device="cpu", keep_states=2)
+    monkeypatch.setattr(train_mod.Trainer, "train_step", counting(train_mod.Trainer.train_step, calls := []))
+    run_train(changed, tiny_shards, tmp_path / "run", resume=True)
+    assert len(calls) == 2  # steps 4 and 5 only
+    assert trl_lines(tmp_path / "run") == trl_lines(tmp_path / "full")
+
+
+def counting(method, calls):
+    def wrapped(self, *a, **k):
+        calls.append(self.state.step)
+        return method(self, *a, **k)
+    return wrapped
+
+
+def test_a_changed_setting_that_changes_the_weights_is_refused_until_restart(tiny, tiny_shards, tmp_path):
+    run_train(tiny, tiny_shards, tmp_path / "run")
+    first = log_of(tmp_path / "run")
+    changed = with_train(tiny, learning_rate=0.001, seed=7)
+    with pytest.raises(Gpt2pipeError, match=r"other settings \(train.learning_rate: 0.003 -> 0.001; "
+                                            r"train.seed: 42 -> 7\).*--restart"):
+        run_train(changed, tiny_shards, tmp_path / "run", resume=True)
+    with pytest.raises(Gpt2pipeError, match="holds a saved run at step 6: pass --resume"):
+        run_train(tiny, tiny_shards, tmp_path / "run")  # never overwritten silently
+    run_train(changed, tiny_shards, tmp_path / "run", restart=True)
+    assert log_of(tmp_path / "run") != first
+    assert [p.name for p in (tmp_path / "run" / "train_state").glob("state_*.pt")] == ["state_000006.pt"]
+
+
+def test_a_finished_run_republishes_its_outputs_without_training(tiny, tiny_shards, tmp_path, monkeypatch):
+    run_train(tiny, tiny_shards, tmp_path / "run")
+    first = log_of(tmp_path / "run")
+    for p in (tmp_path / "run" / "train").iterdir():  # what Snakemake does to a job's outputs after a failure
+        p.unlink()
+    monkeypatch.setattr(train_mod.Trainer, "train_step", lambda self: pytest.fail("retrained a finished run"))
+    run_train(tiny, tiny_shards, tmp_path / "run", resume=True)
+    assert log_of(tmp_path / "run") == first
+    assert sorted(p.name for p in (tmp_path / "run" / "train").glob("model_*.pt")) == \
+        ["model_000003.pt", "model_000006.pt"]
+
+
+def test_a_bf16_state_resumes_on_fp32_weights_from_the_master_copy(tiny, tiny_shards, tmp_path, monkeypatch):
+    """A kernels-path state (bf16 weights, fp32 master copies) resumed on the torch path (fp32 weights, e.g. a
+    node without CuPy) must continue from the fp32 master weights, not from the bf16-rounded ones."""
+    run_train(tiny, tiny_shards, tmp_path / "full")
+    monkeypatch.setattr(train_mod, "_PREEMPT_AT", 3)
+    with pytest.raises(train_mod.Preempted):
+        run_train(tiny, tiny_shards, tmp_path / "run")
+    monkeypatch.setattr(train_mod, "_PREEMPT_AT", -1)
+    path = tmp_path / "run" / "train_state" / "state_000003.pt"
+    ck = torch.load(path, weights_only=True)
+    master = ck["optimizer"]["master"].clone()
+    ck["model"] = {k: v.bfloat16() for k, v in ck["model"].items()}  # what the kernels path saves
+    torch.save(ck, path)
+
+    restored = {}
+    real_restore = state_mod.TrainState.restore
+
+    def spy(self, saved):
+        real_restore(self, saved)
+        restored["weights"] = torch.cat([p.detach().reshape(-1) for p in ordered_params(self.model)])
+
+    monkeypatch.setattr(state_mod.TrainState, "restore", spy)
+    run_train(tiny, tiny_shards, tmp_path / "run", resume=True)
+    assert torch.equal(restored["weights"], master)
+    assert trl_lines(tmp_path / "run") == trl_lines(tmp_path / "full")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_loading_a_crafted_checkpoint_runs_no_code(tiny, tiny_shards, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "gpt2pipe-checkpoint", "version": 2, "x": _Payload(marker)}, evil,
+               pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(Gpt2pipeError, match="not a readable checkpoint"):
+        checkpoint.read(evil)
+    with pytest.raises(Gpt2pipeError, match="not a readable checkpoint"):
+        checkpoint.load_model(evil)
+    # planted in a run folder as its newest training state: skipped, never executed
+    state_dir = tmp_path / "run" / "train_state"
+    state_dir.mkdir(parents=True)
+    os.replace(evil, state_dir / "state_000009.pt")
+    assert state_mod.newest_state(state_dir, say=lambda m: None) is None
+    assert not marker.exists()
