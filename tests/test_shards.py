@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from gpt2pipe import Gpt2pipeError, config
-from gpt2pipe.data.shards import HEADER_BYTES, ShardSet, read_shard, tokenize_to_shards, write_shard
+from gpt2pipe.data.llmc_format import HEADER_BYTES, ShardSet, read_shard, write_shard
+from gpt2pipe.data.tokenize import tokenize_to_shards
 from gpt2pipe.data.tokenizer import EOT, encode_documents
 
 

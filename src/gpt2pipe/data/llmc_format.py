@@ -1,53 +1,46 @@
-"""Stage 2: tokenize a corpus into llm.c data shards, and read them back safely.
+"""llm.c's token-file format: write shards and their manifest, open them safely, find them in a folder.
 
-Shard format (llm.c `dev/data/data_common.py`, little-endian): a header of 256 int32
-(magic 20240520, version 1, number of tokens) followed by the tokens as uint16. Every document is
-preceded by <|endoftext|> (50256); documents run across shard boundaries. Shard 0 is the validation split.
+Format (llm.c `dev/data/data_common.py`, little-endian): a header of 256 int32 (magic 20240520, version 1,
+number of tokens) followed by the tokens as uint16. Every document is preceded by <|endoftext|> (50256);
+documents run across shard boundaries. Shard 0 is the validation split.
+
+Tokens are range-checked once, when written, and the largest id goes into the manifest (`shards.json`);
+opening a shard for training checks only its header and size, so a 20 GB dataset opens instantly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
-import multiprocessing as mp
-import os
-from collections import deque
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import DataConfig
+from gpt2pipe.data.tokenizer import VOCAB_SIZE
 from gpt2pipe.files import atomic_path, write_json
-from gpt2pipe.data.tokenizer import VOCAB_SIZE, encode_document
 
 MAGIC, VERSION = 20240520, 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 MAX_TOKENS_PER_FILE = 2**31 - 1  # the header's int32 count
 MANIFEST = "shards.json"
-DOCS_PER_TASK = 256  # documents per worker task: large enough to amortise IPC, small enough to stream
-
-
-def _check_range(tokens: np.ndarray) -> None:
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
-        raise ValueError("token values must fit in uint16")
 
 
 class TokenFile:
     """Appends tokens to one llm.c-format file whose length is not known up front (bounded memory).
 
     Used as a context manager: the header is written on a clean exit and the file appears atomically;
-    on an error nothing is left behind.
+    on an error nothing is left behind. `max_token` is the largest id written (-1 while empty).
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.count = 0
+        self.max_token = -1
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> TokenFile:
@@ -58,11 +51,16 @@ class TokenFile:
 
     def write(self, tokens: np.ndarray) -> None:
         tokens = np.asarray(tokens)
-        _check_range(tokens)
+        if not tokens.size:
+            return
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= 2**16:
+            raise ValueError("token values must fit in uint16")
         if self.count + tokens.size > MAX_TOKENS_PER_FILE:
             raise Gpt2pipeError(f"{self.path}: more than {MAX_TOKENS_PER_FILE} tokens do not fit an llm.c header")
         self._f.write(tokens.astype("<u2", copy=False).tobytes())
         self.count += tokens.size
+        self.max_token = max(self.max_token, hi)
 
     def __exit__(self, *exc) -> bool:
         if exc[0] is None:
@@ -80,7 +78,8 @@ def write_shard(path: str | Path, tokens: np.ndarray) -> None:
 
 
 def read_shard(path: str | Path, vocab_size: int = VOCAB_SIZE, check_tokens: bool = True) -> np.ndarray:
-    """Memory-map a shard's tokens after checking header, file size and (optionally) the token range."""
+    """Memory-map a shard's tokens after checking header and file size, and (unless `check_tokens` is
+    False, which reads no token) that every token is below vocab_size."""
     path = Path(path)
     if not path.is_file():
         raise Gpt2pipeError(f"{path}: shard not found")
@@ -94,10 +93,12 @@ def read_shard(path: str | Path, vocab_size: int = VOCAB_SIZE, check_tokens: boo
         raise Gpt2pipeError(f"{path}: unsupported shard version {header[1]} (expected {VERSION})")
     n = int(header[2])
     expected = HEADER_BYTES + 2 * n
-    if size != expected:
+    if n < 0 or size != expected:
         raise Gpt2pipeError(f"{path}: corrupt shard, header says {n} tokens ({expected} bytes) but the file has {size} bytes")
+    if n == 0:  # np.memmap refuses an empty mapping
+        return np.zeros(0, dtype="<u2")
     tokens = np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(n,))
-    if check_tokens and n and int(tokens.max()) >= vocab_size:
+    if check_tokens and int(tokens.max()) >= vocab_size:
         bad = int(np.argmax(tokens >= vocab_size))
         raise Gpt2pipeError(f"{path}: token {int(tokens[bad])} at position {bad} is outside the vocabulary ({vocab_size})")
     return tokens
@@ -105,88 +106,70 @@ def read_shard(path: str | Path, vocab_size: int = VOCAB_SIZE, check_tokens: boo
 
 @dataclass
 class ShardSet:
-    """The shards of a dataset as listed by its manifest."""
+    """The shards of a dataset: as listed by its manifest, or llm.c's files found by name or glob.
+
+    `max_token` is the largest token id, recorded when the shards were written (None without a manifest:
+    the loader then checks every batch it reads)."""
 
     root: Path
     val: list[Path]
     train: list[Path]
+    max_token: int | None = None
 
     @classmethod
-    def open(cls, root: str | Path) -> ShardSet:
+    def open(cls, root: str | Path, vocab_size: int | None = None) -> ShardSet:
+        """A folder with shards.json; a folder of llm.c shards (`*_val_*.bin`, `*_train_*.bin`); or a glob
+        as llm.c's `-i` takes (e.g. 'fineweb10B/fineweb_*.bin'). Every shard's header is checked here."""
+        text = str(root)
         root = Path(root)
-        manifest = root / MANIFEST
-        if not manifest.is_file():
-            raise Gpt2pipeError(f"{root}: no {MANIFEST} (run the tokenize stage first)")
-        m = json.loads(manifest.read_text())
-        s = cls(root, [root / f for f in m["val"]], [root / f for f in m["train"]])
-        if not s.train:
-            raise Gpt2pipeError(f"{manifest}: the dataset has no training shard (corpus smaller than the val split?)")
+        if any(c in text for c in "*?[") and not root.exists():
+            s = cls._from_files(root.parent, sorted(Path(p) for p in glob.glob(text)), text)
+        elif not root.exists():
+            raise Gpt2pipeError(f"{root}: shards folder not found (run the tokenize stage first, or pass a folder or glob of llm.c shards)")
+        elif not root.is_dir():
+            raise Gpt2pipeError(f"{root}: not a folder of shards (pass the folder, or a glob of .bin files)")
+        elif (root / MANIFEST).is_file():
+            s = cls._from_manifest(root)
+        else:
+            s = cls._from_files(root, sorted(root.glob("*_val_*.bin")) + sorted(root.glob("*_train_*.bin")), str(root))
+        for p in s.val + s.train:
+            read_shard(p, check_tokens=False)
+        if vocab_size is not None and s.max_token is not None and s.max_token >= vocab_size:
+            raise Gpt2pipeError(f"{root}: the shards hold token id {s.max_token}, outside the model's vocabulary ({vocab_size})")
         return s
 
+    @classmethod
+    def _from_manifest(cls, root: Path) -> ShardSet:
+        manifest = root / MANIFEST
+        try:
+            m = json.loads(manifest.read_text())
+            val, train = [root / f for f in m["val"]], [root / f for f in m["train"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise Gpt2pipeError(f"{manifest}: not a shard manifest ({type(e).__name__}: {e})") from None
+        if not train:
+            raise Gpt2pipeError(f"{manifest}: the dataset has no training shard (corpus smaller than the val split?)")
+        return cls(root, val, train, m.get("max_token"))
 
-def _encode_task(texts) -> np.ndarray:
-    """Documents (a list of str, or an Arrow string array) -> their tokens, each after <|endoftext|>.
-
-    One document at a time on this process's one thread (tiktoken's batch call would start 8), so
-    `workers` is the core count."""
-    if not isinstance(texts, list):
-        texts = texts.to_pylist()  # Arrow -> str happens here, in the worker, not in the parent
-    docs = [encode_document(t) for t in texts if t]
-    out = np.empty(sum(map(len, docs)), dtype=np.uint16)
-    pos = 0
-    for d in docs:
-        out[pos : pos + len(d)] = d
-        pos += len(d)
-    return out
-
-
-def _chunks(docs: Iterable[str], n: int) -> Iterator[list[str]]:
-    it = iter(docs)
-    while chunk := list(islice(it, n)):
-        yield chunk
-
-
-class ArrowChunks:
-    """A parquet file's `text` column as Arrow arrays of n rows: they pickle as flat buffers, so the
-    parent process only reads and forwards while the workers decode and encode."""
-
-    def __init__(self, path: Path, n: int):
-        self.path, self.n = path, n
-
-    def __iter__(self) -> Iterator:
-        from gpt2pipe.data.corpus import parquet_text_batches
-
-        return (batch.column(0) for batch in parquet_text_batches(self.path, self.n))
-
-
-def encoded_chunks(docs: Iterable, workers: int, with_counts: bool = False) -> Iterator:
-    """Token arrays for consecutive chunks of documents, in input order, from `workers` processes
-    (0 = one per core). `docs` yields documents (str), or ready-made chunks (Arrow string arrays).
-    With `with_counts`, (documents in the chunk, tokens) pairs."""
-    workers = workers or os.cpu_count() or 1
-    sizes: deque[int] = deque()  # imap keeps order, so chunk sizes pair up with results first-in first-out
-
-    def chunks() -> Iterator:
-        for c in docs if isinstance(docs, ArrowChunks) else _chunks(docs, DOCS_PER_TASK):
-            sizes.append(len(c))
-            yield c
-
-    if workers == 1:
-        results = map(_encode_task, chunks())
-        yield from ((sizes.popleft(), t) for t in results) if with_counts else results
-        return
-    # spawn: the parent may hold threads (torch, tiktoken) that fork would copy in a broken state
-    with mp.get_context("spawn").Pool(workers) as pool:
-        results = pool.imap(_encode_task, chunks(), chunksize=4)
-        yield from ((sizes.popleft(), t) for t in results) if with_counts else results
+    @classmethod
+    def _from_files(cls, root: Path, files: list[Path], where: str) -> ShardSet:
+        """llm.c's naming decides the split: `_val_` in the name is validation, everything else trains."""
+        val = [p for p in files if "_val_" in p.name]
+        train = [p for p in files if "_val_" not in p.name]
+        if not train:
+            raise Gpt2pipeError(f"{where}: no llm.c training shards (*_train_*.bin) and no {MANIFEST}")
+        if not val:
+            raise Gpt2pipeError(f"{where}: no validation shard (*_val_*.bin) among {len(train)} shard(s); "
+                                "widen the glob to include it, e.g. 'dir/fineweb_*.bin'")
+        return cls(root, val, train)
 
 
 class ShardWriter:
     """Streams tokens into <name>_{val,train}_NNNNNN.bin shards plus a manifest, as llm.c lays them out:
     shard 0 (val_tokens, default shard_tokens) is the validation split, then shard_tokens per train shard.
-    Stops accepting tokens at data.max_tokens. Memory stays bounded: tokens go straight to the open shard."""
+    Stops accepting tokens at data.max_tokens. Memory stays bounded: tokens go straight to the open shard.
+    The manifest records each shard's token count and the largest token id (the check done once)."""
 
-    def __init__(self, cfg: DataConfig, out_dir: str | Path):
+    def __init__(self, cfg: DataConfig, out_dir: str | Path, extra: dict | None = None):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +177,7 @@ class ShardWriter:
             stale.unlink()
         self.limit = cfg.max_tokens or float("inf")
         self.manifest = {"name": cfg.name, "tokenizer": "gpt2", "val": [], "train": [], "tokens": 0,
-                         "shard_tokens": []}
+                         "shard_tokens": [], "max_token": -1, **(extra or {})}
         self._shard: TokenFile | None = None
         self._room = 0
 
@@ -226,6 +209,7 @@ class ShardWriter:
         shard, self._shard = self._shard, None
         shard.__exit__(*(exc or (None, None, None)))
         self.manifest["shard_tokens"].append(shard.count)
+        self.manifest["max_token"] = max(self.manifest["max_token"], shard.max_token)
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -241,61 +225,3 @@ class ShardWriter:
                 "lower data.val_tokens so that training data remains"
             )
         write_json(self.out_dir / MANIFEST, self.manifest)
-
-
-def tokenize_to_shards(docs: Iterable[str], cfg: DataConfig, out_dir: str | Path) -> dict:
-    """Tokenize documents into out_dir/<name>_{val,train}_NNNNNN.bin plus a manifest; returns the manifest."""
-    with ShardWriter(cfg, out_dir) as w, tqdm(desc=f"tokenize {cfg.name}", unit="tok", unit_scale=True,
-                                              dynamic_ncols=True) as bar:
-        for toks in encoded_chunks(docs, cfg.workers):
-            w.add(toks)
-            bar.update(len(toks))
-            if w.full:
-                break
-    return w.manifest
-
-
-def encode_parquet(path: str | Path, out: str | Path, workers: int = 0, max_tokens: int | None = None,
-                   progress: bool = True) -> int:
-    """Tokenize one parquet file of documents into one llm.c-format token file, streaming row groups.
-
-    The file holds the documents' tokens back to back, each after <|endoftext|>, exactly as they will
-    go into the shards. `max_tokens` stops early (a run that needs fewer tokens than the file has).
-    Returns the number of tokens written.
-    """
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    rows = pq.ParquetFile(path).metadata.num_rows if path.is_file() else None
-    limit = max_tokens or MAX_TOKENS_PER_FILE
-    with TokenFile(out) as f, tqdm(total=rows, desc=f"encode {path.name}", unit="doc", unit_scale=True,
-                                   disable=not progress, dynamic_ncols=True) as bar:
-        for n_docs, toks in encoded_chunks(ArrowChunks(path, DOCS_PER_TASK), workers, with_counts=True):
-            f.write(toks[: limit - f.count])
-            bar.update(n_docs)
-            bar.set_postfix(tokens=f"{f.count:,}", refresh=False)
-            if f.count >= limit:
-                break
-        return f.count
-
-
-def shards_from_token_files(paths: Iterable[str | Path], cfg: DataConfig, out_dir: str | Path,
-                            progress: bool = True) -> dict:
-    """Concatenate per-file token files (from encode_parquet), in order, into shards; returns the manifest.
-
-    Every file is checked (header, size, token range) before the first shard is written."""
-    files = [read_shard(p) for p in paths]
-    if not files:
-        raise Gpt2pipeError("no token files to shard")
-    total = min(sum(len(t) for t in files), cfg.max_tokens or float("inf"))
-    n = 1 << 24  # 32 MiB of tokens at a time
-    chunks = (toks[start : start + n] for toks in files for start in range(0, len(toks), n))
-    with ShardWriter(cfg, out_dir) as w, tqdm(total=total, desc=f"shard {cfg.name}", unit="tok", unit_scale=True,
-                                              disable=not progress, dynamic_ncols=True) as bar:
-        for chunk in chunks:
-            before = w.manifest["tokens"]
-            w.add(np.asarray(chunk))
-            bar.update(w.manifest["tokens"] - before)
-            if w.full:
-                break
-    return w.manifest

@@ -39,7 +39,7 @@ from gpt2pipe.model.gpt import GPT
 from gpt2pipe.ops import kernels_available
 from gpt2pipe.ops.optim import FlatAdamW, flat_state_from_torch, ordered_params, torch_state_from_flat
 from gpt2pipe.device import autocast, autocast_dtype, peak_flops, pick_device, rng_state, seed_everything, set_rng_state
-from gpt2pipe.data.shards import ShardSet
+from gpt2pipe.data.llmc_format import ShardSet
 
 
 # test seam: behave as if a preemption signal arrived at this step (GPT2PIPE_PREEMPT_AT_STEP=N)
