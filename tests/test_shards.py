@@ -68,5 +68,5 @@ def test_max_tokens_and_too_small_corpus(tmp_path):
     cfg = config.from_dict({"data": {"name": "t", "shard_tokens": 100000, "workers": 1}}).data
     with pytest.raises(Gpt2pipeError, match="all in the val shard"):
         tokenize_to_shards(DOCS[:10], cfg, tmp_path / "b")
-    with pytest.raises(Gpt2pipeError, match="no shards.json"):
+    with pytest.raises(Gpt2pipeError, match="c: shards folder not found"):
         ShardSet.open(tmp_path / "c")
