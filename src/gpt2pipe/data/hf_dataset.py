@@ -41,7 +41,8 @@ def load(cfg: DataConfig):
             ds = datasets.load_dataset(name, cfg.hf_config, split=split,
                                        **({} if local else {"revision": cfg.hf_revision}))
     except Exception as e:  # not found, no such split or config, offline without a cache: one line
-        hint = " (HF_DATASETS_OFFLINE is set: only the local cache is used)" if datasets.config.HF_DATASETS_OFFLINE else ""
+        offline = datasets.config.HF_DATASETS_OFFLINE and not local
+        hint = " (HF_DATASETS_OFFLINE is set: only the local cache is used)" if offline else ""
         raise Gpt2pipeError(f"{where}: cannot load split {split!r}{hint}: {type(e).__name__}: {_first_line(e)}") from None
     col = cfg.text_column
     if col not in ds.column_names:
