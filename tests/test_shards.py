@@ -101,6 +101,19 @@ def test_llmc_folder_without_manifest_and_globs(tmp_path):
         ShardSet.open(d)
 
 
+def test_a_failed_tokenize_leaves_no_shards(tmp_path):
+    cfg = config.from_dict({"data": {"name": "t", "shard_tokens": 1024, "workers": 1}}).data
+    tokenize_to_shards(DOCS, cfg, tmp_path)  # an earlier complete dataset
+
+    def docs_then_failure():
+        yield from DOCS[:500]  # several complete shards first
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        tokenize_to_shards(docs_then_failure(), cfg, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # neither its shards nor the old manifest: nothing passes for a dataset
+
+
 def test_missing_or_wrong_shards_folder_is_named_as_such(tmp_path):
     with pytest.raises(Gpt2pipeError, match=r"nowhere: shards folder not found"):
         ShardSet.open(tmp_path / "nowhere")

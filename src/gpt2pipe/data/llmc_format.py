@@ -173,8 +173,9 @@ class ShardWriter:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.out_dir.glob(f"{cfg.name}_*.bin"):
-            stale.unlink()
+        # a manifest-less folder is read as llm.c shards: no stale manifest or shard may outlive a rewrite
+        for stale in [*self.out_dir.glob(f"{cfg.name}_*.bin"), self.out_dir / MANIFEST]:
+            stale.unlink(missing_ok=True)
         self.limit = cfg.max_tokens or float("inf")
         self.manifest = {"name": cfg.name, "tokenizer": "gpt2", "val": [], "train": [], "tokens": 0,
                          "shard_tokens": [], "max_token": -1, **(extra or {})}
@@ -217,7 +218,9 @@ class ShardWriter:
     def __exit__(self, *exc) -> None:
         if self._shard is not None:
             self._close(*exc)
-        if exc[0] is not None:
+        if exc[0] is not None:  # finished shards of a failed run would pass for a (smaller) dataset
+            for name in self.manifest["val"] + self.manifest["train"]:
+                (self.out_dir / name).unlink(missing_ok=True)
             return
         if not self.manifest["train"]:
             raise Gpt2pipeError(
