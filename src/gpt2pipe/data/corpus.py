@@ -77,7 +77,8 @@ def iter_documents(cfg: DataConfig, out_dir: Path) -> tuple[Iterator[str], int |
 
         def fineweb_docs() -> Iterator[str]:
             for f in listing.files:
-                yield from parquet_documents(fineweb.download_file(listing, f.path, out_dir / "raw" / Path(f.path).name))
+                raw = out_dir / "raw" / Path(f.path).name
+                yield from parquet_documents(fineweb.download_file(listing, f.path, raw))
 
         return fineweb_docs(), None
     if cfg.source == "hf_dataset":

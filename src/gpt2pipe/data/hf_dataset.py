@@ -43,7 +43,8 @@ def load(cfg: DataConfig):
     except Exception as e:  # not found, no such split or config, offline without a cache: one line
         offline = datasets.config.HF_DATASETS_OFFLINE and not local
         hint = " (HF_DATASETS_OFFLINE is set: only the local cache is used)" if offline else ""
-        raise Gpt2pipeError(f"{where}: cannot load split {split!r}{hint}: {type(e).__name__}: {_first_line(e)}") from None
+        raise Gpt2pipeError(f"{where}: cannot load split {split!r}{hint}: "
+                            f"{type(e).__name__}: {_first_line(e)}") from None
     col = cfg.text_column
     if col not in ds.column_names:
         raise Gpt2pipeError(f"{where}: no column {col!r} in split {split!r} (columns: {ds.column_names}); "

@@ -125,7 +125,8 @@ class ShardSet:
         if any(c in text for c in "*?[") and not root.exists():
             s = cls._from_files(root.parent, sorted(Path(p) for p in glob.glob(text)), text)
         elif not root.exists():
-            raise Gpt2pipeError(f"{root}: shards folder not found (run the tokenize stage first, or pass a folder or glob of llm.c shards)")
+            raise Gpt2pipeError(f"{root}: shards folder not found (run the tokenize stage first, or pass a folder or "
+                                "glob of llm.c shards)")
         elif not root.is_dir():
             raise Gpt2pipeError(f"{root}: not a folder of shards (pass the folder, or a glob of .bin files)")
         elif (root / MANIFEST).is_file():
@@ -135,7 +136,8 @@ class ShardSet:
         for p in s.val + s.train:
             read_shard(p, check_tokens=False)
         if vocab_size is not None and s.max_token is not None and s.max_token >= vocab_size:
-            raise Gpt2pipeError(f"{root}: the shards hold token id {s.max_token}, outside the model's vocabulary ({vocab_size})")
+            raise Gpt2pipeError(f"{root}: the shards hold token id {s.max_token}, outside the model's vocabulary "
+                                f"({vocab_size})")
         return s
 
     @classmethod

@@ -76,7 +76,8 @@ class ShardLoader:
             if state.get(k) != mine[k]:
                 saved, now = state.get(k), mine[k]
                 if k in ("shards", "shard_tokens"):  # name the size of the difference, not 100 file names
-                    saved = f"{len(state.get('shards') or [])} shards of {sum(state.get('shard_tokens') or []):,} tokens"
+                    old = state.get("shard_tokens") or []
+                    saved = f"{len(state.get('shards') or [])} shards of {sum(old):,} tokens"
                     now = f"{len(self.shards)} shards of {sum(mine['shard_tokens']):,} tokens"
                 raise Gpt2pipeError(f"the saved data-loader state belongs to other {k} (saved: {saved}, now: {now})")
         sample = state.get("sample")
