@@ -52,7 +52,7 @@ def tiny(tmp_path):
 def build_shards(cfg) -> Path:
     """Corpus and shards of a config, built with the real stage code."""
     from gpt2pipe.data.corpus import read_corpus, write_corpus
-    from gpt2pipe.data.shards import tokenize_to_shards
+    from gpt2pipe.data.tokenize import tokenize_to_shards
 
     write_corpus(cfg.data, cfg.data_dir / "corpus")
     tokenize_to_shards(read_corpus(cfg.data_dir / "corpus"), cfg.data, cfg.data_dir / "shards")

@@ -12,7 +12,8 @@ from huggingface_hub.hf_api import RepoFile, RepoFolder
 
 from gpt2pipe import Gpt2pipeError, config
 from gpt2pipe.data.fineweb import Listing, download_file, list_files
-from gpt2pipe.data.shards import encode_parquet, read_shard, shards_from_token_files, tokenize_to_shards
+from gpt2pipe.data.llmc_format import read_shard
+from gpt2pipe.data.tokenize import encode_parquet, shards_from_token_files, tokenize_to_shards
 from gpt2pipe.data.tokenizer import encode_documents
 
 REPO = "HuggingFaceFW/fineweb"

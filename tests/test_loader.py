@@ -1,9 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 
 from gpt2pipe import Gpt2pipeError
+from gpt2pipe.data.llmc_format import write_shard
 from gpt2pipe.data.loader import ShardLoader
-from gpt2pipe.data.shards import write_shard
 
 
 @pytest.fixture
@@ -12,6 +14,21 @@ def two_shards(tmp_path):
     write_shard(tmp_path / "b.bin", np.arange(1000, 1050))
     return [tmp_path / "a.bin", tmp_path / "b.bin"]
 
+
+def shards_of(tmp_path, sizes):
+    """Shards of distinct tokens (shard i holds 1000*i + position), so every token names where it came from."""
+    paths = []
+    for i, n in enumerate(sizes):
+        write_shard(tmp_path / f"s_train_{i:06d}.bin", 1000 * (i + 1) + np.arange(n))
+        paths.append(tmp_path / f"s_train_{i:06d}.bin")
+    return paths
+
+
+def starts(loader, n):
+    return [loader.next_batch()[0][0, 0].item() for _ in range(n)]
+
+
+# --- validation order: unshuffled, as before ---------------------------------------------------------
 
 def test_batches_are_consecutive_and_shifted(two_shards):
     loader = ShardLoader(two_shards, batch_size=2, seq_len=8)
@@ -22,7 +39,7 @@ def test_batches_are_consecutive_and_shifted(two_shards):
     assert x2[0, 0].item() == 16
 
 
-def test_ranks_take_interleaved_slices(two_shards):
+def test_unshuffled_ranks_take_interleaved_slices(two_shards):
     r0 = ShardLoader(two_shards, 1, 8, rank=0, world_size=2)
     r1 = ShardLoader(two_shards, 1, 8, rank=1, world_size=2)
     single = ShardLoader(two_shards, 2, 8)
@@ -33,22 +50,119 @@ def test_ranks_take_interleaved_slices(two_shards):
         assert xs.tolist() == [x0[0].tolist(), x1[0].tolist()]
 
 
-def test_moves_to_next_shard_and_wraps(two_shards):
-    loader = ShardLoader(two_shards, 2, 16)  # 33 tokens per batch: 3 from shard a, 1 from b
-    firsts = [loader.next_batch()[0][0, 0].item() for _ in range(6)]
-    assert firsts == [0, 32, 64, 1000, 0, 32]
+def test_unshuffled_moves_to_next_shard_wraps_and_reset_restarts(two_shards):
+    loader = ShardLoader(two_shards, 2, 16)  # 33 tokens per sample: 3 from shard a, 1 from b
+    assert starts(loader, 6) == [0, 32, 64, 1000, 0, 32]
+    loader.reset()
+    assert starts(loader, 2) == [0, 32] and loader.epoch == 0
 
 
-def test_state_round_trip_resumes_exactly(two_shards):
-    a = ShardLoader(two_shards, 2, 16)
-    for _ in range(3):
-        a.next_batch()
-    b = ShardLoader(two_shards, 2, 16)
-    b.load_state_dict(a.state_dict())
-    for _ in range(4):
-        assert a.next_batch()[0].tolist() == b.next_batch()[0].tolist()
+# --- training order: shuffled, the same for any process count ----------------------------------------
+
+def test_shuffled_epochs_visit_every_window_once_in_a_new_order(tmp_path):
+    shards = shards_of(tmp_path, [100, 50, 77])  # 12 + 6 + 9 = 27 windows of 8+1 tokens
+    loader = ShardLoader(shards, 1, 8, shuffle=True, seed=5)
+    epochs = [starts(loader, 27) for _ in range(3)]
+    every = sorted(1000 * (i + 1) + 8 * w for i, n in enumerate([12, 6, 9]) for w in range(n))
+    for e in epochs:
+        assert sorted(e) == every  # a permutation of all windows
+        assert e != sorted(e)  # not the file order
+    assert epochs[0] != epochs[1] != epochs[2]  # a fresh permutation every epoch
+    other_seed = ShardLoader(shards, 1, 8, shuffle=True, seed=6)
+    assert starts(other_seed, 27) != epochs[0]
+    same_seed = ShardLoader(shards, 1, 8, shuffle=True, seed=5)
+    assert starts(same_seed, 27) == epochs[0]
 
 
-def test_shards_smaller_than_a_batch(two_shards):
-    with pytest.raises(Gpt2pipeError, match="fewer than one batch needs"):
+def test_one_process_with_accumulation_equals_two_processes_every_step(tmp_path):
+    # 27 windows per epoch: odd, so epoch boundaries fall inside an optimizer step of two samples
+    shards = shards_of(tmp_path, [100, 50, 77])
+    single = ShardLoader(shards, 1, 8, shuffle=True, seed=3)
+    ranks = [ShardLoader(shards, 1, 8, r, 2, shuffle=True, seed=3) for r in range(2)]
+    seen_shards = set()
+    for _ in range(70):  # 140 samples: > 5 epochs, crossing every shard boundary
+        accumulated = [single.next_batch() for _ in range(2)]
+        parallel = [r.next_batch() for r in ranks]
+        for (xs, ys), (xp, yp) in zip(accumulated, parallel):
+            assert xs.tolist() == xp.tolist() and ys.tolist() == yp.tolist()
+            seen_shards.add(xs[0, 0].item() // 1000)
+        assert single.state_dict() == ranks[0].state_dict() == ranks[1].state_dict()
+    assert single.epoch == 5 and seen_shards == {1, 2, 3}
+
+
+@pytest.mark.parametrize("steps", [5, 14, 16])  # mid-epoch; at the epoch boundary (28 samples); just after
+def test_resume_is_exact_across_process_counts(tmp_path, steps):
+    shards = shards_of(tmp_path, [100, 50, 85])  # 12 + 6 + 10 = 28 windows per epoch
+    run = [ShardLoader(shards, 1, 8, r, 2, shuffle=True, seed=1) for r in range(2)]
+    for _ in range(steps):
+        for r in run:
+            r.next_batch()
+    state = json.loads(json.dumps(run[0].state_dict()))  # JSON through and through
+    assert state == run[1].state_dict()
+    expected = [[b.tolist() for r in run for b in r.next_batch()] for _ in range(20)]
+    one = ShardLoader(shards, 1, 8, shuffle=True, seed=1)
+    one.load_state_dict(state)
+    got = []
+    for _ in range(20):
+        (x0, y0), (x1, y1) = one.next_batch(), one.next_batch()
+        got.append([x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist()])
+    assert got == expected
+    # and back: a state saved by one process resumes on two
+    again = [ShardLoader(shards, 1, 8, r, 2, shuffle=True, seed=1) for r in range(2)]
+    for r in again:
+        r.load_state_dict(one.state_dict())
+    after = ShardLoader(shards, 1, 8, shuffle=True, seed=1)
+    after.load_state_dict(one.state_dict())
+    for _ in range(10):
+        assert [b.tolist() for r in again for b in r.next_batch()] == \
+            [b.tolist() for b in after.next_batch() + after.next_batch()]
+
+
+def test_epoch_rollover_is_logged(tmp_path):
+    lines = []
+    loader = ShardLoader(shards_of(tmp_path, [100, 50]), 1, 8, shuffle=True, seed=0, log=lines.append)
+    starts(loader, 18)
+    assert lines == [] and loader.epoch == 0
+    starts(loader, 1)
+    assert loader.epoch == 1
+    assert lines == ["data: epoch 1 begins (18 samples of 1x8 tokens per epoch, reshuffled)"]
+
+
+def test_state_for_other_shards_or_settings_is_refused(tmp_path):
+    shards = shards_of(tmp_path, [100, 50])
+    state = ShardLoader(shards, 1, 8, shuffle=True, seed=1).state_dict()
+    for other, what in [(ShardLoader(shards, 1, 8, shuffle=True, seed=2), "seed"),
+                        (ShardLoader(shards, 2, 8, shuffle=True, seed=1), "batch_size"),
+                        (ShardLoader(shards, 1, 8, shuffle=False, seed=1), "shuffle"),
+                        (ShardLoader(shards[:1], 1, 8, shuffle=True, seed=1), "shards")]:
+        with pytest.raises(Gpt2pipeError, match=f"belongs to other {what} "):
+            other.load_state_dict(state)
+    with pytest.raises(Gpt2pipeError, match="from an older gpt2pipe"):
+        ShardLoader(shards, 1, 8).load_state_dict({"shard": 0, "position": 16, "shards": ["a.bin"]})
+
+
+# --- bad shards fail before training -----------------------------------------------------------------
+
+def test_shards_smaller_than_a_sample(two_shards):
+    with pytest.raises(Gpt2pipeError, match=r"the largest shard holds 100 tokens, fewer than one sample of 8x64\+1 = 513 tokens needs"):
         ShardLoader(two_shards, 8, 64)
+
+
+def test_corrupt_or_truncated_shard_fails_at_construction(two_shards):
+    raw = two_shards[1].read_bytes()
+    two_shards[1].write_bytes(raw[:-7])
+    with pytest.raises(Gpt2pipeError, match=r"b.bin: corrupt shard, header says 50 tokens"):
+        ShardLoader(two_shards, 1, 8)
+    two_shards[1].write_bytes(np.int32(7).tobytes() + raw[4:])
+    with pytest.raises(Gpt2pipeError, match=r"b.bin: not an llm.c data shard \(magic 7"):
+        ShardLoader(two_shards, 1, 8)
+
+
+def test_token_outside_the_vocabulary_names_shard_and_position(tmp_path):
+    toks = np.arange(100)
+    toks[42] = 50300
+    write_shard(tmp_path / "bad.bin", toks)
+    loader = ShardLoader([tmp_path / "bad.bin"], 1, 8, vocab_size=50257)  # opening reads no token
+    starts(loader, 5)
+    with pytest.raises(Gpt2pipeError, match=r"bad.bin: token 50300 at position 42 is outside the vocabulary \(50257\)"):
+        loader.next_batch()

@@ -6,7 +6,7 @@ import torch
 from gpt2pipe import Gpt2pipeError, config
 from gpt2pipe.model import checkpoint
 from gpt2pipe.train import loop as train_mod
-from gpt2pipe.data.shards import write_shard
+from gpt2pipe.data.llmc_format import write_shard
 
 from conftest import crash_then_resume
 

@@ -111,7 +111,7 @@ def test_fineweb_file_by_file_jobs_from_the_hub_cache(tmp_path):
     import numpy as np
 
     from conftest import fineweb_parquet, hub_cache, shakespeare_docs
-    from gpt2pipe.data.shards import read_shard
+    from gpt2pipe.data.llmc_format import read_shard
     from gpt2pipe.data.tokenizer import encode_documents
 
     parts = shakespeare_docs(3, 100)

@@ -36,6 +36,12 @@ class DataConfig:
     val_tokens: int | None
     max_tokens: int | None
     workers: int
+    shuffle_documents: bool
+    seed: int
+    hf_dataset: str | None
+    hf_config: str | None
+    hf_split: str
+    text_column: str
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class TrainConfig:
     fp8: bool
     stochastic_rounding: bool
     num_threads: int
+    shuffle: bool
 
     def checkpoint_steps(self) -> list[int]:
         """Steps at which a model snapshot is written (and later evaluated); always includes the last."""

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from gpt2pipe.data.corpus import parquet_documents
-from gpt2pipe.data.shards import encode_parquet
+from gpt2pipe.data.tokenize import encode_parquet
 from gpt2pipe.data.tokenizer import gpt2
 
 

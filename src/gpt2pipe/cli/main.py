@@ -51,7 +51,7 @@ def cmd_corpus(args) -> None:
 
 def cmd_tokenize(args) -> None:
     from gpt2pipe.data.corpus import read_corpus
-    from gpt2pipe.data.shards import tokenize_to_shards
+    from gpt2pipe.data.tokenize import tokenize_to_shards
 
     cfg = _config(args)
     corpus = args.corpus or cfg.data_dir / "corpus"
@@ -89,7 +89,7 @@ def cmd_fineweb(args) -> None:
 
 
 def cmd_encode(args) -> None:
-    from gpt2pipe.data.shards import encode_parquet
+    from gpt2pipe.data.tokenize import encode_parquet
 
     cfg = _config(args)
     n = encode_parquet(args.input, args.out, cfg.data.workers, args.max_tokens)
@@ -97,7 +97,7 @@ def cmd_encode(args) -> None:
 
 
 def cmd_shard(args) -> None:
-    from gpt2pipe.data.shards import shards_from_token_files
+    from gpt2pipe.data.tokenize import shards_from_token_files
 
     cfg = _config(args)
     out = args.out or cfg.data_dir / "shards"

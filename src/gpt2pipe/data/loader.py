@@ -1,55 +1,134 @@
-"""Batches of (inputs, targets) from llm.c shards, the way llm.c's DataLoader walks them.
+"""Batches of (inputs, targets) from llm.c shards, in one global order that does not depend on the
+number of processes.
 
-Each process takes its own B*T slice of every global batch (rank-strided), shards are visited in order,
-and the position (shard, offset) is a small state dict saved in checkpoints so a resumed run reads
-exactly the tokens the uninterrupted run would have read.
+A *sample* is one rank-local micro-batch: a window of B*T+1 tokens starting at a multiple of B*T in one
+shard (windows overlap by the one target token, as in llm.c). One epoch visits every window of every
+shard once. With shuffling (training), each epoch draws a fresh permutation of the shard order and,
+inside each shard, of its windows (llm.c's scheme), seeded by (seed, epoch[, shard]) so any sample can
+be located without replaying the ones before it. Without (validation), shards and windows are in order.
+
+Process r of W reads global sample g + r, then every process advances g by W. So one process with
+gradient accumulation A and W processes with A/W read the same tokens in every optimizer step — across
+shard and epoch boundaries — and the whole state is the counter g: a state saved by 2 processes resumes
+exactly on 1, and the other way round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gpt2pipe import Gpt2pipeError
-from gpt2pipe.data.shards import read_shard
+from gpt2pipe.data.llmc_format import read_shard
+
+STATE_VERSION = 1
 
 
 class ShardLoader:
-    def __init__(self, shards: Sequence[Path], batch_size: int, seq_len: int,
-                 rank: int = 0, world_size: int = 1, vocab_size: int = 50257):
+    """Rank `rank` of `world_size`'s micro-batches; see the module docstring for the order."""
+
+    def __init__(self, shards: Sequence[Path], batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1,
+                 *, shuffle: bool = False, seed: int = 0, vocab_size: int = 50257,
+                 log: Callable[[str], None] | None = None):
         if not shards:
             raise Gpt2pipeError("no shards to load")
-        self.shards = list(shards)
+        if not 0 <= rank < world_size:
+            raise Gpt2pipeError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.shards = [Path(p) for p in shards]
         self.B, self.T, self.rank, self.world = batch_size, seq_len, rank, world_size
-        self.vocab_size = vocab_size
-        need = self.B * self.T * self.world + 1
-        # validate every shard up front: a corrupt one fails before any training time is spent
-        sizes = [len(read_shard(p, vocab_size)) for p in self.shards]
-        if max(sizes) < need:
-            raise Gpt2pipeError(f"{self.shards[0]}: shards hold {max(sizes)} tokens, fewer than one batch needs ({need})")
+        self.shuffle, self.seed, self.vocab_size, self.log = shuffle, seed, vocab_size, log
+        self.span = self.B * self.T
+        # header and size only (memory maps): the tokens were range-checked when the shards were written
+        self.tokens = [read_shard(p, vocab_size, check_tokens=False) for p in self.shards]
+        self.windows = np.array([max(0, (len(t) - 1) // self.span) for t in self.tokens], dtype=np.int64)
+        self.per_epoch = int(self.windows.sum())
+        if not self.per_epoch:
+            longest = max(len(t) for t in self.tokens)
+            raise Gpt2pipeError(f"{self.shards[0].parent}: the largest shard holds {longest} tokens, fewer than one "
+                                f"sample of {self.B}x{self.T}+1 = {self.span + 1} tokens needs")
+        self._order: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, shard order, cumulative windows)
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
         self.reset()
 
-    def reset(self, shard: int = 0, position: int = 0) -> None:
-        self.shard, self.position = shard, position
-        self.tokens = read_shard(self.shards[self.shard], self.vocab_size, check_tokens=False)
+    # --- position -----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Back to the very first sample (val_loss calls this before every evaluation)."""
+        self.sample = 0  # global index of the sample process 0 reads next
+        self.epoch = 0
 
     def state_dict(self) -> dict:
-        return {"shard": self.shard, "position": self.position, "shards": [p.name for p in self.shards]}
+        """The position plus what it is a position in; no rank in it, so it is the same on every process
+        at an optimizer-step boundary and resumes under any process count."""
+        return {"version": STATE_VERSION, "sample": self.sample, "epoch": self.sample // self.per_epoch,
+                "shards": [p.name for p in self.shards], "shard_tokens": [len(t) for t in self.tokens],
+                "batch_size": self.B, "seq_len": self.T, "shuffle": self.shuffle, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.reset(state["shard"], state["position"])
+        """Resume at a saved position; refused (one line) when it was saved for other shards or settings."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise Gpt2pipeError("the saved data-loader state is from an older gpt2pipe (no global sample position); "
+                                "start the run over")
+        mine = self.state_dict()
+        for k in ("shards", "shard_tokens", "batch_size", "seq_len", "shuffle", "seed"):
+            if state.get(k) != mine[k]:
+                saved, now = state.get(k), mine[k]
+                if k in ("shards", "shard_tokens"):  # name the size of the difference, not 100 file names
+                    old = state.get("shard_tokens") or []
+                    saved = f"{len(state.get('shards') or [])} shards of {sum(old):,} tokens"
+                    now = f"{len(self.shards)} shards of {sum(mine['shard_tokens']):,} tokens"
+                raise Gpt2pipeError(f"the saved data-loader state belongs to other {k} (saved: {saved}, now: {now})")
+        sample = state.get("sample")
+        if not isinstance(sample, int) or sample < 0:
+            raise Gpt2pipeError(f"the saved data-loader position {sample!r} is not a sample index")
+        self.sample = sample
+        self.epoch = sample // self.per_epoch
 
-    def _advance_shard(self) -> None:
-        self.reset((self.shard + 1) % len(self.shards), 0)
+    # --- order --------------------------------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Shard visiting order of an epoch and the cumulative window counts along it."""
+        if self._order is None or self._order[0] != epoch:
+            n = len(self.shards)
+            order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+            self._order = (epoch, order, np.cumsum(self.windows[order]))
+        return self._order[1], self._order[2]
 
+    def _window(self, epoch: int, shard: int, i: int) -> int:
+        """The i-th window read from `shard` in `epoch` (a seeded permutation of its windows when shuffling)."""
+        if not self.shuffle:
+            return i
+        key = (epoch, shard)
+        if key not in self._perms:
+            if len(self._perms) >= 4:  # W processes straddle at most a couple of shards at once
+                self._perms.clear()
+            self._perms[key] = np.random.default_rng([self.seed, epoch, shard]).permutation(int(self.windows[shard]))
+        return int(self._perms[key][i])
+
+    def locate(self, sample: int) -> tuple[int, int]:
+        """(shard index, token offset) of a global sample."""
+        epoch, j = divmod(sample, self.per_epoch)
+        order, cum = self._epoch_order(epoch)
+        k = int(np.searchsorted(cum, j, side="right"))  # first shard in order whose windows reach past j
+        shard = int(order[k])
+        return shard, self._window(epoch, shard, j - (int(cum[k - 1]) if k else 0)) * self.span
+
+    # --- batches ------------------------------------------------------------------------------------
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        span = self.B * self.T
-        while self.position + span * self.world + 1 > len(self.tokens):
-            self._advance_shard()
-        start = self.position + self.rank * span
-        buf = torch.from_numpy(np.asarray(self.tokens[start : start + span + 1], dtype=np.int64))
-        self.position += span * self.world
+        """This process's next (inputs, targets), int64 (B, T) on the CPU."""
+        epoch = self.sample // self.per_epoch
+        if epoch != self.epoch:
+            self.epoch = epoch
+            if self.log:
+                self.log(f"data: epoch {epoch} begins ({self.per_epoch:,} samples of {self.B}x{self.T} tokens per "
+                         f"epoch, {'reshuffled' if self.shuffle else 'in order'})")
+        shard, offset = self.locate(self.sample + self.rank)
+        window = self.tokens[shard][offset : offset + self.span + 1]
+        if int(window.max()) >= self.vocab_size:  # cheap next to a forward pass; catches foreign shards
+            bad = int(np.argmax(window >= self.vocab_size))
+            raise Gpt2pipeError(f"{self.shards[shard]}: token {int(window[bad])} at position {offset + bad} is "
+                                f"outside the vocabulary ({self.vocab_size})")
+        self.sample += self.world
+        buf = torch.from_numpy(window.astype(np.int64))
         return buf[:-1].view(self.B, self.T), buf[1:].view(self.B, self.T)

@@ -15,7 +15,7 @@ from gpt2pipe.eval.hellaswag import score as score_hellaswag
 from gpt2pipe.files import write_json
 from gpt2pipe.data.loader import ShardLoader
 from gpt2pipe.device import autocast, autocast_dtype, pick_device
-from gpt2pipe.data.shards import ShardSet
+from gpt2pipe.data.llmc_format import ShardSet
 
 
 @torch.no_grad()

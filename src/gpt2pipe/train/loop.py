@@ -22,7 +22,7 @@ import torch
 from gpt2pipe import Gpt2pipeError, distributed
 from gpt2pipe.config import Config, training_identity
 from gpt2pipe.data.loader import ShardLoader
-from gpt2pipe.data.shards import ShardSet
+from gpt2pipe.data.llmc_format import ShardSet
 from gpt2pipe.device import autocast, autocast_dtype, peak_flops, pick_device, seed_everything
 from gpt2pipe.distributed import World
 from gpt2pipe.eval.evaluate import val_loss
@@ -109,7 +109,7 @@ class Trainer:
               world: World, device: torch.device) -> Trainer:
         t = cfg.train
         # --- everything that can fail on bad input happens before the model exists ---------------------
-        shards = ShardSet.open(shards_dir)
+        shards = ShardSet.open(shards_dir, vocab_size=cfg.model.vocab_size)
         check_sinks(t.log_to)
         if device.type == "cuda" and world.distributed:
             device = torch.device("cuda", world.local_rank)
