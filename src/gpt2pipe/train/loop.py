@@ -32,7 +32,7 @@ from gpt2pipe import distributed
 from gpt2pipe.config import Config, ModelConfig, TrainConfig
 from gpt2pipe.distributed import World
 from gpt2pipe.eval.evaluate import val_loss
-from gpt2pipe.model.formats import load_any
+from gpt2pipe.model.load import load_any
 from gpt2pipe.files import atomic_path
 from gpt2pipe.data.loader import ShardLoader
 from gpt2pipe.model.gpt import GPT
