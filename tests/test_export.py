@@ -207,3 +207,16 @@ def test_samples_do_not_stop_at_an_immediate_endoftext():
     assert generate(m, "", max_new_tokens=6, temperature=0, min_tokens=0)[0] == ""
     assert generate(m, "", max_new_tokens=6, temperature=0, min_tokens=3)[0] == f"{eot}I{eot}I"  # ends at the first EOT after 3 tokens
     assert generate(m, "", max_new_tokens=6, temperature=1.0, top_k=1, min_tokens=10)[0] == fixed
+
+
+def test_sample_command_writes_fixed_length_samples(model, tmp_path, capsys):
+    from gpt2pipe.cli import main
+
+    checkpoint.save(tmp_path / "m.pt", model, 5)
+    assert main(["sample", "--checkpoint", str(tmp_path / "m.pt"), "--max-new-tokens", "6", "--num-samples", "2",
+                 "--temperature", "0", "--device", "cpu", "--out", str(tmp_path / "s.txt")]) == 0
+    text = (tmp_path / "s.txt").read_text()
+    assert capsys.readouterr().out == text
+    assert text.count("--- sample ") == 2 and "(step 5, seed 42, temperature 0.0, top-k 50)" in text
+    greedy = generate(model, "", max_new_tokens=6, temperature=0)[0]
+    assert f"\n{greedy}\n" in text  # the same greedy tokens as generate() gives
