@@ -220,3 +220,17 @@ def test_sample_command_writes_fixed_length_samples(model, tmp_path, capsys):
     assert text.count("--- sample ") == 2 and "(step 5, seed 42, temperature 0.0, top-k 50)" in text
     greedy = generate(model, "", max_new_tokens=6, temperature=0)[0]
     assert f"\n{greedy}\n" in text  # the same greedy tokens as generate() gives
+
+
+def test_foreign_config_reads_the_shape_without_the_weights(model, tmp_path):
+    from gpt2pipe.model.load import foreign_config
+
+    to_hf(model, tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors").unlink()  # the shape comes from config.json alone
+    assert foreign_config(tmp_path / "hf") == CFG
+    raw = to_llmc(model, tmp_path / "m.bin").read_bytes()
+    (tmp_path / "head.bin").write_bytes(raw[:1024])  # and from the llm.c header alone
+    assert foreign_config(tmp_path / "head.bin") == CFG
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "gpt2", "n_layer": "two"}')
+    with pytest.raises(Gpt2pipeError, match="config.json: not a GPT-2 config"):
+        foreign_config(tmp_path / "hf")

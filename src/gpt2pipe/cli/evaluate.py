@@ -12,14 +12,12 @@ from gpt2pipe import config as config_mod
 from gpt2pipe.cli.common import add_subcommand, load_config
 
 
-def _foreign_model_config(cfg: config_mod.Config, path: Path) -> config_mod.Config:
-    """The run config with the model section of an llm.c `.bin` or HF directory: it brings its own shape,
-    and evaluation reads no more tokens per row than that model takes."""
-    from gpt2pipe.model.formats.hf import from_hf
-    from gpt2pipe.model.formats.llmc import from_llmc
+def _with_model_of(cfg: config_mod.Config, path: Path) -> config_mod.Config:
+    """The run config with the model section of an llm.c `.bin` or HF directory (read from its header or
+    config.json): it brings its own shape, and evaluation reads no more tokens per row than it takes."""
+    from gpt2pipe.model.load import foreign_config
 
-    model_cfg, _ = from_hf(path) if path.is_dir() else from_llmc(path)
-    model = dataclasses.asdict(model_cfg)
+    model = dataclasses.asdict(foreign_config(path))
     seq_len = min(cfg.train.seq_len, model["block_size"])
     train = dict(cfg.raw["train"], seq_len=seq_len, total_batch_tokens=seq_len * cfg.train.micro_batch_size)
     return config_mod.from_dict(dict(cfg.raw, model=model, train=train))
@@ -27,12 +25,13 @@ def _foreign_model_config(cfg: config_mod.Config, path: Path) -> config_mod.Conf
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from gpt2pipe.eval.evaluate import evaluate_checkpoint
+    from gpt2pipe.model.load import is_foreign
 
     cfg = load_config(args)
     ckpt = Path(args.checkpoint)
     out = args.out or cfg.run_dir / "eval" / f"{ckpt.stem.replace('model', 'step')}.json"
-    if ckpt.is_dir() or ckpt.suffix == ".bin":
-        cfg = _foreign_model_config(cfg, ckpt)
+    if is_foreign(ckpt):
+        cfg = _with_model_of(cfg, ckpt)
     shards = None if args.skip_val else args.shards or cfg.data_dir / "shards"
     result = evaluate_checkpoint(cfg, ckpt, shards, args.hellaswag, out)
     print(json.dumps(result))

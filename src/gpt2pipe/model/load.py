@@ -13,9 +13,21 @@ from pathlib import Path
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import ModelConfig
 from gpt2pipe.model import checkpoint
-from gpt2pipe.model.formats.hf import from_hf
-from gpt2pipe.model.formats.llmc import from_llmc
+from gpt2pipe.model.formats.hf import from_hf, hf_config
+from gpt2pipe.model.formats.llmc import from_llmc, llmc_config
 from gpt2pipe.model.gpt import GPT
+
+
+def is_foreign(path: str | Path) -> bool:
+    """A model from elsewhere (HF directory or llm.c .bin): it brings its own shape, not the config's."""
+    path = Path(path)
+    return path.is_dir() or path.suffix == ".bin"
+
+
+def foreign_config(path: str | Path) -> ModelConfig:
+    """The shape of an HF directory or llm.c `.bin`, read from its config/header without loading weights."""
+    path = Path(path)
+    return hf_config(path) if path.is_dir() else llmc_config(path)
 
 
 def load_any(path: str | Path, expected: ModelConfig | None = None) -> tuple[GPT, dict]:
@@ -26,14 +38,14 @@ def load_any(path: str | Path, expected: ModelConfig | None = None) -> tuple[GPT
     path = Path(path)
     if not path.exists():
         raise Gpt2pipeError(f"{path}: model not found (expected our .pt, an llm.c .bin or a Hugging Face directory)")
+    if not is_foreign(path):
+        return checkpoint.load_model(path, expected)
     if path.is_dir():
         cfg, state = from_hf(path)
         meta = {"step": 0, "source": "huggingface"}
-    elif path.suffix == ".bin":
+    else:
         cfg, state = from_llmc(path)
         meta = {"step": 0, "source": "llm.c"}
-    else:
-        return checkpoint.load_model(path, expected)
     model = GPT(cfg)
     model.load_state_dict(state)
     return model, meta

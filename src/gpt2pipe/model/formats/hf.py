@@ -61,26 +61,36 @@ def to_hf(model: GPT, out_dir: str | Path, dtype: torch.dtype = torch.float32) -
     return out_dir
 
 
-def from_hf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """The config and our-layout state dict of a Hugging Face GPT-2 directory (safetensors only)."""
-    from safetensors.torch import load_file
-
+def hf_config(path: str | Path) -> ModelConfig:
+    """The model shape of a Hugging Face GPT-2 directory, from its config.json alone (no weights read)."""
     path = Path(path)
     if not path.is_dir():
         raise Gpt2pipeError(f"{path}: not a directory (expected a Hugging Face GPT-2 checkpoint)")
     if not (path / "config.json").is_file():
         raise Gpt2pipeError(f"{path}: no config.json, not a Hugging Face checkpoint")
-    hf = json.loads((path / "config.json").read_text())
-    if hf.get("model_type") != "gpt2":
-        raise Gpt2pipeError(f"{path}: model_type is {hf.get('model_type')!r}, not a GPT-2 checkpoint")
-    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise Gpt2pipeError(f"{path}: activation {hf['activation_function']!r} is not GPT-2's tanh GELU")
+    try:
+        hf = json.loads((path / "config.json").read_text())
+        if hf.get("model_type") != "gpt2":
+            raise Gpt2pipeError(f"{path}: model_type is {hf.get('model_type')!r}, not a GPT-2 checkpoint")
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise Gpt2pipeError(f"{path}: activation {hf['activation_function']!r} is not GPT-2's tanh GELU")
+        V = int(hf["vocab_size"])
+        return ModelConfig(n_layer=int(hf["n_layer"]), n_head=int(hf["n_head"]), n_embd=int(hf["n_embd"]),
+                           block_size=int(hf["n_positions"]), vocab_size=V, padded_vocab_size=padded(V))
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
+        raise Gpt2pipeError(f"{path / 'config.json'}: not a GPT-2 config ({type(e).__name__}: {e})") from None
+
+
+def from_hf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and our-layout state dict of a Hugging Face GPT-2 directory (safetensors only)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg = hf_config(path)
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise Gpt2pipeError(f"{path}: no model.safetensors (only safetensors weights are read)")
-    V = hf["vocab_size"]
-    cfg = ModelConfig(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], block_size=hf["n_positions"],
-                      vocab_size=V, padded_vocab_size=padded(V))
+    V = cfg.vocab_size
     state = {}
     for k, v in load_file(str(weights)).items():
         k = k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"  # GPT2Model saves bare names

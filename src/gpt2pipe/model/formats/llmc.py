@@ -53,22 +53,35 @@ def to_llmc(model: GPT, path: str | Path, dtype: torch.dtype = torch.float32) ->
     return Path(path)
 
 
+def _header(path: Path, head: bytes) -> tuple[ModelConfig, torch.dtype]:
+    if len(head) < HEADER_BYTES:
+        raise Gpt2pipeError(f"{path}: too short for an llm.c model header")
+    header = np.frombuffer(head[:HEADER_BYTES], dtype="<i4")
+    if header[0] != LLMC_MAGIC:
+        raise Gpt2pipeError(f"{path}: not an llm.c GPT-2 model (magic {header[0]}, expected {LLMC_MAGIC})")
+    if int(header[1]) not in LLMC_VERSIONS:
+        raise Gpt2pipeError(f"{path}: llm.c model version {header[1]} is not supported (3 = fp32, 5 = bf16)")
+    T, V, L, H, C, Vp = (int(x) for x in header[2:8])
+    cfg = ModelConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, padded_vocab_size=Vp)
+    return cfg, LLMC_VERSIONS[int(header[1])]
+
+
+def llmc_config(path: str | Path) -> ModelConfig:
+    """The model shape in an llm.c model file's header (the tensors are not read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise Gpt2pipeError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        return _header(path, f.read(HEADER_BYTES))[0]
+
+
 def from_llmc(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The config and our-layout (float32) state dict of an llm.c model file; its size must match its header."""
     path = Path(path)
     if not path.is_file():
         raise Gpt2pipeError(f"{path}: file not found")
     raw = path.read_bytes()
-    if len(raw) < HEADER_BYTES:
-        raise Gpt2pipeError(f"{path}: too short for an llm.c model header")
-    header = np.frombuffer(raw[:HEADER_BYTES], dtype="<i4")
-    if header[0] != LLMC_MAGIC:
-        raise Gpt2pipeError(f"{path}: not an llm.c GPT-2 model (magic {header[0]}, expected {LLMC_MAGIC})")
-    if int(header[1]) not in LLMC_VERSIONS:
-        raise Gpt2pipeError(f"{path}: llm.c model version {header[1]} is not supported (3 = fp32, 5 = bf16)")
-    dtype = LLMC_VERSIONS[int(header[1])]
-    T, V, L, H, C, Vp = (int(x) for x in header[2:8])
-    cfg = ModelConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, padded_vocab_size=Vp)
+    cfg, dtype = _header(path, raw)
     shapes = expected_shapes(cfg)
     order = _llmc_order(cfg)
     itemsize = 2 if dtype == torch.bfloat16 else 4
