@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from gpt2pipe import Gpt2pipeError
-from gpt2pipe.cli.common import add_subcommand, load_config
+from gpt2pipe.cli.options import add_subcommand, load_config
 
 
 def cmd_corpus(args: argparse.Namespace) -> None:

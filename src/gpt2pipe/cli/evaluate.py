@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe import config as config_mod
-from gpt2pipe.cli.common import add_subcommand, load_config
+from gpt2pipe.cli.options import add_subcommand, load_config
 
 
 def _with_model_of(cfg: config_mod.Config, path: Path) -> config_mod.Config:

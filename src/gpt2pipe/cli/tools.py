@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe import config as config_mod
-from gpt2pipe.cli.common import add_subcommand, load_config
+from gpt2pipe.cli.options import add_subcommand, load_config
 
 
 def cmd_config(args: argparse.Namespace) -> None:

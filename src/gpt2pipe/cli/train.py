@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gpt2pipe.cli.common import add_subcommand, load_config
+from gpt2pipe.cli.options import add_subcommand, load_config
 
 
 def cmd_train(args: argparse.Namespace) -> None:

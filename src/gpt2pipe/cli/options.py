@@ -1,4 +1,4 @@
-"""What every subcommand module shares: the config options, loading the config, registering a subcommand."""
+"""What every subcommand module shares: -c/--set config options, loading the config, adding a subcommand."""
 
 from __future__ import annotations
 
