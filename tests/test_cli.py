@@ -1,10 +1,14 @@
+import argparse
 import json
+import re
 import subprocess
 import sys
 
+import pytest
+
 import yaml
 
-from gpt2pipe.cli.main import main
+from gpt2pipe.cli import build_parser, main
 
 from conftest import tiny_config
 
@@ -13,13 +17,103 @@ def gpt2pipe(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "gpt2pipe", *args], capture_output=True, text=True, cwd=cwd)
 
 
-def test_help_lists_every_stage():
+# what each subcommand must offer, written out here so that removing a subcommand or option fails a test
+OPTIONS = {
+    "corpus": ["--out", "--configfile", "--set KEY=VALUE"],
+    "tokenize": ["--corpus", "--out"],
+    "fineweb": ["{list,download}", "--listing", "--file NAME", "--all"],
+    "encode": ["--input", "--out", "--max-tokens"],
+    "shard": ["tokens", "--out"],
+    "hellaswag": ["--source", "--out"],
+    "train": ["--shards", "--run-dir", "--resume", "--restart", "--no-progress", "--set KEY=VALUE"],
+    "evaluate": ["--checkpoint", "--shards", "--hellaswag", "--skip-val", "--out"],
+    "sample": ["--checkpoint", "--prompt", "--max-new-tokens", "--min-tokens N", "--temperature", "--top-k",
+               "--num-samples", "--seed", "--device", "--out"],
+    "report": ["--notebook", "--train-log", "--evals", "--out", "--notebook-out", "--metrics"],
+    "config": ["--describe", "--configfile"],
+    "export": ["--checkpoint", "--format", "--dtype", "--out"],
+    "import": ["source", "--out"],
+    "bench": ["--size", "--seq-len", "--total-batch", "--modes", "--micro-batch", "--steps", "--profile"],
+    "bench-tokenize": ["parquet", "--workers", "--sample-text", "--sample-mb"],
+}
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_parser_has_every_subcommand():
+    assert sorted(subcommands()) == sorted(OPTIONS)
+
+
+def test_top_level_help_lists_each_subcommand_with_its_summary():
     r = gpt2pipe("--help")
     assert r.returncode == 0
-    for cmd in ("corpus", "tokenize", "hellaswag", "train", "evaluate", "report", "config"):
-        assert cmd in r.stdout
-    r = gpt2pipe("train", "--help")
-    assert "--resume" in r.stdout and "--set KEY=VALUE" in r.stdout
+    listed = re.findall(r"^    (\S+)", r.stdout, re.MULTILINE)  # argparse's command list, not the description
+    assert listed == list(subcommands())
+    for name, sub in subcommands().items():
+        assert " ".join(sub.description.split()[:3]) in " ".join(r.stdout.split()), name
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_each_subcommand_help_shows_its_own_options(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([name, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: gpt2pipe {name} ")
+    for option in OPTIONS[name]:
+        assert option in out, (name, option)
+    parser = subcommands()[name]
+    assert parser.description.split("\n")[0][:40] in " ".join(out.split())
+    for action in parser._actions:  # and every option the parser has is described
+        for flag in action.option_strings:
+            assert flag in out, (name, flag)
+
+
+def test_resume_and_restart_exclude_each_other(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--resume", "--restart"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_train_restart_reaches_the_training_loop(monkeypatch, tmp_path):
+    import gpt2pipe.train.loop
+
+    seen = {}
+    monkeypatch.setattr(gpt2pipe.train.loop, "train", lambda cfg, shards, run_dir, **kw: seen.update(kw))
+    assert main(["train", "--restart", "--shards", str(tmp_path), "--run-dir", str(tmp_path)]) == 0
+    assert seen == {"resume": False, "restart": True, "progress": True}
+
+
+def test_describe_into_a_closed_pipe_is_quiet():
+    """`gpt2pipe config --describe | head`: the reader leaves early; no BrokenPipeError traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "gpt2pipe", "config", "--describe"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    p.stdout.close()  # before the child writes a byte: its first write meets a closed pipe
+    err = p.stderr.read()
+    assert p.wait() == 141 and err == ""
+
+
+def test_report_creates_a_missing_output_folder(tmp_path):
+    """papermill refuses an output folder that does not exist with a traceback; `report` makes the folder."""
+    nb = tmp_path / "nb.ipynb"
+    nb.write_text(json.dumps({
+        "nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": {"name": "python3", "language": "python",
+                                                                       "display_name": "Python 3"}},
+        "cells": [{"cell_type": "code", "id": "p", "metadata": {"tags": ["parameters"]}, "execution_count": None,
+                   "outputs": [], "source": "output_png = ''"}]}))
+    ev = tmp_path / "step_000001.json"
+    ev.write_text(json.dumps({"step": 1, "val_loss": 5.0}))
+    out = tmp_path / "new" / "folder" / "output.png"
+    r = gpt2pipe("report", "--notebook", str(nb), "--evals", str(ev), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out.parent / "report.ipynb").is_file() and (out.parent / "metrics.tsv").is_file()
+    (tmp_path / "file").write_text("")
+    r = gpt2pipe("report", "--notebook", str(nb), "--evals", str(ev), "--out", str(tmp_path / "file" / "o.png"))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "file: not a folder" in r.stderr
 
 
 def test_bad_input_is_one_line_with_exit_2(tmp_path):

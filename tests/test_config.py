@@ -27,6 +27,8 @@ def test_demo_and_124M_configs_validate():
     ({"model": {"n_embd": 100, "n_head": 12}}, "n_embd must be divisible by model.n_head"),
     ({"train": {"seq_len": 2048}}, "seq_len must be <= model.block_size"),
     ({"train": {"total_batch_tokens": 1000}}, "multiple of train.micro_batch_size"),
+    ({"train": {"total_batch_tokens": 1000, "micro_batch_size": 4, "seq_len": 128}},
+     "(total_batch_tokens 1000, micro_batch_size 4 * seq_len 128 = 512)"),
     ({"run_name": "data"}, "run_name"),
     ({"train": {"ops": "magic"}}, "train.ops: 'magic' is not one of"),
 ])
@@ -74,3 +76,34 @@ def test_describe_lists_every_key_with_its_default():
     text = config.describe()
     assert "train.learning_rate = 0.0006" in text
     assert "model.padded_vocab_size = 50304" in text
+
+
+def test_yaml_errors_keep_line_and_column(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("run_name: x\ntrain:\n  max_steps: 5\n    seq_len: 64\n")
+    with pytest.raises(Gpt2pipeError) as e:
+        config.load(bad)
+    assert str(e.value) == f"{bad}:4:12: not valid YAML: mapping values are not allowed here"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_steps=ten", "--set train.max_steps=ten: train.max_steps: 'ten' is not of type 'integer'"),
+    ("train.lr=1", "--set train.lr=1: train: Additional properties are not allowed ('lr' was unexpected)"),
+    ("train.seq_len=96", "--set train.seq_len=96: train.total_batch_tokens must be a multiple of"),
+    ("train.max_steps=[1", "--set train.max_steps=[1: value is not valid YAML"),
+    ("run_name.x=1", "--set run_name.x=1: run_name: {'x': 1} is not of type 'string'"),
+    ("train.max_steps", "--set train.max_steps: expected section.key=value"),
+])
+def test_bad_set_is_reported_under_the_set_not_the_file(tmp_path, override, message):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  total_batch_tokens: 1024\n  micro_batch_size: 1\n  seq_len: 1024\n")
+    with pytest.raises(Gpt2pipeError) as e:
+        config.load(path, ["train.warmup_steps=3", override])
+    assert str(e.value).startswith(message) and "c.yaml" not in str(e.value)
+
+
+def test_bad_file_value_is_still_reported_under_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_steps: ten\n")
+    with pytest.raises(Gpt2pipeError, match=f"^{path}: train.max_steps: 'ten' is not of type"):
+        config.load(path, ["train.warmup_steps=3"])

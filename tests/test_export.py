@@ -6,7 +6,9 @@ import torch
 
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.model import checkpoint
-from gpt2pipe.model import formats as export
+from gpt2pipe.model.formats.hf import from_hf, to_hf
+from gpt2pipe.model.formats.llmc import from_llmc, to_llmc
+from gpt2pipe.model.load import load_any
 from gpt2pipe.config import ModelConfig
 from gpt2pipe.model.gpt import GPT
 from gpt2pipe.eval.sample import generate
@@ -36,19 +38,46 @@ def same_state(a: dict, b: dict):
 
 
 def test_hf_round_trip(model, tmp_path):
-    export.to_hf(model, tmp_path / "hf")
+    to_hf(model, tmp_path / "hf")
     files = {p.name for p in (tmp_path / "hf").iterdir()}
     assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json"} <= files
-    cfg, state = export.from_hf(tmp_path / "hf")
+    cfg, state = from_hf(tmp_path / "hf")
     assert cfg == CFG
     same_state(state, model.state_dict())
-    back, _ = export.load_any(tmp_path / "hf")
+    back, _ = load_any(tmp_path / "hf")
     assert torch.equal(back(X)[0], model(X)[0])
+
+
+def test_hf_export_files_share_one_mode(model, tmp_path):
+    """model.safetensors gets the mode of the other files (0644 under a 022 umask), not safetensors' 0600."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        to_hf(model, tmp_path / "hf")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
+
+
+def test_load_any_picks_the_reader_by_path(model, tmp_path):
+    with pytest.raises(Gpt2pipeError, match="nothing.pt: model not found"):
+        load_any(tmp_path / "nothing.pt")
+    (tmp_path / "m.bin").write_bytes(b"\x00" * 2048)
+    with pytest.raises(Gpt2pipeError, match="m.bin: not an llm.c GPT-2 model"):
+        load_any(tmp_path / "m.bin")
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(Gpt2pipeError, match="dir: no config.json"):
+        load_any(tmp_path / "dir")
+    to_llmc(model, tmp_path / "ok.bin")
+    _, meta = load_any(tmp_path / "ok.bin", expected=ModelConfig())  # a foreign model brings its own shape
+    assert meta == {"step": 0, "source": "llm.c"}
 
 
 def test_transformers_loads_the_export(model, tmp_path):
     transformers = pytest.importorskip("transformers")
-    export.to_hf(model, tmp_path / "hf")
+    to_hf(model, tmp_path / "hf")
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         ours = model(X)[0]
@@ -59,64 +88,64 @@ def test_transformers_loads_the_export(model, tmp_path):
     text = "Hello world! To be, or not to be: that is the question.\n  ünïcödé 123"
     assert tok.encode(text) == gpt2().encode_ordinary(text)
     out = hf.generate(torch.tensor([[50256, 15496]]), max_new_tokens=5, do_sample=False, pad_token_id=50256)
-    ours_greedy = generate(model, "Hello", max_new_tokens=5, temperature=0, num_samples=1)[0]
+    ours_greedy = generate(model, "Hello", max_new_tokens=5, temperature=0, num_samples=1, min_tokens=0)[0]
     assert tok.decode(out[0, 2:]).split("<|endoftext|>")[0] == ours_greedy
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_llmc_round_trip(model, tmp_path, dtype):
-    path = export.to_llmc(model, tmp_path / "m.bin", dtype)
+    path = to_llmc(model, tmp_path / "m.bin", dtype)
     header = np.fromfile(path, dtype="<i4", count=8)
     assert header.tolist() == [20240326, 3 if dtype == torch.float32 else 5, 32, 50257, 2, 2, 32, 50304]
     n = sum(p.numel() for p in model.parameters())  # tied head counted once, as llm.c stores it
     assert path.stat().st_size == 1024 + n * (4 if dtype == torch.float32 else 2)
-    cfg, state = export.from_llmc(path)
+    cfg, state = from_llmc(path)
     assert cfg == CFG
     expected = {k: v.to(dtype).float() for k, v in model.state_dict().items()}
     for k in ("transformer.wte.weight", "lm_head.weight"):
         expected[k][50257:] = 0  # llm.c pads the vocabulary with zeros
     same_state(state, expected)
     if dtype == torch.float32:
-        back, _ = export.load_any(path)
+        back, _ = load_any(path)
         assert torch.equal(back(X)[0], model(X)[0])
 
 
 def test_our_checkpoint_to_hf_to_llmc_and_back(model, tmp_path):
     checkpoint.save(tmp_path / "a.pt", model, 7)
-    loaded, meta = export.load_any(tmp_path / "a.pt")
+    loaded, meta = load_any(tmp_path / "a.pt")
     assert meta["step"] == 7
-    export.to_hf(loaded, tmp_path / "hf")
-    via_hf, _ = export.load_any(tmp_path / "hf")
-    export.to_llmc(via_hf, tmp_path / "m.bin")
-    via_llmc, _ = export.load_any(tmp_path / "m.bin")
+    to_hf(loaded, tmp_path / "hf")
+    via_hf, _ = load_any(tmp_path / "hf")
+    to_llmc(via_hf, tmp_path / "m.bin")
+    via_llmc, _ = load_any(tmp_path / "m.bin")
     assert torch.equal(via_llmc(X)[0], model(X)[0])
 
 
 def test_clear_errors(model, tmp_path):
     with pytest.raises(Gpt2pipeError, match="not a directory"):
-        export.from_hf(tmp_path / "nothing")
+        from_hf(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(Gpt2pipeError, match="no config.json"):
-        export.from_hf(tmp_path / "empty")
-    export.to_hf(model, tmp_path / "hf")
+        from_hf(tmp_path / "empty")
+    to_hf(model, tmp_path / "hf")
     conf = json.loads((tmp_path / "hf" / "config.json").read_text())
     (tmp_path / "hf" / "config.json").write_text(json.dumps(dict(conf, model_type="llama")))
     with pytest.raises(Gpt2pipeError, match="not a GPT-2 checkpoint"):
-        export.from_hf(tmp_path / "hf")
+        from_hf(tmp_path / "hf")
     (tmp_path / "hf" / "config.json").write_text(json.dumps(dict(conf, n_embd=64)))
     with pytest.raises(Gpt2pipeError, match=r"has shape \(50304, 32\), expected \(50304, 64\)"):
-        export.from_hf(tmp_path / "hf")
-    path = export.to_llmc(model, tmp_path / "m.bin")
+        from_hf(tmp_path / "hf")
+    path = to_llmc(model, tmp_path / "m.bin")
     raw = path.read_bytes()
     (tmp_path / "magic.bin").write_bytes(np.int32(20240520).tobytes() + raw[4:])
     with pytest.raises(Gpt2pipeError, match="not an llm.c GPT-2 model"):
-        export.from_llmc(tmp_path / "magic.bin")
+        from_llmc(tmp_path / "magic.bin")
     (tmp_path / "version.bin").write_bytes(raw[:4] + np.int32(4).tobytes() + raw[8:])
     with pytest.raises(Gpt2pipeError, match="version 4 is not supported"):
-        export.from_llmc(tmp_path / "version.bin")
+        from_llmc(tmp_path / "version.bin")
     (tmp_path / "short.bin").write_bytes(raw[:-8])
     with pytest.raises(Gpt2pipeError, match="header describes a model of"):
-        export.from_llmc(tmp_path / "short.bin")
+        from_llmc(tmp_path / "short.bin")
 
 
 def test_sampling_is_seeded(model):
@@ -131,10 +160,10 @@ def test_sampling_is_seeded(model):
 def test_import_then_evaluate_and_init_from(model, tiny, tiny_shards, tmp_path):
     from gpt2pipe import config
     from gpt2pipe.train import loop as train
-    from gpt2pipe.cli.main import main
+    from gpt2pipe.cli import main
     from gpt2pipe.eval.evaluate import evaluate_checkpoint
 
-    export.to_hf(model, tmp_path / "hf")
+    to_hf(model, tmp_path / "hf")
     assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "imported.pt")]) == 0
     imported, _ = checkpoint.load_model(tmp_path / "imported.pt", CFG)
     assert torch.equal(imported(X)[0], model(X)[0])
@@ -152,3 +181,56 @@ def test_import_then_evaluate_and_init_from(model, tiny, tiny_shards, tmp_path):
     train.train(cfg, tiny_shards, tmp_path / "run", progress=False)
     first = (tmp_path / "run" / "train" / "train.log").read_text().splitlines()[0]
     assert first == f"s:0 tel:{r_hf['val_loss']:.4f}"
+
+
+class EndsDocuments(torch.nn.Module):
+    """A stand-in LM that ends the document right away, then writes token 40 ("I"), ends again, ... (by position)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = CFG
+
+    def forward(self, idx):
+        logits = torch.full((*idx.shape, 50304), -1e4)
+        even = torch.arange(idx.shape[1]).expand_as(idx) % 2 == 0
+        nxt = torch.where(even, 50256, 40)
+        logits.scatter_(2, nxt.unsqueeze(-1), 0.0)
+        return logits, None
+
+
+def test_samples_do_not_stop_at_an_immediate_endoftext():
+    """A young model often ends the document at once; its samples used to be empty or one character."""
+    m = EndsDocuments()
+    eot = "<|endoftext|>"
+    fixed = generate(m, "", max_new_tokens=6, temperature=0)[0]
+    assert fixed == f"{eot}I{eot}I{eot}I"  # llm.c's way: a fixed number of tokens, boundaries shown
+    assert generate(m, "", max_new_tokens=6, temperature=0, min_tokens=0)[0] == ""
+    assert generate(m, "", max_new_tokens=6, temperature=0, min_tokens=3)[0] == f"{eot}I{eot}I"  # ends at the first EOT after 3 tokens
+    assert generate(m, "", max_new_tokens=6, temperature=1.0, top_k=1, min_tokens=10)[0] == fixed
+
+
+def test_sample_command_writes_fixed_length_samples(model, tmp_path, capsys):
+    from gpt2pipe.cli import main
+
+    checkpoint.save(tmp_path / "m.pt", model, 5)
+    assert main(["sample", "--checkpoint", str(tmp_path / "m.pt"), "--max-new-tokens", "6", "--num-samples", "2",
+                 "--temperature", "0", "--device", "cpu", "--out", str(tmp_path / "s.txt")]) == 0
+    text = (tmp_path / "s.txt").read_text()
+    assert capsys.readouterr().out == text
+    assert text.count("--- sample ") == 2 and "(step 5, seed 42, temperature 0.0, top-k 50)" in text
+    greedy = generate(model, "", max_new_tokens=6, temperature=0)[0]
+    assert f"\n{greedy}\n" in text  # the same greedy tokens as generate() gives
+
+
+def test_foreign_config_reads_the_shape_without_the_weights(model, tmp_path):
+    from gpt2pipe.model.load import foreign_config
+
+    to_hf(model, tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors").unlink()  # the shape comes from config.json alone
+    assert foreign_config(tmp_path / "hf") == CFG
+    raw = to_llmc(model, tmp_path / "m.bin").read_bytes()
+    (tmp_path / "head.bin").write_bytes(raw[:1024])  # and from the llm.c header alone
+    assert foreign_config(tmp_path / "head.bin") == CFG
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "gpt2", "n_layer": "two"}')
+    with pytest.raises(Gpt2pipeError, match="config.json: not a GPT-2 config"):
+        foreign_config(tmp_path / "hf")

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -45,6 +46,41 @@ def test_long_rows_keep_their_ending():
     ex = Example(0, 0, list(range(1, 40)), [[50, 51], [52], [53], [54]])
     tokens, mask, _ = render([ex], block_size=16)
     assert tokens.shape[1] == 16 and tokens[0, -2:].tolist() == [50, 51] and mask[0].sum() == 2
+
+
+def test_an_ending_longer_than_the_block_is_scored_not_a_crash():
+    """The context gives way first; an ending that alone fills the block keeps its first block_size - 1
+    tokens after the last context token, so scoring runs and still sees which ending the model expects."""
+    right = list(range(11, 31))  # 20 tokens, each the context's successor: what NextTokenModel predicts
+    ex = Example(0, 1, list(range(1, 11)), [[90] * 20, right, [91] * 20, [92] * 3])
+    tokens, mask, _ = render([ex], block_size=16)
+    assert tokens.shape == (4, 16)
+    assert tokens[1].tolist() == [10, *range(11, 26)] and mask[1].tolist() == [0] + [1] * 15
+    assert tokens[3].tolist()[:16] == [*range(1, 11), 92, 92, 92, 0, 0, 0]  # short rows keep their whole context
+    model = NextTokenModel(vocab=128, block_size=16)
+    result = score(model, [ex], torch.device("cpu"), torch.autocast("cpu", enabled=False), progress=False)
+    assert result["hellaswag_acc_norm"] == 1.0
+
+
+def test_fit_row_keeps_the_ending_and_cuts_the_context_from_the_left():
+    assert hellaswag.fit_row([1, 2, 3, 4], [5, 6], 4) == ([3, 4, 5, 6], 2)
+    assert hellaswag.fit_row([1, 2], [5, 6, 7, 8, 9], 4) == ([2, 5, 6, 7], 3)
+    assert hellaswag.fit_row([], [5, 6, 7, 8, 9], 4) == ([5, 6, 7, 8], 4)
+    assert hellaswag.fit_row([1], [5], 4) == ([1, 5], 1)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"ctx": "A man", "endings": "abcd", "label": 0}, "endings must be a list of 4 strings, got a str"),
+    ({"ctx": "A man", "endings": ["a", "b", "c"], "label": 0}, "endings must be a list of 4 strings, got a list of 3"),
+    ({"ctx": "A man", "endings": ["a", "b", "c", 4], "label": 0}, "endings must be a list of 4 strings"),
+    ({"ctx": ["A man"], "endings": ["a", "b", "c", "d"], "label": 0}, "ctx must be a string, got list"),
+    ({"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 4}, "label must be 0..3, got 4"),
+])
+def test_malformed_rows_are_named(tmp_path, row, message):
+    good = {"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 0}
+    (tmp_path / "h.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(Gpt2pipeError, match=f"h.jsonl:2: {re.escape(message)}"):
+        read_jsonl(tmp_path / "h.jsonl")
 
 
 def test_jsonl_endings_get_llmc_leading_space(tmp_path):

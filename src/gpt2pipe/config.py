@@ -186,32 +186,76 @@ def _with_defaults(validator_class):
 _Validator = _with_defaults(jsonschema.Draft7Validator)
 
 
-def validate(raw: dict | None, source: str = "config") -> dict:
-    """Validate a config mapping, fill in defaults, and check cross-field rules. Returns a new dict."""
+class _Problem(Gpt2pipeError):
+    """A config problem and the dotted keys it is about, so `load` can blame the --set that set them."""
+
+    def __init__(self, message: str, keys: tuple[str, ...]):
+        super().__init__(message)
+        self.keys = keys
+
+
+def _schema_problem(e: jsonschema.ValidationError) -> _Problem:
+    where = ".".join(str(p) for p in e.absolute_path)
+    keys: tuple[str, ...] = (where,) if where else ()
+    if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+        known = e.schema.get("properties", {})
+        keys = tuple(f"{where}.{k}" if where else k for k in e.instance if k not in known)
+    return _Problem(f"{where or '(top level)'}: {e.message}", keys)
+
+
+def _cross_field_problem(cfg: dict) -> _Problem | None:
+    """The rules a schema cannot say; each message names the values, so the fix is obvious."""
+    m, t = cfg["model"], cfg["train"]
+    B, T, total = t["micro_batch_size"], t["seq_len"], t["total_batch_tokens"]
+    checks = [
+        (m["n_embd"] % m["n_head"] == 0,
+         f"model.n_embd must be divisible by model.n_head ({m['n_embd']} % {m['n_head']} != 0)",
+         ("model.n_embd", "model.n_head")),
+        (m["padded_vocab_size"] >= m["vocab_size"],
+         f"model.padded_vocab_size must be >= model.vocab_size ({m['padded_vocab_size']} < {m['vocab_size']})",
+         ("model.padded_vocab_size", "model.vocab_size")),
+        (t["seq_len"] <= m["block_size"],
+         f"train.seq_len must be <= model.block_size ({t['seq_len']} > {m['block_size']})",
+         ("train.seq_len", "model.block_size")),
+        (total % (B * T) == 0,
+         f"train.total_batch_tokens must be a multiple of train.micro_batch_size * train.seq_len "
+         f"(total_batch_tokens {total}, micro_batch_size {B} * seq_len {T} = {B * T})",
+         ("train.total_batch_tokens", "train.micro_batch_size", "train.seq_len")),
+    ]
+    for ok, msg, keys in checks:
+        if not ok:
+            return _Problem(msg, keys)
+    return None
+
+
+def _validated(raw: dict | None) -> dict:
+    """A validated copy of `raw` with defaults filled in; raises _Problem (no source in its message)."""
     cfg = copy.deepcopy(raw) if raw else {}
     if not isinstance(cfg, dict):
-        raise Gpt2pipeError(f"{source}: a config must be a mapping, got {type(cfg).__name__}")
+        raise _Problem(f"a config must be a mapping, got {type(cfg).__name__}", ())
     errors = sorted(_Validator(_schema()).iter_errors(cfg), key=lambda e: list(e.path))
     if errors:
-        e = errors[0]
-        where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise Gpt2pipeError(f"{source}: {where}: {e.message}")
-    m, t = cfg["model"], cfg["train"]
-    checks = [
-        (m["n_embd"] % m["n_head"] == 0, "model.n_embd must be divisible by model.n_head"),
-        (m["padded_vocab_size"] >= m["vocab_size"], "model.padded_vocab_size must be >= model.vocab_size"),
-        (t["seq_len"] <= m["block_size"], "train.seq_len must be <= model.block_size"),
-        (t["total_batch_tokens"] % (t["micro_batch_size"] * t["seq_len"]) == 0,
-         "train.total_batch_tokens must be a multiple of train.micro_batch_size * train.seq_len"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise Gpt2pipeError(f"{source}: {msg}")
+        raise _schema_problem(errors[0])
+    problem = _cross_field_problem(cfg)
+    if problem:
+        raise problem
     return cfg
 
 
+def validate(raw: dict | None, source: str = "config") -> dict:
+    """Validate a config mapping, fill in defaults, and check cross-field rules. Returns a new dict."""
+    try:
+        return _validated(raw)
+    except _Problem as p:
+        raise Gpt2pipeError(f"{source}: {p}") from None
+
+
 def from_dict(raw: dict | None, source: str = "config") -> Config:
-    cfg = validate(raw, source)
+    return _config(validate(raw, source))
+
+
+def _config(cfg: dict) -> Config:
+    """The typed view of an already validated config."""
     return Config(
         run_name=cfg["run_name"],
         results_dir=cfg["results_dir"],
@@ -224,29 +268,63 @@ def from_dict(raw: dict | None, source: str = "config") -> Config:
     )
 
 
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise Gpt2pipeError(f"{path}: config file not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)  # where the parser gave up, as editors and compilers say it
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context and start is not None:
+            what += f" ({context} at {start.line + 1}:{start.column + 1})"
+        raise Gpt2pipeError(f"{where}: not valid YAML: {what}") from None
+
+
+def _apply_override(raw: dict, item: str) -> str:
+    """Set one `section.key=value` (value parsed as YAML) in raw; returns the dotted key."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise Gpt2pipeError(f"--set {item}: expected section.key=value")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise Gpt2pipeError(f"--set {item}: value is not valid YAML: {getattr(e, 'problem', e)}") from None
+    node = raw
+    *parents, leaf = key.split(".")
+    for depth, p in enumerate(parents):
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise Gpt2pipeError(f"--set {item}: {'.'.join(parents[: depth + 1])} is not a section")
+    node[leaf] = parsed
+    return key
+
+
+def _related(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
 def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config file (None: all defaults) and apply `section.key=value` overrides."""
+    """Load a YAML config file (None: all defaults) and apply `section.key=value` overrides.
+
+    A problem is reported under the name of what caused it: `config.yaml:12:5:` for YAML syntax, the file for
+    its own values, `--set section.key=value:` when the offending key was set on the command line."""
     raw: dict[str, Any] = {}
     source = "config"
     if path is not None:
-        path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise Gpt2pipeError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise Gpt2pipeError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise Gpt2pipeError(f"override {item!r}: expected section.key=value")
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    return from_dict(raw, source)
+        raw = _read_yaml(Path(path))
+        if not isinstance(raw, dict):
+            raise Gpt2pipeError(f"{source}: a config must be a mapping, got {type(raw).__name__}")
+    applied = [(_apply_override(raw, item), item) for item in overrides or []]
+    try:
+        cfg = _validated(raw)
+    except _Problem as p:
+        blamed = [item for key, item in applied if any(_related(key, k) for k in p.keys)]
+        raise Gpt2pipeError(f"{f'--set {blamed[-1]}' if blamed else source}: {p}") from None
+    return _config(cfg)
 
 
 def describe() -> str:

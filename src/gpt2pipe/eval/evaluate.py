@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2pipe.model.formats import load_any
+from gpt2pipe.model.load import load_any
 from gpt2pipe.config import Config
 from gpt2pipe.distributed import World, mean
 from gpt2pipe.eval.hellaswag import load as load_hellaswag

@@ -66,8 +66,13 @@ def read_jsonl(path: str | Path, max_examples: int | None = None) -> list[Exampl
                 ctx, endings, label = row["ctx"], row["endings"], int(row["label"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 raise Gpt2pipeError(f"{path}:{lineno}: not a HellaSwag row ({type(e).__name__}: {e})") from None
-            if len(endings) != 4 or not 0 <= label < 4:
-                raise Gpt2pipeError(f"{path}:{lineno}: expected 4 endings and a label in 0..3")
+            if not isinstance(ctx, str):
+                raise Gpt2pipeError(f"{path}:{lineno}: ctx must be a string, got {type(ctx).__name__}")
+            if not isinstance(endings, list) or len(endings) != 4 or not all(isinstance(e, str) for e in endings):
+                got = f"a list of {len(endings)}" if isinstance(endings, list) else f"a {type(endings).__name__}"
+                raise Gpt2pipeError(f"{path}:{lineno}: endings must be a list of 4 strings, got {got}")
+            if not 0 <= label < 4:
+                raise Gpt2pipeError(f"{path}:{lineno}: label must be 0..3, got {label}")
             out.append(Example(len(out), label, enc.encode_ordinary(ctx),
                                [enc.encode_ordinary(_ending_text(e)) for e in endings]))
     if not out:
@@ -163,15 +168,29 @@ def check_full(path: str | Path) -> None:
         raise Gpt2pipeError(f"{path}: tokenizes to sha256 {got}, not llm.c's hellaswag_val.bin ({FULL_BIN_SHA256})")
 
 
+def fit_row(context: list[int], ending: list[int], block_size: int) -> tuple[list[int], int]:
+    """One row of at most block_size tokens and how many of its last tokens are the (scored) ending.
+
+    The ending is kept whole and the context loses tokens from its start (its end, next to the ending, is
+    what the ending's first token is predicted from). An ending that alone leaves no room for one context
+    token is cut at its end to block_size - 1 tokens: only its first tokens are scored then, which is the
+    best a model with this block_size can do, and it keeps scoring from crashing on an odd row."""
+    if len(ending) >= block_size and context:
+        ending = ending[: block_size - 1]
+    ending = ending[:block_size]
+    room = block_size - len(ending)
+    return (context[-room:] if room else []) + ending, len(ending)
+
+
 def render(examples: list[Example], block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows of context+ending tokens (4 per example, right-padded), the ending mask, and the labels.
-    A row longer than block_size loses tokens from the front of its context."""
+    A row longer than block_size loses tokens from the front of its context (see fit_row)."""
     rows, masks = [], []
     for ex in examples:
         for e in ex.endings:
-            toks = (list(ex.context) + list(e))[-block_size:]
+            toks, n_ending = fit_row(list(ex.context), list(e), block_size)
             rows.append(toks)
-            masks.append([0] * (len(toks) - len(e)) + [1] * len(e))
+            masks.append([0] * (len(toks) - n_ending) + [1] * n_ending)
     L = max(map(len, rows))
     tokens = torch.zeros(len(rows), L, dtype=torch.long)
     mask = torch.zeros(len(rows), L, dtype=torch.long)

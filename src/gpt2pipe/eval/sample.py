@@ -1,25 +1,48 @@
-"""Text generation from a model: temperature and top-k sampling, reproducible from a seed."""
+"""Text generation from a model: temperature and top-k sampling, reproducible from a seed.
+
+A sample is `max_new_tokens` tokens, as llm.c samples: a document boundary the model emits shows as
+`<|endoftext|>` in the text. Stopping at the first <|endoftext|> instead made the samples of a young model
+one character long (it ends documents early and often), so stopping is opt-in and only after `min_tokens`.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from gpt2pipe.model.gpt import GPT
+from gpt2pipe import Gpt2pipeError
 from gpt2pipe.data.tokenizer import EOT, gpt2
+from gpt2pipe.model.gpt import GPT
+
+
+def _cut(row: list[int], min_tokens: int | None) -> list[int]:
+    """The tokens of one sample: all of them, or those before the first EOT that has min_tokens before it."""
+    if min_tokens is None:
+        return row
+    for i, tok in enumerate(row):
+        if tok == EOT and i >= min_tokens:
+            return row[:i]
+    return row
 
 
 @torch.no_grad()
 def generate(model: GPT, prompt: str = "", max_new_tokens: int = 64, temperature: float = 1.0, top_k: int | None = 50,
-             num_samples: int = 1, seed: int = 42, device: torch.device | str = "cpu") -> list[str]:
+             num_samples: int = 1, seed: int = 42, device: torch.device | str = "cpu",
+             min_tokens: int | None = None) -> list[str]:
     """Continue `prompt` (after an <|endoftext|>, as documents start in training) num_samples times.
-    temperature 0 means greedy; the prompt is not repeated in the returned texts."""
+
+    Each sample is max_new_tokens tokens; with min_tokens it ends at the first <|endoftext|> that follows at
+    least min_tokens tokens (0: at the first one). temperature 0 means greedy; the prompt is not repeated."""
+    if max_new_tokens < 0 or (min_tokens is not None and min_tokens < 0):
+        raise Gpt2pipeError(f"sample: token counts must be >= 0 (max_new_tokens {max_new_tokens}, "
+                            f"min_tokens {min_tokens})")
     model.eval()
     enc = gpt2()
     start = [EOT, *enc.encode_ordinary(prompt)]
     idx = torch.tensor([start] * num_samples, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     block = model.config.block_size
-    for _ in range(max_new_tokens):
+    done = torch.zeros(num_samples, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
         logits, _ = model(idx[:, -block:])
         logits = logits[:, -1, :].float()
         if temperature == 0:
@@ -31,9 +54,8 @@ def generate(model: GPT, prompt: str = "", max_new_tokens: int = 64, temperature
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
         idx = torch.cat([idx, nxt], dim=1)
-    out = []
-    for row in idx[:, len(start) :].tolist():
-        if EOT in row:
-            row = row[: row.index(EOT)]  # a document ends at the next <|endoftext|>
-        out.append(enc.decode(row))
-    return out
+        if min_tokens is not None and step >= min_tokens:
+            done |= nxt[:, 0] == EOT
+            if bool(done.all()):
+                break  # every sample has ended: the rest would be cut anyway
+    return [enc.decode(_cut(row, min_tokens)) for row in idx[:, len(start) :].tolist()]

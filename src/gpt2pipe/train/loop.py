@@ -26,9 +26,9 @@ from gpt2pipe.data.llmc_format import ShardSet
 from gpt2pipe.device import autocast, autocast_dtype, peak_flops, pick_device, seed_everything
 from gpt2pipe.distributed import World
 from gpt2pipe.eval.evaluate import val_loss
+from gpt2pipe.model.load import load_any
 from gpt2pipe.files import atomic_path
 from gpt2pipe.model import checkpoint
-from gpt2pipe.model.formats import load_any
 from gpt2pipe.model.gpt import GPT
 from gpt2pipe.ops import kernels_available
 from gpt2pipe.train.guards import Preempted, UpdateGuard, stop_signals

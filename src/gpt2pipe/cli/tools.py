@@ -1,0 +1,121 @@
+"""Tool subcommands: config (print/describe), export and import (HF / llm.c), bench, bench-tokenize."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gpt2pipe import Gpt2pipeError
+from gpt2pipe import config as config_mod
+from gpt2pipe.cli.options import add_subcommand, load_config
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    if args.describe:
+        print(config_mod.describe())
+        return
+    import yaml
+
+    print(yaml.safe_dump(load_config(args).raw, sort_keys=False), end="")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import torch
+
+    from gpt2pipe.model.formats.hf import to_hf
+    from gpt2pipe.model.formats.llmc import to_llmc
+    from gpt2pipe.model.load import load_any
+
+    model, _ = load_any(args.checkpoint)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    out = to_hf(model, args.out, dtype) if args.format == "hf" else to_llmc(model, args.out, dtype)
+    print(f"export: {args.checkpoint} -> {out} ({args.format}, {args.dtype})")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from gpt2pipe.model import checkpoint
+    from gpt2pipe.model.load import load_any
+
+    model, meta = load_any(args.source)
+    checkpoint.save(args.out, model, 0, imported_from=str(args.source), tokens_seen=0)
+    print(f"import: {args.source} ({meta.get('source', 'gpt2pipe')}) -> {args.out}, "
+          f"{model.num_params() / 1e6:.2f}M parameters, {model.config}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from gpt2pipe.bench import step as bench
+
+    if not torch.cuda.is_available():
+        raise Gpt2pipeError("bench needs a CUDA GPU")
+    micro = {}
+    for item in args.micro_batch:
+        mode, sep, value = item.partition("=")
+        if not sep or not value.isdigit():
+            raise Gpt2pipeError(f"--micro-batch {item}: expected MODE=B, e.g. kernels=32")
+        micro[mode] = int(value)
+    table = bench.run(args.size, args.seq_len, args.total_batch, tuple(args.modes.split(",")), micro, args.steps,
+                      args.warmup, not args.no_kernel_table, tuple(args.profile.split(",")) if args.profile else ())
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
+def cmd_bench_tokenize(args: argparse.Namespace) -> None:
+    from gpt2pipe.bench import tokenize as tokenize_bench
+
+    parquet = args.parquet
+    if parquet is None:
+        parquet = tokenize_bench.sample_parquet(Path(args.sample_out), Path(args.sample_text), args.sample_mb)
+    elif not parquet.is_file():
+        raise Gpt2pipeError(f"{parquet}: not found")
+    try:
+        workers = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        raise Gpt2pipeError(f"--workers {args.workers}: expected comma-separated counts, e.g. 1,2") from None
+    print(tokenize_bench.run(parquet, workers))
+
+
+def register(sub) -> None:
+    p = add_subcommand(sub, "config", "print the resolved config (defaults filled in) or describe every key",
+                       cmd_config)
+    p.add_argument("--describe", action="store_true", help="list every key with its default and meaning")
+
+    p = add_subcommand(sub, "export", "write a checkpoint as a Hugging Face directory or an llm.c model .bin",
+                       cmd_export, config=False)
+    p.add_argument("--checkpoint", required=True, type=Path, help="our .pt, an llm.c .bin or a Hugging Face directory")
+    p.add_argument("--format", choices=["hf", "llmc"], required=True)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="tensor dtype (llm.c: float32 = version 3, bfloat16 = version 5)")
+    p.add_argument("--out", type=Path, required=True, help="directory (hf) or .bin file (llmc)")
+
+    p = add_subcommand(sub, "import", "turn a Hugging Face GPT-2 directory or llm.c .bin into our checkpoint",
+                       cmd_import, config=False)
+    p.add_argument("source", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (usable by evaluate, sample, "
+                   "or train.init_from)")
+
+    p = add_subcommand(sub, "bench", "time a GPT-2 training step: our kernels vs torch eager vs torch.compile",
+                       cmd_bench, config=False)
+    p.add_argument("--size", default="124M", choices=["124M", "350M", "774M", "1558M"])
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--total-batch", type=int, default=524288, help="tokens per optimizer step (default: %(default)s)")
+    p.add_argument("--modes", default="kernels,eager,compile",
+                   help="comma-separated subset of kernels,kernels-fp8,kernels-recompute,eager,compile")
+    p.add_argument("--micro-batch", nargs="*", default=[], metavar="MODE=B",
+                   help="micro-batch per mode (defaults: kernels=64 eager=32 compile=64; halves on out-of-memory)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, autotuning)")
+    p.add_argument("--no-kernel-table", action="store_true", help="skip the per-kernel table")
+    p.add_argument("--profile", default="", help="comma-separated modes to profile for one extra step")
+    p.add_argument("--out", type=Path, help="also write the tables to this file")
+
+    p = add_subcommand(sub, "bench-tokenize", "tokenization speed: ours end to end vs raw tiktoken on the same cores",
+                       cmd_bench_tokenize, config=False)
+    p.add_argument("parquet", nargs="?", type=Path, help="a parquet file with a 'text' column (default: build "
+                   "a sample from --sample-text)")
+    p.add_argument("--workers", default="1,2", help="comma-separated worker counts (default: %(default)s)")
+    p.add_argument("--sample-text", default="data/demo/tiny_shakespeare.txt", help="text the sample is cut from")
+    p.add_argument("--sample-mb", type=float, default=20, help="sample size, MB of text (default: %(default)s)")
+    p.add_argument("--sample-out", default="/tmp/gpt2pipe_tokenize_sample.parquet")
