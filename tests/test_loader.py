@@ -166,3 +166,33 @@ def test_token_outside_the_vocabulary_names_shard_and_position(tmp_path):
     starts(loader, 5)
     with pytest.raises(Gpt2pipeError, match=r"bad.bin: token 50300 at position 42 is outside the vocabulary \(50257\)"):
         loader.next_batch()
+
+
+def test_shuffle_is_llmc_draw_for_draw():
+    """llm.c's Mersenne Twister (llmc/rand.h documents seed 137's first outputs, equal to torch's) and its
+    Fisher-Yates: the same generator and the same swaps give llm.c's batches on one process."""
+    import numpy as np
+
+    from gpt2pipe.data.loader import LlmcShuffle, llmc_permutation
+
+    rng = np.random.RandomState(137)
+    assert rng.randint(0, 2**32, size=5, dtype=np.uint32).tolist() == \
+        [4053805790, 2173880614, 380293709, 1237255315, 2986595568]
+    # random_permutation(data, 4) draws 3 numbers: j = r % 4, then r % 3, then r % 2
+    r = np.random.RandomState(137).randint(0, 2**32, size=3, dtype=np.uint32).tolist()
+    expect = [0, 1, 2, 3]
+    for k, i in enumerate((3, 2, 1)):
+        j = r[k] % (i + 1)
+        expect[i], expect[j] = expect[j], expect[i]
+    assert llmc_permutation(np.arange(4), np.random.RandomState(137)).tolist() == expect
+    # an epoch: the shard order (permuted in place, epoch after epoch), then each visited shard's windows
+    windows = np.array([3, 5, 2])
+    rng = np.random.RandomState(42)
+    order0 = llmc_permutation(np.arange(3), rng)
+    perms0 = [llmc_permutation(np.arange(windows[s]), rng) for s in order0]
+    order1 = llmc_permutation(order0.copy(), rng)
+    shuffle = LlmcShuffle(42, windows)
+    got1, _ = shuffle.epoch(1)  # reached by replaying epoch 0
+    got0, p0 = shuffle.epoch(0)
+    assert got0.tolist() == order0.tolist() and [p.tolist() for p in p0] == [p.tolist() for p in perms0]
+    assert got1.tolist() == order1.tolist()

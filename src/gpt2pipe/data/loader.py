@@ -3,9 +3,12 @@ number of processes.
 
 A *sample* is one rank-local micro-batch: a window of B*T+1 tokens starting at a multiple of B*T in one
 shard (windows overlap by the one target token, as in llm.c). One epoch visits every window of every
-shard once. With shuffling (training), each epoch draws a fresh permutation of the shard order and,
-inside each shard, of its windows (llm.c's scheme), seeded by (seed, epoch[, shard]) so any sample can
-be located without replaying the ones before it. Without (validation), shards and windows are in order.
+shard once. With shuffling (training), each epoch permutes the shard order again and, inside each shard,
+its windows — llm.c's scheme draw for draw: its Mersenne Twister (numerically torch's and numpy's legacy
+MT19937) seeded with `seed`, its Fisher-Yates `random_permutation`, the shard order permuted in place
+epoch after epoch. On one process with seed 42, B and T as llm.c's, the batches are exactly those of
+llm.c's `train_gpt2cu` (which seeds its loader with 42 + rank), so loss curves compare like for like.
+Without shuffling (validation), shards and windows are in order.
 
 Process r of W reads global sample g + r, then every process advances g by W. So one process with
 gradient accumulation A and W processes with A/W read the same tokens in every optimizer step — across
@@ -49,8 +52,8 @@ class ShardLoader:
             longest = max(len(t) for t in self.tokens)
             raise Gpt2pipeError(f"{self.shards[0].parent}: the largest shard holds {longest} tokens, fewer than one "
                                 f"sample of {self.B}x{self.T}+1 = {self.span + 1} tokens needs")
-        self._order: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, shard order, cumulative windows)
-        self._perms: dict[tuple[int, int], np.ndarray] = {}
+        self._plan: tuple | None = None  # (epoch, shard order, cumulative windows, window orders)
+        self._shuffle = LlmcShuffle(seed, self.windows)
         self.reset()
 
     # --- position -----------------------------------------------------------------------------------
@@ -87,32 +90,24 @@ class ShardLoader:
         self.epoch = sample // self.per_epoch
 
     # --- order --------------------------------------------------------------------------------------
-    def _epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Shard visiting order of an epoch and the cumulative window counts along it."""
-        if self._order is None or self._order[0] != epoch:
+    def _epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Shard visiting order of an epoch, cumulative window counts along it, and each visited shard's
+        window order (identity without shuffling)."""
+        if self._plan is None or self._plan[0] != epoch:
             n = len(self.shards)
-            order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-            self._order = (epoch, order, np.cumsum(self.windows[order]))
-        return self._order[1], self._order[2]
-
-    def _window(self, epoch: int, shard: int, i: int) -> int:
-        """The i-th window read from `shard` in `epoch` (a seeded permutation of its windows when shuffling)."""
-        if not self.shuffle:
-            return i
-        key = (epoch, shard)
-        if key not in self._perms:
-            if len(self._perms) >= 4:  # W processes straddle at most a couple of shards at once
-                self._perms.clear()
-            self._perms[key] = np.random.default_rng([self.seed, epoch, shard]).permutation(int(self.windows[shard]))
-        return int(self._perms[key][i])
+            if self.shuffle:
+                order, perms = self._shuffle.epoch(epoch)
+            else:
+                order, perms = np.arange(n), [np.arange(w) for w in self.windows]
+            self._plan = (epoch, order, np.cumsum(self.windows[order]), perms)
+        return self._plan[1], self._plan[2], self._plan[3]
 
     def locate(self, sample: int) -> tuple[int, int]:
         """(shard index, token offset) of a global sample."""
         epoch, j = divmod(sample, self.per_epoch)
-        order, cum = self._epoch_order(epoch)
+        order, cum, perms = self._epoch_plan(epoch)
         k = int(np.searchsorted(cum, j, side="right"))  # first shard in order whose windows reach past j
-        shard = int(order[k])
-        return shard, self._window(epoch, shard, j - (int(cum[k - 1]) if k else 0)) * self.span
+        return int(order[k]), int(perms[k][j - (int(cum[k - 1]) if k else 0)]) * self.span
 
     # --- batches ------------------------------------------------------------------------------------
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,3 +127,38 @@ class ShardLoader:
         self.sample += self.world
         buf = torch.from_numpy(window.astype(np.int64))
         return buf[:-1].view(self.B, self.T), buf[1:].view(self.B, self.T)
+
+
+def llmc_permutation(data: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
+    """llm.c's `random_permutation` (llmc/rand.h), in place: Fisher-Yates from the end, j = randint32 % (i + 1)."""
+    n = len(data)
+    draws = rng.randint(0, 2**32, size=max(0, n - 1), dtype=np.uint32).tolist()  # raw 32-bit MT outputs
+    for k, i in enumerate(range(n - 1, 0, -1)):
+        j = draws[k] % (i + 1)
+        data[i], data[j] = data[j], data[i]
+    return data
+
+
+class LlmcShuffle:
+    """The shuffled order of llm.c's DataLoader, one epoch at a time. Its generator is consumed in a fixed
+    sequence (at each epoch: the shard order, permuted in place, then each visited shard's windows from the
+    identity), so the generator state at each epoch's start is kept to reach any epoch without replaying
+    from the first."""
+
+    def __init__(self, seed: int, windows: np.ndarray):
+        self.windows = windows
+        rng = np.random.RandomState(seed % 2**32)  # an int seed is MT19937's init_genrand, as llm.c's manual_seed
+        self.starts = {0: (rng.get_state(), np.arange(len(windows)))}
+
+    def epoch(self, epoch: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        e = max(k for k in self.starts if k <= epoch)
+        state, shard_order = self.starts[e]
+        rng = np.random.RandomState()
+        rng.set_state(state)
+        while True:
+            order = llmc_permutation(shard_order.copy(), rng)
+            perms = [llmc_permutation(np.arange(self.windows[s]), rng) for s in order]
+            self.starts.setdefault(e + 1, (rng.get_state(), order))
+            if e == epoch:
+                return order, perms
+            shard_order, e = order, e + 1
