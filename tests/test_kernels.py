@@ -648,3 +648,48 @@ def test_fp8_training_resumes_bit_exactly_from_its_saved_state(tmp_path):
 
     assert resumed(with_fp8_state=True) == straight
     assert resumed(with_fp8_state=False) != straight  # calibrating afresh differs: the state matters
+
+
+def test_every_launch_in_the_code_names_a_real_kernel_and_its_parameters():
+    """Static check of each launch("file", "kernel", grid, block, ...) call in the package, bench and
+    dev/kernels: the kernel exists, keywords are parameter names, and the count fits (GPU-only code paths
+    are thereby checked on CPU too)."""
+    import re
+
+    import gpt2pipe
+    from gpt2pipe.ops import cuda
+
+    root = Path(gpt2pipe.__file__).parent
+    files = [*root.rglob("*.py"), *(root.parents[1] / "dev" / "kernels").glob("*.py")]
+    calls = 0
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "launch"):
+                continue
+            source, kernel = node.args[0], node.args[1]
+            assert isinstance(source, ast.Constant), f"{path}:{node.lineno}: kernel file must be a literal"
+            if isinstance(kernel, ast.Constant):
+                pattern = re.escape(kernel.value)
+            elif isinstance(kernel, ast.JoinedStr):  # f"layernorm_forward{vec}": the parts pick a `_vec[V]` variant
+                pattern = "".join(re.escape(v.value) if isinstance(v, ast.Constant) else r"_?vec\d*"
+                                  for v in kernel.values)
+            else:  # a name chosen at run time (CAST_KERNELS[dtype]): some kernel of the file must fit
+                pattern = r"\w+"
+            kernels = {k: p for k, p in cuda.signatures(source.value).items() if re.fullmatch(pattern, k)}
+            assert kernels, f"{path}:{node.lineno}: no kernel {pattern} in {source.value}.cu"
+            positional = node.args[4:]
+            open_ended = any(isinstance(a, ast.Starred) for a in positional) or any(k.arg is None for k in node.keywords)
+            keywords = [k.arg for k in node.keywords if k.arg not in (None, "shared_mem")]
+            problems = {}
+            for name, params in kernels.items():
+                names = [p.name for p in params]
+                if not set(keywords) <= set(names):
+                    problems[name] = f"no parameter {set(keywords) - set(names)}"
+                elif not open_ended and len(positional) + len(keywords) != len(params):
+                    problems[name] = f"{len(positional) + len(keywords)} arguments for {len(params)} parameters"
+                elif set(keywords) & set(names[: len(positional)]):
+                    problems[name] = "a parameter given twice"
+            fits = len(problems) < len(kernels) if pattern == r"\w+" else not problems
+            assert fits, f"{path}:{node.lineno}: {problems}"
+            calls += 1
+    assert calls >= 20
