@@ -162,7 +162,8 @@ def test_kernels_are_unavailable_when_a_source_is_missing(tmp_path, monkeypatch)
 
 
 def test_kernel_ops_and_the_model_have_no_import_cycle():
-    """ops/autograd.py never imports ops/fp8 (fp8 builds on it), and the model never imports fp8."""
+    """No cycle among ops/ and the model, counting imports inside functions: ops/autograd.py never imports
+    ops/fp8 (fp8 builds on it), and ops/ never imports the model."""
     import gpt2pipe
 
     root = Path(gpt2pipe.__file__).parent
@@ -200,7 +201,7 @@ def test_kernel_ops_and_the_model_have_no_import_cycle():
 
     for name in graph:
         assert cycle_from(name, name, [name]) is None, " -> ".join(cycle_from(name, name, [name]))
-    assert not any(m.startswith("gpt2pipe.ops.fp8") for m in graph["gpt2pipe.ops.autograd"] | graph["gpt2pipe.model.gpt"])
+    assert not any(m.startswith("gpt2pipe.ops.fp8") for m in graph["gpt2pipe.ops.autograd"])
 
 
 def test_fp8_conversion_swaps_modules_and_keeps_the_model():

@@ -99,11 +99,11 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """GPT-2. `ops` picks how forward runs: "torch" (plain modules) or "kernels" (our CUDA kernels for the
     embedding, residual+LayerNorm, bias+GELU and the fused classifier; cuBLAS matmuls and cuDNN attention).
-    Both use the same parameters, so checkpoints move freely between them. fp8 GEMMs are applied from
-    outside by `gpt2pipe.ops.fp8.convert_to_fp8(model)`, a module swap this file knows only through the
-    `forward_kernels` / `fp8_input_target` methods the swapped modules have."""
+    Both use the same parameters, so checkpoints move freely between them. fp8 GEMMs are applied by
+    `gpt2pipe.ops.fp8.convert_to_fp8(model)` (what `fp8=True` calls), a module swap this file knows only
+    through the `forward_kernels` / `fp8_input_target` methods the swapped modules have."""
 
-    def __init__(self, cfg: ModelConfig, ops: str = "torch", recompute: bool = False):
+    def __init__(self, cfg: ModelConfig, ops: str = "torch", recompute: bool = False, fp8: bool = False):
         super().__init__()
         self.config = cfg
         self.ops = ops
@@ -119,6 +119,10 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
         with torch.no_grad():  # padding rows are never looked up or scored: zero, as llm.c exports them
             self.transformer.wte.weight[cfg.vocab_size :] = 0
+        if fp8:  # shorthand for gpt2pipe.ops.fp8.convert_to_fp8(GPT(...)), which callers should prefer
+            from gpt2pipe.ops.fp8 import convert_to_fp8
+
+            convert_to_fp8(self)
 
     def _init_weights(self, module: nn.Module) -> None:
         # llm.c: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * n_layer), biases 0
