@@ -50,16 +50,29 @@ SCALARS: dict[str, tuple[type, int | None, int | None]] = {
     "float": (np.float32, None, None),
     "double": (np.float64, None, None),
 }
+ANY_DTYPE = tuple(v for v in vars(torch).values() if isinstance(v, torch.dtype))
 QUALIFIERS = {"const", "__restrict__", "volatile", "struct"}
 
 
 @dataclass(frozen=True)
 class KernelParam:
-    """One parameter of a kernel: its name, its base C type and whether it is a pointer."""
+    """One parameter of a kernel: its name, its base C type and whether it is a pointer; with what a launch
+    argument for it may be (worked out once here, since every launch checks every argument)."""
 
     name: str
     ctype: str
     pointer: bool
+    dtypes: tuple = ()  # pointer: the dtypes its tensor may have
+    numpy: type | None = None  # scalar: the numpy type it is passed as
+    low: int | None = None  # integer scalar: its C range
+    high: int | None = None
+
+    @classmethod
+    def of(cls, name: str, ctype: str, pointer: bool) -> KernelParam:
+        if pointer:
+            return cls(name, ctype, True, POINTER_DTYPES[ctype] or ANY_DTYPE)
+        kind, low, high = SCALARS[ctype]
+        return cls(name, ctype, False, (), kind, low, high)
 
     def describe(self) -> str:
         return f"{self.ctype}{'*' if self.pointer else ''} {self.name}"
@@ -101,7 +114,7 @@ def _parse_param(text: str, typedefs: dict[str, str], where: str) -> KernelParam
     known = POINTER_DTYPES if pointer else SCALARS
     if ctype not in known:
         raise Gpt2pipeError(f"{where}: parameter {text.strip()!r} has a type launch() does not know ({ctype})")
-    return KernelParam(name, ctype, bool(pointer))
+    return KernelParam.of(name, ctype, bool(pointer))
 
 
 def parse_signatures(code: str, headers: dict[str, str] | None = None,
@@ -142,51 +155,67 @@ def bind_arguments(kernel: str, params: tuple[KernelParam, ...], args: tuple = (
     Positional arguments fill the parameters in order, keyword arguments by name (Python's rules).
     Pointers take a contiguous tensor of a matching dtype (on CUDA unless require_cuda is False) or None
     (a null pointer); integer parameters take ints within their C range, float parameters numbers."""
-    kwargs = kwargs or {}
+    if kwargs or len(args) != len(params):
+        args = _order(kernel, params, args, kwargs or {})
+    return tuple(_convert(kernel, p, value, require_cuda) for p, value in zip(params, args))
+
+
+def _signature(kernel: str, params: tuple[KernelParam, ...]) -> str:
+    return f"{kernel}({', '.join(p.describe() for p in params)})"
+
+
+def _order(kernel: str, params: tuple[KernelParam, ...], args: tuple, kwargs: dict) -> tuple:
+    """Positional and keyword arguments as one tuple in parameter order."""
     names = [p.name for p in params]
-    signature = f"{kernel}({', '.join(p.describe() for p in params)})"
     if len(args) > len(params):
         raise KernelArgumentError(f"kernel {kernel}: {len(args)} positional arguments for {len(params)} "
-                                  f"parameters: {signature}")
+                                  f"parameters: {_signature(kernel, params)}")
     values = dict(zip(names, args))
     for key, value in kwargs.items():
         if key not in names:
-            raise KernelArgumentError(f"kernel {kernel}: no parameter named {key!r}: {signature}")
+            raise KernelArgumentError(f"kernel {kernel}: no parameter named {key!r}: {_signature(kernel, params)}")
         if key in values:
-            raise KernelArgumentError(f"kernel {kernel}: parameter {key!r} given twice: {signature}")
+            raise KernelArgumentError(f"kernel {kernel}: parameter {key!r} given twice: {_signature(kernel, params)}")
         values[key] = value
     missing = [n for n in names if n not in values]
     if missing:
-        raise KernelArgumentError(f"kernel {kernel}: missing argument(s) {', '.join(missing)}: {signature}")
-    return tuple(_convert(kernel, p, values[p.name], require_cuda) for p in params)
+        raise KernelArgumentError(f"kernel {kernel}: missing argument(s) {', '.join(missing)}: "
+                                  f"{_signature(kernel, params)}")
+    return tuple(values[n] for n in names)
 
 
 def _convert(kernel: str, param: KernelParam, value, require_cuda: bool):
+    if param.pointer:
+        if value is None:
+            return np.uint64(0)
+        if (type(value) is torch.Tensor or isinstance(value, torch.Tensor)) and value.dtype in param.dtypes \
+                and (value.is_cuda or not require_cuda) and value.is_contiguous():
+            return np.uint64(value.data_ptr())  # the common case, checked in one go
+    elif param.low is not None:
+        if isinstance(value, (int, np.integer)) and param.low <= value <= param.high:
+            return param.numpy(value)
+    elif isinstance(value, (float, int, np.floating, np.integer)) and not isinstance(value, bool):
+        return param.numpy(value)
+    raise _mismatch(kernel, param, value, require_cuda)
+
+
+def _mismatch(kernel: str, param: KernelParam, value, require_cuda: bool) -> KernelArgumentError:
+    """Why `value` does not fit `param`, as the error launch() raises."""
     def fail(why: str):
         return KernelArgumentError(f"kernel {kernel}, parameter {param.describe()}: {why}")
 
     if param.pointer:
-        if value is None:
-            return np.uint64(0)
         if not isinstance(value, torch.Tensor):
-            raise fail(f"needs a tensor or None, got {type(value).__name__}")
-        allowed = POINTER_DTYPES[param.ctype]
-        if allowed and value.dtype not in allowed:
-            raise fail(f"needs a tensor of {' or '.join(str(d) for d in allowed)}, got {value.dtype}")
+            return fail(f"needs a tensor or None, got {type(value).__name__}")
+        if value.dtype not in param.dtypes:
+            return fail(f"needs a tensor of {' or '.join(str(d) for d in param.dtypes)}, got {value.dtype}")
         if require_cuda and not value.is_cuda:
-            raise fail(f"needs a CUDA tensor, got one on {value.device}")
-        if not value.is_contiguous():
-            raise fail(f"needs a contiguous tensor (shape {tuple(value.shape)}, strides {value.stride()})")
-        return np.uint64(value.data_ptr())
-    kind, low, high = SCALARS[param.ctype]
+            return fail(f"needs a CUDA tensor, got one on {value.device}")
+        return fail(f"needs a contiguous tensor (shape {tuple(value.shape)}, strides {value.stride()})")
     if isinstance(value, torch.Tensor):
-        raise fail("needs a number, got a tensor (pass a pointer parameter or .item())")
-    if low is not None:  # integer parameter
+        return fail("needs a number, got a tensor (pass a pointer parameter or .item())")
+    if param.low is not None:
         if not isinstance(value, (int, np.integer)):
-            raise fail(f"needs an integer, got {type(value).__name__} {value!r}")
-        if not low <= int(value) <= high:
-            raise fail(f"{int(value)} is outside the range of {param.ctype} [{low}, {high}]")
-        return kind(int(value))
-    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
-        raise fail(f"needs a number, got {type(value).__name__} {value!r}")
-    return kind(value)
+            return fail(f"needs an integer, got {type(value).__name__} {value!r}")
+        return fail(f"{int(value)} is outside the range of {param.ctype} [{param.low}, {param.high}]")
+    return fail(f"needs a number, got {type(value).__name__} {value!r}")
