@@ -66,9 +66,9 @@ class Fp8Scaling:
             self._read_only = state.read_only_view()
         return self._read_only
 
-    def begin_forward(self, model: nn.Module, args: tuple) -> None:
+    def begin_forward(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook: a training forward is a new micro-step, so the last one's amax become the scales."""
-        idx = args[0] if args else None
+        idx = args[0] if args else kwargs.get("idx")
         if model.training and torch.is_grad_enabled() and isinstance(idx, torch.Tensor) and idx.is_cuda:
             self.on(idx.device).roll()
 
@@ -144,7 +144,7 @@ def convert_to_fp8(model: nn.Module) -> nn.Module:
         block.mlp = Fp8MLP(block.mlp, scaling, layer)
         block.attn.c_attn = Fp8QkvLinear(block.attn.c_attn, scaling, layer)
     setattr(model, SCALING_ATTRIBUTE, scaling)
-    model.register_forward_pre_hook(scaling.begin_forward)
+    model.register_forward_pre_hook(scaling.begin_forward, with_kwargs=True)
     return model
 
 
