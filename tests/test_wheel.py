@@ -6,6 +6,7 @@ with pip into a folder of its own, and inspected by a fresh interpreter in isola
 PYTHONPATH, no current directory) started outside the repository, so nothing can come from the source tree.
 """
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -54,8 +55,10 @@ def installed_wheel(tmp_path_factory) -> Path:
         if (ROOT / name).is_file():
             shutil.copy(ROOT / name, project / name)
     shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(work / "dist"),
-         str(project), cwd=work)
+    # the environment's own setuptools when it has one (offline GPU machines); else pip fetches it
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(work / "dist"), str(project),
+         cwd=work)
     wheel = next((work / "dist").glob("gpt2pipe-*.whl"))
     site = work / "site"
     _run(sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel),
