@@ -41,6 +41,7 @@ def test_every_kernel_source_compiles_with_nvrtc():
     assert {p.stem for p in sources} >= {"encoder", "layernorm", "gelu", "classifier", "adamw", "global_norm",
                                          "bias_grad", "fp8"}
     assert not cuda.missing_sources()
+    assert set(cuda.SOURCES) == {p.name for p in cuda.kernel_dir().glob("*.cu*")}  # a new file is listed too
     for path in sources:
         assert ".entry" in _ptx(path)
 
