@@ -1,8 +1,17 @@
-"""Each CUDA kernel against its torch reference (GPU), and an NVRTC compile of every source (CPU too)."""
+"""Each CUDA kernel against its torch reference (GPU); on CPU too: an NVRTC compile of every source, the
+parsed kernel signatures against what NVRTC built, the launch-argument checks, and the fp8 converter."""
 
+import ast
+import functools
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
+from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import ModelConfig
 from gpt2pipe.model.gpt import GPT
 from gpt2pipe.ops import autograd as K
@@ -18,24 +27,254 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+@functools.cache
+def _ptx(path: Path) -> str:
+    from gpt2pipe.ops import cuda
+
+    return cuda.compile_check(path)
+
+
 def test_every_kernel_source_compiles_with_nvrtc():
     from gpt2pipe.ops import cuda
 
     sources = cuda.sources()
     assert {p.stem for p in sources} >= {"encoder", "layernorm", "gelu", "classifier", "adamw", "global_norm",
                                          "bias_grad", "fp8"}
+    assert not cuda.missing_sources()
+    assert set(cuda.SOURCES) == {p.name for p in cuda.kernel_dir().glob("*.cu*")}  # a new file is listed too
     for path in sources:
-        cuda.compile_check(path)
+        assert ".entry" in _ptx(path)
 
 
-def test_broken_kernel_fails_the_compile_check(tmp_path):
-    from gpt2pipe import Gpt2pipeError
+def test_parsed_signatures_match_what_nvrtc_compiled():
+    """The C signatures launch() checks against, read from the sources, name every kernel NVRTC built,
+    with the parameter sizes it built them with."""
     from gpt2pipe.ops import cuda
 
-    bad = tmp_path / "bad.cu"
-    bad.write_text('#include "common.cuh"\nextern "C" __global__ void k(bf16* x) { x[0] = undefined_name; }\n')
-    with pytest.raises(Gpt2pipeError, match="undefined_name"):
-        cuda.compile_check(bad)
+    size = {"int": 4, "unsigned int": 4, "long long": 8, "unsigned long long": 8, "float": 4, "double": 8}
+    for path in cuda.sources():
+        compiled = cuda.ptx_entries(_ptx(path))
+        parsed = cuda.signatures(path.stem)
+        assert set(parsed) == set(compiled), path.name
+        for kernel, params in parsed.items():
+            assert [8 if p.pointer else size[p.ctype] for p in params] == compiled[kernel], kernel
+    fp8_cast = cuda.signatures("fp8")["cast_e4m3"]
+    assert [(p.name, p.ctype, p.pointer) for p in fp8_cast][-1] == ("n8", "long long", False)
+
+
+def test_signature_parser_reads_typedefs_macros_and_rejects_unknown_types():
+    from gpt2pipe.ops.signature import parse_signatures
+
+    header = "typedef unsigned char fp8;  // one byte\n"
+    code = """#include "h.cuh"
+    /* extern "C" __global__ void commented_out(int x) {} */
+    #define ENTRY(V) extern "C" __global__ void __launch_bounds__(128, (V <= 3 ? 6 : 2)) k##V(fp8* out, \\
+                                                                  const bf16* __restrict__ x, long long n) {}
+    ENTRY(1)
+    ENTRY(2)
+    extern "C" __global__ void plain(float* y, unsigned int seed, int count) {}
+    """
+    kernels = parse_signatures(code, {"h.cuh": header})
+    assert set(kernels) == {"k1", "k2", "plain"}
+    assert [p.describe() for p in kernels["k2"]] == ["unsigned char* out", "__nv_bfloat16* x", "long long n"]
+    assert [p.describe() for p in kernels["plain"]] == ["float* y", "unsigned int seed", "int count"]
+    with pytest.raises(Gpt2pipeError, match="half2"):
+        parse_signatures('extern "C" __global__ void k(half2 x) {}')
+
+
+def test_launch_arguments_are_checked_against_the_kernel_signature():
+    from gpt2pipe.ops import cuda
+    from gpt2pipe.ops.signature import KernelArgumentError
+
+    x = torch.zeros(64, dtype=torch.bfloat16)
+    out = torch.zeros(64, dtype=torch.float8_e4m3fn)
+    amax = torch.zeros((), dtype=torch.float32)
+
+    def cast_args(*args, require_cuda=False, **kwargs):
+        return cuda.kernel_arguments("fp8", "cast_e4m3", args, kwargs, require_cuda=require_cuda)
+
+    good = cast_args(out, amax, amax, x, amax, 8)
+    assert [type(v) for v in good] == [np.uint64] * 5 + [np.int64]  # `long long n8` gets 8 bytes
+    assert good[3] == x.data_ptr() and good[5] == 8
+    assert cast_args(out, amax, amax, x, amax_prev=amax, n8=8) == good  # keywords by C parameter name
+    assert cast_args(out, None, amax, x, amax, 8)[1] == 0  # None: a null pointer
+    bad = {  # a wrong launch fails before anything runs, naming the kernel and the parameter
+        r"kernel cast_e4m3, parameter __nv_bfloat16\* x: needs a tensor of torch.bfloat16, got torch.float32":
+            lambda: cast_args(out, amax, amax, x.float(), amax, 8),
+        r"parameter unsigned char\* out: needs a tensor of .*got torch.float16":
+            lambda: cast_args(out.half(), amax, amax, x, amax, 8),
+        r"kernel cast_e4m3: missing argument\(s\) n8": lambda: cast_args(out, amax, amax, x, amax),
+        r"7 positional arguments for 6 parameters": lambda: cast_args(out, amax, amax, x, amax, 8, 1),
+        r"no parameter named 'n'": lambda: cast_args(out, amax, amax, x, amax, n=8),
+        r"parameter 'n8' given twice": lambda: cast_args(out, amax, amax, x, amax, 8, n8=8),
+        r"parameter long long n8: needs an integer, got float": lambda: cast_args(out, amax, amax, x, amax, 8.0),
+        r"parameter long long n8: needs a number, got a tensor":
+            lambda: cast_args(out, amax, amax, x, amax, torch.tensor(8)),
+        r"parameter float\* amax_prev: needs a tensor or None, got int": lambda: cast_args(out, amax, amax, x, 0, 8),
+        r"needs a CUDA tensor, got one on cpu": lambda: cast_args(out, amax, amax, x, amax, 8, require_cuda=True),
+        r"needs a contiguous tensor": lambda: cast_args(out, amax, amax, x.view(8, 8).t(), amax, 8),
+        r"parameter int N: 2147483648 is outside the range of int":
+            lambda: cuda.kernel_arguments("bias_grad", "bias_grad", (amax, x, 2**31, 8), {}, require_cuda=False),
+        r"parameter float max_norm: needs a number, got str": lambda: cuda.kernel_arguments(
+            "global_norm", "global_norm_finalize", (amax, amax, 1, "1.0"), {}, require_cuda=False),
+        r"fp8.cu has no kernel 'cast_e4m4'": lambda: cuda.kernel_arguments("fp8", "cast_e4m4", (), {}),
+    }
+    for message, launch in bad.items():
+        with pytest.raises(KernelArgumentError, match=message):
+            launch()
+
+
+def test_adamw_launch_by_parameter_name():
+    from gpt2pipe.ops import cuda
+    from gpt2pipe.ops.signature import KernelArgumentError
+
+    bf, f32 = torch.zeros(16, dtype=torch.bfloat16), torch.zeros(16)
+    named = dict(params=bf, master=f32, m=f32, v=f32, grads=bf, clip=f32, n=16, n_decay=8, offset=2**40,
+                 lr=6e-4, beta1=0.9, beta2=0.95, bias1=0.1, bias2=0.05, eps=1e-8, weight_decay=0.1,
+                 seed=2**32 - 1, stochastic=True)
+    args = cuda.kernel_arguments("adamw", "adamw_update", (), named, require_cuda=False)
+    assert args[8] == 2**40 and type(args[8]) is np.int64 and type(args[16]) is np.uint32
+    assert type(args[9]) is np.float32 and args[17] == 1
+    with pytest.raises(KernelArgumentError, match=r"unsigned int seed: 4294967296 is outside"):
+        cuda.kernel_arguments("adamw", "adamw_update", (), {**named, "seed": 2**32}, require_cuda=False)
+    with pytest.raises(KernelArgumentError, match=r"float\* master: needs a tensor of torch.float32, got torch.bfloat16"):
+        cuda.kernel_arguments("adamw", "adamw_update", (), {**named, "master": bf}, require_cuda=False)
+
+
+def test_kernels_are_unavailable_when_a_source_is_missing(tmp_path, monkeypatch):
+    from gpt2pipe import ops
+    from gpt2pipe.ops import cuda
+
+    installed = cuda.kernel_dir()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU node with CuPy
+    monkeypatch.setattr(cuda, "kernel_dir", lambda: tmp_path)
+    try:
+        ops.kernels_available.cache_clear()
+        assert not ops.kernels_available()
+        for name in cuda.SOURCES:
+            shutil.copy(installed / name, tmp_path / name)
+        assert cuda.missing_sources() == []
+        ops.kernels_available.cache_clear()
+        assert ops.kernels_available()
+        (tmp_path / "fp8.cuh").unlink()
+        assert cuda.missing_sources() == ["fp8.cuh"]
+    finally:
+        ops.kernels_available.cache_clear()
+
+
+def test_kernel_ops_and_the_model_have_no_import_cycle():
+    """No cycle among ops/ and the model, counting imports inside functions: ops/autograd.py never imports
+    ops/fp8 (fp8 builds on it), and ops/ never imports the model."""
+    import gpt2pipe
+
+    root = Path(gpt2pipe.__file__).parent
+    files = [*sorted((root / "ops").rglob("*.py")), root / "model" / "gpt.py"]
+
+    def name_of(path: Path) -> str:
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(f): f for f in files}
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):  # imports inside functions count too
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+        own_packages = {name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1)}
+        targets = set()
+        for target in imported:  # importing a.b.c runs the __init__ of a.b as well
+            pieces = target.split(".")
+            targets |= {".".join(pieces[:k]) for k in range(2, len(pieces) + 1)}
+        graph[name] = {t for t in targets if t in modules and t != name and t not in own_packages}
+
+    def cycle_from(start, node, path):
+        for nxt in graph[node]:
+            if nxt == start:
+                return path + [nxt]
+            if nxt not in path:
+                found = cycle_from(start, nxt, path + [nxt])
+                if found:
+                    return found
+        return None
+
+    for name in graph:
+        assert cycle_from(name, name, [name]) is None, " -> ".join(cycle_from(name, name, [name]))
+    assert not any(m.startswith("gpt2pipe.ops.fp8") for m in graph["gpt2pipe.ops.autograd"])
+
+
+def test_fp8_conversion_swaps_modules_and_keeps_the_model():
+    from gpt2pipe.ops import fp8
+
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16)
+    torch.manual_seed(0)
+    plain = GPT(cfg)
+    converted = GPT(cfg, ops="kernels")  # on CPU the kernels path runs the references
+    converted.load_state_dict(plain.state_dict())
+    assert fp8.convert_to_fp8(converted) is converted and fp8.convert_to_fp8(converted) is converted
+    assert isinstance(converted.transformer.h[1].mlp, fp8.Fp8MLP)
+    assert isinstance(converted.transformer.h[1].attn.c_attn, fp8.Fp8QkvLinear)
+    assert list(converted.state_dict()) == list(plain.state_dict())
+    assert [id(p) for p in converted.parameters()] == [id(p) for p in converted.parameters()]
+    assert sum(p.numel() for p in converted.parameters()) == sum(p.numel() for p in plain.parameters())
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    assert converted(x, x)[1].item() == pytest.approx(plain(x, x)[1].item(), rel=1e-6)
+    converted.ops = "torch"
+    assert converted(x, x)[1].item() == plain(x, x)[1].item()
+    assert fp8.state_of(plain) is None
+
+
+def test_fp8_state_round_trips_through_a_weights_only_load():
+    from gpt2pipe.ops import fp8
+    from gpt2pipe.ops.fp8 import Slot
+
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16)
+    model = fp8.convert_to_fp8(GPT(cfg))
+    state = model.fp8_scaling.on(torch.device("cpu"))
+    state.amax_current[1, Slot.GELU_OUTPUT] = 3.0
+    state.measured["forward"] = True
+    state.roll()
+    state.amax_current[0, Slot.MLP_INPUT] = 5.0
+    state.inv_scale[1, Slot.QKV_WEIGHT] = 0.25
+    buffer = io.BytesIO()
+    torch.save(fp8.state_of(model), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    assert saved["calibrated_forward"] == 1 and saved["calibrated_backward"] == 0
+    other = fp8.convert_to_fp8(GPT(cfg))
+    fp8.load_state(other, saved)
+    restored = other.fp8_scaling.state
+    assert restored.amax_previous[1, Slot.GELU_OUTPUT] == 3.0 and restored.amax_current[0, Slot.MLP_INPUT] == 5.0
+    assert restored.inv_scale[1, Slot.QKV_WEIGHT] == 0.25
+    assert restored.calibrated == {"forward": True, "backward": False}
+    fp8.load_state(other, None)  # nothing saved: nothing to restore
+    with pytest.raises(Gpt2pipeError, match="not converted to fp8"):
+        fp8.load_state(GPT(cfg), saved)
+    with pytest.raises(Gpt2pipeError, match="does not fit"):
+        fp8.load_state(fp8.convert_to_fp8(GPT(ModelConfig(n_layer=3, n_head=2, n_embd=32, block_size=16))), saved)
+
+
+def test_fp8_forwards_outside_training_read_the_scales_without_writing_them():
+    from gpt2pipe.ops import fp8
+
+    scaling = fp8.Fp8Scaling(2)
+    cpu = torch.device("cpu")
+    live = scaling.for_forward(cpu, training=True)
+    assert scaling.for_forward(cpu, training=False) is not live  # eval mode
+    with torch.no_grad():
+        view = scaling.for_forward(cpu, training=True)  # no gradients: validation in train mode
+    assert view is not live and view is scaling.for_forward(cpu, training=False)
+    assert view.amax_previous is live.amax_previous  # the same scales
+    view.amax_current.fill_(7.0)
+    view.inv_scale.fill_(0.5)
+    view.measured["forward"] = True
+    assert live.amax_current.eq(0).all() and live.inv_scale.eq(1).all() and not live.measured["forward"]
+    live.amax_current.fill_(2.0)
+    live.measured["forward"] = True
+    live.roll()
+    assert view.amax_previous.eq(2.0).all() and view.calibrated["forward"]  # it follows training
 
 
 def leaf(*shape, scale=1.0, dtype=torch.bfloat16):
@@ -156,12 +395,21 @@ def test_global_norm_and_adamw_match_reference():
 def test_stochastic_rounding_is_unbiased_and_seeded():
     from gpt2pipe.ops.optim import FlatAdamW
 
-    lin = torch.nn.Linear(4096, 256, bias=False).cuda()
-    a = FlatAdamW(lin, lr=1e-4, weight_decay=0.0, grad_clip=0.0, stochastic_rounding=True, seed=1)
-    a.grads.fill_(1e-3)
-    a.step()
-    err = (a.params.float() - a.master)
+    def rounded(seed: int) -> FlatAdamW:
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(4096, 256, bias=False).cuda()
+        opt = FlatAdamW(lin, lr=1e-4, weight_decay=0.0, grad_clip=0.0, stochastic_rounding=True, seed=seed)
+        opt.grads.fill_(1e-3)
+        opt.step()
+        return opt
+
+    a, same, other = rounded(1), rounded(1), rounded(2)
+    assert torch.equal(a.master, other.master)  # the fp32 update does not depend on the seed
+    err = a.params.float() - a.master
     assert err.abs().max() > 0 and abs(err.mean().item()) < 1e-3 * err.abs().mean().item() + 1e-7
+    assert torch.equal(a.params, same.params)  # same seed: the same rounding
+    differ = (a.params != other.params).float().mean().item()
+    assert differ > 0.1, differ  # another seed: other roundings (most elements sit between two bf16s)
 
 
 @gpu
@@ -240,40 +488,46 @@ fp8_gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_dev
 @fp8_gpu
 def test_fp8_casts_scale_by_powers_of_two_and_record_amax():
     from gpt2pipe.ops import fp8
+    from gpt2pipe.ops.fp8 import Slot
 
     torch.manual_seed(0)
     state = fp8.Fp8State(1, torch.device("cuda"))
     x = (torch.randn(4096, 768, device="cuda") * 3e-5).bfloat16()  # gradient-sized values
-    state.prev[0, fp8.DY] = x.abs().max().float()
-    x8 = fp8.cast(x, fp8.E5M2, state, 0, fp8.DY)
-    inv = state.inv[0, fp8.DY].item()
+    grad = state.target(0, Slot.MLP_OUTPUT_GRAD)
+    state.amax_previous[0, Slot.MLP_OUTPUT_GRAD] = x.abs().max().float()
+    x8 = grad.cast(x, fp8.E5M2)
+    inv = grad.inv_scale.item()
     assert inv == 2.0 ** round(torch.log2(torch.tensor(inv)).item())  # a power of two: exact to undo
-    assert state.cur[0, fp8.DY].item() == x.abs().max().item()
+    assert grad.amax_current.item() == x.abs().max().item()
     assert rel(x8.float() * inv, x.float()) < 0.1  # e5m2: 2 mantissa bits
     assert x8.float().abs().max().item() <= 57344 / 2  # headroom kept
 
     w = (torch.randn(3072, 768, device="cuda") * 0.02).bfloat16()
-    w8, w8t = fp8._weight(w, state, 0, fp8.W_FC)
+    weight = state.target(0, Slot.FC_WEIGHT)
+    w8, w8t = weight.weight_copies(w)
     assert torch.equal(w8t.view(torch.uint8), w8.t().contiguous().view(torch.uint8))
-    assert rel(w8.float() * state.inv[0, fp8.W_FC].item(), w.float()) < 0.05  # e4m3: 3 mantissa bits
+    assert rel(w8.float() * weight.inv_scale.item(), w.float()) < 0.05  # e4m3: 3 mantissa bits
 
     # LayerNorm writes the e4m3 copy of its output itself, scaled from the slot's previous amax
     res, xin = leaf(512, 768), leaf(512, 768)
     ln_w, ln_b = leaf(768), leaf(768)
-    state.prev[0, fp8.X_QKV] = 4.0
-    _, out, out8 = K.residual_layernorm(res, xin, ln_w, ln_b, (state, 0, fp8.X_QKV))
-    assert rel(out8.float() * state.inv[0, fp8.X_QKV].item(), out.float()) < 0.05
-    assert state.cur[0, fp8.X_QKV].item() == pytest.approx(out.float().abs().max().item(), rel=1e-2)
+    qkv_input = state.target(0, Slot.QKV_INPUT)
+    state.amax_previous[0, Slot.QKV_INPUT] = 4.0
+    _, out, out8 = K.residual_layernorm(res, xin, ln_w, ln_b, qkv_input)
+    assert rel(out8.float() * qkv_input.inv_scale.item(), out.float()) < 0.05
+    assert qkv_input.amax_current.item() == pytest.approx(out.float().abs().max().item(), rel=1e-2)
 
     big = torch.full((64, 16), 1e4, device="cuda").bfloat16()  # grew past its delayed scale: saturates
-    state.prev[0, fp8.H] = 1.0
-    assert torch.isfinite(fp8.cast(big, fp8.E4M3, state, 0, fp8.H).float()).all()
+    state.amax_previous[0, Slot.MLP_INPUT] = 1.0
+    assert torch.isfinite(state.target(0, Slot.MLP_INPUT).cast(big, fp8.E4M3).float()).all()
 
 
 @gpu
 @fp8_gpu
 def test_fp8_mlp_calibrates_in_bf16_then_tracks_the_bf16_mlp():
     from gpt2pipe.ops import fp8
+    from gpt2pipe.ops.fp8 import Slot
+    from gpt2pipe.ops.fp8.gemms import Fp8MlpFunction
 
     torch.manual_seed(0)
     C, M = 768, 4096
@@ -287,42 +541,157 @@ def test_fp8_mlp_calibrates_in_bf16_then_tracks_the_bf16_mlp():
     state = fp8.Fp8State(1, torch.device("cuda"))
     for micro_step in range(3):
         state.roll()
-        y = fp8.Fp8Mlp.apply(h, None, w_fc, b_fc, w_pr, b_pr, state, 0)
+        y = Fp8MlpFunction.apply(h, None, w_fc, b_fc, w_pr, b_pr, state, 0)
         got = grads_of(y, inputs, dy)
         if micro_step == 0:  # no amax yet: bf16 (our kernels), measuring
             assert rel(y, want_y) < 1e-2 and all(rel(g, w) < 2e-2 for g, w in zip(got, want))
         else:
             assert rel(y, want_y) < 0.06
             assert all(rel(g, w) < 0.1 for g, w in zip(got, want)), [rel(g, w) for g, w in zip(got, want)]
-    assert state.ready == {"fwd": True, "bwd": True}
-    assert (state.prev[0, [fp8.H, fp8.G, fp8.DY, fp8.DPRE, fp8.W_FC, fp8.W_PROJ]] > 0).all()
+    assert state.calibrated == {"forward": True, "backward": True}
+    slots = [Slot.MLP_INPUT, Slot.GELU_OUTPUT, Slot.MLP_OUTPUT_GRAD, Slot.PRE_GELU_GRAD, Slot.FC_WEIGHT,
+             Slot.PROJ_WEIGHT]
+    assert (state.amax_previous[0, slots] > 0).all()
+
+
+def _fp8_pair(cfg):
+    """A bf16 kernels model and an fp8-converted copy of it, with their flat AdamW optimizers."""
+    from gpt2pipe.ops import fp8
+    from gpt2pipe.ops.optim import FlatAdamW
+
+    torch.manual_seed(0)
+    bf = GPT(cfg, ops="kernels").cuda()
+    f8 = GPT(cfg, ops="kernels").cuda()
+    f8.load_state_dict(bf.state_dict())
+    fp8.convert_to_fp8(f8)
+    return (bf, FlatAdamW(bf, lr=1e-3, stochastic_rounding=False)), (f8, FlatAdamW(f8, lr=1e-3, stochastic_rounding=False))
+
+
+def _train_step(model, opt, x, y) -> float:
+    loss = model(x, y)[1]
+    loss.backward()
+    opt.step(1e-3)
+    opt.zero_grad()
+    return loss.item()
 
 
 @gpu
 @fp8_gpu
 def test_fp8_training_follows_bf16_training():
-    from gpt2pipe.config import from_dict
-    from gpt2pipe.train.loop import make_flat_optimizer, optimizer_step
-
-    t = from_dict({"train": {"learning_rate": 1e-3, "warmup_steps": 0, "stochastic_rounding": False}}).train
     cfg = ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=64)
-    torch.manual_seed(0)
-    bf = GPT(cfg, ops="kernels").cuda()
-    f8 = GPT(cfg, ops="kernels", fp8=True).cuda()
-    f8.load_state_dict(bf.state_dict())
-    opts = make_flat_optimizer(bf, t), make_flat_optimizer(f8, t)
+    pair = _fp8_pair(cfg)
     data = torch.randint(0, 50257, (4, 16, 65), device="cuda")  # 4 batches, seen 5 times: the loss falls
-    losses = []
-    for step in range(20):
-        x, y = data[step % 4, :, :-1], data[step % 4, :, 1:]
-        pair = []
-        for model, opt in zip((bf, f8), opts):
-            loss = model(x, y)[1]
-            loss.backward()
-            optimizer_step(opt, model, 1e-3, 1.0)
-            pair.append(loss.item())
-        losses.append(pair)
-    assert f8._fp8_state.ready == {"fwd": True, "bwd": True}
+    losses = [[_train_step(model, opt, data[step % 4, :, :-1], data[step % 4, :, 1:]) for model, opt in pair]
+              for step in range(20)]
+    f8 = pair[1][0]
+    assert f8.fp8_scaling.state.calibrated == {"forward": True, "backward": True}
     for step, (l_bf, l_f8) in enumerate(losses):
         assert l_f8 == pytest.approx(l_bf, rel=2e-2), (step, losses)
     assert losses[-1][1] < losses[0][1] - 1.0
+
+
+@gpu
+@fp8_gpu
+def test_fp8_validation_leaves_the_training_scales_alone():
+    from gpt2pipe.ops import fp8
+
+    cfg = ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=64)
+    (_, _), (model, opt) = _fp8_pair(cfg)
+    data = torch.randint(0, 50257, (3, 16, 65), device="cuda")
+    for step in range(3):
+        _train_step(model, opt, data[step, :, :-1], data[step, :, 1:])
+    before = fp8.state_of(model)
+
+    def unchanged():
+        after = fp8.state_of(model)
+        return all(torch.equal(before[k], after[k]) if isinstance(before[k], torch.Tensor) else before[k] == after[k]
+                   for k in before)
+
+    model.eval()
+    with torch.no_grad():
+        val = model(data[0, :, :-1], data[0, :, 1:])[1].item()
+    model.train()
+    with torch.no_grad():
+        model(data[1, :, :-1], data[1, :, 1:])
+    assert unchanged()
+    with torch.no_grad():  # the read-only view runs the same fp8 forward training would run now
+        again = model.eval()(data[0, :, :-1], data[0, :, 1:])[1].item()
+    model.train()
+    assert again == val
+    _train_step(model, opt, data[0, :, :-1], data[0, :, 1:])
+    assert not unchanged()  # a training forward does move them: the check above can fail
+
+
+@gpu
+@fp8_gpu
+def test_fp8_training_resumes_bit_exactly_from_its_saved_state(tmp_path):
+    from gpt2pipe.ops import fp8
+    from gpt2pipe.ops.optim import FlatAdamW
+
+    cfg = ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=64)
+    (_, _), (model, opt) = _fp8_pair(cfg)
+    data = torch.randint(0, 50257, (8, 16, 65), device="cuda")
+    batches = [(data[i, :, :-1], data[i, :, 1:]) for i in range(8)]
+    for x, y in batches[:4]:
+        _train_step(model, opt, x, y)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "fp8": fp8.state_of(model)},
+               tmp_path / "state.pt")
+    straight = [_train_step(model, opt, x, y) for x, y in batches[4:]]
+
+    def resumed(with_fp8_state: bool) -> list[float]:
+        saved = torch.load(tmp_path / "state.pt", weights_only=True)
+        other = fp8.convert_to_fp8(GPT(cfg, ops="kernels").cuda())
+        other_opt = FlatAdamW(other, lr=1e-3, stochastic_rounding=False)
+        other.load_state_dict(saved["model"])
+        other_opt.load_state_dict(saved["optimizer"])
+        if with_fp8_state:
+            fp8.load_state(other, saved["fp8"])
+        return [_train_step(other, other_opt, x, y) for x, y in batches[4:]]
+
+    assert resumed(with_fp8_state=True) == straight
+    assert resumed(with_fp8_state=False) != straight  # calibrating afresh differs: the state matters
+
+
+def test_every_launch_in_the_code_names_a_real_kernel_and_its_parameters():
+    """Static check of each launch("file", "kernel", grid, block, ...) call in the package, bench and
+    dev/kernels: the kernel exists, keywords are parameter names, and the count fits (GPU-only code paths
+    are thereby checked on CPU too)."""
+    import re
+
+    import gpt2pipe
+    from gpt2pipe.ops import cuda
+
+    root = Path(gpt2pipe.__file__).parent
+    files = [*root.rglob("*.py"), *(root.parents[1] / "dev" / "kernels").glob("*.py")]
+    calls = 0
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "launch"):
+                continue
+            source, kernel = node.args[0], node.args[1]
+            assert isinstance(source, ast.Constant), f"{path}:{node.lineno}: kernel file must be a literal"
+            if isinstance(kernel, ast.Constant):
+                pattern = re.escape(kernel.value)
+            elif isinstance(kernel, ast.JoinedStr):  # f"layernorm_forward{vec}": the parts pick a `_vec[V]` variant
+                pattern = "".join(re.escape(v.value) if isinstance(v, ast.Constant) else r"_?vec\d*"
+                                  for v in kernel.values)
+            else:  # a name chosen at run time (CAST_KERNELS[dtype]): some kernel of the file must fit
+                pattern = r"\w+"
+            kernels = {k: p for k, p in cuda.signatures(source.value).items() if re.fullmatch(pattern, k)}
+            assert kernels, f"{path}:{node.lineno}: no kernel {pattern} in {source.value}.cu"
+            positional = node.args[4:]
+            open_ended = any(isinstance(a, ast.Starred) for a in positional) or any(k.arg is None for k in node.keywords)
+            keywords = [k.arg for k in node.keywords if k.arg not in (None, "shared_mem")]
+            problems = {}
+            for name, params in kernels.items():
+                names = [p.name for p in params]
+                if not set(keywords) <= set(names):
+                    problems[name] = f"no parameter {set(keywords) - set(names)}"
+                elif not open_ended and len(positional) + len(keywords) != len(params):
+                    problems[name] = f"{len(positional) + len(keywords)} arguments for {len(params)} parameters"
+                elif set(keywords) & set(names[: len(positional)]):
+                    problems[name] = "a parameter given twice"
+            fits = len(problems) < len(kernels) if pattern == r"\w+" else not problems
+            assert fits, f"{path}:{node.lineno}: {problems}"
+            calls += 1
+    assert calls >= 20

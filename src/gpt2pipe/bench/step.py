@@ -1,9 +1,10 @@
-"""`gpt2pipe bench`: one GPU, one process — a full GPT-2 training step three ways, and each kernel alone.
+"""`gpt2pipe bench`: one GPU, one process — a full GPT-2 training step several ways, then (bench/kernels.py)
+each kernel alone.
 
-Step table: our kernels vs torch eager vs torch.compile of the same model (bf16 autocast, SDPA, fused
-AdamW), each doing the same optimizer step of `total_batch` tokens by gradient accumulation over
-micro-batches. Kernel table: each kernel vs its torch reference at GPT-2 124M shapes, with the bytes it
-must move and the bandwidth that implies. Synthetic tokens: the data pipeline is not what is timed.
+Step table: our kernels (bf16, fp8, with recompute) vs torch eager vs torch.compile of the same model
+(bf16 autocast, SDPA, fused AdamW), each doing the same optimizer step of `total_batch` tokens by
+gradient accumulation over micro-batches. MFU is against one GPU's peak (this is one process on one GPU).
+Synthetic tokens: the data pipeline is not what is timed.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
+from gpt2pipe.bench.kernels import format_table, kernel_table
 from gpt2pipe.config import ModelConfig
-from gpt2pipe.model.gpt import GPT, GPT2_SIZES
 from gpt2pipe.device import peak_flops
-
-COPY_BANDWIDTH = {"H100": 3.0e12, "H200": 4.3e12}  # measured device-to-device copy (read + write), bytes/s
+from gpt2pipe.model.gpt import GPT, GPT2_SIZES
 
 
 @dataclass
@@ -53,8 +53,11 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
     torch.manual_seed(0)
     t = from_dict({}).train  # the 124M recipe's optimizer: lr 6e-4, betas 0.9/0.95, decay 0.1, clip 1.0
     kernels = mode.startswith("kernels")
-    model = GPT(cfg, ops="kernels" if kernels else "torch", recompute=mode == "kernels-recompute",
-                fp8=mode == "kernels-fp8").to(device)
+    model = GPT(cfg, ops="kernels" if kernels else "torch", recompute=mode == "kernels-recompute").to(device)
+    if mode == "kernels-fp8":
+        from gpt2pipe.ops.fp8 import convert_to_fp8
+
+        convert_to_fp8(model)
     # the training loop's own optimizers: flat bf16 AdamW for the kernels, fused torch AdamW otherwise
     opt = make_flat_optimizer(model, t) if kernels else make_optimizer(model, t, device)
     amp = contextlib.nullcontext() if kernels else torch.autocast("cuda", dtype=torch.bfloat16)
@@ -102,88 +105,6 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
     return result
 
 
-def _time(fn, reps: int = 20) -> float:
-    """Median milliseconds of fn() over reps, timed with CUDA events after a warm-up."""
-    for _ in range(3):
-        fn()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b))
-    return statistics.median(out)
-
-
-def kernel_table(cfg: ModelConfig, tokens: int = 65536) -> list[tuple[str, float, float, float]]:
-    """(name, our µs, torch µs, bytes moved) for each op at GPT-2 shapes over `tokens` tokens. Times are per
-    call as the model makes it (autograd and launch overhead included); bytes are the least the op must move."""
-    from gpt2pipe.ops import autograd as K
-    from gpt2pipe.ops import reference as R
-    from gpt2pipe.ops.cuda import launch
-    from gpt2pipe.ops.optim import FlatAdamW
-
-    torch.manual_seed(0)
-    C, V, Vp, T = cfg.n_embd, cfg.vocab_size, cfg.padded_vocab_size, 1024
-    N = tokens
-    bf = dict(device="cuda", dtype=torch.bfloat16)
-    rows = []
-
-    def both(name, ours, ref, nbytes):
-        rows.append((name, _time(ours) * 1e3, _time(ref) * 1e3, nbytes))
-
-    idx = torch.randint(0, V, (N // T, T), device="cuda")
-    wte, wpe = torch.randn(Vp, C, **bf), torch.randn(T, C, **bf)
-    both("encoder fwd", lambda: K.Encoder.apply(idx, wte, wpe), lambda: R.encoder(idx, wte, wpe), 8 * N + 6 * N * C)
-    x, r = torch.randn(N, C, **bf), torch.randn(N, C, **bf)
-    w, b = torch.randn(C, **bf), torch.randn(C, **bf)
-    both("residual+layernorm fwd", lambda: K.ResidualLayerNorm.apply(r, x, w, b),
-         lambda: R.residual_layernorm(r, x, w, b), 8 * N * C)
-    xg, rg, wg, bg = (t.clone().requires_grad_() for t in (x, r, w, b))
-    res, out = K.ResidualLayerNorm.apply(rg, xg, wg, bg)
-    res_r, out_r = R.residual_layernorm(rg, xg, wg, bg)
-    g = torch.randn(N, C, **bf)
-    both("residual+layernorm bwd", lambda: torch.autograd.grad((res, out), (rg, xg, wg, bg), (g, g), retain_graph=True),
-         lambda: torch.autograd.grad((res_r, out_r), (rg, xg, wg, bg), (g, g), retain_graph=True), 8 * N * C)
-    h, bias = torch.randn(N, 4 * C, **bf), torch.randn(4 * C, **bf)
-    both("bias+gelu fwd", lambda: K.BiasGelu.apply(h, bias), lambda: R.bias_gelu(h, bias), 16 * N * C)
-    hg, biasg = h.clone().requires_grad_(), bias.clone().requires_grad_()
-    o1, o2 = K.BiasGelu.apply(hg, biasg), R.bias_gelu(hg, biasg)
-    g4 = torch.randn(N, 4 * C, **bf)
-    both("bias+gelu bwd", lambda: torch.autograd.grad(o1, (hg, biasg), g4, retain_graph=True),
-         lambda: torch.autograd.grad(o2, (hg, biasg), g4, retain_graph=True), 24 * N * C)
-    n_cls = min(N, 8192)
-    logits = torch.randn(n_cls, Vp, **bf)
-    tgt = torch.randint(0, V, (n_cls,), device="cuda")
-    losses = torch.empty(n_cls, device="cuda")
-    work = logits.clone()
-
-    def ours_cls():
-        work.copy_(logits)  # the kernel writes in place; the copy is timed on both sides
-        launch("classifier", "fused_classifier", n_cls, 1024, work, losses, tgt, V, Vp, 1.0 / n_cls, 1)
-
-    lg = logits.clone().requires_grad_()
-
-    def ref_cls():
-        loss = torch.nn.functional.cross_entropy(lg[:, :V].float(), tgt)
-        torch.autograd.grad(loss, lg)
-
-    both("softmax+xent+dlogits", ours_cls, ref_cls, 2 * 2 * n_cls * Vp + 2 * 2 * n_cls * Vp)
-    model = GPT(cfg).cuda()
-    ref_params = [p.detach().clone() for p in model.parameters()]
-    for p in ref_params:
-        p.grad = torch.randn_like(p) * 1e-3
-    flat = FlatAdamW(model, lr=1e-4)
-    flat.grads.normal_(0, 1e-3)
-    torch_opt = torch.optim.AdamW(ref_params, lr=1e-4, fused=True)
-    n = flat.grads.numel()
-    both("global norm + AdamW", lambda: flat.step(1e-4),
-         lambda: (torch.nn.utils.clip_grad_norm_(ref_params, 1.0), torch_opt.step()), 30 * n)
-    return rows
-
-
 def run(size: str = "124M", seq_len: int = 1024, total_batch: int = 524288, modes=("kernels", "eager", "compile"),
         micro_batch: dict | None = None, steps: int = 5, warmup: int = 2, kernels: bool = True,
         profile: tuple[str, ...] = ()) -> str:
@@ -209,7 +130,7 @@ def run(size: str = "124M", seq_len: int = 1024, total_batch: int = 524288, mode
                     raise
         print(f"{mode}: {results[-1].ms:.1f} ms/step, losses {[round(x, 4) for x in results[-1].losses]}", flush=True)
     base = next((r for r in results if r.mode == "compile"), None)
-    lines.append("| mode | micro-batch | ms/step | tokens/s | TFLOP/s | MFU | peak GiB | vs torch.compile |")
+    lines.append("| mode | micro-batch | ms/step | tokens/s | TFLOP/s | MFU (per GPU) | peak GiB | vs torch.compile |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         ratio = f"{base.ms / r.ms:.3f}x" if base else "-"
@@ -217,13 +138,6 @@ def run(size: str = "124M", seq_len: int = 1024, total_batch: int = 524288, mode
         lines.append(f"| {r.mode} | {r.micro_batch} | {r.ms:.1f} | {r.tokens_per_s:,.0f} | {r.tflops:.1f} | {mfu} | "
                      f"{r.peak_gb:.1f} | {ratio} |")
     if kernels:
-        bw = next((v for k, v in COPY_BANDWIDTH.items() if k in name), None)
         lines.append("")
-        lines.append("| op, 65536 tokens (one B=64 micro-batch), per call incl. launch | ours µs | torch µs | speedup "
-                     "| ours GB/s | of copy bandwidth |")
-        lines.append("|---|---:|---:|---:|---:|---:|")
-        for kname, ours, ref, nbytes in kernel_table(cfg):
-            gbs = nbytes / (ours * 1e-6) / 1e9
-            frac = f"{100 * gbs * 1e9 / bw:.0f}%" if bw else "-"
-            lines.append(f"| {kname} | {ours:.1f} | {ref:.1f} | {ref / ours:.2f}x | {gbs:,.0f} | {frac} |")
+        lines += format_table(kernel_table(cfg))
     return "\n".join(lines)

@@ -12,6 +12,28 @@ import torch.utils.checkpoint
 from gpt2pipe.config import ModelConfig
 
 
+def _kernel_ops():
+    from gpt2pipe.ops import autograd
+
+    return autograd
+
+
+def fp8_input_target(module: nn.Module, x: torch.Tensor):
+    """Where the LayerNorm that feeds `module` should also write an e4m3 copy of its output (LayerNorm of
+    x): what a module swapped in by ops/fp8's converter asks for; None for every other module."""
+    target = getattr(module, "fp8_input_target", None)
+    return None if target is None else target(x)
+
+
+def linear_kernels(linear: nn.Linear, x: torch.Tensor, x_fp8: torch.Tensor | None = None) -> torch.Tensor:
+    """A linear layer on the kernels path: the layer's own `forward_kernels` when a converter gave it one
+    (the fp8 qkv linear), else cuBLASLt with our bias-gradient kernel."""
+    own = getattr(linear, "forward_kernels", None)
+    if own is not None:
+        return own(x, x_fp8)
+    return _kernel_ops().linear(x, linear.weight, linear.bias)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -20,12 +42,20 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.c_proj.residual = True
 
-    def forward(self, x: torch.Tensor, linear=F.linear) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = linear(x, self.c_attn.weight, self.c_attn.bias).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self._attend(self.c_attn(x)))
+
+    def forward_kernels(self, x: torch.Tensor, x_fp8: torch.Tensor | None = None) -> torch.Tensor:
+        y = self._attend(linear_kernels(self.c_attn, x, x_fp8))
+        return _kernel_ops().linear(y, self.c_proj.weight, self.c_proj.bias)
+
+    def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Causal multi-head attention of the packed q, k, v projections [B, T, 3C] -> [B, T, C]."""
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return linear(y.transpose(1, 2).contiguous().view(B, T, C), self.c_proj.weight, self.c_proj.bias)
+        return y.transpose(1, 2).contiguous().view(B, T, C)
 
 
 class MLP(nn.Module):
@@ -37,6 +67,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+    def forward_kernels(self, x: torch.Tensor, x_fp8: torch.Tensor | None = None) -> torch.Tensor:
+        return _kernel_ops().mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias)
 
 
 class Block(nn.Module):
@@ -51,19 +84,30 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
+    def forward_kernels(self, x, h, h_fp8, next_norm: nn.LayerNorm, next_linear: nn.Module | None):
+        """The block with each residual add fused into the LayerNorm after it. In: the residual stream x and
+        h = ln_1(x) (h_fp8: its e4m3 copy, if the qkv linear asked for one). Out: the same triple for what
+        follows, x + attn + mlp and next_norm of it (with the copy next_linear asks for)."""
+        K = _kernel_ops()
+        attn = self.attn.forward_kernels(h, h_fp8)
+        x, h, h_fp8 = K.residual_layernorm(x, attn, self.ln_2.weight, self.ln_2.bias, fp8_input_target(self.mlp, x))
+        mlp = self.mlp.forward_kernels(h, h_fp8)
+        return K.residual_layernorm(x, mlp, next_norm.weight, next_norm.bias,
+                                    None if next_linear is None else fp8_input_target(next_linear, x))
+
 
 class GPT(nn.Module):
     """GPT-2. `ops` picks how forward runs: "torch" (plain modules) or "kernels" (our CUDA kernels for the
     embedding, residual+LayerNorm, bias+GELU and the fused classifier; cuBLAS matmuls and cuDNN attention).
-    Both use the same parameters, so checkpoints move freely between them."""
+    Both use the same parameters, so checkpoints move freely between them. fp8 GEMMs are applied by
+    `gpt2pipe.ops.fp8.convert_to_fp8(model)` (what `fp8=True` calls), a module swap this file knows only
+    through the `forward_kernels` / `fp8_input_target` methods the swapped modules have."""
 
     def __init__(self, cfg: ModelConfig, ops: str = "torch", recompute: bool = False, fp8: bool = False):
         super().__init__()
         self.config = cfg
         self.ops = ops
         self.recompute = recompute  # kernels path: keep only block inputs, recompute the rest in backward
-        self.fp8 = fp8  # kernels path: the MLP's GEMMs in fp8 where the GPU has them (ops/fp8.py)
-        self._fp8_state = None
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
             wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
@@ -75,6 +119,10 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
         with torch.no_grad():  # padding rows are never looked up or scored: zero, as llm.c exports them
             self.transformer.wte.weight[cfg.vocab_size :] = 0
+        if fp8:  # shorthand for gpt2pipe.ops.fp8.convert_to_fp8(GPT(...)), which callers should prefer
+            from gpt2pipe.ops.fp8 import convert_to_fp8
+
+            convert_to_fp8(self)
 
     def _init_weights(self, module: nn.Module) -> None:
         # llm.c: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * n_layer), biases 0
@@ -105,65 +153,24 @@ class GPT(nn.Module):
         return logits, loss if reduction != "none" else loss.view(B, T)
 
     def _forward_kernels(self, idx: torch.Tensor, targets: torch.Tensor | None):
-        """The same network, with each block's residual add fused into the following LayerNorm."""
-        from gpt2pipe.ops import fp8
-        from gpt2pipe.ops import autograd as K
-
+        """The same network through our kernels, each block's residual add fused into the next LayerNorm."""
+        K = _kernel_ops()
         tr = self.transformer
         x = K.encoder(idx, tr.wte.weight, tr.wpe.weight)
         h = K.layernorm(x, tr.h[0].ln_1.weight, tr.h[0].ln_1.bias)
-        fp8_state = self._fp8_micro_step(h)
-
-        def slot(layer, k):
-            """With fp8, where a LayerNorm writes the e4m3 copy of its output that the next GEMM reads."""
-            return None if fp8_state is None else (fp8_state, layer, k)
-
-        def block_step(i, block, nxt, x, h, h8):
-            attn_linear = K.linear if h8 is None else qkv_fp8_linear(block, h8, i)
-            x, h, *h8 = K.residual_layernorm(x, block.attn(h, linear=attn_linear), block.ln_2.weight,
-                                             block.ln_2.bias, slot(i, fp8.H))
-            mlp = block.mlp
-            if fp8_state is not None:
-                m = fp8.Fp8Mlp.apply(h, h8[0], mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias,
-                                     fp8_state, i)
-            else:
-                m = K.linear(K.bias_gelu(F.linear(h, mlp.c_fc.weight), mlp.c_fc.bias), mlp.c_proj.weight,
-                             mlp.c_proj.bias)
-            last = i + 1 == len(tr.h)
-            x, h, *h8 = K.residual_layernorm(x, m, nxt.weight, nxt.bias, None if last else slot(i + 1, fp8.X_QKV))
-            return x, h, (h8[0] if h8 else None)
-
-        def qkv_fp8_linear(block, h8, i):
-            def linear(inp, w, b):
-                if w is block.attn.c_attn.weight:
-                    return fp8.Fp8Linear.apply(inp, h8, w, b, fp8_state, i)
-                return K.linear(inp, w, b)
-
-            return linear
-
-        h8 = None  # the first block's input LayerNorm has no fp8 copy: its qkv GEMM stays bf16
+        h_fp8 = None  # the first LayerNorm writes no fp8 copy: block 0's qkv GEMM stays bf16
         for i, block in enumerate(tr.h):
-            nxt = tr.h[i + 1].ln_1 if i + 1 < len(tr.h) else tr.ln_f
+            last = i + 1 == len(tr.h)
+            next_norm = tr.ln_f if last else tr.h[i + 1].ln_1
+            next_linear = None if last else tr.h[i + 1].attn.c_attn
             if self.recompute and torch.is_grad_enabled():
-                x, h, h8 = torch.utils.checkpoint.checkpoint(block_step, i, block, nxt, x, h, h8, use_reentrant=False)
+                x, h, h_fp8 = torch.utils.checkpoint.checkpoint(block.forward_kernels, x, h, h_fp8, next_norm,
+                                                                next_linear, use_reentrant=False)
             else:
-                x, h, h8 = block_step(i, block, nxt, x, h, h8)
+                x, h, h_fp8 = block.forward_kernels(x, h, h_fp8, next_norm, next_linear)
         if targets is None:
             return F.linear(h, self.lm_head.weight)[..., : self.config.vocab_size], None
         return None, K.fused_classifier(h, self.lm_head.weight, targets, self.config.vocab_size)
-
-    def _fp8_micro_step(self, h: torch.Tensor):
-        """The fp8 scaling state, rolled to a new micro-step; None when fp8 is off or the GPU lacks it."""
-        from gpt2pipe.ops import fp8
-
-        mlps = [block.mlp for block in self.transformer.h]
-        if not self.fp8 or not all(fp8.usable(h, m.c_fc.weight, m.c_proj.weight, m.c_fc.bias, m.c_proj.bias)
-                                   for m in mlps):
-            return None
-        if self._fp8_state is None:
-            self._fp8_state = fp8.Fp8State(self.config.n_layer, h.device)
-        self._fp8_state.roll()
-        return self._fp8_state
 
     def num_params(self, embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

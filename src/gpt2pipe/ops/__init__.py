@@ -10,7 +10,8 @@ import functools
 
 @functools.cache
 def kernels_available() -> bool:
-    """True when a CUDA device and CuPy are both usable."""
+    """True when a CUDA device, CuPy and every kernel source are there (a broken install says no here,
+    rather than failing at the first launch with "kernel source not found")."""
     import torch
 
     if not torch.cuda.is_available():
@@ -19,4 +20,6 @@ def kernels_available() -> bool:
         import cupy  # noqa: F401  (importable is all this checks)
     except ImportError:
         return False
-    return True
+    from gpt2pipe.ops.cuda import missing_sources
+
+    return not missing_sources()

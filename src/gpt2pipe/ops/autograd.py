@@ -1,7 +1,13 @@
 """Our CUDA kernels as torch.autograd.Functions, and the dispatch between them and the torch references.
 
-Each public function (encoder, layernorm, residual_layernorm, bias_gelu, fused_classifier) runs the
-kernel on CUDA tensors when kernels are available, and the reference from reference.py otherwise.
+Each public function (encoder, layernorm, residual_layernorm, bias_gelu, mlp, linear, fused_classifier)
+runs the kernel on CUDA tensors when kernels are available, and the reference from reference.py otherwise.
+
+Kernels that also write an fp8 copy of their output for the next GEMM (LayerNorm forward, bias+GELU
+forward and backward) take an `fp8_target`: any object with `inv_scale`, `amax_current`, `amax_previous`
+(0-d float32 CUDA tensors: where the kernel writes 1/scale, where it records this call's amax, and the
+amax the scale comes from) and `cast(x, dtype)` (a separate cast, for kernels without an fp8 output).
+ops/fp8 makes them; this module never imports it, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -59,8 +65,8 @@ class Encoder(torch.autograd.Function):
         return None, dwte, dwpe
 
 
-def _ln_forward(x, residual, w, b, fp8_slot=None):
-    """LayerNorm (of residual + x); with fp8_slot = (Fp8State, layer, slot) also an e4m3 copy of the output."""
+def _ln_forward(x, residual, w, b, fp8_target=None):
+    """LayerNorm (of residual + x); with an fp8_target (see module docstring) also an e4m3 copy of the output."""
     C = x.shape[-1]
     N = x.numel() // C
     out = torch.empty_like(x)
@@ -68,19 +74,20 @@ def _ln_forward(x, residual, w, b, fp8_slot=None):
     rstd = torch.empty(N, dtype=torch.float32, device=x.device)
     res_out = torch.empty_like(x) if residual is not None else None
     vec = _ln_vec(C, x, residual, w, b)
-    out8, extra = None, ()
-    if fp8_slot is not None and vec:
-        state, layer, slot = fp8_slot
+    out8 = None
+    args = (out, mean, rstd, res_out, x, residual, w, b, N, C, EPS)
+    if not vec:
+        launch("layernorm", "layernorm_forward", (N + 7) // 8, 256, *args)
+        if fp8_target is not None:  # the scalar kernel has no fp8 output: cast apart
+            out8 = fp8_target.cast(out, torch.float8_e4m3fn)
+    elif fp8_target is None:
+        launch("layernorm", f"layernorm_forward{vec}", (N + 7) // 8, 256, *args, out8=None, inv_scale=None,
+               amax_cur=None, amax_prev=None)
+    else:
         out8 = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
-        extra = (out8, state.inv[layer, slot], state.cur[layer, slot], state.prev[layer, slot])
-    elif vec:
-        extra = (None, None, None, None)
-    launch("layernorm", f"layernorm_forward{vec}", (N + 7) // 8, 256, out, mean, rstd, res_out, x, residual, w, b,
-           N, C, EPS, *extra)
-    if fp8_slot is not None and out8 is None:  # the scalar kernel has no fp8 output: cast apart
-        from gpt2pipe.ops.fp8 import E4M3, cast
-
-        out8 = cast(out, E4M3, *fp8_slot)
+        launch("layernorm", f"layernorm_forward{vec}", (N + 7) // 8, 256, *args, out8=out8,
+               inv_scale=fp8_target.inv_scale, amax_cur=fp8_target.amax_current,
+               amax_prev=fp8_target.amax_previous)
     return out, mean, rstd, res_out, out8
 
 
@@ -123,11 +130,11 @@ class LayerNorm(torch.autograd.Function):
 
 
 class ResidualLayerNorm(torch.autograd.Function):
-    """(residual + x, LayerNorm(residual + x)[, its e4m3 copy when fp8_slot is given])."""
+    """(residual + x, LayerNorm(residual + x)[, its e4m3 copy when an fp8_target is given])."""
 
     @staticmethod
-    def forward(ctx, residual, x, w, b, fp8_slot=None):
-        out, mean, rstd, res_out, out8 = _ln_forward(x.contiguous(), residual.contiguous(), w, b, fp8_slot)
+    def forward(ctx, residual, x, w, b, fp8_target=None):
+        out, mean, rstd, res_out, out8 = _ln_forward(x.contiguous(), residual.contiguous(), w, b, fp8_target)
         ctx.save_for_backward(res_out, mean, rstd, w)
         if out8 is None:
             return res_out, out
@@ -146,42 +153,49 @@ class BiasGelu(torch.autograd.Function):
     def forward(ctx, h, bias):
         h = h.contiguous()
         ctx.save_for_backward(h, bias)
-        return bias_gelu_forward(h, bias)
+        return bias_gelu_forward(h, bias)[0]
 
     @staticmethod
     def backward(ctx, dout):
         h, bias = ctx.saved_tensors
-        return bias_gelu_backward(dout, h, bias)
+        dh, dbias, _ = bias_gelu_backward(dout, h, bias)
+        return dh, dbias
 
 
-def bias_gelu_forward(h, bias, fp8=None):
-    """gelu(h + bias) by our kernel (h contiguous). fp8 = (out8, inv_scale, amax_cur, amax_prev): the
-    kernel also writes the e4m3 copy out8 for the next GEMM (ops/fp8.py; 16-byte aligned tensors only)."""
+def bias_gelu_forward(h, bias, fp8_target=None):
+    """(gelu(h + bias), None) by our kernel (h contiguous); with an fp8_target the kernel also writes the
+    e4m3 copy the next GEMM reads and returns it second (ops/fp8; 16-byte aligned tensors only)."""
     C = h.shape[-1]
     N = h.numel() // C
     out = torch.empty_like(h)
     vec, grid, threads = _bias_gelu_grid(N, C, h, bias)
-    if fp8 is None:
-        launch("gelu", f"bias_gelu_forward{vec}", grid, threads, out, h, bias, N, C)
-    else:
-        launch("gelu", "bias_gelu_forward_fp8", grid, threads, out, *fp8, h, bias, N, C)
-    return out
+    if fp8_target is None:
+        launch("gelu", f"bias_gelu_forward{vec}", grid, threads, out=out, h=h, bias=bias, N=N, C=C)
+        return out, None
+    out8 = torch.empty(h.shape, dtype=torch.float8_e4m3fn, device=h.device)
+    launch("gelu", "bias_gelu_forward_fp8", grid, threads, out=out, out8=out8, inv_scale=fp8_target.inv_scale,
+           amax_cur=fp8_target.amax_current, amax_prev=fp8_target.amax_previous, h=h, bias=bias, N=N, C=C)
+    return out, out8
 
 
-def bias_gelu_backward(dout, h, bias, fp8=None):
-    """(dh, dbias) of gelu(h + bias); fp8 = (dh8, inv_scale, amax_cur, amax_prev) as in bias_gelu_forward,
-    with an e5m2 copy of dh."""
+def bias_gelu_backward(dout, h, bias, fp8_target=None):
+    """(dh, dbias, None) of gelu(h + bias); with an fp8_target also an e5m2 copy of dh, third."""
     C = h.shape[-1]
     N = h.numel() // C
     dout = dout.contiguous()
     vec, grid, threads = _bias_gelu_grid(N, C, h, bias, dout)
     dh = torch.empty_like(h)
     partials = torch.empty(grid[1], C, dtype=torch.float32, device=h.device)
-    if fp8 is None:
-        launch("gelu", f"bias_gelu_backward{vec}", grid, threads, dh, partials, dout, h, bias, N, C)
+    dh8 = None
+    if fp8_target is None:
+        launch("gelu", f"bias_gelu_backward{vec}", grid, threads, dh=dh, partials=partials, dout=dout, h=h,
+               bias=bias, N=N, C=C)
     else:
-        launch("gelu", "bias_gelu_backward_fp8", grid, threads, dh, *fp8, partials, dout, h, bias, N, C)
-    return dh, partials.sum(0).to(bias.dtype)
+        dh8 = torch.empty(h.shape, dtype=torch.float8_e5m2, device=h.device)
+        launch("gelu", "bias_gelu_backward_fp8", grid, threads, dh=dh, dh8=dh8, inv_scale=fp8_target.inv_scale,
+               amax_cur=fp8_target.amax_current, amax_prev=fp8_target.amax_previous, partials=partials,
+               dout=dout, h=h, bias=bias, N=N, C=C)
+    return dh, partials.sum(0).to(bias.dtype), dh8
 
 
 class LinearBias(torch.autograd.Function):
@@ -264,11 +278,13 @@ def layernorm(x, w, b):
     return LayerNorm.apply(x, w, b) if _use_kernels(x) else reference.layernorm(x, w, b, EPS)
 
 
-def residual_layernorm(residual, x, w, b, fp8_slot=None):
-    """(residual + x, its LayerNorm); with fp8_slot (kernels only) also the LayerNorm's e4m3 copy."""
+def residual_layernorm(residual, x, w, b, fp8_target=None):
+    """(residual + x, its LayerNorm, the LayerNorm's e4m3 copy or None): the copy is made only on the
+    kernels path and only when an fp8_target asks for it."""
     if _use_kernels(x):
-        return ResidualLayerNorm.apply(residual, x, w, b, fp8_slot)
-    return reference.residual_layernorm(residual, x, w, b, EPS)
+        res, out, *copy = ResidualLayerNorm.apply(residual, x, w, b, fp8_target)
+        return res, out, (copy[0] if copy else None)
+    return (*reference.residual_layernorm(residual, x, w, b, EPS), None)
 
 
 def linear(x, weight, bias):
@@ -279,6 +295,11 @@ def linear(x, weight, bias):
 
 def bias_gelu(h, bias):
     return BiasGelu.apply(h, bias) if _use_kernels(h) else reference.bias_gelu(h, bias)
+
+
+def mlp(x, fc_weight, fc_bias, proj_weight, proj_bias):
+    """GPT-2's MLP, proj(gelu(fc(x))), with the bias+GELU and the bias gradients in our kernels."""
+    return linear(bias_gelu(torch.nn.functional.linear(x, fc_weight), fc_bias), proj_weight, proj_bias)
 
 
 def fused_classifier(h, weight, targets, vocab_size: int):

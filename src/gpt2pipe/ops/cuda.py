@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from importlib import resources
 from pathlib import Path
 
 import torch
 
 from gpt2pipe import Gpt2pipeError
+from gpt2pipe.ops.signature import KernelArgumentError, KernelParam, bind_arguments, read_signatures
 
 OPTIONS = ("-std=c++17", "--use_fast_math")
 
@@ -22,8 +24,18 @@ def kernel_dir() -> Path:
     return Path(str(resources.files("gpt2pipe.ops") / "kernels"))
 
 
+# every file the kernels are compiled from: a wheel or install without one of them cannot run the kernels
+SOURCES = ("adamw.cu", "bias_grad.cu", "classifier.cu", "encoder.cu", "fp8.cu", "gelu.cu", "global_norm.cu",
+           "layernorm.cu", "common.cuh", "fp8.cuh")
+
+
 def sources() -> list[Path]:
     return sorted(kernel_dir().glob("*.cu"))
+
+
+def missing_sources() -> list[str]:
+    """The kernel files this installation lacks (none, unless packaging went wrong)."""
+    return [name for name in SOURCES if not (kernel_dir() / name).is_file()]
 
 
 def _include_options() -> tuple[str, ...]:
@@ -51,32 +63,37 @@ def function(name: str, kernel: str):
     return module(name).get_function(kernel)
 
 
-def launch(name: str, kernel: str, grid, block, *args, shared_mem: int = 0) -> None:
-    """Run kernels/<name>.cu's `kernel` on torch's current stream. Tensors go in as device pointers,
-    Python ints as int32, floats as float32; pass numpy scalars for other widths."""
-    import numpy as np
+@functools.cache
+def signatures(name: str) -> dict[str, tuple[KernelParam, ...]]:
+    """{kernel: parameters} of kernels/<name>.cu, read from its extern "C" signatures (ops/signature.py)."""
+    path = kernel_dir() / f"{name}.cu"
+    if not path.is_file():
+        raise Gpt2pipeError(f"{path}: kernel source not found")
+    return read_signatures(path)
 
-    converted = []
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            converted.append(np.uint64(a.data_ptr()))
-        elif a is None:
-            converted.append(np.uint64(0))
-        elif isinstance(a, bool):
-            converted.append(np.int32(a))
-        elif isinstance(a, int):
-            converted.append(np.int32(a))
-        elif isinstance(a, float):
-            converted.append(np.float32(a))
-        else:
-            converted.append(a)
+
+def kernel_arguments(name: str, kernel: str, args: tuple, kwargs: dict, require_cuda: bool = True) -> tuple:
+    """The checked launch arguments of kernels/<name>.cu's `kernel` (see signature.bind_arguments)."""
+    params = signatures(name).get(kernel)
+    if params is None:
+        raise KernelArgumentError(f"{name}.cu has no kernel {kernel!r} (it has {', '.join(signatures(name))})")
+    return bind_arguments(kernel, params, args, kwargs, require_cuda)
+
+
+def launch(name: str, kernel: str, grid, block, *args, shared_mem: int = 0, **kwargs) -> None:
+    """Run kernels/<name>.cu's `kernel` on torch's current stream.
+
+    Arguments go by position or by the parameter names of the kernel's C signature, and are checked
+    against it (count, pointer dtypes, integer ranges): tensors become device pointers, None a null pointer,
+    numbers the declared int/long long/float. A mismatch raises KernelArgumentError before anything runs."""
+    converted = kernel_arguments(name, kernel, args, kwargs)
     fn = function(name, kernel)
     if shared_mem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < shared_mem:
         fn.max_dynamic_shared_size_bytes = shared_mem
     stream = _stream(torch.cuda.current_stream().cuda_stream)
     fn(tuple(grid) if isinstance(grid, (tuple, list)) else (grid,),
        tuple(block) if isinstance(block, (tuple, list)) else (block,),
-       tuple(converted), stream=stream, shared_mem=shared_mem)
+       converted, stream=stream, shared_mem=shared_mem)
 
 
 @functools.lru_cache(maxsize=64)
@@ -96,17 +113,29 @@ def aligned(*tensors) -> bool:
     return all(t is None or t.data_ptr() % 16 == 0 for t in tensors)
 
 
-def compile_check(path: Path, arch: str = "compute_90") -> None:
-    """Compile one source with NVRTC without a GPU (CI): raises with the compiler log on any error."""
+def compile_check(path: Path, arch: str = "compute_90") -> str:
+    """Compile one source with NVRTC without a GPU (CI): its PTX, or an error with the compiler log."""
     from cupy.cuda import nvrtc
 
     prog = nvrtc.createProgram(path.read_text(), path.name, [], [])
     try:
         nvrtc.compileProgram(prog, [f"-arch={arch}", *OPTIONS, *_include_options()])
+        ptx = nvrtc.getPTX(prog)
     except nvrtc.NVRTCError as e:
         raise Gpt2pipeError(f"{path}: NVRTC failed ({e}):\n{nvrtc.getProgramLog(prog)}") from None
     finally:
         nvrtc.destroyProgram(prog)
+    return ptx.decode() if isinstance(ptx, bytes) else ptx
+
+
+def ptx_entries(ptx: str) -> dict[str, list[int]]:
+    """{kernel: byte size of each parameter} of every entry point in PTX: what the compiler really built,
+    to hold the parsed C signatures against."""
+    sizes = {"8": 1, "16": 2, "32": 4, "64": 8}
+    entries = {}
+    for m in re.finditer(r"\.entry\s+(\w+)\s*\(([^)]*)\)", ptx):
+        entries[m.group(1)] = [sizes[b] for b in re.findall(r"\.param\s+\.[busf](\d+)", m.group(2))]
+    return entries
 
 
 def sm_count() -> int:

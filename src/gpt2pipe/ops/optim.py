@@ -136,9 +136,9 @@ class FlatAdamW:
             self.norm.copy_(reference.norm_and_scale(sq.sqrt(), self.grad_clip))
         elif self.kernels:
             n = self.grads.numel()
-            launch("global_norm", "global_norm_partial", self.blocks, 1024, self.partials, self.grads, _i64(n))
-            launch("global_norm", "global_norm_finalize", 1, 1024, self.norm, self.partials, self.blocks,
-                   float(self.grad_clip))
+            launch("global_norm", "global_norm_partial", self.blocks, 1024, partials=self.partials, g=self.grads, n=n)
+            launch("global_norm", "global_norm_finalize", 1, 1024, out=self.norm, partials=self.partials,
+                   count=self.blocks, max_norm=float(self.grad_clip))
         else:
             self.norm.copy_(reference.global_norm_scale(self.grads, self.grad_clip))
         return self.norm
@@ -156,10 +156,11 @@ class FlatAdamW:
             decay = b.slice if b.decay else 0
             if self.kernels:
                 launch("adamw", "adamw_update", min((b.slice + 255) // 256, self.blocks * 8), 256,
-                       self.param_shard[sl], self.master[sl], self.m[sl], self.v[sl], self.grad_shard[sl], self.norm,
-                       _i64(b.slice), _i64(decay), _i64(b.own), float(lr), float(b1), float(b2),
-                       float(1 - b1**self.t), float(1 - b2**self.t), float(self.eps), float(self.weight_decay),
-                       _u32(self.seed * 1_000_003 + self.t), int(self.stochastic))
+                       params=self.param_shard[sl], master=self.master[sl], m=self.m[sl], v=self.v[sl],
+                       grads=self.grad_shard[sl], clip=self.norm, n=b.slice, n_decay=decay, offset=b.own,
+                       lr=float(lr), beta1=float(b1), beta2=float(b2), bias1=float(1 - b1**self.t),
+                       bias2=float(1 - b2**self.t), eps=float(self.eps), weight_decay=float(self.weight_decay),
+                       seed=(self.seed * 1_000_003 + self.t) % 2**32, stochastic=int(self.stochastic))
             else:
                 reference.adamw_update(self.param_shard[sl], self.master[sl], self.m[sl], self.v[sl],
                                        self.grad_shard[sl], self.norm, decay, lr, b1, b2, self.t, self.eps,
@@ -225,18 +226,6 @@ class FlatAdamW:
 
     def shard_size(self) -> int:
         return self.master.numel()
-
-
-def _i64(x: int):
-    import numpy as np
-
-    return np.int64(x)
-
-
-def _u32(x: int):
-    import numpy as np
-
-    return np.uint32(x % 2**32)
 
 
 def ordered_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
