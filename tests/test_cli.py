@@ -126,7 +126,7 @@ def test_bad_input_is_one_line_with_exit_2(tmp_path):
     r = gpt2pipe("tokenize", "--corpus", str(tmp_path / "missing"), "--out", str(tmp_path / "s"))
     assert r.returncode == 2 and "missing: no docs_*.parquet files" in r.stderr
     r = gpt2pipe("train", "--shards", str(tmp_path / "nowhere"))
-    assert r.returncode == 2 and "nowhere: no shards.json" in r.stderr
+    assert r.returncode == 2 and "nowhere: shards folder not found" in r.stderr
 
 
 def test_stages_run_from_the_cli(tmp_path, capsys):

@@ -129,8 +129,8 @@ def test_a_bf16_state_resumes_on_fp32_weights_from_the_master_copy(tiny, tiny_sh
     restored = {}
     real_restore = state_mod.TrainState.restore
 
-    def spy(self, saved):
-        real_restore(self, saved)
+    def spy(self, saved, world):
+        real_restore(self, saved, world)
         restored["weights"] = torch.cat([p.detach().reshape(-1) for p in ordered_params(self.model)])
 
     monkeypatch.setattr(state_mod.TrainState, "restore", spy)

@@ -88,3 +88,12 @@ def any_rank(flag: bool, world: World, device: torch.device) -> bool:
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
+
+
+def gather_objects(obj, world: World) -> list:
+    """Every process's `obj` (plain values and CPU tensors), in rank order, on every process."""
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out

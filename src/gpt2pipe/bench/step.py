@@ -47,7 +47,7 @@ def _sdpa_context():
 def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: int, total_batch: int,
                        steps: int, warmup: int, profile: bool = False) -> StepResult:
     from gpt2pipe.config import from_dict
-    from gpt2pipe.train.loop import make_flat_optimizer, make_optimizer, optimizer_step
+    from gpt2pipe.train.optim import make_flat_optimizer, make_optimizer, optimizer_step
 
     device = torch.device("cuda")
     torch.manual_seed(0)
@@ -77,7 +77,7 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
                     _, loss = runner(data[k, :, :-1], data[k, :, 1:])
                 (loss / accum).backward()
                 total += loss.detach()
-            optimizer_step(opt, model, t.learning_rate, t.grad_clip)
+            optimizer_step(opt, t.learning_rate)
             losses.append((total / accum).item())
             torch.cuda.synchronize()
             if i >= warmup:
@@ -91,7 +91,7 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
                 with amp:
                     _, loss = runner(data[k, :, :-1], data[k, :, 1:])
                 (loss / accum).backward()
-            optimizer_step(opt, model, t.learning_rate, t.grad_clip)
+            optimizer_step(opt, t.learning_rate)
             torch.cuda.synchronize()
         print(f"## profile of one {mode} step (CUDA time per kernel)")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))

@@ -31,6 +31,7 @@ from gpt2pipe.files import atomic_path
 from gpt2pipe.model import checkpoint
 from gpt2pipe.model.gpt import GPT
 from gpt2pipe.ops import kernels_available
+from gpt2pipe.ops.fp8 import convert_to_fp8
 from gpt2pipe.train.guards import Preempted, UpdateGuard, stop_signals
 from gpt2pipe.train.logs import RunLog, check_sinks, say_for
 from gpt2pipe.train.optim import build_optimizer
@@ -137,12 +138,14 @@ class Trainer:
         if t.ops == "kernels" and not use_kernels:
             say("train.ops is 'kernels' but no CUDA GPU with CuPy is available: running the torch reference path")
         seed_everything(t.seed)
-        model = GPT(cfg.model, ops="kernels" if use_kernels else "torch", recompute=t.recompute, fp8=t.fp8)
+        model = GPT(cfg.model, ops="kernels" if use_kernels else "torch", recompute=t.recompute)
         if t.init_from and saved is None:  # start from existing weights (ours, llm.c's or Hugging Face's)
             source, _ = load_any(t.init_from, cfg.model)
             checkpoint.check_shape(t.init_from, source.config, cfg.model)
             model.load_state_dict(source.state_dict())
         model.to(device)
+        if t.fp8 and use_kernels:  # fp8 GEMMs exist on the kernels path only
+            convert_to_fp8(model)
         optimizer = build_optimizer(model, t, world, device, use_kernels)
         state = TrainState(model, optimizer, train_loader, UpdateGuard(t), identity)
         if world.main:
@@ -152,7 +155,7 @@ class Trainer:
                 paths.clear()
         distributed.barrier(world)
         if saved is not None:
-            state.restore(saved)
+            state.restore(saved, world)
             if world.main:
                 passed = [s for s in t.checkpoint_steps() if s <= state.step]
                 for s in passed:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gpt2pipe import Gpt2pipeError
+from gpt2pipe import Gpt2pipeError, distributed
 from gpt2pipe.config import ModelConfig
 from gpt2pipe.data.loader import ShardLoader
 from gpt2pipe.distributed import World
@@ -98,18 +98,19 @@ class TrainState:
         """Write state_NNNNNN.pt (collective: the optimizer gathers its shards into process 0), then delete
         all but the newest `keep` states. Returns the file on process 0."""
         optimizer = self.optimizer.whole_state()
-        fp8_state = fp8.state_of(self.model)
+        # each process measures fp8 amax on its own data: keep every process's scaling state
+        fp8_states = distributed.gather_objects(fp8.state_of(self.model), world)
         if not world.main:
             return None
         path = state_dir / f"state_{self.step:06d}.pt"
         checkpoint.save(path, self.model, self.step, kind="train-state", optimizer=optimizer,
                         loader=self.loader.state_dict(), guard=self.guard.state_dict(), rng=rng_state(),
-                        fp8=fp8_state, identity=self.identity, tokens_seen=self.step * tokens_per_step)
+                        fp8=fp8_states if fp8_states[0] is not None else None, identity=self.identity, tokens_seen=self.step * tokens_per_step)
         for old in saved_states(state_dir)[max(1, keep):]:
             old.unlink()
         return path
 
-    def restore(self, saved: dict) -> None:
+    def restore(self, saved: dict, world: World) -> None:
         """Continue exactly where `saved` left off. Weights come from the saved model tensors when the running
         model keeps the same dtype (bit-exact), otherwise from the fp32 master weights (e.g. a kernels-path
         state, bf16 weights, resumed on the torch path, fp32 weights)."""
@@ -120,8 +121,9 @@ class TrainState:
         self.optimizer.load_whole_state(saved["optimizer"], weights_from_master=not same_dtype)
         self.loader.load_state_dict(saved["loader"])
         self.guard.load_state_dict(saved["guard"])
-        if saved.get("fp8") is not None:
-            fp8.load_state(self.model, saved["fp8"])
+        if saved.get("fp8") is not None:  # this process's own, or process 0's on another process count
+            states = saved["fp8"]
+            fp8.load_state(self.model, states[world.rank] if len(states) == world.size else states[0])
         set_rng_state(saved["rng"])
         self.step = int(saved["step"])
 
