@@ -63,7 +63,7 @@ def kernel_table(cfg: ModelConfig, tokens: int = 65536) -> list[tuple[str, float
     from gpt2pipe.ops import autograd as K
     from gpt2pipe.ops import reference as R
     from gpt2pipe.ops.cuda import launch
-    from gpt2pipe.ops.optim import FlatAdamW
+    from gpt2pipe.ops.flat_adamw import FlatAdamW
 
     torch.manual_seed(0)
     C, V, Vp, T = cfg.n_embd, cfg.vocab_size, cfg.padded_vocab_size, 1024

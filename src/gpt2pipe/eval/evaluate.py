@@ -5,34 +5,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 
 from gpt2pipe.model.load import load_any
 from gpt2pipe.config import Config
-from gpt2pipe.distributed import World, mean
 from gpt2pipe.eval.hellaswag import load as load_hellaswag
 from gpt2pipe.eval.hellaswag import score as score_hellaswag
 from gpt2pipe.files import write_json
 from gpt2pipe.data.loader import ShardLoader
+from gpt2pipe.eval.val import val_loss
 from gpt2pipe.device import autocast, autocast_dtype, pick_device
 from gpt2pipe.data.llmc_format import ShardSet
-
-
-@torch.no_grad()
-def val_loss(model, loader: ShardLoader, tokens: int, device: torch.device, autocast_ctx,
-             world: World = World()) -> float:
-    """Mean loss over the first `tokens` tokens of the val split (at least one batch), always the same ones;
-    with several processes each scores its part of every batch and the means are averaged."""
-    model.eval()
-    loader.reset()
-    steps = max(1, tokens // (loader.B * loader.T * loader.world))
-    total = torch.zeros((), device=device)
-    for _ in range(steps):
-        x, y = loader.next_batch()
-        with autocast_ctx:
-            _, loss = model(x.to(device), y.to(device))
-        total += loss.float()
-    return mean(total / steps, world).item()
 
 
 def evaluate_checkpoint(cfg: Config, ckpt: Path, shards_dir: Path | None, hellaswag_file: Path | None,

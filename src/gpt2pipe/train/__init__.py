@@ -1,3 +1,3 @@
 """Stage 3, training: one TrainState (model, optimizer, loader, fp8 scales, guards, RNG) saved and restored as
-one (state.py), one optimizer protocol (optim.py), the schedule, the guards against bad steps and preemption
+one (state.py), one optimizer protocol over torch AdamW and ops/flat_adamw.py (optim.py), the schedule, the guards against bad steps and preemption
 (guards.py), the logs (logs.py) and the loop that ties them together (loop.py)."""

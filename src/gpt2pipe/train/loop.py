@@ -25,7 +25,7 @@ from gpt2pipe.data.loader import ShardLoader
 from gpt2pipe.data.llmc_format import ShardSet
 from gpt2pipe.device import autocast, autocast_dtype, peak_flops, pick_device, seed_everything
 from gpt2pipe.distributed import World
-from gpt2pipe.eval.evaluate import val_loss
+from gpt2pipe.eval.val import val_loss
 from gpt2pipe.model.load import load_any
 from gpt2pipe.files import atomic_path
 from gpt2pipe.model import checkpoint

@@ -14,7 +14,7 @@ import torch
 
 from gpt2pipe.config import TrainConfig
 from gpt2pipe.distributed import World
-from gpt2pipe.ops.optim import FlatAdamW, ordered_params
+from gpt2pipe.ops.flat_adamw import FlatAdamW, ordered_params
 
 
 class Optimizer(Protocol):
