@@ -87,7 +87,7 @@ def _zero_worker(rank, world_size, init_file, out_dir):
     from gpt2pipe.config import ModelConfig
     from gpt2pipe.distributed import World
     from gpt2pipe.model.gpt import GPT
-    from gpt2pipe.ops.optim import FlatAdamW
+    from gpt2pipe.ops.flat_adamw import FlatAdamW
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
@@ -115,7 +115,7 @@ def test_zero_buckets_match_one_process(tmp_path):
 
     from gpt2pipe.config import ModelConfig
     from gpt2pipe.model.gpt import GPT
-    from gpt2pipe.ops.optim import ordered_params
+    from gpt2pipe.ops.flat_adamw import ordered_params
 
     mp.spawn(_zero_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     got = torch.load(tmp_path / "zero_0.pt", weights_only=True)

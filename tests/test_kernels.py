@@ -373,7 +373,7 @@ def test_fused_classifier(N, C, V, Vp, monkeypatch):
 
 @gpu
 def test_global_norm_and_adamw_match_reference():
-    from gpt2pipe.ops.optim import FlatAdamW
+    from gpt2pipe.ops.flat_adamw import FlatAdamW
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=32)).cuda()
@@ -393,7 +393,7 @@ def test_global_norm_and_adamw_match_reference():
 
 @gpu
 def test_stochastic_rounding_is_unbiased_and_seeded():
-    from gpt2pipe.ops.optim import FlatAdamW
+    from gpt2pipe.ops.flat_adamw import FlatAdamW
 
     def rounded(seed: int) -> FlatAdamW:
         torch.manual_seed(0)
@@ -562,7 +562,7 @@ def test_fp8_mlp_calibrates_in_bf16_then_tracks_the_bf16_mlp():
 def _fp8_pair(cfg):
     """A bf16 kernels model and an fp8-converted copy of it, with their flat AdamW optimizers."""
     from gpt2pipe.ops import fp8
-    from gpt2pipe.ops.optim import FlatAdamW
+    from gpt2pipe.ops.flat_adamw import FlatAdamW
 
     torch.manual_seed(0)
     bf = GPT(cfg, ops="kernels").cuda()
@@ -631,7 +631,7 @@ def test_fp8_validation_leaves_the_training_scales_alone():
 @fp8_gpu
 def test_fp8_training_resumes_bit_exactly_from_its_saved_state(tmp_path):
     from gpt2pipe.ops import fp8
-    from gpt2pipe.ops.optim import FlatAdamW
+    from gpt2pipe.ops.flat_adamw import FlatAdamW
 
     cfg = ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=64)
     (_, _), (model, opt) = _fp8_pair(cfg)

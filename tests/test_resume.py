@@ -8,7 +8,7 @@ import torch
 
 from gpt2pipe import Gpt2pipeError, config
 from gpt2pipe.model import checkpoint
-from gpt2pipe.ops.optim import ordered_params
+from gpt2pipe.ops.flat_adamw import ordered_params
 from gpt2pipe.train import loop as train_mod
 from gpt2pipe.train import state as state_mod
 
