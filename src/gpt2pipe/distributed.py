@@ -3,6 +3,12 @@
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; under `srun` (one task per GPU)
 the same facts come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID and the job's first node. The same
 `gpt2pipe train` command therefore runs alone, under torchrun, or under srun. NCCL on GPUs, gloo on CPUs.
+
+Failure behaviour: a collective that waits longer than `GPT2PIPE_NCCL_TIMEOUT_S` seconds (default 600, long
+enough for process 0 to write a large checkpoint while the others wait) is aborted and its process dies
+(`TORCH_NCCL_ASYNC_ERROR_HANDLING=1`, set unless the environment says otherwise), so a dead or stuck peer
+never leaves the job hanging: torchrun (or `srun --kill-on-bad-exit`) then stops the remaining processes.
+A SIGKILLed peer is usually noticed sooner than that, by torchrun itself, which tears the group down.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -48,17 +55,49 @@ def _slurm_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0")) % 1000))
 
 
-def setup(device_type: str) -> World:
-    """Join the process group if launched as one of several processes; a lone process needs nothing."""
+DEFAULT_TIMEOUT_S = 600
+TIMEOUT_ENV = "GPT2PIPE_NCCL_TIMEOUT_S"
+
+
+def collective_timeout(override_s: float | None = None) -> timedelta:
+    """How long one collective (or the rendezvous) may wait for the other processes before the job fails:
+    `override_s`, else $GPT2PIPE_NCCL_TIMEOUT_S, else 600 s. A bad value is an error, not a silent default."""
+    if override_s is not None:
+        return timedelta(seconds=float(override_s))
+    raw = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        from gpt2pipe import Gpt2pipeError
+
+        raise Gpt2pipeError(f"{TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
+def nccl_failure_env() -> None:
+    """Make NCCL fail fast instead of hanging (torch >= 2.2 names; the user's own settings win):
+    a collective past its timeout aborts the communicator and ends the process (async error handling 1,
+    "tear down"), and the watchdog's heartbeat gets a bounded wait too."""
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "0")  # no debug dumps to write while dying
+
+
+def setup(device_type: str, timeout_s: float | None = None) -> World:
+    """Join the process group if launched as one of several processes; a lone process needs nothing.
+    timeout_s: the collective timeout (default: collective_timeout())."""
     _slurm_env()
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
+        timeout = collective_timeout(timeout_s)
         if device_type == "cuda":
+            nccl_failure_env()
             torch.cuda.set_device(world.local_rank)
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=timeout)
     return world
 
 

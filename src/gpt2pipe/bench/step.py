@@ -3,8 +3,9 @@ each kernel alone.
 
 Step table: our kernels (bf16, fp8, with recompute) vs torch eager vs torch.compile of the same model
 (bf16 autocast, SDPA, fused AdamW), each doing the same optimizer step of `total_batch` tokens by
-gradient accumulation over micro-batches. MFU is against one GPU's peak (this is one process on one GPU).
-Synthetic tokens: the data pipeline is not what is timed.
+gradient accumulation over micro-batches. MFU is per GPU. Synthetic tokens: the data pipeline is not what is
+timed. The same step runs as one of several processes (bench/scaling.py): each takes its share of the
+micro-batches, with the gradient communication the training loop uses.
 """
 
 from __future__ import annotations
@@ -12,14 +13,19 @@ from __future__ import annotations
 import contextlib
 import gc
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from gpt2pipe import Gpt2pipeError, distributed
+from gpt2pipe.bench.comm import CommTime, comm_time_of_trace
 from gpt2pipe.bench.kernels import format_table, kernel_table
 from gpt2pipe.config import ModelConfig
 from gpt2pipe.device import peak_flops
+from gpt2pipe.distributed import World
 from gpt2pipe.model.gpt import GPT, GPT2_SIZES
 
 
@@ -30,9 +36,11 @@ class StepResult:
     ms: float
     tokens_per_s: float
     tflops: float
-    mfu: float | None
-    peak_gb: float
-    losses: list[float]
+    mfu: float | None          # per GPU: the step's FLOP/s over (processes x one GPU's peak)
+    peak_gb: float             # this process's peak allocated memory (max over processes once gathered)
+    losses: list[float]        # per step, averaged over processes
+    processes: int = 1
+    comm: CommTime | None = None  # from one profiled step; None on one process
 
 
 def _sdpa_context():
@@ -44,90 +52,146 @@ def _sdpa_context():
         return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION])
 
 
+class _Step:
+    """One optimizer step of `total_batch` tokens on this process's share of the micro-batches: our flat
+    ZeRO-1 AdamW on the kernels paths, torch's fused AdamW under DDP (bucketed all-reduce, synchronised only
+    on the last micro-batch) on the torch paths — what the training loop uses for each."""
+
+    def __init__(self, mode: str, cfg: ModelConfig, micro_batch: int, seq_len: int, total_batch: int,
+                 world: World):
+        from gpt2pipe.config import from_dict
+        from gpt2pipe.train.optim import make_flat_optimizer, make_optimizer
+
+        self.device = torch.device("cuda", torch.cuda.current_device())
+        self.world, self.mode = world, mode
+        torch.manual_seed(0)  # same weights and data on every process
+        self.t = from_dict({}).train  # the 124M recipe's optimizer: lr 6e-4, betas 0.9/0.95, decay 0.1, clip 1
+        self.kernels = mode.startswith("kernels")
+        model = GPT(cfg, ops="kernels" if self.kernels else "torch", recompute=mode == "kernels-recompute")
+        model = model.to(self.device)
+        if mode == "kernels-fp8":
+            from gpt2pipe.ops.fp8 import convert_to_fp8
+
+            convert_to_fp8(model)
+        self.model = model
+        self.opt = make_flat_optimizer(model, self.t, world) if self.kernels else make_optimizer(model, self.t,
+                                                                                                  self.device)
+        self.amp = contextlib.nullcontext() if self.kernels else torch.autocast("cuda", dtype=torch.bfloat16)
+        runner = model
+        self.ddp = None
+        if world.distributed and not self.kernels:
+            from torch.nn.parallel import DistributedDataParallel
+
+            runner = self.ddp = DistributedDataParallel(model, device_ids=[self.device.index],
+                                                        gradient_as_bucket_view=True)
+        self.runner = torch.compile(runner) if mode == "compile" else runner
+        per_step = micro_batch * seq_len * world.size
+        if total_batch % per_step:
+            raise Gpt2pipeError(f"--total-batch {total_batch} is not a multiple of micro-batch {micro_batch} x "
+                                f"seq-len {seq_len} x {world.size} processes")
+        self.accum = total_batch // per_step
+        # the whole step's batch on every process (same seed), each taking its own consecutive micro-batches:
+        # one process and N processes see the same tokens, so their losses must agree
+        data = torch.randint(0, cfg.vocab_size, (self.accum * world.size, micro_batch, seq_len + 1),
+                             device=self.device)
+        self.data = data[world.rank * self.accum : (world.rank + 1) * self.accum].clone()
+        del data
+        self.flops = model.flops_per_token(seq_len) * total_batch
+
+    def __call__(self) -> torch.Tensor:
+        total = torch.zeros((), device=self.device)
+        for k in range(self.accum):
+            last = k == self.accum - 1
+            if last and self.kernels:
+                self.opt.prepare_last_backward()  # ZeRO-1: reduce-scatter buckets during this backward
+            if self.ddp is not None:
+                self.ddp.require_backward_grad_sync = last  # all-reduce only once per step
+            with self.amp:
+                _, loss = self.runner(self.data[k, :, :-1], self.data[k, :, 1:])
+            (loss / self.accum).backward()
+            total += loss.detach()
+        from gpt2pipe.train.optim import optimizer_step
+
+        optimizer_step(self.opt, self.t.learning_rate)
+        return distributed.mean(total / self.accum, self.world)
+
+
 def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: int, total_batch: int,
-                       steps: int, warmup: int, profile: bool = False) -> StepResult:
-    from gpt2pipe.config import from_dict
-    from gpt2pipe.train.optim import make_flat_optimizer, make_optimizer, optimizer_step
-
-    device = torch.device("cuda")
-    torch.manual_seed(0)
-    t = from_dict({}).train  # the 124M recipe's optimizer: lr 6e-4, betas 0.9/0.95, decay 0.1, clip 1.0
-    kernels = mode.startswith("kernels")
-    model = GPT(cfg, ops="kernels" if kernels else "torch", recompute=mode == "kernels-recompute").to(device)
-    if mode == "kernels-fp8":
-        from gpt2pipe.ops.fp8 import convert_to_fp8
-
-        convert_to_fp8(model)
-    # the training loop's own optimizers: flat bf16 AdamW for the kernels, fused torch AdamW otherwise
-    opt = make_flat_optimizer(model, t) if kernels else make_optimizer(model, t, device)
-    amp = contextlib.nullcontext() if kernels else torch.autocast("cuda", dtype=torch.bfloat16)
-    runner = torch.compile(model) if mode == "compile" else model
-    accum = total_batch // (micro_batch * seq_len)
-    data = torch.randint(0, cfg.vocab_size, (accum, micro_batch, seq_len + 1), device=device)
-    flops = model.flops_per_token(seq_len) * total_batch
+                       steps: int, warmup: int, profile: bool = False, world: World = World()) -> StepResult:
+    """Median step time of `steps` steps after `warmup`; on several processes also the communication time of
+    one more, profiled, step (bench/comm.py). profile: print a per-kernel profile of one more step."""
+    step = _Step(mode, cfg, micro_batch, seq_len, total_batch, world)
     times, losses = [], []
     torch.cuda.reset_peak_memory_stats()
     with _sdpa_context():
         for i in range(warmup + steps):
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            total = torch.zeros((), device=device)
-            for k in range(accum):
-                with amp:
-                    _, loss = runner(data[k, :, :-1], data[k, :, 1:])
-                (loss / accum).backward()
-                total += loss.detach()
-            optimizer_step(opt, t.learning_rate)
-            losses.append((total / accum).item())
+            loss = step()
+            losses.append(loss.item())  # host sync: the step is complete on this process
             torch.cuda.synchronize()
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
-    if profile:  # one more step under the profiler: where the time goes, kernel by kernel
-        from torch.profiler import ProfilerActivity
-        from torch.profiler import profile as torch_profile
+        comm = None
+        if profile or world.distributed:
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as torch_profile
 
-        with _sdpa_context(), torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for k in range(accum):
-                with amp:
-                    _, loss = runner(data[k, :, :-1], data[k, :, 1:])
-                (loss / accum).backward()
-            optimizer_step(opt, t.learning_rate)
+            distributed.barrier(world)
             torch.cuda.synchronize()
-        print(f"## profile of one {mode} step (CUDA time per kernel)")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
+            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                step()
+                torch.cuda.synchronize()
+            if world.distributed:
+                with tempfile.TemporaryDirectory() as tmp:
+                    trace = Path(tmp) / "trace.json"
+                    prof.export_chrome_trace(str(trace))
+                    comm = comm_time_of_trace(trace)
+            if profile and world.main:
+                print(f"## profile of one {mode} step (CUDA time per kernel)")
+                print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
     dt = statistics.median(times)
-    peak = peak_flops(device)
-    result = StepResult(mode, micro_batch, dt * 1e3, total_batch / dt, flops / dt / 1e12,
-                        flops / dt / peak if peak else None, torch.cuda.max_memory_allocated() / 2**30, losses)
-    del model, opt, runner, data
+    peak = peak_flops(step.device)
+    result = StepResult(mode, micro_batch, dt * 1e3, total_batch / dt, step.flops / dt / 1e12,
+                        step.flops / dt / (peak * world.size) if peak else None,
+                        torch.cuda.max_memory_allocated() / 2**30, losses, world.size, comm)
+    del step
     gc.collect()
     torch.cuda.empty_cache()
+    torch._dynamo.reset()  # the next mode (or process count) compiles afresh
     return result
+
+
+DEFAULT_MICRO_BATCH = {"kernels": 64, "kernels-fp8": 64, "kernels-recompute": 128, "eager": 32, "compile": 64}
+
+
+def fit_micro_batch(mode: str, cfg: ModelConfig, b: int, seq_len: int, total_batch: int, steps: int, warmup: int,
+                    profile: bool, notes: list[str]) -> StepResult:
+    """Time one mode on this process alone, halving the micro-batch on out-of-memory."""
+    while True:
+        try:
+            return time_training_step(mode, cfg, b, seq_len, total_batch, steps, warmup, profile=profile)
+        except torch.cuda.OutOfMemoryError:
+            gc.collect()
+            torch.cuda.empty_cache()
+            notes.append(f"# {mode}: micro-batch {b} ran out of memory, trying {b // 2}")
+            b //= 2
+            if b == 0:
+                raise
 
 
 def run(size: str = "124M", seq_len: int = 1024, total_batch: int = 524288, modes=("kernels", "eager", "compile"),
         micro_batch: dict | None = None, steps: int = 5, warmup: int = 2, kernels: bool = True,
         profile: tuple[str, ...] = ()) -> str:
     cfg = GPT2_SIZES[size]
-    micro_batch = {"kernels": 64, "kernels-fp8": 64, "kernels-recompute": 128, "eager": 32, "compile": 64, **(micro_batch or {})}
+    micro_batch = {**DEFAULT_MICRO_BATCH, **(micro_batch or {})}
     name = torch.cuda.get_device_name()
     lines = [f"# gpt2pipe bench on {name}, torch {torch.__version__}, GPT-2 {size}, T={seq_len}, "
              f"{total_batch:,} tokens/step, median of {steps} steps after {warmup} warm-up"]
     results = []
     for mode in modes:
-        b = micro_batch[mode]
-        while True:
-            try:
-                results.append(time_training_step(mode, cfg, b, seq_len, total_batch, steps, warmup,
-                                                  profile=mode in profile))
-                break
-            except torch.cuda.OutOfMemoryError:
-                gc.collect()
-                torch.cuda.empty_cache()
-                lines.append(f"# {mode}: micro-batch {b} ran out of memory, trying {b // 2}")
-                b //= 2
-                if b == 0:
-                    raise
+        results.append(fit_micro_batch(mode, cfg, micro_batch[mode], seq_len, total_batch, steps, warmup,
+                                       mode in profile, lines))
         print(f"{mode}: {results[-1].ms:.1f} ms/step, losses {[round(x, 4) for x in results[-1].losses]}", flush=True)
     base = next((r for r in results if r.mode == "compile"), None)
     lines.append("| mode | micro-batch | ms/step | tokens/s | TFLOP/s | MFU (per GPU) | peak GiB | vs torch.compile |")

@@ -42,23 +42,50 @@ def cmd_import(args: argparse.Namespace) -> None:
           f"{model.num_params() / 1e6:.2f}M parameters, {model.config}")
 
 
+def _bench_argv(args: argparse.Namespace) -> list[str]:
+    """The bench options again, for the processes `--nproc` starts (everything but --nproc itself)."""
+    argv = ["--size", args.size, "--seq-len", str(args.seq_len), "--total-batch", str(args.total_batch),
+            "--modes", args.modes, "--steps", str(args.steps), "--warmup", str(args.warmup), "--no-kernel-table"]
+    if args.micro_batch:
+        argv += ["--micro-batch", *args.micro_batch]
+    if args.out:
+        argv += ["--out", str(args.out.resolve())]
+    return argv
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     import torch
 
+    from gpt2pipe.bench import scaling
     from gpt2pipe.bench import step as bench
 
-    if not torch.cuda.is_available():
-        raise Gpt2pipeError("bench needs a CUDA GPU")
     micro = {}
     for item in args.micro_batch:
         mode, sep, value = item.partition("=")
         if not sep or not value.isdigit():
             raise Gpt2pipeError(f"--micro-batch {item}: expected MODE=B, e.g. kernels=32")
         micro[mode] = int(value)
-    table = bench.run(args.size, args.seq_len, args.total_batch, tuple(args.modes.split(",")), micro, args.steps,
-                      args.warmup, not args.no_kernel_table, tuple(args.profile.split(",")) if args.profile else ())
+    modes = tuple(args.modes.split(","))
+    scaling.check_modes(modes)
+    if args.nproc > 1 and not scaling.launched_by_torchrun():
+        if not torch.cuda.is_available() or torch.cuda.device_count() < args.nproc:
+            raise Gpt2pipeError(f"--nproc {args.nproc} needs {args.nproc} CUDA GPUs on this node")
+        code = scaling.relaunch(_bench_argv(args), args.nproc)
+        if code:
+            raise Gpt2pipeError(f"bench under torchrun failed (exit status {code})")
+        return
+    if not torch.cuda.is_available():
+        raise Gpt2pipeError("bench needs a CUDA GPU")
+    if scaling.launched_by_torchrun():
+        table = scaling.run(args.size, args.seq_len, args.total_batch, modes, micro, args.steps, args.warmup)
+        if table is None:  # processes other than 0 report nothing
+            return
+    else:
+        table = bench.run(args.size, args.seq_len, args.total_batch, modes, micro, args.steps, args.warmup,
+                          not args.no_kernel_table, tuple(args.profile.split(",")) if args.profile else ())
     print(table)
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n")
 
 
@@ -96,8 +123,8 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (usable by evaluate, sample, "
                    "or train.init_from)")
 
-    p = add_subcommand(sub, "bench", "time a GPT-2 training step: our kernels vs torch eager vs torch.compile",
-                       cmd_bench, config=False)
+    p = add_subcommand(sub, "bench", "time a GPT-2 training step: our kernels vs torch eager vs torch.compile, "
+                       "on one GPU or data-parallel over several (--nproc, or under torchrun)", cmd_bench, config=False)
     p.add_argument("--size", default="124M", choices=["124M", "350M", "774M", "1558M"])
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--total-batch", type=int, default=524288, help="tokens per optimizer step (default: %(default)s)")
@@ -110,6 +137,13 @@ def register(sub) -> None:
     p.add_argument("--no-kernel-table", action="store_true", help="skip the per-kernel table")
     p.add_argument("--profile", default="", help="comma-separated modes to profile for one extra step")
     p.add_argument("--out", type=Path, help="also write the tables to this file")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel over N GPUs of this node: reruns this command under torchrun (as "
+                   "`torchrun --nproc_per_node N -m gpt2pipe bench ...` does); process 0 first times each mode "
+                   "alone (the 1-GPU baseline), then all N the same global batch: tokens/s, MFU per GPU, scaling "
+                   "efficiency, peak memory per GPU, per-step losses of both, and the exposed communication time "
+                   "of one profiled step = GPU time when an NCCL kernel runs and nothing else does. Kernels "
+                   "modes use the ZeRO-1 flat AdamW, torch modes DDP")
 
     p = add_subcommand(sub, "bench-tokenize", "tokenization speed: ours end to end vs raw tiktoken on the same cores",
                        cmd_bench_tokenize, config=False)

@@ -1,0 +1,122 @@
+"""`gpt2pipe bench --nproc N` / `torchrun --nproc_per_node N -m gpt2pipe bench`: data-parallel scaling.
+
+One invocation measures both sides, so the scaling efficiency compares numbers from the same machine and
+moment: process 0 first times every mode alone on its GPU (the 1-GPU baseline, the others waiting to join
+the process group), then all N processes time the same modes with the same global batch — each mode's
+1-GPU and N-GPU per-step losses are printed side by side and must agree to bf16 reduction order.
+
+Per mode and process count: tokens/s, per-GPU MFU, scaling efficiency = tokens/s(N) / (N x tokens/s(1)),
+peak memory per GPU (max over processes) and the exposed communication time of one profiled step
+(bench/comm.py: NCCL running while nothing else runs on the GPU).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+
+from gpt2pipe import Gpt2pipeError, distributed
+from gpt2pipe.bench.comm import CommTime
+from gpt2pipe.bench.step import DEFAULT_MICRO_BATCH, StepResult, fit_micro_batch, time_training_step
+from gpt2pipe.model.gpt import GPT2_SIZES
+
+# the baseline runs while processes 1..N-1 wait in the rendezvous: give it room (compile modes, 1558M)
+BENCH_TIMEOUT_S = 3600
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def relaunch(argv: list[str], nproc: int) -> int:
+    """Run this same `gpt2pipe bench` command as N processes under torch.distributed.run (one node); returns
+    its exit status. argv: the bench subcommand's own arguments, without --nproc."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "gpt2pipe", "bench", *argv]
+    print("+ " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd).returncode
+
+
+def _gather_max(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device="cuda")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def run(size: str, seq_len: int, total_batch: int, modes: tuple[str, ...], micro_batch: dict, steps: int,
+        warmup: int) -> str | None:
+    """Under torchrun: baseline on process 0, then all processes; returns the report on process 0 only."""
+    cfg = GPT2_SIZES[size]
+    micro = {**DEFAULT_MICRO_BATCH, **micro_batch}
+    rank, size_n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    notes: list[str] = []
+    base: dict[str, StepResult] = {}
+    if rank == 0:  # before joining: the others wait in the rendezvous, their GPUs idle
+        for mode in modes:
+            base[mode] = fit_micro_batch(mode, cfg, micro[mode], seq_len, total_batch, steps, warmup, False, notes)
+            print(f"{mode} on 1 GPU: {base[mode].ms:.1f} ms/step", flush=True)
+    world = distributed.setup("cuda", timeout_s=max(BENCH_TIMEOUT_S, distributed.collective_timeout().total_seconds()))
+    try:
+        chosen = [{m: r.micro_batch for m, r in base.items()}]  # what fitted alone fits a share of the batch
+        dist.broadcast_object_list(chosen, src=0)
+        multi: dict[str, StepResult] = {}
+        for mode in modes:
+            r = time_training_step(mode, cfg, chosen[0][mode], seq_len, total_batch, steps, warmup, world=world)
+            r.peak_gb = _gather_max(r.peak_gb)
+            own_ms, r.ms = r.ms, _gather_max(r.ms)  # the slowest process sets the pace
+            r.tokens_per_s = total_batch / (r.ms / 1e3)
+            r.tflops *= own_ms / r.ms
+            r.mfu = r.mfu * own_ms / r.ms if r.mfu is not None else None
+            exposed = _gather_max(r.comm.exposed_ms if r.comm else 0.0)
+            total = _gather_max(r.comm.total_ms if r.comm else 0.0)
+            r.comm = CommTime(exposed, total, r.comm.step_ms) if r.comm else None
+            multi[mode] = r
+            if rank == 0:
+                print(f"{mode} on {size_n} GPUs: {r.ms:.1f} ms/step", flush=True)
+        if rank != 0:
+            return None
+        return format_report(size, seq_len, total_batch, steps, warmup, size_n, base, multi, notes)
+    finally:
+        distributed.teardown(world)
+
+
+def max_rel_diff(a: list[float], b: list[float]) -> float:
+    return max((abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b)), default=0.0)
+
+
+def format_report(size: str, seq_len: int, total_batch: int, steps: int, warmup: int, n: int,
+                  base: dict[str, StepResult], multi: dict[str, StepResult], notes: list[str]) -> str:
+    lines = [f"# gpt2pipe bench, data-parallel: 1 vs {n} GPUs ({torch.cuda.get_device_name()}), torch "
+             f"{torch.__version__}, GPT-2 {size}, T={seq_len}, {total_batch:,} tokens/step (same global batch "
+             f"on both), median of {steps} steps after {warmup} warm-up", *notes, "",
+             "| mode | GPUs | micro-batch | ms/step | tokens/s | MFU per GPU | scaling | peak GiB per GPU | "
+             "exposed comm ms/step | comm ms/step |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for mode, one in base.items():
+        many = multi[mode]
+        for r in (one, many):
+            mfu = f"{100 * r.mfu:.1f}%" if r.mfu else "-"
+            scaling = "100%" if r is one else f"{100 * r.tokens_per_s / (n * one.tokens_per_s):.1f}%"
+            comm = (f"{r.comm.exposed_ms:.1f} | {r.comm.total_ms:.1f}") if r.comm else "- | -"
+            lines.append(f"| {mode} | {r.processes} | {r.micro_batch} | {r.ms:.1f} | {r.tokens_per_s:,.0f} | {mfu} | "
+                         f"{scaling} | {r.peak_gb:.1f} | {comm} |")
+    lines += ["", "Exposed comm: GPU time of one profiled step during which an NCCL kernel runs and no other "
+              "kernel, copy or memset does (communication not hidden behind compute); comm: all NCCL kernel "
+              "time. Scaling = tokens/s on N GPUs / (N x tokens/s on 1 GPU).", "",
+              f"Per-step losses, 1 GPU vs {n} GPUs (same data and initial weights):"]
+    for mode, one in base.items():
+        lines.append(f"- {mode}: 1 GPU {[round(x, 4) for x in one.losses]}")
+        lines.append(f"  {' ' * len(mode)}  {n} GPUs {[round(x, 4) for x in multi[mode].losses]} "
+                     f"(max relative difference {max_rel_diff(one.losses, multi[mode].losses):.1e})")
+    return "\n".join(lines)
+
+
+def check_modes(modes: tuple[str, ...]) -> None:
+    unknown = [m for m in modes if m not in DEFAULT_MICRO_BATCH]
+    if unknown:
+        raise Gpt2pipeError(f"--modes: unknown {unknown}; choose from {', '.join(DEFAULT_MICRO_BATCH)}")
