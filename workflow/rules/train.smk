@@ -15,8 +15,12 @@ rule train:
     resources:
         nodes=RES["train_nodes"],
         gpu=RES["train_gpus"],
-        # one task (torchrun starts the per-GPU processes) on one node; one task per GPU across nodes
-        tasks=RES["train_nodes"] * max(1, RES["train_gpus"]) if RES["train_nodes"] > 1 else 1,
+        # one node: ONE task, whose torchrun starts the per-GPU processes. The SLURM plugin turns `gpu` into
+        # `--gpus=N` and, unless told otherwise, adds `--ntasks-per-gpu` (from tasks_per_gpu, or from tasks in
+        # older releases), which starts the job step once per GPU (plugin issues #316, #459): both are 0 here,
+        # so sbatch gets no task geometry (one task) and the step runs `srun -n1 --gpus=N` once.
+        # Across nodes: one task per GPU, started by the rule's own srun.
+        tasks=RES["train_nodes"] * max(1, RES["train_gpus"]) if RES["train_nodes"] > 1 else 0,
         tasks_per_gpu=1 if RES["train_nodes"] > 1 else 0,
         cpus_per_task=RES["train_cpus_per_gpu"] * (max(1, RES["train_gpus"]) if RES["train_nodes"] == 1 else 1),
         mem_mb=RES["train_mem_mb"],
