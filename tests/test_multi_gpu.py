@@ -36,6 +36,9 @@ pytestmark = [
     pytest.mark.skipif(DEVICE == "cuda" and torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs"),
 ]
 PATHS = ["kernels", "kernels-fp8"] if DEVICE == "cuda" else ["torch"]
+# the fault tests (7 torchrun launches per path) run on the bf16 kernels path; =1 adds fp8 (its resume is the
+# same code, and test_resume/test_kernels cover fp8's saved scaling state)
+ALL_PATHS = os.environ.get("GPT2PIPE_MULTI_GPU_ALL") == "1"
 CROSS_COUNT_RTOL = {"kernels": 2e-3, "kernels-fp8": 1e-2, "torch": 2e-3}
 SAME_COUNT_RTOL = 1e-4
 STEPS = 40
@@ -157,8 +160,14 @@ def _copy_state(src: Path, dst: Path) -> None:
     shutil.copytree(src / "train_state", dst / "train_state")
 
 
+def _fault_test_path(path: str) -> None:
+    if path == "kernels-fp8" and not ALL_PATHS:
+        pytest.skip("fault tests run on the bf16 kernels path (GPT2PIPE_MULTI_GPU_ALL=1 adds fp8)")
+
+
 def test_sigkill_of_one_rank_fails_the_job_and_resumes_on_two_and_on_one(runs):
     path, cfg_path, shards, tmp, _ = runs
+    _fault_test_path(path)
     killed = tmp / "killed"
     proc = _start_and_wait_for(_cmd(cfg_path, shards, killed, 2), killed / "train_state" / KILL_MARKER)
     os.kill(_rank_pid(proc, 1), signal.SIGKILL)
@@ -180,6 +189,7 @@ def test_sigkill_of_one_rank_fails_the_job_and_resumes_on_two_and_on_one(runs):
 
 def test_sigterm_to_torchrun_saves_on_both_ranks_and_exits_75(runs):
     path, cfg_path, shards, tmp, _ = runs
+    _fault_test_path(path)
     termed = tmp / "termed"
     proc = _start_and_wait_for(_cmd(cfg_path, shards, termed, 2), termed / "train_state" / KILL_MARKER)
     proc.send_signal(signal.SIGTERM)  # what SLURM sends the job step before preemption

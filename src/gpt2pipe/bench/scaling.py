@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from gpt2pipe import Gpt2pipeError, distributed
 from gpt2pipe.bench.comm import CommTime
-from gpt2pipe.bench.step import DEFAULT_MICRO_BATCH, StepResult, fit_micro_batch, time_training_step
+from gpt2pipe.bench.step import DEFAULT_MICRO_BATCH, StepResult, bench_device, fit_micro_batch, time_training_step
 from gpt2pipe.model.gpt import GPT2_SIZES
 
 # the baseline runs while processes 1..N-1 wait in the rendezvous: give it room (compile modes, 1558M)
@@ -42,7 +42,7 @@ def relaunch(argv: list[str], nproc: int) -> int:
 
 
 def _gather_max(value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64, device="cuda")
+    t = torch.tensor([value], dtype=torch.float64, device=bench_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
 
@@ -53,14 +53,15 @@ def run(size: str, seq_len: int, total_batch: int, modes: tuple[str, ...], micro
     cfg = GPT2_SIZES[size]
     micro = {**DEFAULT_MICRO_BATCH, **micro_batch}
     rank, size_n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     notes: list[str] = []
     base: dict[str, StepResult] = {}
     if rank == 0:  # before joining: the others wait in the rendezvous, their GPUs idle
         for mode in modes:
             base[mode] = fit_micro_batch(mode, cfg, micro[mode], seq_len, total_batch, steps, warmup, False, notes)
             print(f"{mode} on 1 GPU: {base[mode].ms:.1f} ms/step", flush=True)
-    world = distributed.setup("cuda", timeout_s=max(BENCH_TIMEOUT_S, distributed.collective_timeout().total_seconds()))
+    world = distributed.setup(bench_device().type, timeout_s=max(BENCH_TIMEOUT_S, distributed.collective_timeout().total_seconds()))
     try:
         chosen = [{m: r.micro_batch for m, r in base.items()}]  # what fitted alone fits a share of the batch
         dist.broadcast_object_list(chosen, src=0)
@@ -91,7 +92,8 @@ def max_rel_diff(a: list[float], b: list[float]) -> float:
 
 def format_report(size: str, seq_len: int, total_batch: int, steps: int, warmup: int, n: int,
                   base: dict[str, StepResult], multi: dict[str, StepResult], notes: list[str]) -> str:
-    lines = [f"# gpt2pipe bench, data-parallel: 1 vs {n} GPUs ({torch.cuda.get_device_name()}), torch "
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    lines = [f"# gpt2pipe bench, data-parallel: 1 vs {n} GPUs ({device}), torch "
              f"{torch.__version__}, GPT-2 {size}, T={seq_len}, {total_batch:,} tokens/step (same global batch "
              f"on both), median of {steps} steps after {warmup} warm-up", *notes, "",
              "| mode | GPUs | micro-batch | ms/step | tokens/s | MFU per GPU | scaling | peak GiB per GPU | "

@@ -43,6 +43,12 @@ class StepResult:
     comm: CommTime | None = None  # from one profiled step; None on one process
 
 
+def bench_device() -> torch.device:
+    """The current CUDA device; the CPU only where there is none (the harness's own CPU test: no timings
+    worth reading, but the same code path end to end)."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def _sdpa_context():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -62,7 +68,7 @@ class _Step:
         from gpt2pipe.config import from_dict
         from gpt2pipe.train.optim import make_flat_optimizer, make_optimizer
 
-        self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = bench_device()
         self.world, self.mode = world, mode
         torch.manual_seed(0)  # same weights and data on every process
         self.t = from_dict({}).train  # the 124M recipe's optimizer: lr 6e-4, betas 0.9/0.95, decay 0.1, clip 1
@@ -76,14 +82,14 @@ class _Step:
         self.model = model
         self.opt = make_flat_optimizer(model, self.t, world) if self.kernels else make_optimizer(model, self.t,
                                                                                                   self.device)
-        self.amp = contextlib.nullcontext() if self.kernels else torch.autocast("cuda", dtype=torch.bfloat16)
+        self.amp = contextlib.nullcontext() if self.kernels else torch.autocast(self.device.type, dtype=torch.bfloat16)
         runner = model
         self.ddp = None
         if world.distributed and not self.kernels:
             from torch.nn.parallel import DistributedDataParallel
 
-            runner = self.ddp = DistributedDataParallel(model, device_ids=[self.device.index],
-                                                        gradient_as_bucket_view=True)
+            runner = self.ddp = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.runner = torch.compile(runner) if mode == "compile" else runner
         per_step = micro_batch * seq_len * world.size
         if total_batch % per_step:
@@ -121,15 +127,18 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
     """Median step time of `steps` steps after `warmup`; on several processes also the communication time of
     one more, profiled, step (bench/comm.py). profile: print a per-kernel profile of one more step."""
     step = _Step(mode, cfg, micro_batch, seq_len, total_batch, world)
+    cuda = step.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     times, losses = [], []
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     with _sdpa_context():
         for i in range(warmup + steps):
-            torch.cuda.synchronize()
+            sync()
             t0 = time.perf_counter()
             loss = step()
             losses.append(loss.item())  # host sync: the step is complete on this process
-            torch.cuda.synchronize()
+            sync()
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
         comm = None
@@ -138,10 +147,10 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
             from torch.profiler import profile as torch_profile
 
             distributed.barrier(world)
-            torch.cuda.synchronize()
-            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            sync()
+            with torch_profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
                 step()
-                torch.cuda.synchronize()
+                sync()
             if world.distributed:
                 with tempfile.TemporaryDirectory() as tmp:
                     trace = Path(tmp) / "trace.json"
@@ -154,10 +163,13 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
     peak = peak_flops(step.device)
     result = StepResult(mode, micro_batch, dt * 1e3, total_batch / dt, step.flops / dt / 1e12,
                         step.flops / dt / (peak * world.size) if peak else None,
-                        torch.cuda.max_memory_allocated() / 2**30, losses, world.size, comm)
+                        torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0, losses, world.size, comm)
     del step
     gc.collect()
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
+    import torch._dynamo
+
     torch._dynamo.reset()  # the next mode (or process count) compiles afresh
     return result
 
