@@ -61,7 +61,8 @@ def run(size: str, seq_len: int, total_batch: int, modes: tuple[str, ...], micro
         for mode in modes:
             base[mode] = fit_micro_batch(mode, cfg, micro[mode], seq_len, total_batch, steps, warmup, False, notes)
             print(f"{mode} on 1 GPU: {base[mode].ms:.1f} ms/step", flush=True)
-    world = distributed.setup(bench_device().type, timeout_s=max(BENCH_TIMEOUT_S, distributed.collective_timeout().total_seconds()))
+    timeout = max(BENCH_TIMEOUT_S, distributed.collective_timeout().total_seconds())
+    world = distributed.setup(bench_device().type, timeout_s=timeout)
     try:
         chosen = [{m: r.micro_batch for m, r in base.items()}]  # what fitted alone fits a share of the batch
         dist.broadcast_object_list(chosen, src=0)

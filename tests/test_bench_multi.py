@@ -1,4 +1,6 @@
-"""The bench's communication accounting (bench/comm.py) and its 1-vs-N report, on hand-made traces."""
+"""Multi-process pieces that run without GPUs: the bench's communication accounting (bench/comm.py) on
+hand-made traces, its 1-vs-N report and flow, and the collective timeout that keeps a dead peer from hanging
+a job."""
 
 import json
 
@@ -92,3 +94,25 @@ def test_scaling_run_end_to_end_on_cpu_processes(tmp_path):
     # the same tokens and weights on 1 and 2 processes: the same losses, step by step
     diffs = [float(x) for x in __import__("re").findall(r"max relative difference ([0-9.e+-]+)", text)]
     assert len(diffs) == 2 and all(d < 1e-2 for d in diffs), text
+
+
+def test_collective_timeout_from_the_environment(monkeypatch):
+    from gpt2pipe import Gpt2pipeError
+    from gpt2pipe.distributed import collective_timeout, nccl_failure_env
+
+    monkeypatch.delenv("GPT2PIPE_NCCL_TIMEOUT_S", raising=False)
+    assert collective_timeout().total_seconds() == 600
+    monkeypatch.setenv("GPT2PIPE_NCCL_TIMEOUT_S", "45")
+    assert collective_timeout().total_seconds() == 45
+    assert collective_timeout(3600).total_seconds() == 3600  # the bench's baseline wait
+    for bad in ("ten", "0", "-5"):
+        monkeypatch.setenv("GPT2PIPE_NCCL_TIMEOUT_S", bad)
+        with pytest.raises(Gpt2pipeError, match="GPT2PIPE_NCCL_TIMEOUT_S"):
+            collective_timeout()
+    monkeypatch.delenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", raising=False)
+    monkeypatch.delenv("TORCH_NCCL_DUMP_ON_TIMEOUT", raising=False)  # restored (absent) afterwards
+    nccl_failure_env()
+    assert __import__("os").environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"  # tear down on a failed collective
+    monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
+    nccl_failure_env()
+    assert __import__("os").environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"  # the user's choice stands
