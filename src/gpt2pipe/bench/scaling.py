@@ -1,8 +1,8 @@
 """`gpt2pipe bench --nproc N` / `torchrun --nproc_per_node N -m gpt2pipe bench`: data-parallel scaling.
 
 One invocation measures both sides, so the scaling efficiency compares numbers from the same machine and
-moment: process 0 first times every mode alone on its GPU (the 1-GPU baseline, the others waiting to join
-the process group), then all N processes time the same modes with the same global batch — each mode's
+moment: for each mode, process 0 first times it alone on its GPU (the 1-GPU baseline, the others waiting in
+a collective), then all N processes time it with the same global batch — each mode's
 1-GPU and N-GPU per-step losses are printed side by side and must agree to bf16 reduction order.
 
 Per mode and process count: tokens/s, per-GPU MFU, scaling efficiency = tokens/s(N) / (N x tokens/s(1)),
@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -24,7 +25,6 @@ from gpt2pipe.bench.comm import CommTime
 from gpt2pipe.bench.step import DEFAULT_MICRO_BATCH, StepResult, bench_device, fit_micro_batch, time_training_step
 from gpt2pipe.model.gpt import GPT2_SIZES
 
-# the baseline runs while processes 1..N-1 wait in the rendezvous: give it room (compile modes, 1558M)
 BENCH_TIMEOUT_S = 3600
 
 
@@ -48,27 +48,29 @@ def _gather_max(value: float) -> float:
 
 
 def run(size: str, seq_len: int, total_batch: int, modes: tuple[str, ...], micro_batch: dict, steps: int,
-        warmup: int) -> str | None:
-    """Under torchrun: baseline on process 0, then all processes; returns the report on process 0 only."""
+        warmup: int, on_partial: Callable[[str], None] | None = None) -> str | None:
+    """Under torchrun, mode by mode: process 0 alone (the others wait in a collective), then all processes.
+    Returns the report on process 0 only; on_partial(report so far) is called there after each mode, so an
+    interrupted run keeps the modes it finished."""
     cfg = GPT2_SIZES[size]
     micro = {**DEFAULT_MICRO_BATCH, **micro_batch}
-    rank, size_n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    notes: list[str] = []
-    base: dict[str, StepResult] = {}
-    if rank == 0:  # before joining: the others wait in the rendezvous, their GPUs idle
-        for mode in modes:
-            base[mode] = fit_micro_batch(mode, cfg, micro[mode], seq_len, total_batch, steps, warmup, False, notes)
-            print(f"{mode} on 1 GPU: {base[mode].ms:.1f} ms/step", flush=True)
+    # the baseline runs while the other processes wait in a collective: give it room (compile, 1558M)
     timeout = max(BENCH_TIMEOUT_S, distributed.collective_timeout().total_seconds())
     world = distributed.setup(bench_device().type, timeout_s=timeout)
+    notes: list[str] = []
+    base: dict[str, StepResult] = {}
+    multi: dict[str, StepResult] = {}
     try:
-        chosen = [{m: r.micro_batch for m, r in base.items()}]  # what fitted alone fits a share of the batch
-        dist.broadcast_object_list(chosen, src=0)
-        multi: dict[str, StepResult] = {}
         for mode in modes:
-            r = time_training_step(mode, cfg, chosen[0][mode], seq_len, total_batch, steps, warmup, world=world)
+            if world.main:  # the 1-GPU baseline: process 0 alone, no process group involved
+                base[mode] = fit_micro_batch(mode, cfg, micro[mode], seq_len, total_batch, steps, warmup, False,
+                                             notes)
+                print(f"{mode} on 1 GPU: {base[mode].ms:.1f} ms/step", flush=True)
+            chosen = [base[mode].micro_batch if world.main else None]  # what fitted alone fits a share
+            dist.broadcast_object_list(chosen, src=0)
+            r = time_training_step(mode, cfg, chosen[0], seq_len, total_batch, steps, warmup, world=world)
             r.peak_gb = _gather_max(r.peak_gb)
             own_ms, r.ms = r.ms, _gather_max(r.ms)  # the slowest process sets the pace
             r.tokens_per_s = total_batch / (r.ms / 1e3)
@@ -78,11 +80,14 @@ def run(size: str, seq_len: int, total_batch: int, modes: tuple[str, ...], micro
             total = _gather_max(r.comm.total_ms if r.comm else 0.0)
             r.comm = CommTime(exposed, total, r.comm.step_ms) if r.comm else None
             multi[mode] = r
-            if rank == 0:
-                print(f"{mode} on {size_n} GPUs: {r.ms:.1f} ms/step", flush=True)
-        if rank != 0:
+            if world.main:
+                print(f"{mode} on {world.size} GPUs: {r.ms:.1f} ms/step", flush=True)
+                if on_partial is not None:
+                    on_partial(format_report(size, seq_len, total_batch, steps, warmup, world.size, base, multi,
+                                             notes))
+        if not world.main:
             return None
-        return format_report(size, seq_len, total_batch, steps, warmup, size_n, base, multi, notes)
+        return format_report(size, seq_len, total_batch, steps, warmup, world.size, base, multi, notes)
     finally:
         distributed.teardown(world)
 
@@ -101,6 +106,8 @@ def format_report(size: str, seq_len: int, total_batch: int, steps: int, warmup:
              "exposed comm ms/step | comm ms/step |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, one in base.items():
+        if mode not in multi:
+            continue
         many = multi[mode]
         for r in (one, many):
             mfu = f"{100 * r.mfu:.1f}%" if r.mfu else "-"
@@ -113,6 +120,8 @@ def format_report(size: str, seq_len: int, total_batch: int, steps: int, warmup:
               "time. Scaling = tokens/s on N GPUs / (N x tokens/s on 1 GPU).", "",
               f"Per-step losses, 1 GPU vs {n} GPUs (same data and initial weights):"]
     for mode, one in base.items():
+        if mode not in multi:
+            continue
         lines.append(f"- {mode}: 1 GPU {[round(x, 4) for x in one.losses]}")
         lines.append(f"  {' ' * len(mode)}  {n} GPUs {[round(x, 4) for x in multi[mode].losses]} "
                      f"(max relative difference {max_rel_diff(one.losses, multi[mode].losses):.1e})")

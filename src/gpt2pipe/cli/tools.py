@@ -77,7 +77,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if not torch.cuda.is_available():
         raise Gpt2pipeError("bench needs a CUDA GPU")
     if scaling.launched_by_torchrun():
-        table = scaling.run(args.size, args.seq_len, args.total_batch, modes, micro, args.steps, args.warmup)
+        def partial(report: str) -> None:  # keep finished modes if a later one fails or the run is cut short
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(report + "\n")
+
+        table = scaling.run(args.size, args.seq_len, args.total_batch, modes, micro, args.steps, args.warmup,
+                            partial)
         if table is None:  # processes other than 0 report nothing
             return
     else:
