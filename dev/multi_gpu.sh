@@ -17,7 +17,7 @@ summary() { echo "$1: exit $2" | tee -a "$OUT/summary.txt"; }
 "gpus", torch.cuda.device_count(), "gpt2pipe", gpt2pipe.__file__)'; } 2>&1 | tee "$OUT/env.txt"
 
 # -k 10: a process that ignores the TERM is KILLed 10 s later; pytest's own children go with its group
-timeout -k 10 220 $PY -m pytest -v -rs -p no:cacheprovider tests/test_multi_gpu.py tests/test_bench_multi.py \
+timeout -k 10 220 $PY -m pytest -v -rs --durations=15 -p no:cacheprovider tests/test_multi_gpu.py tests/test_bench_multi.py \
   2>&1 | tee "$OUT/pytest_multi_gpu.txt"
 summary "pytest tests/test_multi_gpu.py" $?
 
