@@ -222,3 +222,13 @@ def test_fineweb_file_by_file_jobs_from_the_hub_cache(tmp_path):
     listing = json.loads((data / "fineweb" / "files.json").read_text())
     assert listing["commit"] == (tmp_path / "hub" / "datasets--HuggingFaceFW--fineweb" / "refs" / "main").read_text()
     assert len(list((data / "logs" / "fineweb_encode").glob("*.log"))) == 3
+
+
+def test_dot_test_config_plans_the_whole_workflow(tmp_path):
+    """.test/ (the template's CI config) is a working directory of its own."""
+    import shutil
+
+    shutil.copytree(ROOT / ".test", tmp_path / "t")
+    r = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path / "t"), "--dry-run"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert re.search(r"^train\s+1$", r.stdout, re.M) and re.search(r"^evaluate\s+2$", r.stdout, re.M)
