@@ -130,6 +130,11 @@ def test_second_run_shares_the_dataset(workdir):
     assert (workdir / RESULTS / "tiny2" / "eval" / "step_000006.json").exists()
     assert planned_jobs(workdir) == {}
     assert planned_jobs(workdir, configfile="config2.yaml") == {}
+    # keys a stage does not read never rerun it: a new eval batch size re-evaluates, it does not retrain
+    cfg["eval"]["batch_size"] = 4
+    (workdir / "config2.yaml").write_text(yaml.safe_dump(cfg))
+    assert planned_jobs(workdir, configfile="config2.yaml") == {"stage_config": 1, "run_config": 1, "evaluate": 2,
+                                                                "report": 1}
     # the data section changes: the dataset is rebuilt, and only for the run that asks for it
     cfg["data"]["val_tokens"] = 2048
     (workdir / "config2.yaml").write_text(yaml.safe_dump(cfg))
@@ -152,7 +157,7 @@ def test_config_values_never_run_as_commands(tmp_path):
 
 def test_forcerun_evaluate_reuses_checkpoints(workdir):
     jobs = planned_jobs(workdir, "--forcerun", "evaluate")
-    assert jobs == {"evaluate": 2, "report": 1, "latest": 1}
+    assert jobs == {"evaluate": 2, "report": 1}
     ckpt = workdir / RESULTS / "tiny" / "train" / "model_000006.pt"
     before = ckpt.stat().st_mtime_ns
     snakemake(workdir, "--forcerun", "evaluate")
@@ -162,7 +167,7 @@ def test_forcerun_evaluate_reuses_checkpoints(workdir):
 
 def test_deleting_one_eval_reruns_only_it(workdir):
     (workdir / RESULTS / "tiny" / "eval" / "step_000003.json").unlink()
-    assert planned_jobs(workdir) == {"evaluate": 1, "report": 1, "latest": 1}
+    assert planned_jobs(workdir) == {"evaluate": 1, "report": 1}
 
 
 def test_bad_config_fails_before_any_job(workdir, tmp_path):

@@ -66,9 +66,10 @@ def hellaswag_bin(raw: dict, source: str | None = None) -> Path:
 
 
 def checkpoint_steps(raw: dict) -> list[int]:
-    """Steps with a model snapshot (each evaluated); the same rule as TrainConfig.checkpoint_steps."""
-    t = raw["train"]
-    return [*range(t["checkpoint_every"], t["max_steps"], t["checkpoint_every"]), t["max_steps"]]
+    """Steps with a model snapshot, each evaluated (TrainConfig.checkpoint_steps of a validated config)."""
+    from gpt2pipe.config import TrainConfig
+
+    return TrainConfig(**raw["train"]).checkpoint_steps()
 
 
 def checkpoint(raw: dict, step: int) -> Path:
@@ -100,8 +101,8 @@ def stage_config(raw: dict, stage: str) -> dict:
 
     data      the data section alone (not data.workers: the job sets it to its threads): corpus, tokenize,
               FineWeb shards. Runs with the same data section share one dataset and never rebuild it.
-    train     all but the report, the cluster resources and the eval keys of HellaSwag and sampling
-              (training reads eval.val_tokens for its periodic validation loss)
+    train     all but the report, the cluster resources and the eval section but eval.val_tokens (the
+              budget of training's periodic validation loss)
     evaluate  all but the data section (the shards come as a path), the report, the resources and the
               sample keys (the sample rule passes those itself)
     report    the whole resolved config but the resources (what results/<run>/config.yaml records)
@@ -111,9 +112,8 @@ def stage_config(raw: dict, stage: str) -> dict:
         return {"data": data}
     drop = {"resources", "report"}
     if stage == "train":
-        eval_drop = set(SAMPLE_KEYS) | {"hellaswag", "hellaswag_max_examples"}
         return {**{k: v for k, v in raw.items() if k not in drop}, "data": data,
-                "eval": {k: v for k, v in raw["eval"].items() if k not in eval_drop}}
+                "eval": {"val_tokens": raw["eval"]["val_tokens"]}}
     if stage == "evaluate":
         return {**{k: v for k, v in raw.items() if k not in drop | {"data"}},
                 "eval": {k: v for k, v in raw["eval"].items() if k not in SAMPLE_KEYS}}
