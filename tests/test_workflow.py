@@ -237,3 +237,31 @@ def test_dot_test_config_plans_the_whole_workflow(tmp_path):
     r = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path / "t"), "--dry-run"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert re.search(r"^train\s+1$", r.stdout, re.M) and re.search(r"^evaluate\s+2$", r.stdout, re.M)
+
+
+def test_layout_stage_configs_hold_what_decides_each_stage(tmp_path):
+    """What each stage's config file holds (gpt2pipe.layout): a key a stage does not read never reruns it."""
+    from gpt2pipe import config, layout
+
+    raw = config.validate(tiny_config(tmp_path))
+
+    def changed(stage, section, key, value):
+        other = config.validate({**raw, section: {**raw[section], key: value}})
+        return layout.stage_config(raw, stage) != layout.stage_config(other, stage)
+
+    assert layout.stage_config(raw, "data") == {"data": {k: v for k, v in raw["data"].items() if k != "workers"}}
+    assert not changed("data", "data", "workers", 7) and not changed("data", "train", "learning_rate", 1.0)
+    assert changed("data", "data", "val_tokens", 2048)
+    assert changed("train", "train", "learning_rate", 1.0) and changed("train", "data", "max_tokens", 4096)
+    assert changed("train", "eval", "val_tokens", 512)
+    for section, key, value in (("eval", "batch_size", 2), ("eval", "samples", 1), ("eval", "hellaswag", "full"),
+                                ("report", "log_scale", True), ("resources", "train_gpus", 2)):
+        assert not changed("train", section, key, value), key
+    assert changed("evaluate", "eval", "batch_size", 2) and not changed("evaluate", "eval", "sample_top_k", 3)
+    assert not changed("evaluate", "data", "max_tokens", 4096)
+    assert layout.checkpoint_steps(raw) == config.from_dict(raw).train.checkpoint_steps() == [3, 6]
+    assert layout.hellaswag_bin(raw).name == "hellaswag_demo.bin"
+    assert layout.hellaswag_name("some/dir/val.jsonl") == "val" and layout.hellaswag_name("full") == "full"
+    assert layout.data_dir(raw) == tmp_path / "results" / "data" / "tiny"
+    assert layout.eval_result(raw, 3) == tmp_path / "results" / "tiny" / "eval" / "step_000003.json"
+    assert layout.report_notebook().is_file()

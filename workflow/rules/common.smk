@@ -3,10 +3,9 @@
 import json
 import shlex
 import sys
-
-import yaml
 from pathlib import Path
 
+import yaml
 from snakemake.exceptions import WorkflowError
 
 SRC = Path(workflow.basedir).parent / "src"
@@ -18,6 +17,7 @@ from gpt2pipe import Gpt2pipeError, layout
 from gpt2pipe.config import _schema as config_schema
 from gpt2pipe.config import validate as validate_config
 
+
 def typed_cli_values(values, schema):
     """Snakemake reads nested `--config` values with YAML's BaseLoader, so `--config 'train={max_steps: 100}'`
     gives the string "100": turn such strings back into the number, boolean or null the schema asks for."""
@@ -27,7 +27,10 @@ def typed_cli_values(values, schema):
     types = schema.get("type", [])
     types = [types] if isinstance(types, str) else types
     if isinstance(values, str) and "string" not in types and "enum" not in schema:
-        parsed = yaml.safe_load(values)
+        try:
+            parsed = yaml.safe_load(values)
+        except yaml.YAMLError:
+            return values  # the schema names the key
         kinds = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
         if any(isinstance(parsed, kinds.get(t, ())) for t in types):
             return parsed
