@@ -21,22 +21,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"  # the tiny run CI puts through the workflow
+
+
 def tiny_config(tmp_path: Path, **sections) -> dict:
-    """A config small enough to train in seconds on a CPU, over the first ~6K tokens of Tiny Shakespeare."""
+    """A config small enough to train in seconds on a CPU, over the first ~6K tokens of Tiny Shakespeare:
+    .test/config/config.yaml, with its corpus copied into tmp_path and results under tmp_path/results."""
+    import shutil
+
+    import yaml
+
     corpus = tmp_path / "corpus.txt"
     if not corpus.exists():
-        corpus.write_text(DEMO_TEXT.read_text()[:25_000])
-    cfg = {
-        "run_name": "tiny",
-        "results_dir": str(tmp_path / "results"),
-        "data": {"name": "tiny", "paths": [str(corpus)], "shard_tokens": 2048, "val_tokens": 1024, "workers": 1},
-        "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
-        "train": {"seq_len": 32, "micro_batch_size": 4, "total_batch_tokens": 256, "max_steps": 6,
-                  "learning_rate": 0.003, "warmup_steps": 2, "val_every": 3, "checkpoint_every": 3,
-                  "device": "cpu"},
-        "eval": {"val_tokens": 256, "hellaswag": "demo", "hellaswag_max_examples": 8, "batch_size": 8,
-                 "sample_tokens": 8},
-    }
+        shutil.copyfile(ROOT / ".test" / "corpus.txt", corpus)
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["results_dir"] = str(tmp_path / "results")
+    cfg["data"]["paths"] = [str(corpus)]
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)
     return cfg

@@ -14,17 +14,25 @@ pytestmark = pytest.mark.slow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--cores", "2"]
 
 
-def snakemake(workdir, *args):
+RESULTS = "my results"  # a space in every path: each command must quote what it interpolates
+
+
+def snakemake(workdir, *args, configfile="config.yaml", check=True):
     # options such as --forcerun take several values: the config file goes last
-    r = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args, "--configfile", str(workdir / "config.yaml")],
+    r = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args, f"--configfile={workdir / configfile}"],
                        capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    if check:
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout + r.stderr
 
 
-def planned_jobs(workdir, *args) -> dict[str, int]:
+def files_under(root):
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".snakemake" not in p.parts}
+
+
+def planned_jobs(workdir, *args, configfile="config.yaml") -> dict[str, int]:
     """The jobs a dry run would execute, from Snakemake's job-stats table."""
-    out = snakemake(workdir, "--dry-run", *args)
+    out = snakemake(workdir, "--dry-run", *args, configfile=configfile)
     if "Nothing to be done" in out:
         return {}
     table = out.split("job ", 1)[1].split("total", 1)[0]
@@ -37,19 +45,22 @@ def planned_jobs(workdir, *args) -> dict[str, int]:
 def workdir(tmp_path_factory):
     wd = tmp_path_factory.mktemp("wf")
     cfg = tiny_config(wd, report={"log_scale": True})
-    cfg["results_dir"] = "results"
+    cfg["results_dir"] = RESULTS
+    cfg["data"]["paths"] = ["corpus.txt"]
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
-    snakemake(wd)  # the default target: report, eval results and samples
+    snakemake(wd, f"{RESULTS}/output.png")  # the quick start's target
     return wd
 
 
 def test_demo_outputs(workdir):
-    res = workdir / "results"
+    res = workdir / RESULTS
     png = (res / "output.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == (res / "tiny" / "output.png").read_bytes()
     nb = json.loads((res / "report.ipynb").read_text())
-    assert nb["metadata"]["papermill"]["parameters"]["output_png"] == "results/tiny/output.png"
+    assert nb["metadata"]["papermill"]["parameters"]["output_png"] == f"{RESULTS}/tiny/output.png"
     assert all(c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code")
+    images = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"] if "image/png" in o.get("data", {})]
+    assert len(images) == 1  # the figure is in the executed notebook, not only in the PNG
     for step in (3, 6):
         m = json.loads((res / "tiny" / "eval" / f"step_{step:06d}.json").read_text())
         assert m["step"] == step and m["val_loss"] < 11 and m["hellaswag_examples"] == 8
@@ -58,21 +69,96 @@ def test_demo_outputs(workdir):
     assert [row.split("\t")[0] for row in metrics[1:]] == ["3", "6"]
     samples = (res / "tiny" / "samples" / "step_000006.txt").read_text()
     assert samples.count("--- sample") == 3
-    for rule in ("corpus", "tokenize"):
+    for rule in ("data_config", "corpus", "tokenize"):
         assert (res / "data" / "tiny" / "benchmarks" / f"{rule}.tsv").exists()
-    for rule in ("train", "evaluate_000003", "report"):
+    for rule in ("run_config", "train_config", "train", "evaluate_000003", "sample_000003", "report", "latest"):
         assert (res / "tiny" / "benchmarks" / f"{rule}.tsv").exists()
         assert (res / "tiny" / "logs" / f"{rule}.log").exists()
+    # the resolved config is written by a rule, and the stages read only their part of it
+    assert yaml.safe_load((res / "tiny" / "config.yaml").read_text())["train"]["max_steps"] == 6
+    assert set(yaml.safe_load((res / "data" / "tiny" / "config.yaml").read_text())) == {"data"}
+    # nothing outside the results folder but the inputs (and Snakemake's own .snakemake/)
+    assert {f for f in files_under(workdir) if not f.startswith(f"{RESULTS}/")} == {"config.yaml", "corpus.txt"}
 
 
 def test_rerun_does_nothing(workdir):
     assert planned_jobs(workdir) == {}
 
 
+def test_html_report_right_after_the_quick_start(workdir):
+    snakemake(workdir, "--report", "report.html")
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert len(html) > 50_000
+    for name in ("output.png", "metrics.tsv", "step_000006.txt"):
+        assert name in html
+
+
+def test_lint_is_clean(workdir):
+    out = snakemake(workdir, "--lint")
+    assert "Congratulations, your workflow is in a good condition!" in out, out
+
+
+def test_dry_run_and_lint_write_nothing(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg["results_dir"] = "results"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    before = files_under(tmp_path)
+    assert "train" in planned_jobs(tmp_path)
+    snakemake(tmp_path, "--lint")
+    cfg["train"]["max_steps"] = 0  # invalid: fails validation
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    assert "train.max_steps" in snakemake(tmp_path, "--dry-run", configfile="bad.yaml", check=False)
+    assert files_under(tmp_path) == before | {"bad.yaml"}
+    assert not (tmp_path / "results").exists()
+
+
+def test_second_run_shares_the_dataset(workdir):
+    """Another run over the same data section plans no data job, and running it leaves the first run
+    with nothing to do (no rebuilt corpus or shards, no retraining)."""
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg["run_name"] = "tiny2"
+    cfg["train"]["learning_rate"] = 0.002
+    cfg["data"]["workers"] = 2  # how the dataset is built, not what it holds
+    (workdir / "config2.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = planned_jobs(workdir, configfile="config2.yaml")
+    assert not {"data_config", "corpus", "tokenize", "hellaswag"} & set(jobs), jobs
+    assert jobs["train"] == 1
+    shards = workdir / RESULTS / "data" / "tiny" / "shards"
+    before = {p.name: p.stat().st_mtime_ns for p in shards.iterdir()}
+    snakemake(workdir, configfile="config2.yaml")
+    assert {p.name: p.stat().st_mtime_ns for p in shards.iterdir()} == before
+    assert (workdir / RESULTS / "tiny2" / "eval" / "step_000006.json").exists()
+    assert planned_jobs(workdir) == {}
+    assert planned_jobs(workdir, configfile="config2.yaml") == {}
+    # keys a stage does not read never rerun it: a new eval batch size re-evaluates, it does not retrain
+    cfg["eval"]["batch_size"] = 4
+    (workdir / "config2.yaml").write_text(yaml.safe_dump(cfg))
+    assert planned_jobs(workdir, configfile="config2.yaml") == {"stage_config": 1, "run_config": 1, "evaluate": 2,
+                                                                "report": 1}
+    # the data section changes: the dataset is rebuilt, and only for the run that asks for it
+    cfg["data"]["val_tokens"] = 2048
+    (workdir / "config2.yaml").write_text(yaml.safe_dump(cfg))
+    assert {"data_config", "corpus", "tokenize", "train"} <= set(planned_jobs(workdir, configfile="config2.yaml"))
+
+
+def test_config_values_never_run_as_commands(tmp_path):
+    """A HellaSwag path made of shell syntax is a file name: the job reads it, nothing runs it."""
+    from gpt2pipe.eval.hellaswag import demo_jsonl
+
+    name = "x;touch F;y.jsonl"
+    (tmp_path / name).write_text("".join(demo_jsonl().read_text().splitlines(True)[:4]))
+    cfg = tiny_config(tmp_path, eval={"hellaswag": name})
+    cfg["results_dir"] = "results"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(tmp_path, "results/data/hellaswag/hellaswag_x;touch F;y.bin")
+    assert (tmp_path / "results" / "data" / "hellaswag" / "hellaswag_x;touch F;y.bin").stat().st_size > 1024
+    assert not list(tmp_path.rglob("F")) and not (ROOT / "F").exists()
+
+
 def test_forcerun_evaluate_reuses_checkpoints(workdir):
     jobs = planned_jobs(workdir, "--forcerun", "evaluate")
-    assert jobs == {"evaluate": 2, "report": 1, "latest": 1}
-    ckpt = workdir / "results" / "tiny" / "train" / "model_000006.pt"
+    assert jobs == {"evaluate": 2, "report": 1}
+    ckpt = workdir / RESULTS / "tiny" / "train" / "model_000006.pt"
     before = ckpt.stat().st_mtime_ns
     snakemake(workdir, "--forcerun", "evaluate")
     assert ckpt.stat().st_mtime_ns == before
@@ -80,8 +166,8 @@ def test_forcerun_evaluate_reuses_checkpoints(workdir):
 
 
 def test_deleting_one_eval_reruns_only_it(workdir):
-    (workdir / "results" / "tiny" / "eval" / "step_000003.json").unlink()
-    assert planned_jobs(workdir) == {"evaluate": 1, "report": 1, "latest": 1}
+    (workdir / RESULTS / "tiny" / "eval" / "step_000003.json").unlink()
+    assert planned_jobs(workdir) == {"evaluate": 1, "report": 1}
 
 
 def test_bad_config_fails_before_any_job(workdir, tmp_path):
@@ -92,15 +178,7 @@ def test_bad_config_fails_before_any_job(workdir, tmp_path):
                         "--dry-run"], capture_output=True, text=True)
     assert r.returncode != 0
     assert "train: Additional properties are not allowed ('learning_rat' was unexpected)" in r.stdout + r.stderr
-    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.pt"))
-
-
-def test_html_report(workdir):
-    snakemake(workdir, "--report", "report.html")
-    html = (workdir / "report.html").read_text(errors="replace")
-    assert len(html) > 50_000
-    for name in ("output.png", "metrics.tsv", "step_000006.txt"):
-        assert name in html
+    assert not (tmp_path / RESULTS).exists()
 
 
 def test_fineweb_file_by_file_jobs_from_the_hub_cache(tmp_path):
@@ -126,7 +204,7 @@ def test_fineweb_file_by_file_jobs_from_the_hub_cache(tmp_path):
 
     def run(*args):
         r = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), *args, "results/data/fw/shards",
-                            "--configfile", str(tmp_path / "config.yaml")], capture_output=True, text=True,
+                            f"--configfile={tmp_path / 'config.yaml'}"], capture_output=True, text=True,
                            timeout=900, env=env)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         return r.stdout + r.stderr
@@ -149,3 +227,41 @@ def test_fineweb_file_by_file_jobs_from_the_hub_cache(tmp_path):
     listing = json.loads((data / "fineweb" / "files.json").read_text())
     assert listing["commit"] == (tmp_path / "hub" / "datasets--HuggingFaceFW--fineweb" / "refs" / "main").read_text()
     assert len(list((data / "logs" / "fineweb_encode").glob("*.log"))) == 3
+
+
+def test_dot_test_config_plans_the_whole_workflow(tmp_path):
+    """.test/ (the template's CI config) is a working directory of its own."""
+    import shutil
+
+    shutil.copytree(ROOT / ".test", tmp_path / "t")
+    r = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path / "t"), "--dry-run"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert re.search(r"^train\s+1$", r.stdout, re.M) and re.search(r"^evaluate\s+2$", r.stdout, re.M)
+
+
+def test_layout_stage_configs_hold_what_decides_each_stage(tmp_path):
+    """What each stage's config file holds (gpt2pipe.layout): a key a stage does not read never reruns it."""
+    from gpt2pipe import config, layout
+
+    raw = config.validate(tiny_config(tmp_path))
+
+    def changed(stage, section, key, value):
+        other = config.validate({**raw, section: {**raw[section], key: value}})
+        return layout.stage_config(raw, stage) != layout.stage_config(other, stage)
+
+    assert layout.stage_config(raw, "data") == {"data": {k: v for k, v in raw["data"].items() if k != "workers"}}
+    assert not changed("data", "data", "workers", 7) and not changed("data", "train", "learning_rate", 1.0)
+    assert changed("data", "data", "val_tokens", 2048)
+    assert changed("train", "train", "learning_rate", 1.0) and changed("train", "data", "max_tokens", 4096)
+    assert changed("train", "eval", "val_tokens", 512)
+    for section, key, value in (("eval", "batch_size", 2), ("eval", "samples", 1), ("eval", "hellaswag", "full"),
+                                ("report", "log_scale", True), ("resources", "train_gpus", 2)):
+        assert not changed("train", section, key, value), key
+    assert changed("evaluate", "eval", "batch_size", 2) and not changed("evaluate", "eval", "sample_top_k", 3)
+    assert not changed("evaluate", "data", "max_tokens", 4096)
+    assert layout.checkpoint_steps(raw) == config.from_dict(raw).train.checkpoint_steps() == [3, 6]
+    assert layout.hellaswag_bin(raw).name == "hellaswag_demo.bin"
+    assert layout.hellaswag_name("some/dir/val.jsonl") == "val" and layout.hellaswag_name("full") == "full"
+    assert layout.data_dir(raw) == tmp_path / "results" / "data" / "tiny"
+    assert layout.eval_result(raw, 3) == tmp_path / "results" / "tiny" / "eval" / "step_000003.json"
+    assert layout.report_notebook().is_file()

@@ -1,11 +1,13 @@
 """Stage 5 helpers: read llm.c-format logs and eval results, and draw the loss/HellaSwag figure.
 
-The papermill notebook (workflow/notebooks/report.ipynb) calls these, so the plotting is unit-tested.
+The papermill notebook (gpt2pipe/notebooks/report.ipynb, shipped in the package) calls these, so the
+plotting is unit-tested.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,6 +23,17 @@ from gpt2pipe.files import atomic_path  # noqa: E402
 GPT2_VAL_LOSS = {"124M": 3.424958, "350M": 3.083089, "774M": 3.000580, "1558M": 2.831273}
 GPT2_HELLASWAG = {"124M": 0.294463, "350M": 0.375224, "774M": 0.431986, "1558M": 0.488946}
 GPT3_HELLASWAG = {"124M": 0.337, "350M": 0.436, "774M": 0.510, "1558M": 0.547}
+GPT3_NAME = {"124M": "125M", "350M": "350M", "774M": "760M", "1558M": "1.3B"}  # the GPT-3 model of that size
+CHANCE = 0.25  # four endings
+
+
+def binomial_interval(acc: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of an accuracy measured on n examples."""
+    if n <= 0:
+        return 0.0, 1.0
+    centre = (acc + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def parse_log(path: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -63,6 +76,16 @@ def write_metrics(evals: list[dict], tokens_per_step: int, path: str | Path) -> 
         w.writerows(rows)
 
 
+def resolve_baseline(cfg) -> str | None:
+    """report.baseline: auto draws the GPT-2 size of the model's shape, and GPT-2 124M / GPT-3 125M for a
+    model of no GPT-2 size (such as the demo's), so every run is drawn against the same yardstick."""
+    from gpt2pipe.model.gpt import gpt2_size_name
+
+    if cfg.report.baseline == "auto":
+        return gpt2_size_name(cfg.model) or "124M"
+    return None if cfg.report.baseline == "none" else cfg.report.baseline
+
+
 def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, tokens_per_step: int,
          baseline: str | None = None, reference_log: str | Path | None = None,
          reference_tokens_per_step: int = 524288, log_scale: bool = False, title: str = "") -> plt.Figure:
@@ -93,14 +116,26 @@ def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, token
     val = [(r["step"], r["val_loss"]) for r in evals if r.get("val_loss") is not None]
     if val:
         ax_loss.plot(xs(val, tokens_per_step), ys(val), "o", color="tab:red", ms=5, label="val loss (checkpoints)")
-    hs = [(r["step"], r["hellaswag_acc_norm"]) for r in evals if r.get("hellaswag_acc_norm") is not None]
-    if hs:
-        ax_hs.plot(xs(hs, tokens_per_step), ys(hs), "o-", color="tab:green", ms=4, label="HellaSwag acc_norm")
+    hs = [r for r in evals if r.get("hellaswag_acc_norm") is not None]
+    bottom, top = 0.2, CHANCE
+    if hs:  # each point with its binomial 95% interval: 200 examples measure acc_norm to about +-0.06
+        acc = [r["hellaswag_acc_norm"] for r in hs]
+        lo, hi = zip(*(binomial_interval(a, r.get("hellaswag_examples", 0)) for a, r in zip(acc, hs)))
+        ax_hs.errorbar(xs([(r["step"], 0) for r in hs], tokens_per_step), acc,
+                       yerr=[[a - l for a, l in zip(acc, lo)], [h - a for a, h in zip(acc, hi)]],
+                       fmt="o-", color="tab:green", ms=4, capsize=3, label="HellaSwag acc_norm (95% CI)")
+        bottom, top = min(bottom, min(lo) - 0.01), max(top, *hi)
+    if ref.get("eval"):
+        top = max(top, *ys(ref["eval"]))
     if baseline:
-        ax_loss.axhline(GPT2_VAL_LOSS[baseline], color="tab:red", ls=":", label=f"OpenAI GPT-2 ({baseline}) val")
-        ax_hs.axhline(GPT2_HELLASWAG[baseline], color="tab:red", ls=":", label=f"OpenAI GPT-2 ({baseline})")
-        ax_hs.axhline(GPT3_HELLASWAG[baseline], color="tab:green", ls=":", label=f"OpenAI GPT-3 ({baseline})")
-    ax_hs.axhline(0.25, color="black", lw=0.8, ls="--", label="chance")
+        gpt3 = GPT3_NAME[baseline]
+        ax_loss.axhline(GPT2_VAL_LOSS[baseline], color="tab:red", ls=":", label=f"OpenAI GPT-2 {baseline} val (FineWeb)")
+        ax_hs.axhline(GPT2_HELLASWAG[baseline], color="tab:red", ls=":", label=f"OpenAI GPT-2 {baseline}")
+        ax_hs.axhline(GPT3_HELLASWAG[baseline], color="tab:green", ls=":", label=f"OpenAI GPT-3 {gpt3}")
+        top = max(top, GPT3_HELLASWAG[baseline])
+    ax_hs.axhline(CHANCE, color="black", lw=0.8, ls="--", label="chance (0.25)")
+    # a fixed scale from below chance to above the best line: noise on a few hundred rows is not a trend
+    ax_hs.set_ylim(bottom, max(0.4, top + 0.02))
     if log_scale:
         ax_loss.set_yscale("log")
     ax_loss.set(xlabel=f"tokens ({unit})", ylabel="loss", title="loss")
@@ -118,25 +153,43 @@ def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, token
 
 def run(cfg, evals=None, out=None, notebook=None, notebook_out=None, metrics=None, train_log=None,
         configfile=None, overrides=()) -> Path:
-    """`gpt2pipe report`: execute the report notebook with papermill (it draws the PNG) and write metrics.tsv."""
+    """`gpt2pipe report`: execute the report notebook with papermill (it draws the PNG and shows it) and
+    write metrics.tsv. The notebook defaults to the one shipped in the package, so this works anywhere."""
     import papermill
+
+    from gpt2pipe.layout import report_notebook
 
     out = Path(out or cfg.run_dir / "output.png")
     notebook_out = Path(notebook_out or out.with_name("report.ipynb"))
+    metrics = Path(metrics or out.with_name("metrics.tsv"))
+    if notebook is None or (str(notebook) == _OLD_CLI_DEFAULT and not Path(notebook).is_file()):
+        notebook = report_notebook()
     evals = [str(p) for p in (evals or sorted((cfg.run_dir / "eval").glob("step_*.json")))]
-    for p in [notebook, *map(Path, evals)]:
+    train_log = Path(train_log or cfg.run_dir / "train" / "train.log")
+    if not evals:
+        raise Gpt2pipeError(f"no eval results given and none in {cfg.run_dir / 'eval'} (run the evaluate stage)")
+    for p in [notebook, train_log, *evals]:
         if not Path(p).is_file():
             raise Gpt2pipeError(f"{p}: not found")
+    for p in (out, notebook_out, metrics):
+        p.parent.mkdir(parents=True, exist_ok=True)
     params = {
-        "train_log": str(train_log or cfg.run_dir / "train" / "train.log"),
+        "train_log": str(train_log),
         "eval_files": evals,
         "output_png": str(out),
         "config_file": str(configfile) if configfile else "",
         "overrides": list(overrides),
     }
-    papermill.execute_notebook(str(notebook), str(notebook_out), parameters=params, progress_bar=False,
-                               cwd=str(Path.cwd()))
-    metrics = Path(metrics or out.with_name("metrics.tsv"))
+    try:
+        papermill.execute_notebook(str(notebook), str(notebook_out), parameters=params, progress_bar=False,
+                                   cwd=str(Path.cwd()))
+    except papermill.PapermillExecutionError as e:  # the failing cell's error, not papermill's traceback
+        raise Gpt2pipeError(f"report notebook failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
+                            f"(executed notebook: {notebook_out})") from None
     write_metrics(load_evals(evals), cfg.train.total_batch_tokens, metrics)
     print(f"report: {out} (notebook: {notebook_out}, metrics: {metrics})")
     return out
+
+
+# the CLI's --notebook default before the notebook moved into the package (a repo-relative path)
+_OLD_CLI_DEFAULT = "workflow/notebooks/report.ipynb"

@@ -1,14 +1,47 @@
-# Config validation and the paths every rule shares.
-import hashlib
+# Config validation and the paths all rules share. Nothing here writes a file; the configs the jobs read
+# are written by the rules in config.smk, so `-n`, `--lint` and a failed validation leave no trace.
 import json
+import shlex
 import sys
 from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 SRC = Path(workflow.basedir).parent / "src"
+try:
+    import gpt2pipe
+except ImportError:  # snakemake installed apart from gpt2pipe (e.g. for --sdm conda): the repository's copy
+    sys.path.insert(0, str(SRC))
+from gpt2pipe import Gpt2pipeError, layout
+from gpt2pipe.config import _schema as config_schema
+from gpt2pipe.config import validate as validate_config
+
+
+def typed_cli_values(values, schema):
+    """Snakemake reads nested `--config` values with YAML's BaseLoader, so `--config 'train={max_steps: 100}'`
+    gives the string "100": turn such strings back into the number, boolean or null the schema asks for."""
+    if isinstance(values, dict):
+        props = schema.get("properties", {})
+        return {k: typed_cli_values(v, props.get(k, {})) for k, v in values.items()}
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(values, str) and "string" not in types and "enum" not in schema:
+        try:
+            parsed = yaml.safe_load(values)
+        except yaml.YAMLError:
+            return values  # the schema names the key
+        kinds = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+        if any(isinstance(parsed, kinds.get(t, ())) for t in types):
+            return parsed
+    return values
+
+
+try:  # schema (paths, types, defaults) + cross-field rules; one line naming the key on error
+    config.update(typed_cli_values(dict(config), config_schema()))
+    config.update(validate_config(config, "config"))
+except Gpt2pipeError as e:
+    raise WorkflowError(str(e)) from None
 
 
 def _conda_mode():
@@ -20,21 +53,15 @@ def _conda_mode():
         return False
 
 
-try:  # full validation (schema + cross-field rules) when gpt2pipe is importable here
-    from gpt2pipe import Gpt2pipeError
-    from gpt2pipe.config import validate as validate_config
-
-    try:
-        config.update(validate_config(config, "config"))
-    except Gpt2pipeError as e:
-        raise WorkflowError(str(e)) from None
-except ImportError:  # snakemake installed apart from gpt2pipe (e.g. --sdm conda): the schema alone
-    validate(config, "../schemas/config.schema.yaml")
-
-# each job runs the gpt2pipe CLI from this Python's environment, or from the repo inside a conda env
-PYTHON = f"env PYTHONPATH={SRC} python" if _conda_mode() else sys.executable
+# Each job runs the gpt2pipe CLI of this Python, or of the repository's src/ inside the conda env. These
+# strings are quoted here, once, and go into commands as `{params.cli}` (unquoted: they are several words).
+if _conda_mode():
+    PYTHON = f"env PYTHONPATH={shlex.quote(str(SRC))} python"
+else:
+    PYTHON = shlex.quote(sys.executable)
 GPT2PIPE = f"{PYTHON} -m gpt2pipe"
 RES = config["resources"]
+CONDA_ENV = "../envs/gpt2pipe.yaml"
 
 
 def train_launcher():
@@ -44,52 +71,29 @@ def train_launcher():
     if nodes > 1:
         return f"srun --kill-on-bad-exit=1 {GPT2PIPE}"
     if gpus > 1:
-        return f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node {gpus} -m gpt2pipe"
+        return f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node {int(gpus)} -m gpt2pipe"
     return GPT2PIPE
-CONDA_ENV = "../../envs/gpt2pipe.yaml"
 
+
+# Paths, all from gpt2pipe.layout (the CLI's defaults are the same)
 RESULTS = config["results_dir"]
-DATA = f"{RESULTS}/data/{config['data']['name']}"
-RUN = f"{RESULTS}/{config['run_name']}"
-FINEWEB = f"{DATA}/fineweb"
+DATA = str(layout.data_dir(config))
+RUN = str(layout.run_dir(config))
+FINEWEB = str(layout.fineweb_dir(config))
 HELLASWAG_SOURCE = config["eval"]["hellaswag"]
-HELLASWAG_NAME = HELLASWAG_SOURCE if HELLASWAG_SOURCE in ("demo", "full") else Path(HELLASWAG_SOURCE).stem
-HELLASWAG_BIN = f"{RESULTS}/data/hellaswag/hellaswag_{HELLASWAG_NAME}.bin"
-
-
-def checkpoint_steps():
-    t = config["train"]
-    return [*range(t["checkpoint_every"], t["max_steps"], t["checkpoint_every"]), t["max_steps"]]
-
-
-def section_hash(*sections):
-    """A param that changes when these config sections change, so Snakemake's params trigger reruns them."""
-    payload = json.dumps({s: config[s] for s in sections}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def resolved_config():
-    """The full validated config as one file the CLI reads; rewritten only when it changes (keeps mtimes)."""
-    path = Path(RUN) / "config.yaml"
-    text = yaml.safe_dump(dict(config), sort_keys=False)
-    if not path.exists() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return str(path)
-
-
-CONFIG_FILE = resolved_config()
-
-
-def token_count(path):
-    """Tokens in an llm.c-format file, from its header."""
-    with open(path, "rb") as f:
-        return int.from_bytes(f.read(12)[8:12], "little")
+HELLASWAG_NAME = layout.hellaswag_name(HELLASWAG_SOURCE)
+HELLASWAG_BIN = str(layout.hellaswag_bin(config))
+STEPS = layout.checkpoint_steps(config)
+# rerun triggers: what decides a dataset, and what decides the trained weights (gpt2pipe.config)
+DATA_ID = layout.data_fingerprint(config)
+TRAIN_ID = layout.training_fingerprint(config)
 
 
 def fineweb_token_files(wildcards):
     """The token files the shards are made of (rules/fineweb.smk): all listed files, or with
     data.max_tokens the first files that hold enough tokens, found one checkpoint at a time."""
+    import json
+
     with open(checkpoints.fineweb_list.get().output[0]) as f:
         stems = [Path(entry["path"]).stem for entry in json.load(f)["files"]]
     limit = config["data"]["max_tokens"]
@@ -98,7 +102,7 @@ def fineweb_token_files(wildcards):
     chosen, total = [], 0
     for s in stems:  # one file after another, until enough tokens
         chosen.append(checkpoints.fineweb_encode.get(stem=s).output[0])
-        total += token_count(chosen[-1])
+        total += layout.token_count(chosen[-1])
         if total >= limit:
             break
     return chosen

@@ -1,13 +1,13 @@
 rule corpus:
-    """Gather the corpus (local text/parquet, or FineWeb parquet files) into parquet documents."""
+    """Gather the corpus (local text or parquet files) into parquet documents."""
     input:
-        [] if config["data"]["source"] == "fineweb" else config["data"]["paths"],
+        config=rules.data_config.output[0],
+        paths=config["data"]["paths"],
     output:
         directory(f"{DATA}/corpus"),
     params:
         cli=GPT2PIPE,
-        config=CONFIG_FILE,
-        data=section_hash("data"),
+        identity=DATA_ID,
     resources:
         mem_mb=RES["job_mem_mb"],
         runtime=RES["job_runtime"],
@@ -18,4 +18,4 @@ rule corpus:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} corpus -c {params.config} --out {output} > {log} 2>&1"
+        "{params.cli} corpus -c {input.config:q} --out {output:q} > {log:q} 2>&1"

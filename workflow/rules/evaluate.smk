@@ -1,15 +1,14 @@
 rule evaluate:
     """Validation loss and HellaSwag of one checkpoint (one job per checkpoint, cached separately)."""
     input:
+        config=f"{RUN}/config/evaluate.yaml",
         checkpoint=f"{RUN}/train/model_{{step}}.pt",
-        shards=f"{DATA}/shards",
-        hellaswag=HELLASWAG_BIN,
+        shards=rules.tokenize.output[0],
+        hellaswag=rules.hellaswag.output[0],
     output:
         f"{RUN}/eval/step_{{step}}.json",
     params:
         cli=GPT2PIPE,
-        config=CONFIG_FILE,
-        eval=section_hash("eval"),
     threads: RES["data_cpus"]
     resources:
         gpu=RES["eval_gpus"],
@@ -22,5 +21,5 @@ rule evaluate:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} evaluate -c {params.config} --checkpoint {input.checkpoint} --shards {input.shards}"
-        " --hellaswag {input.hellaswag} --out {output} > {log} 2>&1"
+        "{params.cli} evaluate -c {input.config:q} --checkpoint {input.checkpoint:q} --shards {input.shards:q}"
+        " --hellaswag {input.hellaswag:q} --out {output:q} > {log:q} 2>&1"

@@ -1,7 +1,10 @@
 # FineWeb file by file: list the subset once (a checkpoint: the file count is known only then), then one
 # download job and one tokenize job per parquet file, each cached on its own, then the shards.
-# With data.max_tokens, files are taken in order only until they hold enough tokens.
-HUB_KEYS = {k: config["data"][k] for k in ("hf_repo", "hf_subset", "hf_revision")}
+# With data.max_tokens, files are taken in order only until they hold enough tokens. The listing, the
+# downloads and the token files depend on the hub keys alone (passed as quoted --set values), so changing
+# max_tokens or the shard size reuses every file already fetched and encoded.
+HUB_SETS = [a for k in ("hf_repo", "hf_subset", "hf_revision")
+            for a in ("--set", f"data.{k}={json.dumps(config['data'][k])}")]
 
 
 wildcard_constraints:
@@ -14,8 +17,7 @@ checkpoint fineweb_list:
         f"{FINEWEB}/files.json",
     params:
         cli=GPT2PIPE,
-        config=CONFIG_FILE,
-        hub=json.dumps(HUB_KEYS, sort_keys=True),
+        hub=HUB_SETS,
     resources:
         mem_mb=RES["job_mem_mb"],
         runtime=RES["job_runtime"],
@@ -26,18 +28,18 @@ checkpoint fineweb_list:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} fineweb list -c {params.config} --listing {output} > {log} 2>&1"
+        "{params.cli} fineweb list {params.hub:q} --listing {output:q} > {log:q} 2>&1"
 
 
 rule fineweb_download:
     """One parquet file through the hub cache (resumable), checked against the listed size and sha256."""
     input:
-        f"{FINEWEB}/files.json",
+        rules.fineweb_list.output[0],
     output:
         f"{FINEWEB}/raw/{{stem}}.parquet",
     params:
         cli=GPT2PIPE,
-        config=CONFIG_FILE,
+        hub=HUB_SETS,
     resources:
         mem_mb=RES["job_mem_mb"],
         runtime=RES["job_runtime"],
@@ -48,20 +50,19 @@ rule fineweb_download:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} fineweb download -c {params.config} --listing {input} --file {wildcards.stem} --out {output}"
-        " > {log} 2>&1"
+        "{params.cli} fineweb download {params.hub:q} --listing {input:q} --file={wildcards.stem:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 checkpoint fineweb_encode:
     """GPT-2 BPE of one whole parquet file, streamed into one token file, so it is reused whatever
     data.max_tokens is (a checkpoint: with max_tokens its token count decides whether the next file is needed)."""
     input:
-        f"{FINEWEB}/raw/{{stem}}.parquet",
+        rules.fineweb_download.output[0],
     output:
         f"{FINEWEB}/tokens/{{stem}}.bin",
     params:
         cli=GPT2PIPE,
-        config=CONFIG_FILE,
     threads: RES["data_cpus"]
     resources:
         mem_mb=RES["job_mem_mb"],
@@ -73,20 +74,19 @@ checkpoint fineweb_encode:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} encode -c {params.config} --input {input} --out {output} --set data.workers={threads}"
-        " > {log} 2>&1"
+        "{params.cli} encode --input {input:q} --out {output:q} --set data.workers={threads} > {log:q} 2>&1"
 
 
 rule tokenize:
     """Concatenate the per-file token files, in listing order, into llm.c shards (val first)."""
     input:
-        fineweb_token_files,
+        config=rules.data_config.output[0],
+        tokens=fineweb_token_files,
     output:
         directory(f"{DATA}/shards"),
     params:
         cli=GPT2PIPE,
-        config=CONFIG_FILE,
-        data=section_hash("data"),
+        identity=DATA_ID,
     resources:
         mem_mb=RES["job_mem_mb"],
         runtime=RES["job_runtime"],
@@ -97,4 +97,4 @@ rule tokenize:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} shard -c {params.config} --out {output} {input} > {log} 2>&1"
+        "{params.cli} shard -c {input.config:q} --out {output:q} {input.tokens:q} > {log:q} 2>&1"

@@ -1,12 +1,13 @@
 rule hellaswag:
-    """HellaSwag validation (vendored demo rows, the hash-checked download, or a file) -> llm.c eval .bin."""
+    """HellaSwag validation (vendored demo rows, the hash-checked download, or a file) -> llm.c eval .bin,
+    shared by every run that names the same source."""
     input:
         [] if HELLASWAG_SOURCE in ("demo", "full") else HELLASWAG_SOURCE,
     output:
         HELLASWAG_BIN,
     params:
         cli=GPT2PIPE,
-        config=CONFIG_FILE,
+        source=HELLASWAG_SOURCE,
     resources:
         mem_mb=RES["job_mem_mb"],
         runtime=RES["job_runtime"],
@@ -17,4 +18,4 @@ rule hellaswag:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} hellaswag -c {params.config} --out {output} > {log} 2>&1"
+        "{params.cli} hellaswag --source={params.source:q} --out {output:q} > {log:q} 2>&1"

@@ -1,17 +1,16 @@
 rule report:
     """Execute the report notebook with papermill: loss and HellaSwag curves with GPT-2/GPT-3 baselines."""
     input:
-        notebook=workflow.source_path("../notebooks/report.ipynb"),
-        train_log=f"{RUN}/train/train.log",
-        evals=[f"{RUN}/eval/step_{s:06d}.json" for s in checkpoint_steps()],
+        config=rules.run_config.output[0],
+        notebook=str(layout.report_notebook()),
+        train_log=rules.train.output.log,
+        evals=expand(rules.evaluate.output[0], step=[f"{s:06d}" for s in STEPS]),
     output:
         png=report(f"{RUN}/output.png", caption="../report/output.rst", category="Results"),
         notebook=f"{RUN}/report.ipynb",
         metrics=report(f"{RUN}/metrics.tsv", caption="../report/metrics.rst", category="Results"),
     params:
         cli=GPT2PIPE,
-        config=CONFIG_FILE,
-        report=section_hash("report"),
     resources:
         mem_mb=RES["job_mem_mb"],
         runtime=RES["job_runtime"],
@@ -22,23 +21,27 @@ rule report:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} report -c {params.config} --notebook {input.notebook} --train-log {input.train_log}"
-        " --evals {input.evals} --out {output.png} --notebook-out {output.notebook} --metrics {output.metrics}"
-        " > {log} 2>&1"
+        "{params.cli} report -c {input.config:q} --notebook {input.notebook:q} --train-log {input.train_log:q}"
+        " --evals {input.evals:q} --out {output.png:q} --notebook-out {output.notebook:q}"
+        " --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
 rule latest:
-    """results/output.png (and the executed notebook beside it) are the configured run's report."""
+    """results/output.png (and the executed notebook beside it) are the configured run's report. The
+    samples come along, so that `snakemake --report` works right after `snakemake results/output.png`."""
     input:
         png=rules.report.output.png,
         notebook=rules.report.output.notebook,
+        samples=expand(rules.sample.output[0], step=[f"{s:06d}" for s in STEPS]) if config["eval"]["samples"] else [],
     output:
         png=f"{RESULTS}/output.png",
         notebook=f"{RESULTS}/report.ipynb",
     log:
         f"{RUN}/logs/latest.log",
+    benchmark:
+        f"{RUN}/benchmarks/latest.tsv"
     localrule: True
     conda:
         CONDA_ENV
     shell:
-        "cp {input.png} {output.png} && cp {input.notebook} {output.notebook} 2> {log}"
+        "(cp {input.png:q} {output.png:q} && cp {input.notebook:q} {output.notebook:q}) > {log:q} 2>&1"

@@ -11,12 +11,12 @@ rule sample:
         ),
     params:
         cli=GPT2PIPE,
-        n=config["eval"]["samples"],
-        tokens=config["eval"]["sample_tokens"],
-        temperature=config["eval"]["sample_temperature"],
-        top_k=config["eval"]["sample_top_k"],
-        prompt=config["eval"]["sample_prompt"],
-        seed=config["train"]["seed"],
+        n=lookup(dpath="eval/samples", within=config),
+        tokens=lookup(dpath="eval/sample_tokens", within=config),
+        temperature=lookup(dpath="eval/sample_temperature", within=config),
+        top_k=lookup(dpath="eval/sample_top_k", within=config),
+        prompt=lookup(dpath="eval/sample_prompt", within=config),
+        seed=lookup(dpath="train/seed", within=config),
     resources:
         gpu=RES["eval_gpus"],
         mem_mb=RES["job_mem_mb"],
@@ -28,6 +28,6 @@ rule sample:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} sample --checkpoint {input.checkpoint} --num-samples {params.n}"
-        " --max-new-tokens {params.tokens} --temperature {params.temperature} --top-k {params.top_k}"
-        " --prompt={params.prompt:q} --seed {params.seed} --out {output} > {log} 2>&1"
+        "{params.cli} sample --checkpoint {input.checkpoint:q} --num-samples {params.n:q}"
+        " --max-new-tokens {params.tokens:q} --temperature {params.temperature:q} --top-k {params.top_k:q}"
+        " --prompt={params.prompt:q} --seed {params.seed:q} --out {output:q} > {log:q} 2>&1"

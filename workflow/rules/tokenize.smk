@@ -1,13 +1,13 @@
 rule tokenize:
     """GPT-2 BPE in parallel processes -> llm.c shards, val shard first."""
     input:
-        f"{DATA}/corpus",
+        config=rules.data_config.output[0],
+        corpus=rules.corpus.output[0],
     output:
         directory(f"{DATA}/shards"),
     params:
         cli=GPT2PIPE,
-        config=CONFIG_FILE,
-        data=section_hash("data"),
+        identity=DATA_ID,
     threads: RES["data_cpus"]  # capped at --cores when run locally
     resources:
         mem_mb=RES["job_mem_mb"],
@@ -19,5 +19,5 @@ rule tokenize:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} tokenize -c {params.config} --corpus {input} --out {output} --set data.workers={threads}"
-        " > {log} 2>&1"
+        "{params.cli} tokenize -c {input.config:q} --corpus {input.corpus:q} --out {output:q}"
+        " --set data.workers={threads} > {log:q} 2>&1"

@@ -1,16 +1,16 @@
 rule train:
     """Train; writes a model snapshot at every checkpoint step and the llm.c-format log.
-    A failed or interrupted job resumes from {RUN}/train_state/ when rerun."""
+    A failed or interrupted job resumes from <run>/train_state/ when rerun."""
     input:
-        shards=f"{DATA}/shards",
+        config=f"{RUN}/config/train.yaml",
+        shards=rules.tokenize.output[0],
     output:
-        [f"{RUN}/train/model_{s:06d}.pt" for s in checkpoint_steps()],
+        [str(layout.checkpoint(config, s)) for s in STEPS],
         log=f"{RUN}/train/train.log",
     params:
         cli=train_launcher(),
-        config=CONFIG_FILE,
         run_dir=lambda wildcards, output: Path(output.log).parent.parent,
-        setup=section_hash("model", "train", "data"),
+        identity=TRAIN_ID,
     threads: RES["train_cpus_per_gpu"] * max(1, RES["train_gpus"])  # capped at --cores locally
     resources:
         nodes=RES["train_nodes"],
@@ -32,5 +32,5 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} train -c {params.config} --shards {input.shards} --run-dir {params.run_dir} --resume"
-        " > {log} 2>&1"
+        "{params.cli} train -c {input.config:q} --shards {input.shards:q} --run-dir {params.run_dir:q} --resume"
+        " > {log:q} 2>&1"

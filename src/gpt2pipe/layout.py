@@ -1,0 +1,151 @@
+"""Where every stage reads and writes, and which config keys each stage depends on.
+
+One source of truth for the CLI's defaults and for the Snakemake workflow (workflow/rules/common.smk
+imports this module): the folder of a dataset and of a run, shard/corpus/FineWeb folders, the HellaSwag
+output name, the checkpoint steps and the per-checkpoint eval/sample paths.
+
+    <results_dir>/data/<data.name>/config.yaml     the data section the dataset was built from
+    <results_dir>/data/<data.name>/corpus/         parquet documents (source text/parquet)
+    <results_dir>/data/<data.name>/fineweb/        files.json, raw/<file>.parquet, tokens/<file>.bin
+    <results_dir>/data/<data.name>/shards/         llm.c shards + shards.json
+    <results_dir>/data/hellaswag/hellaswag_<name>.bin
+    <results_dir>/<run_name>/config.yaml           the resolved run config
+    <results_dir>/<run_name>/config/<stage>.yaml   the part of it a stage depends on (train, evaluate)
+    <results_dir>/<run_name>/train/model_NNNNNN.pt, train.log
+    <results_dir>/<run_name>/eval/step_NNNNNN.json, samples/step_NNNNNN.txt
+    <results_dir>/<run_name>/output.png, metrics.tsv, report.ipynb
+
+Datasets are shared by runs: the data stages depend on the data section alone (`stage_config(raw, "data")`),
+so a second run over the same data plans no data job and leaves the first run's outputs untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gpt2pipe.config import NOT_IDENTITY, data_identity, digest, training_identity
+
+HELLASWAG_BUILTIN = ("demo", "full")
+# eval keys that only the sample stage reads (passed to it on the command line): not the evaluate stage's
+SAMPLE_KEYS = ("samples", "sample_tokens", "sample_temperature", "sample_top_k", "sample_prompt")
+
+
+def data_dir(raw: dict) -> Path:
+    """The dataset's folder, shared by every run whose data section names it."""
+    return Path(raw["results_dir"]) / "data" / raw["data"]["name"]
+
+
+def run_dir(raw: dict) -> Path:
+    return Path(raw["results_dir"]) / raw["run_name"]
+
+
+def corpus_dir(raw: dict) -> Path:
+    return data_dir(raw) / "corpus"
+
+
+def shard_dir(raw: dict) -> Path:
+    return data_dir(raw) / "shards"
+
+
+def fineweb_dir(raw: dict) -> Path:
+    """files.json, raw/<file>.parquet and tokens/<file>.bin of source fineweb."""
+    return data_dir(raw) / "fineweb"
+
+
+def hellaswag_name(source: str) -> str:
+    """demo, full, or the stem of a .jsonl/.bin path: the eval file is hellaswag_<name>.bin."""
+    return source if source in HELLASWAG_BUILTIN else Path(source).stem
+
+
+def hellaswag_dir(raw: dict) -> Path:
+    return Path(raw["results_dir"]) / "data" / "hellaswag"
+
+
+def hellaswag_bin(raw: dict, source: str | None = None) -> Path:
+    return hellaswag_dir(raw) / f"hellaswag_{hellaswag_name(source or raw['eval']['hellaswag'])}.bin"
+
+
+def checkpoint_steps(raw: dict) -> list[int]:
+    """Steps with a model snapshot, each evaluated (TrainConfig.checkpoint_steps of a validated config)."""
+    from gpt2pipe.config import TrainConfig
+
+    return TrainConfig(**raw["train"]).checkpoint_steps()
+
+
+def checkpoint(raw: dict, step: int) -> Path:
+    return run_dir(raw) / "train" / f"model_{step:06d}.pt"
+
+
+def eval_result(raw: dict, step: int) -> Path:
+    return run_dir(raw) / "eval" / f"step_{step:06d}.json"
+
+
+def samples(raw: dict, step: int) -> Path:
+    return run_dir(raw) / "samples" / f"step_{step:06d}.txt"
+
+
+def token_count(path: str | Path) -> int:
+    """Tokens in an llm.c-format token file or shard, from its checked header (no token is read)."""
+    try:
+        from gpt2pipe.data.llmc_format import read_shard
+    except ImportError:  # before the shard module's rename
+        from gpt2pipe.data.shards import read_shard
+    return len(read_shard(path, check_tokens=False))
+
+
+# --- what each stage depends on -------------------------------------------------------------------------
+
+def stage_config(raw: dict, stage: str) -> dict:
+    """The config a stage's job reads, without the keys that cannot change its output, so that changing
+    those never reruns it (Snakemake reruns a job whose config file changed):
+
+    data      the data section alone (not data.workers: the job sets it to its threads): corpus, tokenize,
+              FineWeb shards. Runs with the same data section share one dataset and never rebuild it.
+    train     all but the report, the cluster resources and the eval section but eval.val_tokens (the
+              budget of training's periodic validation loss)
+    evaluate  all but the data section (the shards come as a path), the report, the resources and the
+              sample keys (the sample rule passes those itself)
+    report    the whole resolved config but the resources (what results/<run>/config.yaml records)
+    """
+    data = {k: v for k, v in raw["data"].items() if k != "workers"}
+    if stage == "data":
+        return {"data": data}
+    drop = {"resources", "report"}
+    if stage == "train":
+        return {**{k: v for k, v in raw.items() if k not in drop}, "data": data,
+                "eval": {"val_tokens": raw["eval"]["val_tokens"]}}
+    if stage == "evaluate":
+        return {**{k: v for k, v in raw.items() if k not in drop | {"data"}},
+                "eval": {k: v for k, v in raw["eval"].items() if k not in SAMPLE_KEYS}}
+    if stage == "report":
+        return {k: v for k, v in raw.items() if k != "resources"}
+    raise ValueError(f"no stage config for {stage!r}")
+
+
+def stage_config_text(raw: dict, stage: str) -> str:
+    import yaml
+
+    head = f"# gpt2pipe {stage} config, written by the workflow from the resolved run config\n"
+    return head + yaml.safe_dump(stage_config(raw, stage), sort_keys=False)
+
+
+def data_fingerprint(raw: dict) -> str:
+    """Hash of what decides a dataset's contents (config.data_identity)."""
+    return digest(data_identity(raw))
+
+
+def training_fingerprint(raw: dict) -> str:
+    """Hash of what decides the trained weights (config.training_identity)."""
+    return digest(training_identity(raw))
+
+
+__all__ = ["NOT_IDENTITY", "checkpoint", "report_notebook", "checkpoint_steps", "corpus_dir", "data_dir", "data_fingerprint",
+           "eval_result", "fineweb_dir", "hellaswag_bin", "hellaswag_name", "run_dir", "samples", "shard_dir",
+           "stage_config", "stage_config_text", "token_count", "training_fingerprint"]
+
+
+def report_notebook() -> Path:
+    """The report notebook shipped inside the package (package data), found wherever gpt2pipe is installed."""
+    from importlib import resources
+
+    return Path(str(resources.files("gpt2pipe") / "notebooks" / "report.ipynb"))
