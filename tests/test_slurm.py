@@ -41,7 +41,7 @@ def test_workflow_runs_under_slurm(tmp_path):
     for rule in ("rule_corpus", "rule_tokenize", "rule_hellaswag", "rule_train", "rule_evaluate_wildcards_000006",
                  "rule_sample_wildcards_000003", "rule_report"):
         assert ours.get(rule) == "COMPLETED", (rule, ours)
-    assert (tmp_path / "results" / "output.png").exists()
+    assert (tmp_path / "results" / "tiny" / "output.png").exists()  # the default target: the run's own report
     assert (tmp_path / "results" / "tiny" / "eval" / "step_000006.json").exists()
     assert list((tmp_path / ".snakemake" / "slurm_logs").glob("rule_train/**/*.log"))
 
