@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gpt2pipe import Gpt2pipeError, config
+from gpt2pipe.cli import main
 from gpt2pipe.model import checkpoint
 from gpt2pipe.ops.flat_adamw import ordered_params
 from gpt2pipe.train import loop as train_mod
@@ -156,6 +157,10 @@ def test_loading_a_crafted_checkpoint_runs_no_code(tiny, tiny_shards, tmp_path):
         checkpoint.read(evil)
     with pytest.raises(Gpt2pipeError, match="not a readable checkpoint"):
         checkpoint.load_model(evil)
+    for command in (["sample", "--checkpoint", str(evil)], ["export", "--checkpoint", str(evil), "--format", "hf",
+                                                            "--out", str(tmp_path / "hf")],
+                    ["evaluate", "--checkpoint", str(evil), "--skip-val", "--hellaswag", "demo"]):
+        assert main(command) == 2, command  # one-line refusal from every command that loads a model
     # planted in a run folder as its newest training state: skipped, never executed
     state_dir = tmp_path / "run" / "train_state"
     state_dir.mkdir(parents=True)
