@@ -6,7 +6,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_TEXT = ROOT / "data" / "demo" / "tiny_shakespeare.txt"
-SHARED = ROOT.parent / "shared" / "data"  # the development checkout's shared data, when present
 
 # keep CPU tests quick and repeatable on the 2-core CI machine
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -107,12 +107,15 @@ def test_report_creates_a_missing_output_folder(tmp_path):
                    "outputs": [], "source": "output_png = ''"}]}))
     ev = tmp_path / "step_000001.json"
     ev.write_text(json.dumps({"step": 1, "val_loss": 5.0}))
+    log = tmp_path / "train.log"
+    log.write_text("s:0 tel:10.9\ns:0 trl:10.9 lr:0.0001 norm:1.0\ns:1 tel:5.0\n")
     out = tmp_path / "new" / "folder" / "output.png"
-    r = gpt2pipe("report", "--notebook", str(nb), "--evals", str(ev), "--out", str(out))
+    r = gpt2pipe("report", "--notebook", str(nb), "--evals", str(ev), "--train-log", str(log), "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert (out.parent / "report.ipynb").is_file() and (out.parent / "metrics.tsv").is_file()
     (tmp_path / "file").write_text("")
-    r = gpt2pipe("report", "--notebook", str(nb), "--evals", str(ev), "--out", str(tmp_path / "file" / "o.png"))
+    r = gpt2pipe("report", "--notebook", str(nb), "--evals", str(ev), "--train-log", str(log),
+                 "--out", str(tmp_path / "file" / "o.png"))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "file: not a folder" in r.stderr
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from gpt2pipe import Gpt2pipeError, config
+from gpt2pipe import Gpt2pipeError, config, schema
 
 
 def test_defaults_are_filled_in():
@@ -73,7 +73,7 @@ def test_fingerprint_tracks_sections():
 
 
 def test_describe_lists_every_key_with_its_default():
-    text = config.describe()
+    text = schema.describe()
     assert "train.learning_rate = 0.0006" in text
     assert "model.padded_vocab_size = 50304" in text
 

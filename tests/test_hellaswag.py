@@ -8,7 +8,7 @@ from gpt2pipe import Gpt2pipeError
 from gpt2pipe.eval import hellaswag
 from gpt2pipe.eval.hellaswag import Example, encode_bin, read_bin, read_jsonl, render, score, write_bin
 
-from conftest import SHARED
+from conftest import ROOT
 
 
 class NextTokenModel(torch.nn.Module):
@@ -123,15 +123,18 @@ def test_corrupt_eval_files(tmp_path):
         read_jsonl(tmp_path / "bad.jsonl")
 
 
-@pytest.mark.skipif(not (SHARED / "hellaswag_val.jsonl").exists(), reason="needs ../shared/data")
 def test_full_validation_split_matches_llmc_tokens(tmp_path):
-    """The shared jsonl (decoded from llm.c's hellaswag_val.bin) passes the download check, and our .bin
-    reader returns exactly what the jsonl tokenizes to."""
-    hellaswag.check_full(SHARED / "hellaswag_val.jsonl")
-    examples = read_jsonl(SHARED / "hellaswag_val.jsonl")
+    """The whole split (decoded from llm.c's hellaswag_val.bin, carried in tests/data) passes the download
+    check, and our .bin reader returns exactly what the jsonl tokenizes to."""
+    import lzma
+
+    full = tmp_path / "hellaswag_val.jsonl"
+    full.write_bytes(lzma.decompress((ROOT / "tests" / "data" / "hellaswag_val.jsonl.xz").read_bytes()))
+    hellaswag.check_full(full)
+    examples = read_jsonl(full)
     write_bin(tmp_path / "val.bin", examples)
     assert read_bin(tmp_path / "val.bin") == examples
     assert (tmp_path / "val.bin").stat().st_size == 3_762_386
-    (tmp_path / "short.jsonl").write_text("".join((SHARED / "hellaswag_val.jsonl").read_text().splitlines(True)[:10]))
+    (tmp_path / "short.jsonl").write_text("".join(full.read_text().splitlines(True)[:10]))
     with pytest.raises(Gpt2pipeError, match="10 rows, the HellaSwag validation split has 10042"):
         hellaswag.check_full(tmp_path / "short.jsonl")

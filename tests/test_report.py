@@ -1,6 +1,4 @@
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -75,8 +73,7 @@ def test_plot_draws_baselines_interval_and_a_fixed_scale(tmp_path):
 def test_report_runs_outside_the_repo_with_the_packaged_notebook(tmp_path, monkeypatch):
     """`gpt2pipe report` from another folder, to an output folder that does not exist yet: the notebook
     shipped in the package is executed and holds the figure as an image output."""
-    from gpt2pipe import config
-    from gpt2pipe.cli.main import main
+    from gpt2pipe.cli import main
 
     evals = _run_files(tmp_path)
     cfg = tmp_path / "c.yaml"

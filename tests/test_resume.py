@@ -1,12 +1,12 @@
 """Nothing lost on resume: each way a run used to lose work or resume wrongly, reproduced."""
 
 import os
-import pickle
 
 import pytest
 import torch
 
 from gpt2pipe import Gpt2pipeError, config
+from gpt2pipe.cli import main
 from gpt2pipe.model import checkpoint
 from gpt2pipe.ops.flat_adamw import ordered_params
 from gpt2pipe.train import loop as train_mod
@@ -150,12 +150,15 @@ class _Payload:
 def test_loading_a_crafted_checkpoint_runs_no_code(tiny, tiny_shards, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"format": "gpt2pipe-checkpoint", "version": 2, "x": _Payload(marker)}, evil,
-               pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    torch.save({"format": "gpt2pipe-checkpoint", "version": 2, "x": _Payload(marker)}, evil)
     with pytest.raises(Gpt2pipeError, match="not a readable checkpoint"):
         checkpoint.read(evil)
     with pytest.raises(Gpt2pipeError, match="not a readable checkpoint"):
         checkpoint.load_model(evil)
+    for command in (["sample", "--checkpoint", str(evil)], ["export", "--checkpoint", str(evil), "--format", "hf",
+                                                            "--out", str(tmp_path / "hf")],
+                    ["evaluate", "--checkpoint", str(evil), "--skip-val", "--hellaswag", "demo"]):
+        assert main(command) == 2, command  # one-line refusal from every command that loads a model
     # planted in a run folder as its newest training state: skipped, never executed
     state_dir = tmp_path / "run" / "train_state"
     state_dir.mkdir(parents=True)

@@ -7,13 +7,14 @@ src/ (the kernels being developed), whatever else is installed.
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+from gpt2pipe.bench.kernels import time_ms  # noqa: E402  (after the path to this checkout's package)
 
 FAILURES: list[str] = []
 BF16 = dict(device="cuda", dtype=torch.bfloat16)
@@ -57,17 +58,7 @@ def check_equal(label: str, got: torch.Tensor, want: torch.Tensor) -> bool:
 
 def time_us(fn, reps: int = 50, warmup: int = 5) -> float:
     """Median microseconds per call of fn(), CUDA events around each call after a warm-up."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times)
+    return 1e3 * time_ms(fn, reps, warmup)
 
 
 def print_table(title: str, rows: list[tuple[str, float, float]]) -> None:

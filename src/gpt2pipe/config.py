@@ -6,21 +6,17 @@ descriptions; the dataclasses below give the rest of the code typed attribute ac
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from gpt2pipe import Gpt2pipeError
-
-SCHEMA_PATH = resources.files("gpt2pipe") / "schemas" / "config.schema.yaml"
+from gpt2pipe.schema import Problem, validated
 
 
 @dataclass(frozen=True)
@@ -165,88 +161,11 @@ def digest(payload) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
-
-
-def _with_defaults(validator_class):
-    """Extend a jsonschema validator so that validating also fills in each property's default."""
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, sub in properties.items():
-                if "default" in sub and name not in instance:
-                    instance[name] = copy.deepcopy(sub["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
-_Validator = _with_defaults(jsonschema.Draft7Validator)
-
-
-class _Problem(Gpt2pipeError):
-    """A config problem and the dotted keys it is about, so `load` can blame the --set that set them."""
-
-    def __init__(self, message: str, keys: tuple[str, ...]):
-        super().__init__(message)
-        self.keys = keys
-
-
-def _schema_problem(e: jsonschema.ValidationError) -> _Problem:
-    where = ".".join(str(p) for p in e.absolute_path)
-    keys: tuple[str, ...] = (where,) if where else ()
-    if e.validator == "additionalProperties" and isinstance(e.instance, dict):
-        known = e.schema.get("properties", {})
-        keys = tuple(f"{where}.{k}" if where else k for k in e.instance if k not in known)
-    return _Problem(f"{where or '(top level)'}: {e.message}", keys)
-
-
-def _cross_field_problem(cfg: dict) -> _Problem | None:
-    """The rules a schema cannot say; each message names the values, so the fix is obvious."""
-    m, t = cfg["model"], cfg["train"]
-    B, T, total = t["micro_batch_size"], t["seq_len"], t["total_batch_tokens"]
-    checks = [
-        (m["n_embd"] % m["n_head"] == 0,
-         f"model.n_embd must be divisible by model.n_head ({m['n_embd']} % {m['n_head']} != 0)",
-         ("model.n_embd", "model.n_head")),
-        (m["padded_vocab_size"] >= m["vocab_size"],
-         f"model.padded_vocab_size must be >= model.vocab_size ({m['padded_vocab_size']} < {m['vocab_size']})",
-         ("model.padded_vocab_size", "model.vocab_size")),
-        (t["seq_len"] <= m["block_size"],
-         f"train.seq_len must be <= model.block_size ({t['seq_len']} > {m['block_size']})",
-         ("train.seq_len", "model.block_size")),
-        (total % (B * T) == 0,
-         f"train.total_batch_tokens must be a multiple of train.micro_batch_size * train.seq_len "
-         f"(total_batch_tokens {total}, micro_batch_size {B} * seq_len {T} = {B * T})",
-         ("train.total_batch_tokens", "train.micro_batch_size", "train.seq_len")),
-    ]
-    for ok, msg, keys in checks:
-        if not ok:
-            return _Problem(msg, keys)
-    return None
-
-
-def _validated(raw: dict | None) -> dict:
-    """A validated copy of `raw` with defaults filled in; raises _Problem (no source in its message)."""
-    cfg = copy.deepcopy(raw) if raw else {}
-    if not isinstance(cfg, dict):
-        raise _Problem(f"a config must be a mapping, got {type(cfg).__name__}", ())
-    errors = sorted(_Validator(_schema()).iter_errors(cfg), key=lambda e: list(e.path))
-    if errors:
-        raise _schema_problem(errors[0])
-    problem = _cross_field_problem(cfg)
-    if problem:
-        raise problem
-    return cfg
-
-
 def validate(raw: dict | None, source: str = "config") -> dict:
     """Validate a config mapping, fill in defaults, and check cross-field rules. Returns a new dict."""
     try:
-        return _validated(raw)
-    except _Problem as p:
+        return validated(raw)
+    except Problem as p:
         raise Gpt2pipeError(f"{source}: {p}") from None
 
 
@@ -320,27 +239,11 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
             raise Gpt2pipeError(f"{source}: a config must be a mapping, got {type(raw).__name__}")
     applied = [(_apply_override(raw, item), item) for item in overrides or []]
     try:
-        cfg = _validated(raw)
-    except _Problem as p:
+        cfg = validated(raw)
+    except Problem as p:
         blamed = [item for key, item in applied if any(_related(key, k) for k in p.keys)]
         raise Gpt2pipeError(f"{f'--set {blamed[-1]}' if blamed else source}: {p}") from None
     return _config(cfg)
-
-
-def describe() -> str:
-    """Every config key with its default and description, for `gpt2pipe config --describe`."""
-    lines: list[str] = []
-
-    def walk(schema: dict, prefix: str) -> None:
-        for name, sub in schema.get("properties", {}).items():
-            key = f"{prefix}{name}"
-            if sub.get("type") == "object":
-                walk(sub, key + ".")
-                continue
-            lines.append(f"{key} = {json.dumps(sub.get('default'))}  # {sub.get('description', '')}".rstrip(" #"))
-
-    walk(_schema(), "")
-    return "\n".join(lines)
 
 
 def as_dict(obj) -> dict:

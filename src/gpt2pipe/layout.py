@@ -86,10 +86,8 @@ def samples(raw: dict, step: int) -> Path:
 
 def token_count(path: str | Path) -> int:
     """Tokens in an llm.c-format token file or shard, from its checked header (no token is read)."""
-    try:
-        from gpt2pipe.data.llmc_format import read_shard
-    except ImportError:  # before the shard module's rename
-        from gpt2pipe.data.shards import read_shard
+    from gpt2pipe.data.llmc_format import read_shard
+
     return len(read_shard(path, check_tokens=False))
 
 

@@ -14,31 +14,12 @@ try:
 except ImportError:  # snakemake installed apart from gpt2pipe (e.g. for --sdm conda): the repository's copy
     sys.path.insert(0, str(SRC))
 from gpt2pipe import Gpt2pipeError, layout
-from gpt2pipe.config import _schema as config_schema
+from gpt2pipe.schema import schema as config_schema, typed_strings
 from gpt2pipe.config import validate as validate_config
 
 
-def typed_cli_values(values, schema):
-    """Snakemake reads nested `--config` values with YAML's BaseLoader, so `--config 'train={max_steps: 100}'`
-    gives the string "100": turn such strings back into the number, boolean or null the schema asks for."""
-    if isinstance(values, dict):
-        props = schema.get("properties", {})
-        return {k: typed_cli_values(v, props.get(k, {})) for k, v in values.items()}
-    types = schema.get("type", [])
-    types = [types] if isinstance(types, str) else types
-    if isinstance(values, str) and "string" not in types and "enum" not in schema:
-        try:
-            parsed = yaml.safe_load(values)
-        except yaml.YAMLError:
-            return values  # the schema names the key
-        kinds = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
-        if any(isinstance(parsed, kinds.get(t, ())) for t in types):
-            return parsed
-    return values
-
-
 try:  # schema (paths, types, defaults) + cross-field rules; one line naming the key on error
-    config.update(typed_cli_values(dict(config), config_schema()))
+    config.update(typed_strings(dict(config), config_schema()))
     config.update(validate_config(config, "config"))
 except Gpt2pipeError as e:
     raise WorkflowError(str(e)) from None

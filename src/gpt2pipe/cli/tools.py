@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 
 from gpt2pipe import Gpt2pipeError
-from gpt2pipe import config as config_mod
+from gpt2pipe import schema
 from gpt2pipe.cli.options import add_subcommand, load_config
 
 
 def cmd_config(args: argparse.Namespace) -> None:
     if args.describe:
-        print(config_mod.describe())
+        print(schema.describe())
         return
     import yaml
 
