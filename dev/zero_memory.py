@@ -23,13 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = "ZERO_MEMORY_RESULT "
+START = 60  # seconds a child torchrun may take to start (imports, process group)
 SIZES = ["124M", "350M", "774M", "1558M"]
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
               "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
@@ -56,14 +60,19 @@ def _measure(job: dict, world, device) -> dict:
            "train": {"seq_len": T, "micro_batch_size": B, "total_batch_tokens": B * T * accum,
                      "zero": job["zero"], "ops": "kernels" if kernels else "torch", "device": device.type}}
     cfg = config.from_dict(raw, "zero_memory")
-    if world.rank == 0 and job["size"] in os.environ.get("ZERO_MEMORY_FAKE_OOM", "").split(","):
-        raise torch.cuda.OutOfMemoryError("fake, on rank 0 only (a check of the failure path)")
+    # checks of the failure paths, on rank 0 only: ZERO_MEMORY_FAKE=size:oom or size:hang
+    fake = dict(x.split(":") for x in os.environ.get("ZERO_MEMORY_FAKE", "").split(",") if ":" in x)
+    if world.rank == 0 and fake.get(job["size"]) == "oom":
+        raise torch.cuda.OutOfMemoryError("fake")
+    if world.rank == 0 and fake.get(job["size"]) == "hang":
+        time.sleep(3600)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
-    with torch.device(device):
+    with torch.device(device):  # built on the GPU: a 1558M init on the CPU would take most of the time
         model = GPT(cfg.model, ops="kernels" if kernels else "torch")
+    model.to(device)  # anything the constructor put elsewhere, as `gpt2pipe train` does
     opt = build_optimizer(model, cfg.train, world, device, kernels)
     ctx = (contextlib.nullcontext() if kernels or device.type != "cuda"
            else torch.autocast(device_type="cuda", dtype=torch.bfloat16))
@@ -93,12 +102,18 @@ def _measure(job: dict, world, device) -> dict:
 
 def worker(jobs: list[dict]) -> None:
     """Run jobs in order in this process group; rank 0 prints one RESULT line per job (per-rank peaks)."""
+    import datetime
+
     import torch
     import torch.distributed as dist
 
     from gpt2pipe import distributed
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a hung collective aborts in 90 s instead of NCCL's 10 min
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=90))
     world = distributed.setup(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
@@ -127,39 +142,77 @@ def worker(jobs: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def _run_jobs(jobs: list[dict], nproc: int, timeout: float, stop_on_success: bool = False) -> list[dict]:
-    """Run jobs in child torchruns; a job that fails (OOM, crash, time limit) is recorded and the rest go on.
-    stop_on_success: a search: stop at the first job that trains."""
+def _child(todo: list[dict], nproc: int, limit: float, env: dict, on_result) -> tuple[list[dict], str, object]:
+    """One child torchrun over `todo`; each RESULT line is handed to on_result as it arrives (so a table row
+    is printed even if a later job hangs). After `limit` seconds torchrun gets SIGTERM (it stops its workers,
+    which run in sessions of their own), then SIGKILL; the reader never blocks the driver."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           __file__, "--worker", json.dumps(todo)]
+    done: list[dict] = []
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, start_new_session=True)
+
+        def read() -> None:
+            for line in p.stdout:
+                if line.startswith(RESULT):
+                    done.append(json.loads(line[len(RESULT):]))
+                    on_result(done[-1])
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            rc: object = p.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            rc = "time limit"
+            p.terminate()
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        reader.join(timeout=10)
+        err.seek(0)
+        return list(done), err.read(), rc
+
+
+def _run_jobs(jobs: list[dict], nproc: int, per_job: float, deadline: float, on_result,
+              stop_on_success: bool = False) -> list[dict]:
+    """Run jobs in child torchruns; a job that fails (OOM, crash, time limit) is recorded and the rest go on;
+    nothing starts after `deadline` (time.time()). stop_on_success: a search: stop at the first that trains."""
     results: list[dict] = []
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("OMP_NUM_THREADS", "4")
-    env["PYTORCH_CUDA_ALLOC_CONF"] = env.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     todo = [dict(j, stop_on_success=stop_on_success) for j in jobs]
+
+    def report(r: dict) -> None:
+        if r["status"] == "ok":
+            results.append(r)
+            on_result(r)
+
     while todo:
-        limit = 60 + timeout * len(todo)  # start-up, then per job
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               __file__, "--worker", json.dumps(todo)]
+        left = deadline - time.time()
+        if left < 20:
+            for j in todo:
+                results.append({**j, "status": "skipped (time budget)"})
+                on_result(results[-1])
+            break
         t0 = time.time()
-        try:
-            p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=limit)
-            out, err, rc = p.stdout, p.stderr, p.returncode
-        except subprocess.TimeoutExpired as e:
-            out, err, rc = (e.stdout or b"").decode(), (e.stderr or b"").decode(), "timeout"
-        done = [json.loads(line[len(RESULT):]) for line in out.splitlines() if line.startswith(RESULT)]
+        done, err, rc = _child(todo, nproc, min(START + per_job * len(todo), left + 30), env, report)
         ok = [d for d in done if d["status"] == "ok"]
-        results += ok
         if stop_on_success and ok:
-            return results
+            break
         todo = todo[len(ok):]
         if not todo:
             break
         failed = todo.pop(0)
         oom = any(d["status"] == "OOM" for d in done) or "OutOfMemoryError" in err
-        why = "OOM" if oom else f"failed (exit {rc}, {time.time() - t0:.0f} s)"
+        why = "OOM" if oom else f"failed ({rc}, {time.time() - t0:.0f} s)"
         results.append({**failed, "status": why})
+        on_result(results[-1])
         if not oom:
-            tail = "\n".join(err.strip().splitlines()[-6:])
+            tail = "\n".join(err.strip().splitlines()[-8:])
             print(f"<!-- {failed['path']} zero {failed['zero']} {failed['size']}: {why}\n{tail}\n-->", flush=True)
     return results
 
@@ -191,7 +244,9 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=8, help="micro-batch of the table and the search")
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
-    ap.add_argument("--timeout", type=float, default=60, help="seconds per measurement (a child's limit: 60 + this x its jobs)")
+    ap.add_argument("--timeout", type=float, default=40, help="seconds per measurement (a child's limit: 60 + this x its jobs)")
+    ap.add_argument("--budget", type=float, default=330, help="seconds after which nothing new starts (the table "
+                    "gets the first 55%%): the whole script stays within about 6 minutes")
     ap.add_argument("--search-sizes", default="1558M,774M,350M,124M", help="sizes the search tries, in order")
     ap.add_argument("--no-search", action="store_true", help="skip the largest-model search")
     args = ap.parse_args()
@@ -217,8 +272,8 @@ def main() -> None:
     jobs.sort(key=lambda j: SIZES.index(j["size"]) if j["size"] in SIZES else 0)
     print("| model | path | stage | B x T x accum | peak GiB per GPU (rank 0 / 1 ...) | max reserved GiB | "
           "ms/step | last loss |\n|---|---|---|---|---|---|---|---|", flush=True)
-    for r in _run_jobs(jobs, nproc, args.timeout):
-        print(_row(r, nproc), flush=True)
+    deadline = t0 + 0.55 * args.budget
+    _run_jobs(jobs, nproc, args.timeout, deadline, lambda r: print(_row(r, nproc), flush=True))
     if args.no_search:
         return
     search = dict(base, accum=1, steps=3)
@@ -226,8 +281,8 @@ def main() -> None:
           "| GPUs | path | stage | largest | tried (largest first) |\n|---|---|---|---|---|", flush=True)
     cases = ([(nproc, "torch", 3)] if nproc > 1 else []) + [(1, p, 1) for p in paths]
     for n, p, z in cases:
-        tried = _run_jobs([dict(search, size=s, path=p, zero=z) for s in args.search_sizes.split(",")], n, args.timeout,
-                          stop_on_success=True)
+        tried = _run_jobs([dict(search, size=s, path=p, zero=z) for s in args.search_sizes.split(",")], n,
+                          args.timeout, t0 + args.budget, lambda r: None, stop_on_success=True)
         fits = [r["size"] for r in tried if r["status"] == "ok"]
         trail = ", ".join(f"{r['size']} {r['status']}" + (f" {max(x['peak_gib'] for x in r['ranks']):.1f} GiB"
                           if r["status"] == "ok" else "") for r in tried)
