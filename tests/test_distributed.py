@@ -13,12 +13,13 @@ from gpt2pipe.report import parse_log
 pytestmark = pytest.mark.slow
 
 
-def run(cfg_path, shards, run_dir, nproc=1, resume=False, preempt_at=None, zero=None):
+def run(cfg_path, shards, run_dir, nproc=1, resume=False, preempt_at=None, zero=None, sets=()):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
     cmd = [*launcher, "-m", "gpt2pipe", "train", "-c", str(cfg_path), "--shards", str(shards),
            "--run-dir", str(run_dir), "--no-progress", *(["--resume"] if resume else []),
-           *(["--set", f"train.zero={zero}"] if zero is not None else [])]
+           *(["--set", f"train.zero={zero}"] if zero is not None else []),
+           *[x for kv in sets for x in ("--set", kv)]]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if preempt_at is not None:
         env["GPT2PIPE_PREEMPT_AT_STEP"] = str(preempt_at)
@@ -182,3 +183,22 @@ def test_resume_across_zero_stages(setup, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ZeRO-3" in r.stdout + r.stderr
     assert_same_run(single, tmp_path / "one_to_three")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ops, zero, tol", [("kernels", 2, 2e-3), ("torch", 3, 2e-2)])
+def test_zero_stages_on_two_gpus(setup, tmp_path, ops, zero, tol):
+    """On 2 GPUs (NCCL): ZeRO-2 on the kernels path and ZeRO-3 (FSDP2, bf16 gathered weights) on the torch
+    path give the per-step losses of ZeRO-1 on the same path."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    cfg_path, shards, _ = setup
+    sets = ("train.device=cuda", f"train.ops={ops}")
+    r = run(cfg_path, shards, tmp_path / "one", nproc=2, zero=1, sets=sets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run(cfg_path, shards, tmp_path / "other", nproc=2, zero=zero, sets=sets)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"ZeRO-{zero}" in r.stdout + r.stderr
+    assert_same_run(tmp_path / "one", tmp_path / "other", tol=tol)
