@@ -31,6 +31,8 @@ def test_demo_and_124M_configs_validate():
      "(total_batch_tokens 1000, micro_batch_size 4 * seq_len 128 = 512)"),
     ({"run_name": "data"}, "run_name"),
     ({"train": {"ops": "magic"}}, "train.ops: 'magic' is not one of"),
+    ({"train": {"zero": 4}}, "train.zero: 4 is not one of"),
+    ({"train": {"zero": 3, "ops": "kernels"}}, "train.zero 3 shards the model through FSDP2, which runs on the torch path"),
 ])
 def test_bad_config_fails_with_one_line(raw, message):
     with pytest.raises(Gpt2pipeError) as e:

@@ -81,6 +81,7 @@ class TrainConfig:
     stochastic_rounding: bool
     num_threads: int
     shuffle: bool
+    zero: int = 1
 
     def checkpoint_steps(self) -> list[int]:
         """Steps at which a model snapshot is written (and later evaluated); always includes the last."""

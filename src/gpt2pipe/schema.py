@@ -73,6 +73,10 @@ def _cross_field_problem(cfg: dict) -> Problem | None:
          f"train.total_batch_tokens must be a multiple of train.micro_batch_size * train.seq_len "
          f"(total_batch_tokens {total}, micro_batch_size {B} * seq_len {T} = {B * T})",
          ("train.total_batch_tokens", "train.micro_batch_size", "train.seq_len")),
+        (not (t.get("zero") == 3 and t["ops"] == "kernels"),
+         "train.zero 3 shards the model through FSDP2, which runs on the torch path: set train.ops to torch or "
+         "compile, or use train.zero 1 or 2 with ops kernels",
+         ("train.zero", "train.ops")),
     ]
     for ok, msg, keys in checks:
         if not ok:

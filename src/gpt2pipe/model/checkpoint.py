@@ -22,13 +22,15 @@ FORMAT = "gpt2pipe-checkpoint"
 VERSION = 2  # 2: loadable with weights_only=True (version 1 pickled RNG and numpy objects)
 
 
-def save(path: str | Path, model: GPT, step: int, **extra) -> None:
+def save(path: str | Path, model: GPT, step: int, weights: dict | None = None, **extra) -> None:
+    """weights: the model's state_dict as gathered by the caller (a sharded model's own state_dict holds only
+    this process's shards); by default the model's own."""
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "model_config": dataclasses.asdict(model.config),
         "step": step,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": weights if weights is not None else {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
     with atomic_path(path) as tmp:

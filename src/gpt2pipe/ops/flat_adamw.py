@@ -5,6 +5,12 @@ gradient buffer, decayed (2-D) tensors first. With several processes, each owns 
 gradients are reduce-scattered (averaged) into its shard, it keeps master weights and moments for that
 shard only, updates it, and the updated parameters are all-gathered. The global gradient norm and clip
 factor stay on the device (no host sync). On CPU the update runs through reference.adamw_update.
+
+ZeRO-2 (zero=2, several processes) also shards the gradients: there is no full-size gradient buffer. Autograd
+writes each parameter's gradient; as soon as a bucket's gradients are complete they are packed, reduce-
+scattered into this process's sharded gradient accumulator and freed — on every micro-step, so gradient
+accumulation costs one reduce-scatter per micro-step instead of one per step. Peak memory drops by about
+the gradient buffer (minus the buckets in flight); the norm, clipping, update and saved state are the same.
 """
 
 from __future__ import annotations
@@ -39,8 +45,9 @@ class FlatAdamW:
     def __init__(self, model: torch.nn.Module, lr: float, betas=(0.9, 0.95), eps: float = 1e-8,
                  weight_decay: float = 0.1, grad_clip: float = 1.0, stochastic_rounding: bool = True,
                  seed: int = 0, dtype: torch.dtype = torch.bfloat16, world: World = World(),
-                 bucket_elements: int = BUCKET_ELEMENTS):
+                 bucket_elements: int = BUCKET_ELEMENTS, zero: int = 1):
         params = ordered_params(model)
+        self.sharded_grads = zero >= 2 and world.distributed  # ZeRO-2: no full gradient buffer
         self.n = sum(p.numel() for p in params)
         self.world = world
         # buckets of whole parameters, decayed and not-decayed kept apart so a bucket is all one kind
@@ -60,7 +67,9 @@ class FlatAdamW:
         device = params[0].device
         full = torch.zeros(start, dtype=torch.float32, device=device)
         self.params = torch.zeros(start, dtype=dtype, device=device)
-        self.grads = torch.zeros(start, dtype=dtype, device=device)
+        self.total, self.dtype = start, dtype  # the padded flat length
+        # ZeRO-2 keeps no full gradient buffer: an empty stand-in, so every use of it below is a no-op
+        self.grads = torch.zeros(0 if self.sharded_grads else start, dtype=dtype, device=device)
         self.layout = []  # (numel, start in the flat buffer) of each parameter, in ordered_params order
         for b in self.buckets:
             off = b.start
@@ -69,12 +78,13 @@ class FlatAdamW:
                 full[off : off + k].copy_(p.detach().view(-1))
                 self.params[off : off + k].copy_(full[off : off + k])
                 p.data = self.params[off : off + k].view(p.shape)
-                p.grad = self.grads[off : off + k].view(p.shape)
+                if not self.sharded_grads:  # ZeRO-2: autograd allocates .grad, freed after its reduce-scatter
+                    p.grad = self.grads[off : off + k].view(p.shape)
                 self.layout.append((k, off))
                 off += k
         if world.distributed:  # this process's slices, packed: the ZeRO-1 shard
             self.master = torch.cat([full[b.own : b.own + b.slice] for b in self.buckets])
-            self.grad_shard = torch.empty(local, dtype=dtype, device=device)
+            self.grad_shard = (torch.zeros if self.sharded_grads else torch.empty)(local, dtype=dtype, device=device)
             self.param_shard = torch.empty(local, dtype=dtype, device=device)
         else:  # one process: the shard is the whole buffer, no copies
             self.master, self.grad_shard, self.param_shard = full, self.grads, self.params
@@ -87,10 +97,13 @@ class FlatAdamW:
         self.blocks = sm_count() * 2 if device.type == "cuda" else 1
         self.partials = torch.empty(self.blocks, dtype=torch.float32, device=device)
         self.param_groups = [{"lr": lr}]  # what the training loop's lr setter touches
-        self.kernels = _use_kernels(self.grads) and dtype == torch.bfloat16  # our kernels read/write bf16
+        self.kernels = _use_kernels(self.params) and dtype == torch.bfloat16  # our kernels read/write bf16
         # overlap: during the backward pass that completes the gradients, each bucket is reduce-scattered
         # as soon as all its parameters have their gradient (post-accumulate hooks)
         self._overlap, self._pending, self._handles = False, [], {}
+        self._in_flight: list = []  # ZeRO-2: (handle, packed bucket, reduced slice, bucket) not yet added
+        if self.sharded_grads:  # every backward reduces its buckets as they complete
+            self._overlap, self._pending = True, [len(b.params) for b in self.buckets]
         if world.distributed:
             for i, b in enumerate(self.buckets):
                 for p in b.params:
@@ -99,7 +112,7 @@ class FlatAdamW:
     def overlap_next_backward(self) -> None:
         """Call before the backward pass of the last micro-batch of a step: its buckets are reduced as
         they complete, overlapping communication with the rest of the backward pass."""
-        if self.world.distributed:
+        if self.world.distributed and not self.sharded_grads:
             self._overlap = True
             self._pending = [len(b.params) for b in self.buckets]
             self._handles = {}
@@ -109,27 +122,73 @@ class FlatAdamW:
             return
         self._pending[i] -= 1
         if self._pending[i] == 0:
-            self._handles[i] = self._reduce(self.buckets[i], async_op=True)
+            if self.sharded_grads:
+                self._pending[i] = len(self.buckets[i].params)  # ready for the next micro-step
+                self._reduce_sharded(self.buckets[i])
+            else:
+                self._handles[i] = self._reduce(self.buckets[i], async_op=True)
+
+    def _reduce_sharded(self, b: _Bucket) -> None:
+        """ZeRO-2: pack the bucket's gradients (missing ones count as zero), free them, and reduce-scatter the
+        pack asynchronously; the buckets launched before it are finished (added to the accumulator) now, so
+        about two buckets of gradients are in flight while the backward pass goes on."""
+        packed = torch.zeros(b.size, dtype=self.dtype, device=self.params.device)
+        off = 0
+        for p in b.params:
+            k = p.numel()
+            if p.grad is not None:
+                packed[off : off + k].copy_(p.grad.view(-1))
+                p.grad = None
+            off += k
+        out = torch.empty(b.slice, dtype=self.dtype, device=packed.device)
+        handle = _reduce_scatter(out, packed, async_op=True)
+        self._finish_in_flight()
+        self._in_flight.append((handle, packed, out, b))
+
+    def _finish_in_flight(self) -> None:
+        """Wait for the reduce-scatters launched so far and add them into the sharded accumulator; dropping
+        the packed buffers after wait() is safe (later work on this stream is ordered after the collective)."""
+        for handle, _, out, b in self._in_flight:
+            handle.wait()
+            self.grad_shard[b.local : b.local + b.slice] += out
+        self._in_flight = []
 
     def _reduce(self, b: _Bucket, async_op: bool = False):
         return _reduce_scatter(self.grad_shard[b.local : b.local + b.slice],
                                           self.grads[b.start : b.start + b.size], async_op=async_op)
 
     def zero_grad(self, set_to_none: bool = False) -> None:
-        self.grads.zero_()  # never None: the views must stay the .grad of every parameter
+        """ZeRO-1: zero the flat buffer (never None: the views must stay the .grad of every parameter);
+        ZeRO-2: zero the sharded accumulator and drop any gradient a bucket still holds."""
+        if self.sharded_grads:
+            self._finish_in_flight()
+            self.grad_shard.zero_()
+            for b in self.buckets:
+                for p in b.params:
+                    p.grad = None
+            self._pending = [len(b.params) for b in self.buckets]
+        else:
+            self.grads.zero_()
 
     def grad_norm(self) -> torch.Tensor:
         """Average the gradients into this process's shard (reduce-scatter; buckets already launched
         during backward are just waited for), then write [norm, clip factor] of the global gradient into
         self.norm on the device and return it."""
-        if self.world.distributed:
+        if self.sharded_grads:  # buckets not complete at the end of backward (a parameter without gradient)
+            for i, b in enumerate(self.buckets):
+                if self._pending[i] != len(b.params):
+                    self._pending[i] = len(b.params)
+                    self._reduce_sharded(b)
+            self._finish_in_flight()
+        elif self.world.distributed:
             for i, b in enumerate(self.buckets):
                 handle = self._handles.pop(i, None)
                 if handle is not None:
                     handle.wait()
                 else:
                     self._reduce(b)
-            self._overlap = False
+        if self.world.distributed:
+            self._overlap = self.sharded_grads  # ZeRO-2 reduces during every backward
             self.grad_shard /= self.world.size
             sq = self.grad_shard.float().square().sum()
             dist.all_reduce(sq)
@@ -185,7 +244,7 @@ class FlatAdamW:
         None elsewhere, so a run resumes on any number of processes. Collective: every process calls it.
         Gathered one bucket at a time into process 0 alone: the extra GPU memory is one bucket."""
         main = self.world.rank == 0
-        out = {name: torch.empty(self.grads.numel(), dtype=torch.float32) if main else None
+        out = {name: torch.empty(self.total, dtype=torch.float32) if main else None
                for name in ("master", "m", "v")}
         for name in out:
             shard = getattr(self, name)

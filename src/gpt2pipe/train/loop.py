@@ -77,7 +77,7 @@ class RunPaths:
 def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, restart: bool = False,
           progress: bool = True) -> dict:
     """Train on one process, or as one of several (torchrun / srun): each reads its own part of every batch
-    and the optimizer is ZeRO-1 sharded; process 0 writes logs and checkpoints.
+    and the optimizer is ZeRO-sharded (train.zero); process 0 writes logs and checkpoints.
 
     resume: continue from the newest saved state in run_dir (a finished run only republishes its outputs);
     restart: discard any saved state and start from step 0. Without either, a folder holding a saved state
@@ -216,8 +216,9 @@ class Trainer:
 
     def save_snapshot(self) -> None:
         step = self.state.step
+        weights = self.state.optimizer.model_weights()  # collective: a ZeRO-3 model is gathered to process 0
         if self.world.main:
-            checkpoint.save(self.paths.snapshot(step), self.state.model, step,
+            checkpoint.save(self.paths.snapshot(step), self.state.model, step, weights=weights,
                             tokens_seen=step * self.cfg.train.total_batch_tokens)
             self.paths.publish(step)
         self.save_state()

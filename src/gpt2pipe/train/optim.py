@@ -1,7 +1,8 @@
 """One optimizer protocol for the training loop, so the loop never asks which optimizer it holds.
 
-Two implementations: torch's AdamW (one process, the torch path) and our flat AdamW with fp32 master weights
-(the kernels path, and ZeRO-1 sharding on several processes). Both save the same *whole-model state* — fp32
+Three implementations: torch's AdamW (one process, the torch path), our flat AdamW with fp32 master weights
+(the kernels path, and ZeRO-1/ZeRO-2 sharding on several processes) and torch's AdamW on an FSDP2-sharded
+model (ZeRO-3, train/fsdp.py). Both save the same *whole-model state* — fp32
 master weights and both moments as flat tensors in `ordered_params` order, plus the step count — so a state
 saved by either resumes on the other and on any number of processes.
 """
@@ -39,11 +40,33 @@ class Optimizer(Protocol):
 
     def describe(self) -> str | None: ...
 
+    def model_weights(self) -> dict[str, torch.Tensor] | None:
+        """The model's whole state_dict as plain CPU tensors on process 0 (None elsewhere). Collective."""
 
-class TorchAdamW:
+    def load_model_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Load a whole (unsharded) state_dict into the model; each process takes its own part."""
+
+
+class _PlainWeights:
+    """Weights of a model that every process holds whole (not sharded): process 0 copies them out."""
+
+    model: torch.nn.Module
+    world: World
+
+    def model_weights(self) -> dict[str, torch.Tensor] | None:
+        if not self.world.main:
+            return None
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def load_model_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(weights)
+
+
+class TorchAdamW(_PlainWeights):
     """torch.optim.AdamW (fused on CUDA) with decay on 2-D weights only, behind the protocol."""
 
     def __init__(self, model: torch.nn.Module, t: TrainConfig, device: torch.device):
+        self.model, self.world = model, World()
         self.params = ordered_params(model)
         decay = [p for p in self.params if p.dim() >= 2]
         no_decay = [p for p in self.params if p.dim() < 2]
@@ -100,9 +123,14 @@ class TorchAdamW:
         return None
 
 
-class ShardedAdamW(FlatAdamW):
-    """Our flat AdamW (ops/optim.py) behind the protocol: bf16 weights with fp32 master copies on the kernels
-    path, fp32 weights on the torch path with several processes; ZeRO-1 sharded across processes."""
+class ShardedAdamW(_PlainWeights, FlatAdamW):
+    """Our flat AdamW (ops/flat_adamw.py) behind the protocol: bf16 weights with fp32 master copies on the
+    kernels path, fp32 weights on the torch path with several processes; ZeRO-1 (optimizer state) or ZeRO-2
+    (optimizer state and gradients) sharded across processes."""
+
+    def __init__(self, model: torch.nn.Module, **kw):
+        FlatAdamW.__init__(self, model, **kw)
+        self.model = model
 
     def prepare_last_backward(self) -> None:
         self.overlap_next_backward()
@@ -128,7 +156,8 @@ class ShardedAdamW(FlatAdamW):
     def describe(self) -> str | None:
         if not self.world.distributed:
             return None
-        return (f"ZeRO-1: {self.world.size} processes, rank {self.world.rank} holds optimizer state for "
+        stage, what = ("ZeRO-2", "optimizer state and gradients") if self.sharded_grads else ("ZeRO-1", "optimizer state")
+        return (f"{stage}: {self.world.size} processes, rank {self.world.rank} holds {what} for "
                 f"{self.shard_size():,} of {self.n:,} parameters")
 
 
@@ -141,12 +170,18 @@ def make_flat_optimizer(model: torch.nn.Module, t: TrainConfig, world: World = W
     """With bf16 (the kernels path) this turns the model's weights bf16."""
     return ShardedAdamW(model, lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.eps,
                         weight_decay=t.weight_decay, grad_clip=t.grad_clip, stochastic_rounding=t.stochastic_rounding,
-                        seed=t.seed, dtype=dtype, world=world)
+                        seed=t.seed, dtype=dtype, world=world, zero=min(t.zero, 2))
 
 
 def build_optimizer(model: torch.nn.Module, t: TrainConfig, world: World, device: torch.device,
                     kernels: bool) -> Optimizer:
-    """The kernels path always uses the flat optimizer; the torch path too when ZeRO-1 needs its layout."""
+    """ZeRO-3 (torch/compile path, several processes) shards the model itself through FSDP2; otherwise the
+    kernels path always uses the flat optimizer, the torch path too when ZeRO-1/2 needs its layout. On one
+    process there is nothing to shard: every stage is the same plain optimizer."""
+    if t.zero == 3 and world.distributed and not kernels:
+        from gpt2pipe.train.fsdp import FsdpAdamW  # FSDP2 imports only where it is used
+
+        return FsdpAdamW(model, t, world, device)
     if kernels:
         return make_flat_optimizer(model, t, world)
     if world.distributed:

@@ -98,12 +98,13 @@ class TrainState:
         """Write state_NNNNNN.pt (collective: the optimizer gathers its shards into process 0), then delete
         all but the newest `keep` states. Returns the file on process 0."""
         optimizer = self.optimizer.whole_state()
+        weights = self.optimizer.model_weights()  # collective too: a ZeRO-3 model is gathered
         # each process measures fp8 amax on its own data: keep every process's scaling state
         fp8_states = distributed.gather_objects(fp8.state_of(self.model), world)
         if not world.main:
             return None
         path = state_dir / f"state_{self.step:06d}.pt"
-        checkpoint.save(path, self.model, self.step, kind="train-state", optimizer=optimizer,
+        checkpoint.save(path, self.model, self.step, weights=weights, kind="train-state", optimizer=optimizer,
                         loader=self.loader.state_dict(), guard=self.guard.state_dict(), rng=rng_state(),
                         fp8=fp8_states if fp8_states[0] is not None else None, identity=self.identity, tokens_seen=self.step * tokens_per_step)
         for old in saved_states(state_dir)[max(1, keep):]:
@@ -117,7 +118,7 @@ class TrainState:
         current = self.model.state_dict()
         same_dtype = all(saved["model"][k].dtype == v.dtype for k, v in current.items())
         if same_dtype:
-            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_model_weights(saved["model"])
         self.optimizer.load_whole_state(saved["optimizer"], weights_from_master=not same_dtype)
         self.loader.load_state_dict(saved["loader"])
         self.guard.load_state_dict(saved["guard"])
