@@ -168,9 +168,9 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
-    import torch._dynamo
+    import torch._dynamo as dynamo  # (binding the name torch here would make torch local to the function)
 
-    torch._dynamo.reset()  # the next mode (or process count) compiles afresh
+    dynamo.reset()  # the next mode (or process count) compiles afresh
     return result
 
 
