@@ -23,7 +23,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from gpt2pipe.config import TrainConfig
 from gpt2pipe.distributed import World
-from gpt2pipe.ops.flat_adamw import ordered_params
+from gpt2pipe.train.optim import TorchAdamW
 
 
 # GPT.forward returns logits as a view (padding columns dropped); nothing modifies them in place
@@ -45,8 +45,9 @@ def _shard_of(like: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
     return distribute_tensor(whole, like.device_mesh, like.placements, src_data_rank=None)
 
 
-class FsdpAdamW:
-    """torch.optim.AdamW on the FSDP2-sharded (DTensor) parameters; decay on 2-D weights only."""
+class FsdpAdamW(TorchAdamW):
+    """torch.optim.AdamW on the FSDP2-sharded (DTensor) parameters; decay on 2-D weights only. The update,
+    the skipped step and the parameter groups are TorchAdamW's; the norm and the state gather across shards."""
 
     def __init__(self, model: torch.nn.Module, t: TrainConfig, world: World, device: torch.device):
         mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -54,36 +55,13 @@ class FsdpAdamW:
         for block in model.transformer.h:
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
-        self.model, self.world = model, world
-        self.params = ordered_params(model)  # the sharded parameters, in the canonical order
-        decay = [p for p in self.params if p.dim() >= 2]
-        no_decay = [p for p in self.params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        self.inner = torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.eps,
-                                       fused=device.type == "cuda")
-        self.grad_clip = t.grad_clip
+        super().__init__(model, t, device, world)  # FSDP2 reduce-scatters every backward on its own hooks
         self.n = sum(p.numel() for p in self.params)
         self.local = sum(p.to_local().numel() for p in self.params)
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return self.inner.param_groups
-
-    def prepare_last_backward(self) -> None:
-        pass  # FSDP2 reduce-scatters every backward, overlapped by its own hooks
 
     def global_norm(self) -> torch.Tensor:
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip if self.grad_clip > 0 else float("inf"))
         return norm.full_tensor() if isinstance(norm, DTensor) else norm  # replicated: no traffic
-
-    def update(self, lr: float) -> None:
-        for g in self.inner.param_groups:
-            g["lr"] = lr
-        self.inner.step()
-        self.discard()
-
-    def discard(self) -> None:
-        self.inner.zero_grad(set_to_none=True)
 
     def whole_state(self) -> dict | None:
         main = self.world.main

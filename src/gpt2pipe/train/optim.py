@@ -65,9 +65,9 @@ class _PlainWeights:
 class TorchAdamW(_PlainWeights):
     """torch.optim.AdamW (fused on CUDA) with decay on 2-D weights only, behind the protocol."""
 
-    def __init__(self, model: torch.nn.Module, t: TrainConfig, device: torch.device):
-        self.model, self.world = model, World()
-        self.params = ordered_params(model)
+    def __init__(self, model: torch.nn.Module, t: TrainConfig, device: torch.device, world: World = World()):
+        self.model, self.world = model, world
+        self.params = ordered_params(model)  # (sharded DTensors under ZeRO-3: train/fsdp.py)
         decay = [p for p in self.params if p.dim() >= 2]
         no_decay = [p for p in self.params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
