@@ -85,11 +85,8 @@ class RunLog:
 
 class _TensorBoard:
     def __init__(self, run_dir: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise Gpt2pipeError("train.log_to lists 'tensorboard' but the tensorboard package is not installed "
-                                "(pip install tensorboard)") from None
+        from torch.utils.tensorboard import SummaryWriter  # installed: check_sinks ran at setup
+
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def scalars(self, step: int, values: dict) -> None:
@@ -103,11 +100,8 @@ class _TensorBoard:
 
 class _WandB:
     def __init__(self, run_dir: Path, config: dict | None):
-        try:
-            import wandb
-        except ImportError:
-            raise Gpt2pipeError("train.log_to lists 'wandb' but the wandb package is not installed "
-                                "(pip install wandb; set WANDB_API_KEY or WANDB_MODE=offline)") from None
+        import wandb  # installed: check_sinks ran at setup
+
         # resume="allow" with a stable id: a resumed run continues the same W&B run
         self.run = wandb.init(project="gpt2pipe", name=run_dir.name, id=f"gpt2pipe-{run_dir.name}", resume="allow",
                               dir=str(run_dir), config=config)
@@ -123,12 +117,15 @@ def _sink(name: str, run_dir: Path, config: dict | None):
     return _TensorBoard(run_dir) if name == "tensorboard" else _WandB(run_dir, config)
 
 
+# what to do when a logger's package (named as the logger) is missing
+_INSTALL = {"tensorboard": "pip install tensorboard", "wandb": "pip install wandb; set WANDB_API_KEY or WANDB_MODE=offline"}
+
+
 def check_sinks(log_to: list[str]) -> None:
     """Fail before any training time is spent when a requested logger is not installed."""
     import importlib.util
 
-    missing = {"tensorboard": "tensorboard", "wandb": "wandb"}
     for name in log_to:
-        if importlib.util.find_spec(missing[name]) is None:
-            raise Gpt2pipeError(f"train.log_to lists {name!r} but the {missing[name]} package is not installed "
-                                f"(pip install {missing[name]})")
+        if importlib.util.find_spec(name) is None:
+            raise Gpt2pipeError(f"train.log_to lists {name!r} but the {name} package is not installed "
+                                f"({_INSTALL[name]})")

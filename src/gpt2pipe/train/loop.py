@@ -158,10 +158,10 @@ class Trainer:
             state.restore(saved, world)
             if world.main:
                 passed = [s for s in t.checkpoint_steps() if s <= state.step]
-                for s in passed:
-                    if paths.snapshot(s).exists():
-                        paths.publish(s)
                 missing = [s for s in passed if not paths.snapshot(s).exists()]
+                for s in passed:
+                    if s not in missing:
+                        paths.publish(s)
                 if missing:  # train.checkpoint_every changed after those steps were trained
                     say(f"no snapshot of steps {missing}: they were trained under another checkpoint_every")
         resumed = saved is not None
@@ -171,8 +171,8 @@ class Trainer:
         ctx = contextlib.nullcontext() if use_kernels else autocast(device, amp)  # kernels: bf16 weights already
         log = RunLog(paths.state / "train.log" if world.main else None, state.step if resumed else None,
                      t.max_steps, progress, t.log_to, run_dir, cfg.raw)
-        if optimizer.describe():
-            say(optimizer.describe())
+        if described := optimizer.describe():
+            say(described)
         log.say(f"gpt2pipe train: {model.num_params() / 1e6:.2f}M parameters on {device} ({amp}), "
                 f"{t.total_batch_tokens:,} tokens/step = {B}x{T} x {grad_accum} accumulation x {world.size} processes, "
                 f"{t.max_steps} steps = {t.max_steps * t.total_batch_tokens / 1e9:.3f}B tokens"
