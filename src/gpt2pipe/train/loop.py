@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,9 +208,11 @@ class Trainer:
             st.optimizer.update(lr)
         return loss, norm, lr, skip
 
-    def save_state(self) -> None:
+    def save_state(self, weights_of: Callable[[], dict | None] | None = None) -> None:
+        """Collective. weights_of: how to get the model's weights (default: gather them now)."""
         t = self.cfg.train
-        self.state.save(self.paths.state, self.world, t.total_batch_tokens, t.keep_states)
+        weights = (weights_of or self.state.optimizer.model_weights)()  # collective: ZeRO-3 gathers the model
+        self.state.save(self.paths.state, self.world, t.total_batch_tokens, t.keep_states, weights)
         if self.world.main:
             self.paths.publish_log()
         distributed.barrier(self.world)
@@ -221,7 +224,7 @@ class Trainer:
             checkpoint.save(self.paths.snapshot(step), self.state.model, step, weights=weights,
                             tokens_seen=step * self.cfg.train.total_batch_tokens)
             self.paths.publish(step)
-        self.save_state()
+        self.save_state(lambda: weights)  # the same weights: gathered once per checkpoint
 
     def finished(self) -> dict:
         """A run already at max_steps (its outputs deleted, e.g. after a later failure): republish them."""

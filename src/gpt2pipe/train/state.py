@@ -94,11 +94,12 @@ class TrainState:
     identity: dict
     step: int = 0
 
-    def save(self, state_dir: Path, world: World, tokens_per_step: int, keep: int) -> Path | None:
+    def save(self, state_dir: Path, world: World, tokens_per_step: int, keep: int,
+             weights: dict[str, torch.Tensor] | None) -> Path | None:
         """Write state_NNNNNN.pt (collective: the optimizer gathers its shards into process 0), then delete
-        all but the newest `keep` states. Returns the file on process 0."""
+        all but the newest `keep` states. `weights`: the optimizer's model_weights(), gathered by the caller
+        (a checkpoint step writes them into the snapshot too). Returns the file on process 0."""
         optimizer = self.optimizer.whole_state()
-        weights = self.optimizer.model_weights()  # collective too: a ZeRO-3 model is gathered
         # each process measures fp8 amax on its own data: keep every process's scaling state
         fp8_states = distributed.gather_objects(fp8.state_of(self.model), world)
         if not world.main:
@@ -106,7 +107,8 @@ class TrainState:
         path = state_dir / f"state_{self.step:06d}.pt"
         checkpoint.save(path, self.model, self.step, weights=weights, kind="train-state", optimizer=optimizer,
                         loader=self.loader.state_dict(), guard=self.guard.state_dict(), rng=rng_state(),
-                        fp8=fp8_states if fp8_states[0] is not None else None, identity=self.identity, tokens_seen=self.step * tokens_per_step)
+                        fp8=fp8_states if fp8_states[0] is not None else None, identity=self.identity,
+                        tokens_seen=self.step * tokens_per_step)
         for old in saved_states(state_dir)[max(1, keep):]:
             old.unlink()
         return path
