@@ -122,11 +122,15 @@ class Config:
 
     @property
     def data_dir(self) -> Path:
-        return Path(self.results_dir) / "data" / self.data.name
+        from gpt2pipe import layout  # (layout reads config's identity functions: imported on use)
+
+        return layout.data_dir(self.raw)
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.results_dir) / self.run_name
+        from gpt2pipe import layout
+
+        return layout.run_dir(self.raw)
 
     def fingerprint(self, *sections: str) -> str:
         """Hash of the named config sections: a checkpoint only resumes under the same training setup."""

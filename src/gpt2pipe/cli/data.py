@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gpt2pipe import Gpt2pipeError
+from gpt2pipe import Gpt2pipeError, layout
 from gpt2pipe.cli.options import add_subcommand, load_config
 
 
@@ -13,7 +13,7 @@ def cmd_corpus(args: argparse.Namespace) -> None:
     from gpt2pipe.data.corpus import write_corpus
 
     cfg = load_config(args)
-    out = args.out or cfg.data_dir / "corpus"
+    out = args.out or layout.corpus_dir(cfg.raw)
     files = write_corpus(cfg.data, out)
     print(f"corpus: {len(files)} parquet file(s) in {out}")
 
@@ -23,8 +23,8 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     from gpt2pipe.data.tokenize import tokenize_to_shards
 
     cfg = load_config(args)
-    corpus = args.corpus or cfg.data_dir / "corpus"
-    out = args.out or cfg.data_dir / "shards"
+    corpus = args.corpus or layout.corpus_dir(cfg.raw)
+    out = args.out or layout.shard_dir(cfg.raw)
     m = tokenize_to_shards(read_corpus(corpus), cfg.data, out)
     print(f"tokenize: {m['tokens']:,} tokens in {len(m['val'])} val + {len(m['train'])} train shard(s) in {out}")
 
@@ -33,7 +33,7 @@ def cmd_fineweb(args: argparse.Namespace) -> None:
     from gpt2pipe.data import fineweb
 
     cfg = load_config(args)
-    listing_path = args.listing or cfg.data_dir / "fineweb" / "files.json"
+    listing_path = args.listing or layout.fineweb_dir(cfg.raw) / "files.json"
     if args.action == "list":
         listing = fineweb.list_files(cfg.data.hf_repo, cfg.data.hf_subset, cfg.data.hf_revision)
         listing.save(listing_path)
@@ -52,7 +52,7 @@ def cmd_fineweb(args: argparse.Namespace) -> None:
     if args.out and len(names) > 1:
         raise Gpt2pipeError("fineweb download: --out takes one --file")
     for name in names:
-        out = args.out or cfg.data_dir / "fineweb" / "raw" / f"{listing.file(name).stem}.parquet"
+        out = args.out or layout.fineweb_dir(cfg.raw) / "raw" / f"{listing.file(name).stem}.parquet"
         fineweb.download_file(listing, name, out)
         print(f"fineweb: {name} -> {out}")
 
@@ -69,7 +69,7 @@ def cmd_shard(args: argparse.Namespace) -> None:
     from gpt2pipe.data.tokenize import shards_from_token_files
 
     cfg = load_config(args)
-    out = args.out or cfg.data_dir / "shards"
+    out = args.out or layout.shard_dir(cfg.raw)
     m = shards_from_token_files(args.tokens, cfg.data, out)
     print(f"shard: {m['tokens']:,} tokens in {len(m['val'])} val + {len(m['train'])} train shard(s) in {out}")
 
@@ -79,8 +79,7 @@ def cmd_hellaswag(args: argparse.Namespace) -> None:
 
     cfg = load_config(args)
     src = args.source or cfg.eval.hellaswag
-    name = src if src in ("demo", "full") else Path(src).stem
-    out = args.out or Path(cfg.results_dir) / "data" / "hellaswag" / f"hellaswag_{name}.bin"
+    out = args.out or layout.hellaswag_bin(cfg.raw, src)
     if src == "demo":
         path = hellaswag.demo_jsonl()
     elif src == "full":

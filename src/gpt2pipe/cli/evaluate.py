@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from gpt2pipe import Gpt2pipeError
+from gpt2pipe import Gpt2pipeError, layout
 from gpt2pipe import config as config_mod
 from gpt2pipe.cli.options import add_subcommand, load_config
 
@@ -32,7 +32,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     out = args.out or cfg.run_dir / "eval" / f"{ckpt.stem.replace('model', 'step')}.json"
     if is_foreign(ckpt):
         cfg = _with_model_of(cfg, ckpt)
-    shards = None if args.skip_val else args.shards or cfg.data_dir / "shards"
+    shards = None if args.skip_val else args.shards or layout.shard_dir(cfg.raw)
     result = evaluate_checkpoint(cfg, ckpt, shards, args.hellaswag, out)
     print(json.dumps(result))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gpt2pipe import layout
 from gpt2pipe.cli.options import add_subcommand, load_config
 
 
@@ -12,7 +13,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from gpt2pipe.train.loop import train
 
     cfg = load_config(args)
-    train(cfg, args.shards or cfg.data_dir / "shards", args.run_dir or cfg.run_dir, resume=args.resume,
+    train(cfg, args.shards or layout.shard_dir(cfg.raw), args.run_dir or cfg.run_dir, resume=args.resume,
           restart=args.restart, progress=not args.no_progress)
 
 
