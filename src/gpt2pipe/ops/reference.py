@@ -51,3 +51,57 @@ def adamw_update(params, master, m, v, grads, clip, n_decay: int, lr: float, bet
     denom = (v.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
     master.addcdiv_(m, denom, value=-lr / (1 - beta1**step))
     params.copy_(master.to(params.dtype))
+
+
+# --- the LLaMA-style architecture's pieces (model.arch options; kernels in ops/arch.py) ---
+
+
+def rmsnorm(x: torch.Tensor, w: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
+    """x / rms(x) [* w], computed in fp32 and returned in x's dtype (w None: no gain, as QK-norm uses)."""
+    y = F.rms_norm(x.float(), (x.shape[-1],), None if w is None else w.float(), eps)
+    return y.to(x.dtype)
+
+
+def residual_rmsnorm(residual, x, w, eps: float = 1e-6):
+    """(residual + x, RMSNorm(residual + x)): the pre-norm block's add and the next norm."""
+    r = residual + x
+    return r, rmsnorm(r, w, eps)
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float = 10000.0, device=None):
+    """(cos, sin), each [seq_len, head_dim // 2] fp32: Hugging Face Llama's rotary frequencies."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [B, H, T, D] in Hugging Face Llama's half-split layout (rotate_half):
+    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), x1/x2 the first/second half of D; fp32 math."""
+    T, half = x.shape[-2], x.shape[-1] // 2
+    c, s = cos[:T], sin[:T]
+    x1, x2 = x.float()[..., :half], x.float()[..., half:]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+
+
+def qkv_rope(qkv: torch.Tensor, n_head: int, n_kv_head: int, cos, sin, qk_norm: bool, eps: float = 1e-6):
+    """Packed projections [B, T, (n_head + 2 n_kv_head) * D] -> q [B, n_head, T, D], k and v
+    [B, n_kv_head, T, D] (contiguous, SDPA's layout): q and k RMS-normed per head (no gain) when qk_norm,
+    then rotated; v copied."""
+    B, T, _ = qkv.shape
+    D = qkv.shape[-1] // (n_head + 2 * n_kv_head)
+    q, k, v = qkv.view(B, T, n_head + 2 * n_kv_head, D).transpose(1, 2).split([n_head, n_kv_head, n_kv_head], 1)
+    if qk_norm:
+        q, k = rmsnorm(q, None, eps), rmsnorm(k, None, eps)
+    return rope(q, cos, sin).contiguous(), rope(k, cos, sin).contiguous(), v.contiguous()
+
+
+def swiglu(h: torch.Tensor) -> torch.Tensor:
+    """[..., 2F] = [gate | up] -> silu(gate) * up [..., F] (fp32 math)."""
+    gate, up = h.float().chunk(2, dim=-1)
+    return (F.silu(gate) * up).to(h.dtype)
+
+
+def relu2(h: torch.Tensor) -> torch.Tensor:
+    """relu(h)^2 (modded-nanogpt's MLP activation)."""
+    return F.relu(h).square()
