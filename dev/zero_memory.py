@@ -78,9 +78,22 @@ def _measure(job: dict, world, device) -> dict:
            else torch.autocast(device_type="cuda", dtype=torch.bfloat16))
     gen = torch.Generator(device="cpu").manual_seed(world.rank)
     times, losses = [], []
+    phases: list[str] = []  # step 1: each phase's peak / allocated at its end (GiB), to say where the peak is
+    peaks: list[float] = []
+
+    def phase(name: str, step: int) -> None:
+        if device.type != "cuda" or step > 1:
+            return
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated() / 2**30)
+        if step == 1:
+            phases.append(f"{name} {peaks[-1]:.2f}/{torch.cuda.memory_allocated() / 2**30:.2f}")
+        torch.cuda.reset_peak_memory_stats()
+
     for step in range(job["steps"] + 1):  # step 0: warm-up (allocator, cuBLAS, kernel compilation), not timed
         if device.type == "cuda":
             torch.cuda.synchronize()
+        phase("start", step)
         t0 = time.perf_counter()
         for k in range(accum):
             if k == accum - 1:
@@ -88,16 +101,20 @@ def _measure(job: dict, world, device) -> dict:
             x = torch.randint(0, cfg.model.vocab_size, (B, T + 1), generator=gen).to(device)
             with ctx:
                 _, loss = model(x[:, :-1], x[:, 1:])
+            phase(f"fwd{k}", step)
             (loss / accum).backward()
+            phase(f"bwd{k}", step)
         opt.global_norm()
         opt.update(3e-4)
         losses.append(float(loss.item()))  # syncs
+        phase("update", step)
         if step:
             times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    peak = (max(peaks + [torch.cuda.max_memory_allocated() / 2**30]) if device.type == "cuda"
+            else float("nan"))
     reserved = torch.cuda.max_memory_reserved() / 2**30 if device.type == "cuda" else float("nan")
     return {"peak_gib": peak, "reserved_gib": reserved, "ms_step": 1e3 * sorted(times)[len(times) // 2],
-            "loss": losses[-1], "describe": opt.describe()}
+            "loss": losses[-1], "describe": opt.describe(), "phases": " ".join(phases)}
 
 
 def worker(jobs: list[dict]) -> None:
@@ -234,7 +251,8 @@ def _row(r: dict, nproc: int) -> str:
     peaks = " / ".join(f"{x['peak_gib']:.2f}" for x in ranks)
     return (f"| {r['size']} | {r['path']} | {name} | {r['micro_batch']}x{r['seq_len']}x{r['accum']} | {peaks} | "
             f"{max(x['reserved_gib'] for x in ranks):.2f} | {max(x['ms_step'] for x in ranks):.0f} | "
-            f"{ranks[0]['loss']:.3f} |")
+            f"{ranks[0]['loss']:.3f} |") + (f"\n<!-- rank 0 phases (peak/allocated GiB): {ranks[0]['phases']} -->"
+                   if ranks[0].get("phases") else "")
 
 
 def main() -> None:
