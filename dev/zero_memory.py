@@ -13,8 +13,8 @@ Prints markdown tables:
      ZeRO-3 on all the GPUs given, and on one GPU for each path (on one process every stage is the same
      unsharded optimizer); an out-of-memory is caught and reported.
 
-Robust to being run once, unseen: each measurement list runs in a child `torchrun` with a time limit; a
-failure (OOM) kills that child only, and the driver goes on with the next configuration. Under torchrun the
+Robust to being run once, unseen: each measurement runs in a child `torchrun` of its own with a time limit
+(a fresh process: no memory left over from an earlier measurement); a failure (OOM) kills that child only, and the driver goes on with the next configuration. Under torchrun the
 driver is rank 0 alone (other ranks exit at once); the children get a clean environment.
 """
 
@@ -216,7 +216,9 @@ def _run_jobs(jobs: list[dict], nproc: int, per_job: float, deadline: float, on_
                 on_result(results[-1])
             break
         t0 = time.time()
-        done, err, rc = _child(todo, nproc, min(START + per_job * len(todo), left + 30), env, report)
+        # one job per child: a process keeps memory of the jobs it ran before (each job's starting memory held
+        # all earlier jobs' model and optimizer), which once made ZeRO-2 look bigger than ZeRO-1
+        done, err, rc = _child(todo[:1], nproc, min(START + per_job, left + 30), env, report)
         ok = [d for d in done if d["status"] == "ok"]
         if stop_on_success and ok:
             break

@@ -104,8 +104,7 @@ class FlatAdamW:
         self._in_flight: list = []  # ZeRO-2: (handle, reduced slice, bucket) not yet added
         if self.sharded_grads:
             # two persistent slots (packed bucket, its reduced slice), used in turn: at most two buckets are in
-            # flight. Fresh buffers per bucket made ZeRO-2 *raise* peak memory: a tensor a collective used is
-            # not reusable until the GPU is past that collective, and the CPU runs a whole backward ahead.
+            # flight, with no allocation per bucket and no tensor handed between streams through the allocator
             big = max(b.size for b in self.buckets)
             self._slots = [(torch.empty(big, dtype=dtype, device=device),
                             torch.empty(big // world.size, dtype=dtype, device=device)) for _ in range(2)]
