@@ -166,11 +166,13 @@ def _child(todo: list[dict], nproc: int, limit: float, env: dict, on_result) -> 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            __file__, "--worker", json.dumps(todo)]
     done: list[dict] = []
+    other: list[str] = []
     with tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, start_new_session=True)
 
         def read() -> None:
             for line in p.stdout:
+                other.append(line)
                 if line.startswith(RESULT):
                     done.append(json.loads(line[len(RESULT):]))
                     on_result(done[-1])
@@ -189,7 +191,7 @@ def _child(todo: list[dict], nproc: int, limit: float, env: dict, on_result) -> 
                 p.wait()
         reader.join(timeout=10)
         err.seek(0)
-        return list(done), err.read(), rc
+        return list(done), err.read() + "".join(other[-5:]), rc
 
 
 def _run_jobs(jobs: list[dict], nproc: int, per_job: float, deadline: float, on_result,
@@ -222,9 +224,9 @@ def _run_jobs(jobs: list[dict], nproc: int, per_job: float, deadline: float, on_
         ok = [d for d in done if d["status"] == "ok"]
         if stop_on_success and ok:
             break
-        todo = todo[len(ok):]
-        if not todo:
-            break
+        if ok:
+            todo = todo[1:]
+            continue
         failed = todo.pop(0)
         oom = any(d["status"] == "OOM" for d in done) or "OutOfMemoryError" in err
         why = "OOM" if oom else f"failed ({rc}, {time.time() - t0:.0f} s)"
