@@ -235,5 +235,5 @@ def test_foreign_config_reads_the_shape_without_the_weights(model, tmp_path):
     (tmp_path / "head.bin").write_bytes(raw[:1024])  # and from the llm.c header alone
     assert foreign_config(tmp_path / "head.bin") == CFG
     (tmp_path / "hf" / "config.json").write_text('{"model_type": "gpt2", "n_layer": "two"}')
-    with pytest.raises(Gpt2pipeError, match="config.json: not a GPT-2 config"):
+    with pytest.raises(Gpt2pipeError, match="config.json: not a GPT-2 or Llama config"):
         foreign_config(tmp_path / "hf")
