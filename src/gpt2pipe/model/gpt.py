@@ -115,8 +115,8 @@ class CausalSelfAttention(nn.Module):
             q, k, v = ops.qkv_rope(qkv, H, G, *rope, self.qk_norm, RMS_EPS)
         else:
             q, k, v = qkv.view(B, T, H + 2 * G, D).transpose(1, 2).split([H, G, G], dim=1)
-            if self.qk_norm:
-                q, k = ops.rmsnorm(q, None, RMS_EPS), ops.rmsnorm(k, None, RMS_EPS)
+            if self.qk_norm:  # (contiguous: a row per head, as a norm kernel reads it)
+                q, k = ops.rmsnorm(q.contiguous(), None, RMS_EPS), ops.rmsnorm(k.contiguous(), None, RMS_EPS)
         return attention(q, k, v).transpose(1, 2).contiguous().view(B, T, H * D)
 
 
