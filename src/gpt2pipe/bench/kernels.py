@@ -146,8 +146,9 @@ def _classifier_rows(both, C: int, V: int, Vp: int, N: int, bf: dict) -> None:
 
     nbytes = 2 * (N * C + Vp * C) * 2 + 2 * N * Vp * 2  # h, W in, dh, dW out; logits written and read
     chunks = math.ceil(N / K.CLASSIFIER_CHUNK)
-    both(f"classifier fwd+bwd with GEMMs, dW in fp32 ({chunks} chunks)", fused(True), torch_classifier, nbytes)
-    both(f"classifier fwd+bwd with GEMMs, dW in bf16 ({chunks} chunks)", fused(False), torch_classifier, nbytes)
+    for fp32 in (True, False):
+        both(f"classifier fwd+bwd with GEMMs, dW summed in {'fp32' if fp32 else 'bf16'} over {chunks} x "
+             f"{K.CLASSIFIER_CHUNK} tokens", fused(fp32), torch_classifier, nbytes)
 
 
 def kernel_table(cfg: ModelConfig, tokens: int = 65536) -> list[tuple[str, float, float, float]]:
