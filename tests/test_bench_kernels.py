@@ -10,8 +10,8 @@ pytest.importorskip("cupy", reason="CuPy is not installed")
 
 @pytest.mark.gpu
 def test_the_kernel_table_launches_every_kernel_we_own(monkeypatch):
-    """Every extern "C" kernel of every .cu file in ops/kernels (a new file too) is launched while the table is made (the
-    `_vecV` instances of one templated kernel count as one: a GPT-2 width picks one of them)."""
+    """Every extern "C" kernel of every .cu file in ops/kernels (a new file too) is launched while the table
+    is made (the `_vecV` instances of one templated kernel count as one: a GPT-2 width picks one of them)."""
     from gpt2pipe.bench import kernels as table
     from gpt2pipe.config import ModelConfig
     from gpt2pipe.ops import cuda

@@ -218,6 +218,10 @@ def test_bench_cli_checks_sizes_and_llmc_before_it_needs_a_gpu(capsys):
     out = capsys.readouterr().out
     for option in ("--llmc", "--llmc-args", "compile-max", "SIZE[,SIZE...]"):
         assert option in out
+    from gpt2pipe.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["bench"]
+    assert tuple(sub.get_default("modes").split(",")) == bench.DEFAULT_MODES
     for argv, message in ((["--size", "124M,9M"], "--size: unknown"), (["--modes", "kernels,turbo"], "turbo"),
                           (["--nproc", "2", "--size", "124M,350M"], "one --size")):
         assert main(["bench", *argv]) == 2

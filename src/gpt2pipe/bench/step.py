@@ -277,7 +277,9 @@ def fit_micro_batch(mode: str, cfg: ModelConfig, b: int, seq_len: int, total_bat
                 raise
 
 
-REFERENCE_MODES = ("compile", "compile-cudnn", "compile-max-nocg", "compile-masked", "compile-model", "compile-model-drop", "eager")
+# modes with compile-max's loss whose first step it is checked against (the first of them that ran)
+REFERENCE_MODES = ("compile", "compile-cudnn", "compile-max-nocg", "compile-masked", "compile-model",
+                   "compile-model-drop", "eager")
 
 
 def check_against(r: StepResult, reference: StepResult | None) -> str | None:
@@ -451,7 +453,8 @@ def format_section(size: str, seq_len: int, total_batch: int, steps: int, warmup
     if results:
         lines += ["", "Per-step losses and pre-clip gradient norms (same initial weights and tokens in every mode):"]
         for r in results:
-            lines.append(f"- {r.mode}: losses {[round(x, 4) for x in r.losses]}, norms {[round(x, 4) for x in r.norms]}")
+            lines.append(f"- {r.mode}: losses {[round(x, 4) for x in r.losses]}, "
+                         f"norms {[round(x, 4) for x in r.norms]}")
     return "\n".join(lines)
 
 
