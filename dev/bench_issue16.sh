@@ -7,9 +7,10 @@
 #   3. gpt2pipe bench --size $SIZE (default 124M), modes $MODES (default: kernels, kernels-fp8,
 #      kernels-dw-bf16, compile, [llmc], compile-max) + the per-op table                      the rest
 # The bench rewrites $OUT/bench.md after every mode, so a run cut short keeps every mode it finished
-# (compile-max runs last: max-autotune compiles longest). $OUT/summary.txt has each step's exit status.
+# (compile-max runs last, after the per-op table: max-autotune compiles longest). $OUT/summary.txt has
+# each step's exit status.
 #   DIAG=1: the compile-gap diagnosis instead of step 3's modes (compile-model, compile-model-drop,
-#           compile-cudnn, compile; no per-op table).
+#           compile-cudnn, compile; 3 timed steps after 1; no per-op table), about 4-5 minutes.
 set -u -o pipefail
 OUT=${OUT:-$PWD/bench_out}
 mkdir -p "$OUT"
@@ -43,12 +44,12 @@ summary "pytest classifier fp32 + kernel table coverage" $?
 
 if [ "${DIAG:-0}" = 1 ]; then
   MODES=${MODES:-compile-model,compile-model-drop,compile-cudnn,compile}
-  EXTRA=(--no-kernel-table)
+  EXTRA=(--no-kernel-table --steps 3 --warmup 1)
 else
   MODES=${MODES:-kernels,kernels-fp8,kernels-dw-bf16,compile,compile-max}
-  EXTRA=()
+  EXTRA=(--steps 5 --warmup 2)
 fi
-timeout -k 10 "$(left)" $PY -m gpt2pipe bench --size "$SIZE" --modes "$MODES" --steps 5 --warmup 2 \
+timeout -k 10 "$(left)" $PY -m gpt2pipe bench --size "$SIZE" --modes "$MODES" \
   "${LLMC_ARGS[@]}" "${EXTRA[@]}" --out "$OUT/bench.md" 2>&1 | tee "$OUT/bench.log"
 summary "gpt2pipe bench --size $SIZE --modes $MODES ${LLMC_ARGS[*]}" $?
 date -u | tee -a "$OUT/summary.txt"

@@ -106,6 +106,16 @@ def build(model: nn.Module, recipe: Recipe, wrap=lambda m: m, mode: str | None =
     return torch.compile(wrap(module), mode=mode or recipe.mode), recipe.loss == "model"
 
 
+def cudagraph_skips() -> int:
+    """How often inductor has declined CUDA graphs for a graph in this process so far (it logs why)."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["inductor"].get("cudagraph_skips", 0))
+    except (ImportError, AttributeError):
+        return 0
+
+
 def reset() -> None:
     """Forget every compiled graph (and CUDA-graph pool), so the next mode compiles afresh."""
     import torch._dynamo as dynamo

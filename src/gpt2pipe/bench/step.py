@@ -305,6 +305,7 @@ def time_compile_cudagraphs(mode: str, cfg: ModelConfig, b: int, seq_len: int, t
     with `reference`; else flagged, and timed again without CUDA graphs."""
     recipe = compiled.RECIPES[mode]
     fallback = compiled.CUDAGRAPH_FALLBACK
+    skips = compiled.cudagraph_skips()
     try:
         r = fit_micro_batch(mode, cfg, b, seq_len, total_batch, steps, warmup, profile, notes)
     except torch.cuda.OutOfMemoryError:
@@ -318,7 +319,12 @@ def time_compile_cudagraphs(mode: str, cfg: ModelConfig, b: int, seq_len: int, t
         return [r]
     problem = check_against(r, reference)
     if problem is None:
-        r.note = f"mode={recipe.mode}" + ("" if reference else " (unchecked: no compile run before it)")
+        skipped = compiled.cudagraph_skips() - skips
+        r.note = f"mode={recipe.mode}"
+        if skipped:
+            r.note += f", inductor skipped CUDA graphs {skipped}x (see the log)"
+        if reference is None:
+            r.note += " (unchecked: no compile run before it)"
         return [r]
     r.note, r.trusted = f"WRONG with CUDA graphs: {problem}", False
     notes.append(f"# {mode}: with CUDA graphs its first step disagrees ({problem}); timed again as {fallback}")
@@ -380,13 +386,30 @@ def run(sizes: tuple[str, ...] = ("124M",), seq_len: int = 1024, total_batch: in
         cfg = GPT2_SIZES[size]
         results: list[StepResult] = []
         notes: list[str] = []
+        table: list[str] = []  # the per-op table, made before the slow max-autotune modes
+
+        def section() -> str:
+            text = format_section(size, seq_len, total_batch, steps, warmup, results, notes)
+            return text + ("\n\n" + "\n".join(table) if table else "")
 
         def partial() -> None:
             if on_partial is not None:
-                on_partial("\n\n".join([*done, format_section(size, seq_len, total_batch, steps, warmup, results,
-                                                              notes)]))
+                on_partial("\n\n".join([*done, section()]))
+
+        def per_op_table() -> None:
+            if table or not (kernels and torch.cuda.is_available()):
+                return
+            try:
+                table.extend(format_table(kernel_table(cfg)))
+            except Exception as e:  # noqa: BLE001 — the step table stands without it
+                traceback.print_exc()
+                notes.append(f"# per-op table FAILED: {type(e).__name__}: {e}")
+            _release(True)
+            partial()
 
         for mode in modes:
+            if mode.startswith("compile-max"):  # minutes of autotuning: keep the per-op table if they time out
+                per_op_table()
             b = micro_batch.get((size, mode), micro_batch.get((None, mode), micro_batch_for(size, mode)))
             try:
                 if mode == "llmc":
@@ -410,11 +433,8 @@ def run(sizes: tuple[str, ...] = ("124M",), seq_len: int = 1024, total_batch: in
             print(f"{size} {mode}: {r.ms:.1f} ms/step, {r.peak_gb:.1f} GiB, losses {[round(x, 4) for x in r.losses]}",
                   flush=True)
             partial()
-        section = format_section(size, seq_len, total_batch, steps, warmup, results, notes)
-        if kernels and torch.cuda.is_available():
-            section += "\n\n" + "\n".join(format_table(kernel_table(cfg)))
-            _release(True)
-        done.append(section)
+        per_op_table()
+        done.append(section())
         if on_partial is not None:
             on_partial("\n\n".join(done))
     return "\n\n".join(done)
