@@ -187,6 +187,7 @@ def test_cuda_graph_check_and_fallback(monkeypatch):
 
     monkeypatch.setattr(bench, "fit_micro_batch", fake_fit)
     monkeypatch.setattr(bench, "_release", lambda cuda: None)
+    monkeypatch.setattr(compiled, "cudagraph_accumulation_problem", lambda device: None)
     fail, notes = "raise", []
     (r,) = bench.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, notes, ref)
     assert calls == [None, compiled.CUDAGRAPH_FALLBACK] and r.trusted and "CUDA graphs failed" in r.note
@@ -197,6 +198,20 @@ def test_cuda_graph_check_and_fallback(monkeypatch):
     fail, calls = "none", []
     (ok,) = bench.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, [], None)
     assert calls == [None] and "unchecked" in ok.note
+    # the tiny-model probe found CUDA graphs broken: straight to the fallback, max-autotune compiled once
+    monkeypatch.setattr(compiled, "cudagraph_accumulation_problem", lambda device: "RuntimeError: overwritten")
+    fail, calls, notes = "raise", [], []
+    (r,) = bench.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, notes, ref)
+    assert calls == [compiled.CUDAGRAPH_FALLBACK] and "fail with accumulation" in r.note
+    assert "tiny model (RuntimeError: overwritten)" in notes[0]
+
+
+@pytest.mark.slow
+def test_cudagraph_probe_runs_the_accumulation_it_checks():
+    """On CPU inductor makes no CUDA graphs, so the probe's compiled run must match eager: the probe's own
+    code path (eager vs compiled gradients over accumulated micro-batches) without a GPU."""
+    compiled.cudagraph_accumulation_problem.cache_clear()
+    assert compiled.cudagraph_accumulation_problem(torch.device("cpu")) is None
 
 
 def test_classifier_switch_is_restored():

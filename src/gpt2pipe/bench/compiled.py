@@ -16,8 +16,9 @@ Recipes (bench modes):
   cuDNN attention first.
 - `compile-max`: the same with mode="max-autotune" (Triton GEMM templates, CUDA graphs). CUDA graphs with
   gradient accumulation have crashed or summed wrongly in some torch releases (pytorch issues 96693,
-  169545), so the bench falls back to "max-autotune-no-cudagraphs" when they raise, and checks the first
-  step's loss and gradient norm against `compile` (same weights and data) when both ran.
+  169545): the bench first tries CUDA graphs with accumulation on a tiny model (seconds), times
+  "max-autotune-no-cudagraphs" when they fail there or raise here, and checks the first step's loss and
+  gradient norm against `compile` (same weights and data) when both ran.
 - `compile-max-nocg`: "max-autotune-no-cudagraphs" straight away.
 - `compile-masked`: the loss over all 50304 columns with the padded ones set to -inf inside the graph (the
   same loss; every tensor keeps the aligned padded width, no slice or pad).
@@ -31,6 +32,7 @@ Recipes (bench modes):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +106,41 @@ def build(model: nn.Module, recipe: Recipe, wrap=lambda m: m, mode: str | None =
     compiled on several processes. mode overrides the recipe's torch.compile mode (the CUDA-graph fallback)."""
     module = model if recipe.loss == "model" else LossOnly(model, recipe.loss)
     return torch.compile(wrap(module), mode=mode or recipe.mode), recipe.loss == "model"
+
+
+@functools.cache
+def cudagraph_accumulation_problem(device: torch.device) -> str | None:
+    """Why CUDA graphs (inductor's cudagraph trees) fail, or sum gradients wrongly, under gradient
+    accumulation on this torch and device; None when they agree with eager. A tiny GPT's loss-only graph
+    compiled with mode="reduce-overhead" (CUDA graphs without autotuning: seconds, not minutes) runs three
+    steps of three accumulated micro-batches, gradients cleared between steps as the optimizer clears them;
+    its last step's gradients are compared with eager's (fp32, so the two differ by rounding only)."""
+    from gpt2pipe.config import ModelConfig
+    from gpt2pipe.model.gpt import GPT
+
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=64, block_size=32)
+    torch.manual_seed(0)
+    model = GPT(cfg).to(device)
+    data = torch.randint(0, cfg.vocab_size, (3, 2, cfg.block_size + 1), device=device)
+    loss_of = LossOnly(model)
+
+    def last_step_grads(fn) -> list[torch.Tensor]:
+        for _ in range(3):
+            for p in model.parameters():
+                p.grad = None
+            for k in range(len(data)):
+                (fn(data[k, :, :-1], data[k, :, 1:]) / len(data)).backward()
+        return [p.grad.detach().clone() for p in model.parameters()]
+
+    try:
+        ref = last_step_grads(loss_of)
+        graphed = last_step_grads(torch.compile(loss_of, mode="reduce-overhead"))
+    except Exception as e:  # noqa: BLE001 — what CUDA graphs raise is the answer
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+    finally:
+        reset()
+    worst = max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(graphed, ref))
+    return None if worst < 1e-2 else f"accumulated gradients differ from eager's by {worst:.2g} (relative)"
 
 
 def cudagraph_skips() -> int:
