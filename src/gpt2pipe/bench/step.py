@@ -30,7 +30,7 @@ from gpt2pipe.bench import compiled, llmc
 from gpt2pipe.bench.comm import CommTime, comm_time_of_trace
 from gpt2pipe.bench.kernels import format_table, kernel_table
 from gpt2pipe.config import ModelConfig
-from gpt2pipe.device import peak_flops
+from gpt2pipe.device import peak_flops, sdpa_fastest_first
 from gpt2pipe.distributed import World
 from gpt2pipe.model.gpt import GPT, GPT2_SIZES
 
@@ -90,18 +90,12 @@ def device_name() -> str:
 
 
 def _sdpa_context(mode: str):
-    """cuDNN attention first for our kernels modes (as the bench always timed them) and the recipes that ask
-    for it; torch's default order (flash first: what the training loop and nanoGPT get) for the others."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
+    """cuDNN attention first (what `gpt2pipe train` uses on CUDA) for our kernels modes and the recipes that
+    ask for it; torch's default order (flash first: what nanoGPT gets) for the others."""
     recipe = compiled.RECIPES.get(mode)
     if not (mode in KERNEL_MODES or (recipe is not None and recipe.cudnn_attention)):
         return contextlib.nullcontext()
-
-    try:
-        return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION], set_priority=True)
-    except TypeError:  # older torch: no priorities
-        return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION])
+    return sdpa_fastest_first()
 
 
 @contextlib.contextmanager
