@@ -231,11 +231,21 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
                 from torch.profiler import ProfilerActivity
                 from torch.profiler import profile as torch_profile
 
-                distributed.barrier(world)
-                sync()
-                with torch_profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+                from torch.profiler import schedule
+
+                # the first profiled step is thrown away: starting the profiler (CUPTI) takes each process a
+                # different time, and in that step an NCCL kernel waits for the later process — seconds that
+                # once read as "exposed communication". The recorded step starts from a barrier.
+                with torch_profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU],
+                                   schedule=schedule(wait=0, warmup=1, active=1)) as prof:
                     step()
                     sync()
+                    distributed.barrier(world)
+                    sync()
+                    prof.step()
+                    step()
+                    sync()
+                    prof.step()
                 if world.distributed:
                     with tempfile.TemporaryDirectory() as tmp:
                         trace = Path(tmp) / "trace.json"
