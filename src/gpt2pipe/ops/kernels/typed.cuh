@@ -1,7 +1,8 @@
 // Loads and stores that work for bf16 and fp32 tensors alike (the LLaMA-style kernels take either), with
 // fp32 math: `load<V>` reads V consecutive elements into floats, `store<V>` writes them back rounded.
 // V a multiple of 16 bytes' worth (8 bf16, 4 fp32) uses 16-byte accesses (pointer 16-byte aligned);
-// any other V reads element by element (the scalar fallback, V = 1).
+// any other V reads element by element (the scalar fallback, V = 1). bf16 goes through uint4 rather than
+// common.cuh's bf16x8, which NVRTC splits into four 4-byte accesses (ld.global.v2.u16 in the PTX).
 #pragma once
 #include "common.cuh"
 
@@ -25,7 +26,15 @@ template <int V>
 __device__ __forceinline__ void load(float* f, const bf16* p) {
     if constexpr (V % 8 == 0) {
 #pragma unroll
-        for (int k = 0; k < V; k += 8) load8(f + k, p + k);
+        for (int k = 0; k < V; k += 8) {
+            const uint4 u = *reinterpret_cast<const uint4*>(p + k);
+            const unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {  // a bf16 is the top half of its fp32: exact
+                f[k + 2 * q] = __uint_as_float(w[q] << 16);
+                f[k + 2 * q + 1] = __uint_as_float(w[q] & 0xffff0000u);
+            }
+        }
     } else {
 #pragma unroll
         for (int k = 0; k < V; ++k) f[k] = bf(p[k]);
@@ -53,7 +62,14 @@ template <int V>
 __device__ __forceinline__ void store(bf16* p, const float* f) {
     if constexpr (V % 8 == 0) {
 #pragma unroll
-        for (int k = 0; k < V; k += 8) store8(p + k, f + k);
+        for (int k = 0; k < V; k += 8) {
+            unsigned int w[4];
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+                w[q] = (unsigned int)__bfloat16_as_ushort(tobf(f[k + 2 * q])) |
+                       ((unsigned int)__bfloat16_as_ushort(tobf(f[k + 2 * q + 1])) << 16);
+            *reinterpret_cast<uint4*>(p + k) = make_uint4(w[0], w[1], w[2], w[3]);
+        }
     } else {
 #pragma unroll
         for (int k = 0; k < V; ++k) p[k] = tobf(f[k]);
