@@ -17,6 +17,7 @@ from gpt2pipe.ops import arch as A
 from gpt2pipe.ops import reference as R
 
 gpu = pytest.mark.gpu
+DEVICE = "cuda"  # of the GPU tests' tensors (a CPU emulation of the kernels can run them elsewhere)
 DTYPES = [torch.bfloat16, torch.float32]
 SUFFIX = {torch.bfloat16: "bf16", torch.float32: "f32"}
 
@@ -231,7 +232,7 @@ def compare(ours_fn, ref_fn, inputs, dtype, kernel: str | None):
 
 
 def leaf(*shape, dtype, scale=1.0):
-    return (torch.randn(*shape, device="cuda") * scale).to(dtype).requires_grad_()
+    return (torch.randn(*shape, device=DEVICE) * scale).to(dtype).requires_grad_()
 
 
 def gain(C, kind, dtype):
@@ -257,7 +258,7 @@ def test_rmsnorm(shape, w_kind, dtype):
     compare(lambda x, w: A.rmsnorm(x, w), lambda x, w: R.rmsnorm(x, w), [x, w], dtype, "RMSNorm")
     # dw sums rows in a fixed order: the same gradients again, bit for bit
     if w is not None:
-        g = torch.randn(shape, device="cuda").to(dtype)
+        g = torch.randn(shape, device=DEVICE).to(dtype)
         first = torch.autograd.grad(A.rmsnorm(x, w), (x, w), g)
         second = torch.autograd.grad(A.rmsnorm(x, w), (x, w), g)
         assert all(torch.equal(a, b) for a, b in zip(first, second))
@@ -320,7 +321,7 @@ ROPE_SHAPES = [(2, 64, 12, 12, 64, 128), (2, 33, 8, 2, 128, 64), (1, 7, 3, 1, 6,
 @pytest.mark.parametrize("B,T,H,G,D,T_max", ROPE_SHAPES)
 def test_qkv_rope(B, T, H, G, D, T_max, qk_norm, dtype):
     torch.manual_seed(0)
-    cos, sin = R.rope_tables(T_max, D, device="cuda")
+    cos, sin = R.rope_tables(T_max, D, device=DEVICE)
     qkv = leaf(B, T, (H + 2 * G) * D, dtype=dtype, scale=2.0)
     (q, k, v), _ = compare(lambda t: A.qkv_rope(t, H, G, cos, sin, qk_norm),
                            lambda t: R.qkv_rope(t, H, G, cos, sin, qk_norm), [qkv], dtype, "QkvRope")
@@ -335,7 +336,7 @@ def test_qkv_rope_bf16_tables_and_a_non_contiguous_input(dtype):
     """A model cast with .bfloat16() holds bf16 tables; a qkv sliced out of a wider projection."""
     torch.manual_seed(0)
     B, T, H, G, D = 2, 40, 4, 2, 64
-    cos, sin = (t.bfloat16() for t in R.rope_tables(64, D, device="cuda"))
+    cos, sin = (t.bfloat16() for t in R.rope_tables(64, D, device=DEVICE))
     wide = leaf(B, T, (H + 2 * G) * D + 24, dtype=dtype)
     compare(lambda t: A.qkv_rope(t[..., 24:], H, G, cos, sin, True),
             lambda t: R.qkv_rope(t[..., 24:], H, G, cos, sin, True), [wide], dtype, "QkvRope")
@@ -348,9 +349,9 @@ def test_qkv_rope_feeds_sdpa_and_its_gradients():
     since bf16 attention adds its own error."""
     torch.manual_seed(0)
     B, T, H, G, D = 2, 128, 8, 2, 64
-    cos, sin = R.rope_tables(256, D, device="cuda")
+    cos, sin = R.rope_tables(256, D, device=DEVICE)
     qkv = leaf(B, T, (H + 2 * G) * D, dtype=torch.bfloat16)
-    dy = torch.randn(B, H, T, D, device="cuda")
+    dy = torch.randn(B, H, T, D, device=DEVICE)
 
     def attend(fn, t):
         t = t.detach().requires_grad_()

@@ -25,10 +25,12 @@ RMS_MAX_C = 32768
 _ROWS_PER_BLOCK = 8  # warps of the one-warp-per-row kernels (256 threads)
 
 
-def _use_kernels(*tensors: torch.Tensor) -> bool:
-    """Kernels for these tensors: all on CUDA, one dtype the kernels take, and kernels available."""
-    return (all(t.is_cuda for t in tensors) and tensors[0].dtype in _SUFFIX
-            and all(t.dtype == tensors[0].dtype for t in tensors) and kernels_available())
+def _use_kernels(*tensors: torch.Tensor, also=()) -> bool:
+    """Kernels for these tensors: all on CUDA, one dtype the kernels take, and kernels available. `also`:
+    tensors of any dtype (or None) that must be on CUDA too (a gain, the rotary tables)."""
+    return (all(t.is_cuda for t in tensors) and all(t is None or t.is_cuda for t in also)
+            and tensors[0].dtype in _SUFFIX and all(t.dtype == tensors[0].dtype for t in tensors)
+            and kernels_available())
 
 
 def _name(base: str, dtype: torch.dtype, vec: bool = False) -> str:
@@ -118,7 +120,7 @@ class ResidualRMSNorm(torch.autograd.Function):
 
 
 def _rms_kernels(x, w) -> bool:
-    return _use_kernels(x) and (w is None or w.is_cuda) and 0 < x.shape[-1] <= RMS_MAX_C
+    return _use_kernels(x, also=(w,)) and 0 < x.shape[-1] <= RMS_MAX_C
 
 
 def rmsnorm(x: torch.Tensor, w: torch.Tensor | None, eps: float = RMS_EPS) -> torch.Tensor:
@@ -181,7 +183,7 @@ def qkv_rope(qkv: torch.Tensor, n_head: int, n_kv_head: int, cos: torch.Tensor, 
              qk_norm: bool, eps: float = RMS_EPS):
     """Packed qkv [B, T, (H + 2G) D] -> q [B, H, T, D], k, v [B, G, T, D]: QK-norm (optional) and RoPE."""
     D = qkv.shape[-1] // (n_head + 2 * n_kv_head)
-    if (_use_kernels(qkv) and cos.is_cuda and sin.is_cuda and qkv.dim() == 3 and D % 2 == 0
+    if (_use_kernels(qkv, also=(cos, sin)) and qkv.dim() == 3 and D % 2 == 0
             and D * (n_head + 2 * n_kv_head) == qkv.shape[-1] and cos.dim() == 2 and cos.shape[-1] == D // 2
             and sin.shape == cos.shape and qkv.shape[1] <= cos.shape[0]):
         return QkvRope.apply(qkv, n_head, n_kv_head, cos, sin, bool(qk_norm), eps)

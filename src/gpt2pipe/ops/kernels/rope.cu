@@ -71,10 +71,11 @@ __device__ void rope_forward(T* q, T* k, T* v, float* rstd, const T* qkv, const 
     }
 }
 
-// dqkv from dq, dk, dv: the inverse (transposed) rotation, then the RMSNorm backward without a gain,
-// dx = rstd * (dn - n * mean(dn * n)). The normalised n is recovered from the saved outputs q and k by the
-// same inverse rotation (SDPA keeps q and k for its own backward anyway, so saving them costs no memory);
-// q and k are read only when qk_norm.
+// dqkv from dq, dk, dv: the transposed rotation, then the RMSNorm backward without a gain,
+// dx = rstd * (dn - n * mean(dn * n)). The normalised n is recovered from the saved outputs q and k by
+// the inverse rotation (SDPA keeps q and k for its own backward anyway, so saving them costs no memory);
+// q and k are read only when qk_norm. The inverse divides by c^2 + s^2: tables rounded to bf16 (a model
+// cast with .bfloat16()) are not exactly orthogonal, and the reference rotates with those values.
 template <typename T>
 __device__ void rope_backward(T* dqkv, const T* dq, const T* dk, const T* dv, const T* q, const T* k,
                               const float* rstd, const float* cos, const float* sin, int B, int S, int H, int G,
@@ -100,7 +101,8 @@ __device__ void rope_backward(T* dqkv, const T* dq, const T* dk, const T* dv, co
             const float g1 = tof(dy[i]), g2 = tof(dy[i + half]);
             const float y1 = tof(y[i]), y2 = tof(y[i + half]);
             const float dn1 = g1 * c[i] + g2 * s[i], dn2 = g2 * c[i] - g1 * s[i];
-            const float n1 = y1 * c[i] + y2 * s[i], n2 = y2 * c[i] - y1 * s[i];
+            const float inv = 1.0f / (c[i] * c[i] + s[i] * s[i]);
+            const float n1 = (y1 * c[i] + y2 * s[i]) * inv, n2 = (y2 * c[i] - y1 * s[i]) * inv;
             dot += dn1 * n1 + dn2 * n2;
         }
         dot = warp_sum(dot) / D;
@@ -110,7 +112,8 @@ __device__ void rope_backward(T* dqkv, const T* dq, const T* dk, const T* dv, co
         float dn1 = g1 * c[i] + g2 * s[i], dn2 = g2 * c[i] - g1 * s[i];
         if (qk_norm) {
             const float y1 = tof(y[i]), y2 = tof(y[i + half]);
-            const float n1 = y1 * c[i] + y2 * s[i], n2 = y2 * c[i] - y1 * s[i];
+            const float inv = 1.0f / (c[i] * c[i] + s[i] * s[i]);
+            const float n1 = (y1 * c[i] + y2 * s[i]) * inv, n2 = (y2 * c[i] - y1 * s[i]) * inv;
             dn1 = r * (dn1 - n1 * dot);
             dn2 = r * (dn2 - n2 * dot);
         }
