@@ -25,8 +25,8 @@ def kernel_dir() -> Path:
 
 
 # every file the kernels are compiled from: a wheel or install without one of them cannot run the kernels
-SOURCES = ("adamw.cu", "bias_grad.cu", "classifier.cu", "encoder.cu", "fp8.cu", "gelu.cu", "global_norm.cu",
-           "layernorm.cu", "common.cuh", "fp8.cuh")
+SOURCES = ("activation.cu", "adamw.cu", "bias_grad.cu", "classifier.cu", "encoder.cu", "fp8.cu", "gelu.cu",
+           "global_norm.cu", "layernorm.cu", "rmsnorm.cu", "rope.cu", "common.cuh", "fp8.cuh", "typed.cuh")
 
 
 def sources() -> list[Path]:
