@@ -151,6 +151,41 @@ def _classifier_rows(both, C: int, V: int, Vp: int, N: int, bf: dict) -> None:
              f"{K.CLASSIFIER_CHUNK} tokens", fused(fp32), torch_classifier, nbytes)
 
 
+def _arch_rows(both, N: int, C: int, n_head: int, bf: dict) -> None:
+    """The LLaMA-style ops (ops/arch.py) at this width, forward and backward against autograd of their torch
+    references: each op as the model calls it (16-byte kernels), then at a width that is not a multiple of
+    16 bytes (the scalar kernels). The fp32 instances are the same templates and are not timed apart."""
+    from gpt2pipe.ops import arch as A
+    from gpt2pipe.ops import reference as R
+
+    def fwd_bwd(name, ours, ref, inputs, nbytes_fwd, nbytes_bwd):
+        both(f"{name} fwd", lambda: ours(*inputs), lambda: ref(*inputs), nbytes_fwd)
+        grads = [t.clone().requires_grad_() if t.dtype.is_floating_point else t for t in inputs]
+        leaves = [t for t in grads if t.requires_grad]
+        o, r = ours(*grads), ref(*grads)
+        o, r = (o if isinstance(o, tuple) else (o,)), (r if isinstance(r, tuple) else (r,))
+        seeds = tuple(torch.randn_like(t) for t in o)
+        both(f"{name} bwd", lambda: torch.autograd.grad(o, leaves, seeds, retain_graph=True),
+             lambda: torch.autograd.grad(r, leaves, seeds, retain_graph=True), nbytes_bwd)
+
+    for width, note in ((C, ""), (C + 4, " (scalar fallback)")):
+        x, r, w = torch.randn(N, width, **bf), torch.randn(N, width, **bf), torch.rand(width, **bf) + 0.5
+        fwd_bwd(f"rmsnorm{note}", A.rmsnorm, R.rmsnorm, (x, w), 4 * N * width, 6 * N * width)
+        fwd_bwd(f"residual+rmsnorm{note}", A.residual_rmsnorm, R.residual_rmsnorm, (r, x, w), 8 * N * width,
+                8 * N * width)
+        F = 4 * width + (1 if note else 0)  # an odd hidden width takes the scalar kernels
+        h2 = torch.randn(N, 2 * F, **bf)
+        fwd_bwd(f"swiglu{note}", A.swiglu, R.swiglu, (h2,), 6 * N * F, 10 * N * F)
+        h = torch.randn(N - (1 if note else 0), F, **bf)  # relu2 vectorises on the element count
+        fwd_bwd(f"relu2{note}", A.relu2, R.relu2, (h,), 4 * h.numel(), 6 * h.numel())
+    T = min(1024, N)
+    D = C // n_head
+    qkv = torch.randn(N // T, T, 3 * C, **bf)
+    cos, sin = R.rope_tables(T, D, device="cuda")
+    fwd_bwd("qk-norm + rope (packed qkv -> q, k, v)", lambda t: A.qkv_rope(t, n_head, n_head, cos, sin, True),
+            lambda t: R.qkv_rope(t, n_head, n_head, cos, sin, True), (qkv,), 4 * 3 * N * C, 6 * 3 * N * C)
+
+
 def kernel_table(cfg: ModelConfig, tokens: int = 65536) -> list[tuple[str, float, float, float]]:
     """(name, our µs, torch µs, bytes moved) for each op at GPT-2 shapes over `tokens` tokens (torch µs is
     nan where the reference ran out of memory)."""
@@ -240,6 +275,7 @@ def kernel_table(cfg: ModelConfig, tokens: int = 65536) -> list[tuple[str, float
     dy = torch.randn(N, 3 * C, **bf)
     both("bias grad (qkv, column sums)", lambda: K.bias_grad(dy), lambda: dy.sum(0), 2 * N * 3 * C)
 
+    _arch_rows(both, N, C, cfg.n_head, bf)
     _classifier_rows(both, C, V, Vp, N, bf)
     if torch.cuda.get_device_capability() >= FP8_CAPABILITY:
         _fp8_rows(both, N, C, bf)
