@@ -114,7 +114,10 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k, v = ops.qkv_rope(qkv, H, G, *rope, self.qk_norm, RMS_EPS)
         else:
-            q, k, v = qkv.view(B, T, H + 2 * G, D).transpose(1, 2).split([H, G, G], dim=1)
+            # split first, then view each as heads: q, k, v are strided views of qkv and their gradients
+            # land in one packed buffer in one copy (viewing the heads first and splitting that costs
+            # backward a second full copy of dqkv: ~7% of the 124M step on the H100)
+            q, k, v = (t.view(B, T, -1, D).transpose(1, 2) for t in qkv.split([H * D, G * D, G * D], dim=2))
             if self.qk_norm:  # (contiguous: a row per head, as a norm kernel reads it)
                 q, k = ops.rmsnorm(q.contiguous(), None, RMS_EPS), ops.rmsnorm(k.contiguous(), None, RMS_EPS)
         return attention(q, k, v).transpose(1, 2).contiguous().view(B, T, H * D)
