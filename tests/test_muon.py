@@ -1,0 +1,250 @@
+"""Muon (train.optimizer: muon): the Newton-Schulz iteration, the update against a plain single-process
+reference, training, resume, and 2 gloo processes against 1."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from gpt2pipe import Gpt2pipeError, config
+from gpt2pipe.config import ModelConfig
+from gpt2pipe.model.gpt import GPT
+from gpt2pipe.report import parse_log
+from gpt2pipe.train import loop as train_mod
+from gpt2pipe.train.muon import MuonAdamW, newton_schulz, owners
+
+
+def singular_values(x):
+    return torch.linalg.svdvals(x.float())
+
+
+def test_newton_schulz_orthogonalises_random_and_ill_conditioned_matrices():
+    torch.manual_seed(0)
+    for shape in [(128, 32), (32, 96), (3, 48, 16)]:  # wide, tall (transposed inside), a batch
+        g = torch.randn(shape)
+        s = singular_values(newton_schulz(g))
+        assert 0.6 <= s.min() and s.max() <= 1.25, (shape, s.min(), s.max())
+    # singular values spread over two decades (what a gradient looks like): all pushed to about 1 ...
+    u, _ = torch.linalg.qr(torch.randn(96, 96))
+    v, _ = torch.linalg.qr(torch.randn(48, 48))
+    g = u[:, :48] @ torch.diag(torch.logspace(0, -2, 48)) @ v.T
+    out = newton_schulz(g)
+    s = singular_values(out)
+    assert singular_values(g).max() / singular_values(g).min() > 99
+    assert 0.6 <= s.min() and s.max() <= 1.25, (s.min(), s.max())
+    # ... with g's singular vectors: the result is close to U V^T (the orthogonal polar factor)
+    polar = u[:, :48] @ v.T
+    cos = (out.float() * polar).sum() / (out.float().norm() * polar.norm())
+    assert cos > 0.95
+
+
+def test_owners_balance_the_matrices_by_size():
+    sizes = [300, 100, 100, 100, 50, 50]
+    own = owners(sizes, 2)
+    load = [sum(s for s, r in zip(sizes, own) if r == k) for k in range(2)]
+    assert sorted(load) == [350, 350]
+    assert owners(sizes, 1) == [0] * 6 and owners(sizes, 2) == own  # the same on every process
+
+
+# --- a plain single-process reference: modded-nanogpt's Muon, torch's AdamW ----------------------------
+
+def reference_ns(G, steps=5, eps=1e-7):
+    """modded-nanogpt's zeropower_via_newtonschulz5, as written there."""
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    X = G.bfloat16()
+    if G.size(0) > G.size(1):
+        X = X.T
+    X = X / (X.norm() + eps)
+    for _ in range(steps):
+        A = X @ X.T
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    if G.size(0) > G.size(1):
+        X = X.T
+    return X
+
+
+def reference_steps(model, batches, t, lrs):
+    """Muon (Nesterov, momentum t.muon_momentum) on the blocks' 2-D weights, torch AdamW on the rest, the
+    global norm clipped over all parameters together."""
+    params = list(dict.fromkeys(model.parameters()))
+    hidden = {id(p) for p in model.transformer.h.parameters() if p.dim() == 2}
+    muon = [p for p in params if id(p) in hidden]
+    rest = [p for p in params if id(p) not in hidden]
+    adam = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": t.weight_decay},
+                              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.eps)
+    bufs = [torch.zeros_like(p) for p in muon]
+    for (x, y), lr in zip(batches, lrs):
+        model(x, y)[1].backward()
+        torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        for g in adam.param_groups:
+            g["lr"] = lr
+        adam.step()
+        muon_lr = lr * t.muon_learning_rate / t.learning_rate
+        with torch.no_grad():
+            for p, buf in zip(muon, bufs):
+                g = p.grad
+                buf.mul_(t.muon_momentum).add_(g, alpha=1 - t.muon_momentum)
+                g = (1 - t.muon_momentum) * g + t.muon_momentum * buf
+                p.mul_(1 - muon_lr * t.muon_weight_decay)
+                p.add_(reference_ns(g).float(), alpha=-muon_lr * max(1, p.size(0) / p.size(1)) ** 0.5)
+        model.zero_grad(set_to_none=True)
+
+
+def small_model():
+    torch.manual_seed(0)
+    return GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=8))
+
+
+def test_muon_steps_equal_a_plain_reference():
+    t = config.from_dict({"train": {"optimizer": "muon", "learning_rate": 3e-3, "muon_learning_rate": 0.02,
+                                    "muon_weight_decay": 0.1, "grad_clip": 1.0}}).train
+    gen = torch.Generator().manual_seed(1)
+    batches = [(d[:, :-1], d[:, 1:]) for d in (torch.randint(0, 50257, (4, 9), generator=gen) for _ in range(4))]
+    lrs = [3e-3, 2e-3, 1e-3, 5e-4]  # a schedule: Muon follows it at its own peak
+    ref = small_model()
+    reference_steps(ref, batches, t, lrs)
+    ours = small_model()
+    opt = MuonAdamW(ours, t)
+    assert len(opt.muon) == 8 and all(p.dim() == 2 for p in opt.muon)  # 4 matrices per block
+    norms = []
+    for (x, y), lr in zip(batches, lrs):
+        ours(x, y)[1].backward()
+        norms.append(opt.global_norm().item())
+        opt.update(lr)
+    assert norms[0] > t.grad_clip  # clipping was exercised
+    start = small_model().state_dict()
+    for (k, v), w0 in zip(ref.state_dict().items(), start.values()):
+        got = ours.state_dict()[k]
+        assert not torch.equal(v, w0), k  # every parameter moved
+        # 1e-4 = 3% of one Muon step (0.02 x ~0.18 per element): bf16 Newton-Schulz of inputs that differ
+        # in the last fp32 bits (lerp against mul/add) rounds a few elements the other way
+        assert torch.allclose(got, v, atol=1e-4, rtol=1e-4), (k, (got - v).abs().max())
+    # the whole state: every weight as its fp32 master, the AdamW moments of the rest, the Muon momentum
+    state = opt.whole_state()
+    assert state["t"] == 4 and state["muon_momentum"].numel() == sum(p.numel() for p in opt.muon)
+    assert state["m"].numel() == state["master"].numel() - state["muon_momentum"].numel()
+
+
+def test_a_muon_state_loads_into_a_new_optimizer_exactly():
+    t = config.from_dict({"train": {"optimizer": "muon"}}).train
+    model = small_model()
+    opt = MuonAdamW(model, t)
+    x, y = torch.randint(0, 50257, (2, 8)), torch.randint(0, 50257, (2, 8))
+    for _ in range(2):
+        model(x, y)[1].backward()
+        opt.global_norm()
+        opt.update(1e-3)
+    state = opt.whole_state()
+    other = small_model()
+    again = MuonAdamW(other, t)
+    again.load_whole_state(state, weights_from_master=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v), k
+    for o in (opt, again):  # one more step from the same state: the same weights
+        o.model(x, y)[1].backward()
+        o.global_norm()
+        o.update(1e-3)
+    for k, v in model.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v), k
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+def with_train(cfg, **changes):
+    return config.from_dict(dict(cfg.raw, train=dict(cfg.raw["train"], **changes)))
+
+
+def losses(run_dir):
+    return [v for _, v in parse_log(run_dir / "train" / "train.log")["trl"]]
+
+
+def test_muon_training_lowers_the_loss(tiny, tiny_shards, tmp_path):
+    cfg = with_train(tiny, optimizer="muon", max_steps=12, lr_schedule="wsd", checkpoint_every=12, val_every=12)
+    out = train_mod.train(cfg, tiny_shards, tmp_path / "run", progress=False)
+    trl = losses(tmp_path / "run")
+    assert out["final_step"] == 12 and len(trl) == 12
+    assert sum(trl[-3:]) / 3 < trl[0] - 0.7, trl
+    tel = parse_log(tmp_path / "run" / "train" / "train.log")["tel"]
+    assert tel[-1][1] < tel[0][1] - 0.7, tel
+
+
+def test_muon_crash_and_resume_reproduce_the_uninterrupted_run(tiny, tiny_shards, tmp_path, monkeypatch):
+    from conftest import crash_then_resume
+
+    cfg = with_train(tiny, optimizer="muon")
+    train_mod.train(cfg, tiny_shards, tmp_path / "full", progress=False)
+    crash_then_resume(cfg, tiny_shards, tmp_path / "run", monkeypatch)
+    full = (tmp_path / "full" / "train" / "train.log").read_text()
+    assert (tmp_path / "run" / "train" / "train.log").read_text() == full
+    # the identity holds the optimizer: a Muon state is never resumed as AdamW (or the other way round)
+    with pytest.raises(Gpt2pipeError, match=r"train.optimizer: 'muon' -> 'adamw'.*--restart"):
+        train_mod.train(tiny, tiny_shards, tmp_path / "run", resume=True, progress=False)
+
+
+# --- several processes (gloo) -------------------------------------------------------------------------
+
+def run(cfg_path, shards, run_dir, nproc=1, resume=False, preempt_at=None, sets=()):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
+        if nproc > 1 else [sys.executable]
+    cmd = [*launcher, "-m", "gpt2pipe", "train", "-c", str(cfg_path), "--shards", str(shards),
+           "--run-dir", str(run_dir), "--no-progress", *(["--resume"] if resume else []),
+           *[x for kv in sets for x in ("--set", kv)]]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if preempt_at is not None:
+        env["GPT2PIPE_PREEMPT_AT_STEP"] = str(preempt_at)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def assert_same_run(a, b, tol):
+    la, lb = parse_log(a / "train" / "train.log"), parse_log(b / "train" / "train.log")
+    assert la.keys() == lb.keys()
+    for key in la:
+        assert [s for s, _ in la[key]] == [s for s, _ in lb[key]], key
+        for (s, x), (_, y) in zip(la[key], lb[key]):
+            assert abs(x - y) <= tol, (key, s, x, y)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_and_resume_across_process_counts(tiny, tiny_shards, tmp_path):
+    """2 gloo processes (each Muon matrix owned by one of them) train as 1 process with accumulation; a run
+    preempted on 2 processes resumes on 1 and reproduces the uninterrupted run."""
+    raw = dict(tiny.raw, train=dict(tiny.raw["train"], num_threads=1, max_steps=12, checkpoint_every=6,
+                                    optimizer="muon"))
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    r = run(cfg_path, tiny_shards, tmp_path / "single")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run(cfg_path, tiny_shards, tmp_path / "two", nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    said = r.stdout + r.stderr
+    # the 8 matrices (c_attn 3:1, c_fc 4:1, c_proj 1:1 and 1:4 of 32) split 12,288 : 12,288 parameters
+    assert "rank 0 holds Muon state for 4 matrices (12,288 parameters)" in said, said[-2000:]
+    # bf16 Newton-Schulz of gradients summed in another order: equal to well below the loss's step noise
+    assert_same_run(tmp_path / "single", tmp_path / "two", tol=2e-3)
+    r = run(cfg_path, tiny_shards, tmp_path / "two_to_one", nproc=2, preempt_at=7)
+    assert r.returncode != 0 and "state saved" in r.stderr, r.stderr[-2000:]
+    r = run(cfg_path, tiny_shards, tmp_path / "two_to_one", nproc=1, resume=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert_same_run(tmp_path / "two", tmp_path / "two_to_one", tol=2e-3)
+    # steps 0-6 ran on 2 processes: identical to the uninterrupted 2-process run
+    two = [ln for ln in (tmp_path / "two" / "train" / "train.log").read_text().splitlines() if " trl:" in ln]
+    resumed = [ln for ln in (tmp_path / "two_to_one" / "train" / "train.log").read_text().splitlines()
+               if " trl:" in ln]
+    assert resumed[:7] == two[:7]
+
+
+@pytest.mark.gpu
+def test_muon_on_the_kernels_path_follows_the_torch_path(tiny, tiny_shards, tmp_path):
+    """bf16 weights with fp32 masters (Muon's matrices too): the per-step losses of the fp32 torch path."""
+    base = dict(optimizer="muon", device="cuda", max_steps=12, checkpoint_every=12, val_every=12)
+    train_mod.train(with_train(tiny, ops="torch", dtype="float32", **base), tiny_shards, tmp_path / "t",
+                    progress=False)
+    train_mod.train(with_train(tiny, ops="kernels", **base), tiny_shards, tmp_path / "k", progress=False)
+    a, b = losses(tmp_path / "t"), losses(tmp_path / "k")
+    assert max(abs(x - y) for x, y in zip(a, b)) < 0.05, (a, b)
+    assert b[-1] < b[0] - 1.0
