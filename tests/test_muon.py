@@ -248,3 +248,18 @@ def test_muon_on_the_kernels_path_follows_the_torch_path(tiny, tiny_shards, tmp_
     a, b = losses(tmp_path / "t"), losses(tmp_path / "k")
     assert max(abs(x - y) for x, y in zip(a, b)) < 0.05, (a, b)
     assert b[-1] < b[0] - 1.0
+
+
+def test_wsd_schedule_warms_up_holds_then_decays_linearly():
+    from gpt2pipe.train.schedule import lr_at
+
+    t = config.from_dict({"train": {"lr_schedule": "wsd", "learning_rate": 1.0, "warmup_steps": 10,
+                                    "max_steps": 100, "cooldown_frac": 0.4, "final_lr_frac": 0.1}}).train
+    curve = [lr_at(s, t) for s in range(100)]
+    assert curve[0] == pytest.approx(0.1) and curve[9] == pytest.approx(1.0)  # warmup as the cosine's
+    assert curve[10:61] == [1.0] * 51  # stable until 40% of the steps are left
+    assert curve[80] == pytest.approx(0.1 + 0.9 * 0.5) and curve[99] == pytest.approx(0.1 + 0.9 * 0.025)
+    steps = [b - a for a, b in zip(curve[60:], curve[61:])]
+    assert steps == pytest.approx([-0.9 / 40] * 39)  # a straight line to final_lr_frac at max_steps
+    cosine = config.from_dict({"train": {"learning_rate": 1.0, "warmup_steps": 10, "max_steps": 100}}).train
+    assert lr_at(55, cosine) == pytest.approx(0.5) and lr_at(30, cosine) < 1.0  # the default is unchanged
