@@ -163,9 +163,12 @@ def losses(run_dir):
     return [v for _, v in parse_log(run_dir / "train" / "train.log")["trl"]]
 
 
-def test_muon_training_lowers_the_loss(tiny, tiny_shards, tmp_path):
-    cfg = with_train(tiny, optimizer="muon", max_steps=12, lr_schedule="wsd", checkpoint_every=12, val_every=12)
+def test_muon_training_lowers_the_loss(tiny, tiny_shards, tmp_path, capsys):
+    """The speedrun's training choices together on the real tiny shards: Muon, wsd, document-aligned rows."""
+    cfg = with_train(tiny, optimizer="muon", max_steps=12, lr_schedule="wsd", checkpoint_every=12, val_every=12,
+                     document_aligned=True)
     out = train_mod.train(cfg, tiny_shards, tmp_path / "run", progress=False)
+    assert "data: document-aligned rows" in capsys.readouterr().out
     trl = losses(tmp_path / "run")
     assert out["final_step"] == 12 and len(trl) == 12
     assert sum(trl[-3:]) / 3 < trl[0] - 0.7, trl

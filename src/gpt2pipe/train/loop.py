@@ -125,7 +125,7 @@ class Trainer:
         check_optimizer(t, world)
         say = say_for(world)
         train_loader = ShardLoader(shards.train, B, T, world.rank, world.size, shuffle=t.shuffle, seed=t.seed,
-                                   vocab_size=cfg.model.vocab_size, log=say)
+                                   vocab_size=cfg.model.vocab_size, log=say, document_aligned=t.document_aligned)
         val_loader = ShardLoader(shards.val, B, T, world.rank, world.size, vocab_size=cfg.model.vocab_size)
         paths = RunPaths.of(run_dir)
         identity = training_identity(cfg.raw)
