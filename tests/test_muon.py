@@ -2,6 +2,7 @@
 reference, training, resume, and 2 gloo processes against 1."""
 
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -266,3 +267,26 @@ def test_wsd_schedule_warms_up_holds_then_decays_linearly():
     assert steps == pytest.approx([-0.9 / 40] * 39)  # a straight line to final_lr_frac at max_steps
     cosine = config.from_dict({"train": {"learning_rate": 1.0, "warmup_steps": 10, "max_steps": 100}}).train
     assert lr_at(55, cosine) == pytest.approx(0.5) and lr_at(30, cosine) < 1.0  # the default is unchanged
+
+
+SPEEDRUN = Path(__file__).parents[1] / "config" / "speedrun.yaml"
+ARCH_KEYS = ("pos_embedding", "norm", "mlp", "qk_norm", "tie_embeddings", "bias")
+
+
+def test_speedrun_recipe_is_the_gpt2_recipes_data_with_muon_wsd_and_aligned_rows():
+    from gpt2pipe.schema import schema
+
+    raw = yaml.safe_load(SPEEDRUN.read_text())
+    gpt2 = yaml.safe_load((SPEEDRUN.parent / "gpt2-124M.yaml").read_text())
+    assert raw["data"] == gpt2["data"]  # one shared dataset
+    assert raw["report"]["compare_runs"] == [gpt2["run_name"]]
+    if all(k in schema()["properties"]["model"]["properties"] for k in ARCH_KEYS):
+        cfg = config.load(SPEEDRUN)
+    else:  # the architecture keys arrive with the model's own change (issue 17): the rest validates now
+        raw["model"] = {k: v for k, v in raw["model"].items() if k not in ARCH_KEYS}
+        cfg = config.from_dict(raw)
+    t = cfg.train
+    assert (t.optimizer, t.lr_schedule, t.document_aligned) == ("muon", "wsd", True)
+    tokens = t.max_steps * t.total_batch_tokens
+    assert 0.4e9 <= tokens <= 1.1e9 and tokens * 3 <= 19073 * 524288  # at most a third of the GPT-2 recipe's
+    assert cfg.model.n_embd // cfg.model.n_head == 128
