@@ -230,6 +230,9 @@ def test_two_processes_equal_one_and_resume_across_process_counts(tiny, tiny_sha
     assert "rank 0 holds Muon state for 4 matrices (12,288 parameters)" in said, said[-2000:]
     # bf16 Newton-Schulz of gradients summed in another order: equal to well below the loss's step noise
     assert_same_run(tmp_path / "single", tmp_path / "two", tol=2e-3)
+    r = run(cfg_path, tiny_shards, tmp_path / "zero2", nproc=2, sets=("train.zero=2",))  # AdamW's grads sharded
+    assert r.returncode == 0 and "ZeRO-2" in r.stdout + r.stderr, r.stderr[-3000:]
+    assert_same_run(tmp_path / "single", tmp_path / "zero2", tol=2e-3)
     r = run(cfg_path, tiny_shards, tmp_path / "two_to_one", nproc=2, preempt_at=7)
     assert r.returncode != 0 and "state saved" in r.stderr, r.stderr[-2000:]
     r = run(cfg_path, tiny_shards, tmp_path / "two_to_one", nproc=1, resume=True)
