@@ -2,7 +2,8 @@
 loop's Optimizer protocol (train.optimizer: muon).
 
 Muon (Keller Jordan's modded-nanogpt): Nesterov momentum of each weight matrix's gradient, orthogonalised by
-five quintic Newton-Schulz iterations in bf16, scaled by max(1, rows / cols) ** 0.5. The embeddings, the
+five quintic Newton-Schulz iterations in bf16, scaled by max(1, rows / cols) ** 0.5 — the packed qkv
+projection as its three matrices q, k and v, as modded-nanogpt's separate (later batched) q, k, v weights. The embeddings, the
 lm_head and every 1-D gain and bias stay with AdamW (ops/flat_adamw.FlatAdamW over that subset of the
 parameters), with the run's learning_rate, betas and weight_decay.
 
@@ -53,10 +54,25 @@ def muon_scale(p: torch.Tensor) -> float:
     return max(1.0, p.size(-2) / p.size(-1)) ** 0.5
 
 
-def hidden_matrices(model: nn.Module) -> set[int]:
-    """ids of the parameters Muon trains: the >= 2-D weights inside the transformer blocks (not the
-    embeddings, not the lm_head, no 1-D gains or biases)."""
-    return {id(p) for p in model.transformer.h.parameters() if p.dim() >= 2 and p.requires_grad}
+def hidden_matrices(model: nn.Module) -> dict[int, list[int] | None]:
+    """The parameters Muon trains — the >= 2-D weights inside the transformer blocks (not the embeddings,
+    not the lm_head, no 1-D gains or biases) — by id, each with the row blocks orthogonalised separately:
+    the packed qkv projection is its q, k and v (as modded-nanogpt's separate or batched q, k, v weights;
+    k and v may be narrower with grouped-query attention), every other matrix is one block (None)."""
+    out: dict[int, list[int] | None] = {}
+    for name, p in model.transformer.h.named_parameters():
+        if p.dim() >= 2 and p.requires_grad:
+            rows, cols = p.shape[-2:]
+            qkv = name.endswith("attn.c_attn.weight") and rows > cols and (rows - cols) % 2 == 0
+            out[id(p)] = [cols, (rows - cols) // 2, (rows - cols) // 2] if qkv else None
+    return out
+
+
+def orthogonal_update(g: torch.Tensor, blocks: list[int] | None) -> torch.Tensor:
+    """Muon's update direction for a momentum g: Newton-Schulz of each row block, scaled by its shape."""
+    if blocks is None:
+        return newton_schulz(g).float() * muon_scale(g)
+    return torch.cat([newton_schulz(b).float() * muon_scale(b) for b in g.split(blocks, dim=-2)], dim=-2)
 
 
 def owners(sizes: list[int], world_size: int) -> list[int]:
@@ -81,6 +97,7 @@ class MuonAdamW:
         self.order = ordered_params(model)
         muon_ids = hidden_matrices(model)
         self.muon = [p for p in self.order if id(p) in muon_ids]
+        self.blocks = [muon_ids[id(p)] for p in self.muon]
         rest = [p for p in self.order if id(p) not in muon_ids]
         if not self.muon:
             raise ValueError("train.optimizer muon: the model has no 2-D weights in its transformer blocks")
@@ -156,12 +173,13 @@ class MuonAdamW:
             p = self.muon[i]
             g = p.grad.float() * clip if p.grad is not None else torch.zeros_like(self.buf[i])
             buf = self.buf[i]
-            buf.lerp_(g, 1 - self.momentum)  # buf = momentum * buf + (1 - momentum) * g
-            g = g.lerp_(buf, self.momentum)  # Nesterov: look ahead along the momentum
+            mu = self.momentum
+            buf.mul_(mu).add_(g, alpha=1 - mu)  # an average of the gradients (modded-nanogpt's lerp)
+            g = (1 - mu) * g + mu * buf  # Nesterov: look ahead along the momentum
             w = self.master.get(i, p.data)
             if self.weight_decay:
                 w.mul_(1 - muon_lr * self.weight_decay)
-            w.add_(newton_schulz(g).to(w.dtype), alpha=-muon_lr * muon_scale(p))
+            w.add_(orthogonal_update(g, self.blocks[i]).to(w.dtype), alpha=-muon_lr)
             if i in self.master:
                 p.copy_(w)  # round to nearest: the fp32 master keeps what bf16 cannot
         self._broadcast()
