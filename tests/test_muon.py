@@ -253,7 +253,8 @@ def assert_same_run(a, b, tol):
 @pytest.mark.slow
 def test_two_processes_equal_one_and_resume_across_process_counts(tiny, tiny_shards, tmp_path):
     """2 gloo processes (each Muon matrix owned by one of them) train as 1 process with accumulation; a run
-    preempted on 2 processes resumes on 1 and reproduces the uninterrupted run."""
+    preempted on 2 processes resumes on 1, and one preempted on 1 resumes on 2, reproducing the
+    uninterrupted run."""
     raw = dict(tiny.raw, train=dict(tiny.raw["train"], num_threads=1, max_steps=12, checkpoint_every=6,
                                     optimizer="muon"))
     cfg_path = tmp_path / "c.yaml"
@@ -280,6 +281,12 @@ def test_two_processes_equal_one_and_resume_across_process_counts(tiny, tiny_sha
     resumed = [ln for ln in (tmp_path / "two_to_one" / "train" / "train.log").read_text().splitlines()
                if " trl:" in ln]
     assert resumed[:7] == two[:7]
+    # and 1 process preempted, resumed on 2: the uninterrupted single-process run
+    r = run(cfg_path, tiny_shards, tmp_path / "one_to_two", preempt_at=5)
+    assert r.returncode == 75, r.stderr[-2000:]
+    r = run(cfg_path, tiny_shards, tmp_path / "one_to_two", nproc=2, resume=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert_same_run(tmp_path / "single", tmp_path / "one_to_two", tol=2e-3)
 
 
 @pytest.mark.gpu

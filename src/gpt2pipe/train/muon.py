@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import TrainConfig
 from gpt2pipe.distributed import World
 from gpt2pipe.ops import reference
@@ -100,7 +101,7 @@ class MuonAdamW:
         self.blocks = [muon_ids[id(p)] for p in self.muon]
         rest = [p for p in self.order if id(p) not in muon_ids]
         if not self.muon:
-            raise ValueError("train.optimizer muon: the model has no 2-D weights in its transformer blocks")
+            raise Gpt2pipeError("train.optimizer muon: the model has no 2-D weights in its transformer blocks")
         # FlatAdamW takes a module: a container of the AdamW parameters (the same objects, already in
         # ordered_params order, so its flat layout is this subset's order)
         self.adam = FlatAdamW(nn.ParameterList(rest), lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.eps,
@@ -252,7 +253,7 @@ class MuonAdamW:
 
     def load_whole_state(self, state: dict, weights_from_master: bool) -> None:
         if "muon_momentum" not in state:
-            raise ValueError("the saved optimizer state has no Muon momentum (saved by another optimizer)")
+            raise Gpt2pipeError("the saved optimizer state has no Muon momentum (saved by another optimizer)")
         index = {id(p): i for i, p in enumerate(self.muon)}
         adam_master = []
         for p, off, is_muon, at in self._layout():
