@@ -266,16 +266,16 @@ def test_two_processes_equal_one_and_resume_across_process_counts(tiny, tiny_sha
     said = r.stdout + r.stderr
     # the 8 matrices (c_attn 3:1, c_fc 4:1, c_proj 1:1 and 1:4 of 32) split 12,288 : 12,288 parameters
     assert "rank 0 holds Muon state for 4 matrices (12,288 parameters)" in said, said[-2000:]
-    # bf16 Newton-Schulz of gradients summed in another order: equal to well below the loss's step noise
-    assert_same_run(tmp_path / "single", tmp_path / "two", tol=2e-3)
+    # bf16 Newton-Schulz of gradients summed in another order: measured 1e-4 apart (the log's last digit)
+    assert_same_run(tmp_path / "single", tmp_path / "two", tol=5e-4)
     r = run(cfg_path, tiny_shards, tmp_path / "zero2", nproc=2, sets=("train.zero=2",))  # AdamW's grads sharded
     assert r.returncode == 0 and "ZeRO-2" in r.stdout + r.stderr, r.stderr[-3000:]
-    assert_same_run(tmp_path / "single", tmp_path / "zero2", tol=2e-3)
+    assert_same_run(tmp_path / "single", tmp_path / "zero2", tol=5e-4)
     r = run(cfg_path, tiny_shards, tmp_path / "two_to_one", nproc=2, preempt_at=7)
     assert r.returncode != 0 and "state saved" in r.stderr, r.stderr[-2000:]
     r = run(cfg_path, tiny_shards, tmp_path / "two_to_one", nproc=1, resume=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert_same_run(tmp_path / "two", tmp_path / "two_to_one", tol=2e-3)
+    assert_same_run(tmp_path / "two", tmp_path / "two_to_one", tol=5e-4)
     # steps 0-6 ran on 2 processes: identical to the uninterrupted 2-process run
     two = [ln for ln in (tmp_path / "two" / "train" / "train.log").read_text().splitlines() if " trl:" in ln]
     resumed = [ln for ln in (tmp_path / "two_to_one" / "train" / "train.log").read_text().splitlines()
@@ -286,7 +286,7 @@ def test_two_processes_equal_one_and_resume_across_process_counts(tiny, tiny_sha
     assert r.returncode == 75, r.stderr[-2000:]
     r = run(cfg_path, tiny_shards, tmp_path / "one_to_two", nproc=2, resume=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert_same_run(tmp_path / "single", tmp_path / "one_to_two", tol=2e-3)
+    assert_same_run(tmp_path / "single", tmp_path / "one_to_two", tol=5e-4)
 
 
 @pytest.mark.gpu
