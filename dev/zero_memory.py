@@ -13,8 +13,8 @@ Prints markdown tables:
      ZeRO-3 on all the GPUs given, and on one GPU for each path (on one process every stage is the same
      unsharded optimizer); an out-of-memory is caught and reported.
 
-Robust to being run once, unseen: each measurement list runs in a child `torchrun` with a time limit; a
-failure (OOM) kills that child only, and the driver goes on with the next configuration. Under torchrun the
+Robust to being run once, unseen: each measurement runs in a child `torchrun` of its own with a time limit
+(a fresh process: no memory left over from an earlier measurement); a failure (OOM) kills that child only, and the driver goes on with the next configuration. Under torchrun the
 driver is rank 0 alone (other ranks exit at once); the children get a clean environment.
 """
 
@@ -78,9 +78,22 @@ def _measure(job: dict, world, device) -> dict:
            else torch.autocast(device_type="cuda", dtype=torch.bfloat16))
     gen = torch.Generator(device="cpu").manual_seed(world.rank)
     times, losses = [], []
+    phases: list[str] = []  # step 1: each phase's peak / allocated at its end (GiB), to say where the peak is
+    peaks: list[float] = []
+
+    def phase(name: str, step: int) -> None:
+        if device.type != "cuda" or step > 1:
+            return
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated() / 2**30)
+        if step == 1:
+            phases.append(f"{name} {peaks[-1]:.2f}/{torch.cuda.memory_allocated() / 2**30:.2f}")
+        torch.cuda.reset_peak_memory_stats()
+
     for step in range(job["steps"] + 1):  # step 0: warm-up (allocator, cuBLAS, kernel compilation), not timed
         if device.type == "cuda":
             torch.cuda.synchronize()
+        phase("start", step)
         t0 = time.perf_counter()
         for k in range(accum):
             if k == accum - 1:
@@ -88,16 +101,20 @@ def _measure(job: dict, world, device) -> dict:
             x = torch.randint(0, cfg.model.vocab_size, (B, T + 1), generator=gen).to(device)
             with ctx:
                 _, loss = model(x[:, :-1], x[:, 1:])
+            phase(f"fwd{k}", step)
             (loss / accum).backward()
+            phase(f"bwd{k}", step)
         opt.global_norm()
         opt.update(3e-4)
         losses.append(float(loss.item()))  # syncs
+        phase("update", step)
         if step:
             times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    peak = (max(peaks + [torch.cuda.max_memory_allocated() / 2**30]) if device.type == "cuda"
+            else float("nan"))
     reserved = torch.cuda.max_memory_reserved() / 2**30 if device.type == "cuda" else float("nan")
     return {"peak_gib": peak, "reserved_gib": reserved, "ms_step": 1e3 * sorted(times)[len(times) // 2],
-            "loss": losses[-1], "describe": opt.describe()}
+            "loss": losses[-1], "describe": opt.describe(), "phases": " ".join(phases)}
 
 
 def worker(jobs: list[dict]) -> None:
@@ -149,11 +166,13 @@ def _child(todo: list[dict], nproc: int, limit: float, env: dict, on_result) -> 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            __file__, "--worker", json.dumps(todo)]
     done: list[dict] = []
+    other: list[str] = []
     with tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, start_new_session=True)
 
         def read() -> None:
             for line in p.stdout:
+                other.append(line)
                 if line.startswith(RESULT):
                     done.append(json.loads(line[len(RESULT):]))
                     on_result(done[-1])
@@ -172,7 +191,7 @@ def _child(todo: list[dict], nproc: int, limit: float, env: dict, on_result) -> 
                 p.wait()
         reader.join(timeout=10)
         err.seek(0)
-        return list(done), err.read(), rc
+        return list(done), err.read() + "".join(other[-5:]), rc
 
 
 def _run_jobs(jobs: list[dict], nproc: int, per_job: float, deadline: float, on_result,
@@ -199,13 +218,15 @@ def _run_jobs(jobs: list[dict], nproc: int, per_job: float, deadline: float, on_
                 on_result(results[-1])
             break
         t0 = time.time()
-        done, err, rc = _child(todo, nproc, min(START + per_job * len(todo), left + 30), env, report)
+        # one job per child: a process keeps memory of the jobs it ran before (each job's starting memory held
+        # all earlier jobs' model and optimizer), which once made ZeRO-2 look bigger than ZeRO-1
+        done, err, rc = _child(todo[:1], nproc, min(START + per_job, left + 30), env, report)
         ok = [d for d in done if d["status"] == "ok"]
         if stop_on_success and ok:
             break
-        todo = todo[len(ok):]
-        if not todo:
-            break
+        if ok:
+            todo = todo[1:]
+            continue
         failed = todo.pop(0)
         oom = any(d["status"] == "OOM" for d in done) or "OutOfMemoryError" in err
         why = "OOM" if oom else f"failed ({rc}, {time.time() - t0:.0f} s)"
@@ -234,7 +255,8 @@ def _row(r: dict, nproc: int) -> str:
     peaks = " / ".join(f"{x['peak_gib']:.2f}" for x in ranks)
     return (f"| {r['size']} | {r['path']} | {name} | {r['micro_batch']}x{r['seq_len']}x{r['accum']} | {peaks} | "
             f"{max(x['reserved_gib'] for x in ranks):.2f} | {max(x['ms_step'] for x in ranks):.0f} | "
-            f"{ranks[0]['loss']:.3f} |")
+            f"{ranks[0]['loss']:.3f} |") + (f"\n<!-- rank 0 phases (peak/allocated GiB): {ranks[0]['phases']} -->"
+                   if ranks[0].get("phases") else "")
 
 
 def main() -> None:

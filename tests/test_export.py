@@ -129,8 +129,11 @@ def test_clear_errors(model, tmp_path):
         from_hf(tmp_path / "empty")
     to_hf(model, tmp_path / "hf")
     conf = json.loads((tmp_path / "hf" / "config.json").read_text())
-    (tmp_path / "hf" / "config.json").write_text(json.dumps(dict(conf, model_type="llama")))
-    with pytest.raises(Gpt2pipeError, match="not a GPT-2 checkpoint"):
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(dict(conf, model_type="bert")))
+    with pytest.raises(Gpt2pipeError, match="model_type is 'bert', not a GPT-2 or Llama checkpoint"):
+        from_hf(tmp_path / "hf")
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(dict(conf, model_type="llama")))  # GPT-2's keys
+    with pytest.raises(Gpt2pipeError, match=r"config.json: not a GPT-2 or Llama config \(KeyError: 'hidden_size'\)"):
         from_hf(tmp_path / "hf")
     (tmp_path / "hf" / "config.json").write_text(json.dumps(dict(conf, n_embd=64)))
     with pytest.raises(Gpt2pipeError, match=r"has shape \(50304, 32\), expected \(50304, 64\)"):
@@ -232,5 +235,5 @@ def test_foreign_config_reads_the_shape_without_the_weights(model, tmp_path):
     (tmp_path / "head.bin").write_bytes(raw[:1024])  # and from the llm.c header alone
     assert foreign_config(tmp_path / "head.bin") == CFG
     (tmp_path / "hf" / "config.json").write_text('{"model_type": "gpt2", "n_layer": "two"}')
-    with pytest.raises(Gpt2pipeError, match="config.json: not a GPT-2 config"):
+    with pytest.raises(Gpt2pipeError, match="config.json: not a GPT-2 or Llama config"):
         foreign_config(tmp_path / "hf")

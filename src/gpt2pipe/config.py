@@ -48,6 +48,68 @@ class ModelConfig:
     block_size: int = 1024
     vocab_size: int = 50257
     padded_vocab_size: int = 50304
+    # architecture options (ARCH_KEYS); the defaults are GPT-2's, so older configs and checkpoints load unchanged
+    pos_embedding: str = "learned"
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"
+    mlp: str = "gelu"
+    mlp_hidden: int | None = None
+    qk_norm: bool = False
+    n_kv_head: int | None = None
+    tie_embeddings: bool = True
+    bias: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden(self) -> int:
+        """The MLP's hidden width: mlp_hidden, else 4 * n_embd, or for SwiGLU LLaMA's 8/3 * n_embd rounded up
+        to a multiple of 64 (two hidden matrices instead of one at about the same parameter count)."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            return -(-8 * self.n_embd // 192) * 64  # ceil(8/3 * n_embd / 64) * 64
+        return 4 * self.n_embd
+
+    def arch_changes(self) -> dict:
+        """The architecture options that differ from GPT-2's ({} for GPT-2)."""
+        return {k: getattr(self, k) for k in ARCH_KEYS if getattr(self, k) != _GPT2_ARCH[k]}
+
+    def resolved(self) -> ModelConfig:
+        """The same model with n_kv_head and mlp_hidden spelled out: equal for equal shapes."""
+        return dataclasses.replace(self, n_kv_head=self.kv_heads, mlp_hidden=self.hidden)
+
+    def problem(self, fp8: bool = False) -> Problem | None:
+        """The first rule this shape breaks, in one line (the schema cannot say these), or None."""
+        H, G = self.n_head, self.kv_heads
+        checks = [
+            (self.n_embd % H == 0, f"model.n_embd must be divisible by model.n_head ({self.n_embd} % {H} != 0)",
+             ("model.n_embd", "model.n_head")),
+            (H % G == 0, f"model.n_head must be divisible by model.n_kv_head ({H} % {G} != 0)",
+             ("model.n_head", "model.n_kv_head")),
+            (self.pos_embedding != "rope" or self.head_dim % 2 == 0,
+             f"model.pos_embedding rope rotates pairs of channels: the head dimension n_embd / n_head must be even "
+             f"(got {self.n_embd} / {H} = {self.n_embd / H:g})", ("model.pos_embedding", "model.n_embd", "model.n_head")),
+            (self.padded_vocab_size >= self.vocab_size,
+             f"model.padded_vocab_size must be >= model.vocab_size ({self.padded_vocab_size} < {self.vocab_size})",
+             ("model.padded_vocab_size", "model.vocab_size")),
+            (not (fp8 and self.arch_changes()),
+             f"train.fp8 runs GPT-2's LayerNorm/GELU blocks only, not model "
+             f"{', '.join(f'{k} {v}' for k, v in self.arch_changes().items())}: set train.fp8 false",
+             ("train.fp8", *(f"model.{k}" for k in self.arch_changes()))),
+        ]
+        return next((Problem(msg, keys) for ok, msg, keys in checks if not ok), None)
+
+
+ARCH_KEYS = ("pos_embedding", "rope_theta", "norm", "mlp", "mlp_hidden", "qk_norm", "n_kv_head", "tie_embeddings",
+             "bias")
+_GPT2_ARCH = {k: getattr(ModelConfig, k) for k in ARCH_KEYS}
 
 
 @dataclass(frozen=True)
@@ -156,8 +218,11 @@ NOT_IDENTITY = {
 
 
 def identity(raw: dict, *sections: str) -> dict:
-    """The part of the named config sections that decides what a stage produces (NOT_IDENTITY removed)."""
-    return {s: {k: v for k, v in raw[s].items() if k not in NOT_IDENTITY.get(s, set())} for s in sections}
+    """The part of the named config sections that decides what a stage produces (NOT_IDENTITY removed).
+    Model architecture options at GPT-2's values are left out, so states and workflow fingerprints made
+    before those keys existed stay valid."""
+    return {s: {k: v for k, v in raw[s].items() if k not in NOT_IDENTITY.get(s, set())
+                and not (s == "model" and k in ARCH_KEYS and v == _GPT2_ARCH[k])} for s in sections}
 
 
 def training_identity(raw: dict) -> dict:

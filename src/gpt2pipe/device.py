@@ -35,10 +35,39 @@ def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
 
 
-def autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def sdpa_fastest_first():
+    """SDPA's backends in the order measured fastest on the H100 (cuDNN 1.83 ms vs flash 2.45 ms for GPT-2
+    124M's causal attention, fwd+bwd per layer; ../GPU-NOTES), the rest kept as fallbacks for shapes cuDNN
+    does not take. torch's own default tries flash first."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # torch < 2.6: no priorities, only the set
+        return sdpa_kernel(order)
+
+
+class autocast:
+    """The `with` context of every forward pass: autocast to `dtype` (none for float32 or None) and, on CUDA,
+    the fastest attention backend first — so training and evaluation run the attention the bench times.
+    Reusable: a fresh context is entered each time."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype | None):
+        self.device, self.dtype = device, dtype
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self):
+        self._stack = contextlib.ExitStack()
+        if self.dtype not in (None, torch.float32):
+            self._stack.enter_context(torch.autocast(device_type=self.device.type, dtype=self.dtype))
+        if self.device.type == "cuda":
+            self._stack.enter_context(sdpa_fastest_first())
+        return self
+
+    def __exit__(self, *exc):
+        stack, self._stack = self._stack, None
+        return stack.__exit__(*exc)
 
 
 def peak_flops(device: torch.device) -> float | None:

@@ -57,15 +57,13 @@ def _schema_problem(e: jsonschema.ValidationError) -> Problem:
 
 def _cross_field_problem(cfg: dict) -> Problem | None:
     """The rules a schema cannot say; each message names the values, so the fix is obvious."""
+    from gpt2pipe.config import ModelConfig  # (config imports this module: imported on use)
+
     m, t = cfg["model"], cfg["train"]
     B, T, total = t["micro_batch_size"], t["seq_len"], t["total_batch_tokens"]
+    if problem := ModelConfig(**m).problem(fp8=t["fp8"]):  # the model's own rules live beside ModelConfig
+        return problem
     checks = [
-        (m["n_embd"] % m["n_head"] == 0,
-         f"model.n_embd must be divisible by model.n_head ({m['n_embd']} % {m['n_head']} != 0)",
-         ("model.n_embd", "model.n_head")),
-        (m["padded_vocab_size"] >= m["vocab_size"],
-         f"model.padded_vocab_size must be >= model.vocab_size ({m['padded_vocab_size']} < {m['vocab_size']})",
-         ("model.padded_vocab_size", "model.vocab_size")),
         (t["seq_len"] <= m["block_size"],
          f"train.seq_len must be <= model.block_size ({t['seq_len']} > {m['block_size']})",
          ("train.seq_len", "model.block_size")),

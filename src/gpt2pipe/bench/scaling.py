@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from gpt2pipe import Gpt2pipeError, distributed
 from gpt2pipe.bench.comm import CommTime
-from gpt2pipe.bench.step import DEFAULT_MICRO_BATCH, StepResult, bench_device, fit_micro_batch, time_training_step
+from gpt2pipe.bench.step import MODES, StepResult, bench_device, fit_micro_batch, micro_batch_for, time_training_step
 from gpt2pipe.model.gpt import GPT2_SIZES
 
 BENCH_TIMEOUT_S = 3600
@@ -53,7 +53,7 @@ def run(size: str, seq_len: int, total_batch: int, modes: tuple[str, ...], micro
     Returns the report on process 0 only; on_partial(report so far) is called there after each mode, so an
     interrupted run keeps the modes it finished."""
     cfg = GPT2_SIZES[size]
-    micro = {**DEFAULT_MICRO_BATCH, **micro_batch}
+    micro = {**{m: micro_batch_for(size, m) for m in MODES}, **micro_batch}
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     # the baseline runs while the other processes wait in a collective: give it room (compile, 1558M)
@@ -129,6 +129,6 @@ def format_report(size: str, seq_len: int, total_batch: int, steps: int, warmup:
 
 
 def check_modes(modes: tuple[str, ...]) -> None:
-    unknown = [m for m in modes if m not in DEFAULT_MICRO_BATCH]
+    unknown = [m for m in modes if m not in MODES]
     if unknown:
-        raise Gpt2pipeError(f"--modes: unknown {unknown}; choose from {', '.join(DEFAULT_MICRO_BATCH)}")
+        raise Gpt2pipeError(f"--modes: unknown {unknown}; choose from {', '.join(MODES)}")

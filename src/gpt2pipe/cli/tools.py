@@ -54,19 +54,31 @@ def _bench_argv(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    import shlex
+
     import torch
 
     from gpt2pipe.bench import scaling
     from gpt2pipe.bench import step as bench
+    from gpt2pipe.model.gpt import GPT2_SIZES
 
-    micro = {}
-    for item in args.micro_batch:
-        mode, sep, value = item.partition("=")
-        if not sep or not value.isdigit():
-            raise Gpt2pipeError(f"--micro-batch {item}: expected MODE=B, e.g. kernels=32")
-        micro[mode] = int(value)
-    modes = tuple(args.modes.split(","))
-    scaling.check_modes(modes)
+    sizes = tuple(args.size.split(","))
+    unknown = [s for s in sizes if s not in GPT2_SIZES]
+    if unknown:
+        raise Gpt2pipeError(f"--size: unknown {unknown}; choose from {', '.join(GPT2_SIZES)}")
+    micro = bench.parse_micro_batch(args.micro_batch)
+    modes = tuple(m for m in args.modes.split(",") if m)
+    scaling.check_modes(tuple(m for m in modes if m != "llmc"))
+    if args.nproc > 1 or scaling.launched_by_torchrun():
+        if len(sizes) > 1 or args.llmc or "llmc" in modes:
+            raise Gpt2pipeError("--nproc: one --size at a time, and no llm.c mode")
+        if any(size for size, _ in micro):
+            raise Gpt2pipeError("--nproc: give --micro-batch as MODE=B")
+    def _write(report: str) -> None:  # keep finished modes if a later one fails or the run is cut short
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(report + "\n")
+
     if args.nproc > 1 and not scaling.launched_by_torchrun():
         if not torch.cuda.is_available() or torch.cuda.device_count() < args.nproc:
             raise Gpt2pipeError(f"--nproc {args.nproc} needs {args.nproc} CUDA GPUs on this node")
@@ -77,22 +89,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if not torch.cuda.is_available():
         raise Gpt2pipeError("bench needs a CUDA GPU")
     if scaling.launched_by_torchrun():
-        def partial(report: str) -> None:  # keep finished modes if a later one fails or the run is cut short
-            if args.out:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(report + "\n")
-
-        table = scaling.run(args.size, args.seq_len, args.total_batch, modes, micro, args.steps, args.warmup,
-                            partial)
+        table = scaling.run(sizes[0], args.seq_len, args.total_batch, modes, {m: b for (_, m), b in micro.items()},
+                            args.steps, args.warmup, _write)
         if table is None:  # processes other than 0 report nothing
             return
     else:
-        table = bench.run(args.size, args.seq_len, args.total_batch, modes, micro, args.steps, args.warmup,
-                          not args.no_kernel_table, tuple(args.profile.split(",")) if args.profile else ())
+        table = bench.run(sizes, args.seq_len, args.total_batch, modes, micro, args.steps, args.warmup,
+                          not args.no_kernel_table, tuple(args.profile.split(",")) if args.profile else (),
+                          args.llmc, tuple(shlex.split(args.llmc_args)), _write)
     print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    _write(table)
 
 
 def cmd_bench_tokenize(args: argparse.Namespace) -> None:
@@ -129,20 +135,34 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (usable by evaluate, sample, "
                    "or train.init_from)")
 
-    p = add_subcommand(sub, "bench", "time a GPT-2 training step: our kernels vs torch eager vs torch.compile, "
-                       "on one GPU or data-parallel over several (--nproc, or under torchrun)", cmd_bench, config=False)
-    p.add_argument("--size", default="124M", choices=["124M", "350M", "774M", "1558M"])
+    p = add_subcommand(sub, "bench", "time a GPT-2 training step: our kernels vs torch.compile (nanoGPT's recipe, "
+                       "max-autotune) and llm.c, on one GPU or data-parallel over several (--nproc, or under "
+                       "torchrun)", cmd_bench, config=False)
+    p.add_argument("--size", default="124M", metavar="SIZE[,SIZE...]",
+                   help="GPT-2 size(s), comma-separated, one table each: 124M, 350M, 774M, 1558M (default: "
+                   "%(default)s)")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--total-batch", type=int, default=524288, help="tokens per optimizer step (default: %(default)s)")
-    p.add_argument("--modes", default="kernels,eager,compile",
-                   help="comma-separated subset of kernels,kernels-fp8,kernels-recompute,eager,compile")
-    p.add_argument("--micro-batch", nargs="*", default=[], metavar="MODE=B",
-                   help="micro-batch per mode (defaults: kernels=64 eager=32 compile=64; halves on out-of-memory)")
+    p.add_argument("--modes", default="kernels,kernels-fp8,kernels-dw-bf16,compile,compile-max",
+                   help="comma-separated, in order: kernels, kernels-fp8, kernels-recompute, kernels-dw-bf16 "
+                   "(classifier weight gradient summed in bf16, to show what fp32 costs), eager, compile "
+                   "(nanoGPT's recipe: one compiled graph from tokens to the loss), compile-max (mode "
+                   "max-autotune; without CUDA graphs if they fail), compile-max-nocg, and the diagnostic "
+                   "variants compile-cudnn, compile-masked, compile-padded, compile-model, compile-model-drop "
+                   "(bench/compiled.py). Ratios are against the fastest compile* or llmc row "
+                   "(default: %(default)s)")
+    p.add_argument("--micro-batch", nargs="*", default=[], metavar="[SIZE:]MODE=B",
+                   help="micro-batch of a mode, for every size or one (compile=32 350M:kernels=32); defaults "
+                   "per size in bench/step.py's MICRO_BATCH; halves on out-of-memory")
+    p.add_argument("--llmc", metavar="PATH", help="also time llm.c: a built train_gpt2cu, run on the same shape "
+                   "over random-token shards it is given (mode llmc, before compile-max)")
+    p.add_argument("--llmc-args", default="", metavar="ARGS",
+                   help="extra train_gpt2cu arguments, e.g. '-r 0' (no GELU recompute)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, autotuning)")
     p.add_argument("--no-kernel-table", action="store_true", help="skip the per-kernel table")
     p.add_argument("--profile", default="", help="comma-separated modes to profile for one extra step")
-    p.add_argument("--out", type=Path, help="also write the tables to this file")
+    p.add_argument("--out", type=Path, help="also write the tables to this file (rewritten after every mode)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="data-parallel over N GPUs of this node: reruns this command under torchrun (as "
                    "`torchrun --nproc_per_node N -m gpt2pipe bench ...` does); process 0 first times each mode "

@@ -55,7 +55,9 @@ def read(path: str | Path, mmap: bool = False) -> dict:
 
 
 def check_shape(path: str | Path, got: ModelConfig, expected: ModelConfig) -> None:
-    """One line naming every field in which the model at `path` differs from the configured one."""
+    """One line naming every field in which the model at `path` differs from the configured one (n_kv_head
+    and mlp_hidden compared as resolved: null and the width it stands for are the same model)."""
+    got, expected = got.resolved(), expected.resolved()
     if got != expected:
         diff = ", ".join(f"{f.name} {getattr(got, f.name)} != {getattr(expected, f.name)}"
                          for f in dataclasses.fields(ModelConfig) if getattr(got, f.name) != getattr(expected, f.name))

@@ -1,4 +1,7 @@
-"""GPT-2 in plain PyTorch (nanoGPT's shape, llm.c's initialisation and padded vocabulary)."""
+"""GPT-2 in plain PyTorch (nanoGPT's shape, llm.c's initialisation and padded vocabulary), with the model.arch
+options beside it: rotary positions, RMSNorm, SwiGLU / ReLU² MLPs, QK-norm, grouped-query attention, an
+untied head and bias-free linears (rope + rmsnorm + swiglu + bias false is LLaMA's block). The GPT-2 defaults
+build exactly GPT-2 and take GPT-2's kernels path; any other option takes `_forward_arch_kernels`."""
 
 from __future__ import annotations
 
@@ -10,12 +13,64 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from gpt2pipe.config import ModelConfig
+from gpt2pipe.ops import reference
+
+RMS_EPS = 1e-6
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa came in torch 2.5
 
 
 def _kernel_ops():
     from gpt2pipe.ops import autograd
 
     return autograd
+
+
+def _arch_ops():
+    """ops/arch.py: our kernels of the LLaMA-style pieces on the GPU; the same signatures as reference.py's,
+    which the torch path calls (plain torch, so torch.compile sees through it)."""
+    from gpt2pipe.ops import arch
+
+    return arch
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learnable gain (LLaMA's), eps 1e-6, computed in fp32."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return reference.rmsnorm(x, self.weight, RMS_EPS)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    return RMSNorm(cfg.n_embd) if cfg.norm == "rmsnorm" else nn.LayerNorm(cfg.n_embd)
+
+
+def norm_kernels(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """The norm module's function on the kernels path (LayerNorm or RMSNorm kernel)."""
+    if isinstance(norm, RMSNorm):
+        return _arch_ops().rmsnorm(x, norm.weight, RMS_EPS)
+    return _kernel_ops().layernorm(x, norm.weight, norm.bias)
+
+
+def residual_norm_kernels(residual: torch.Tensor, x: torch.Tensor, norm: nn.Module):
+    """(residual + x, norm of it) in one kernel: the add fused into the norm that follows it."""
+    if isinstance(norm, RMSNorm):
+        return _arch_ops().residual_rmsnorm(residual, x, norm.weight, RMS_EPS)
+    return _kernel_ops().residual_layernorm(residual, x, norm.weight, norm.bias)[:2]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of q [B, H, T, D] over k, v [B, G, T, D]; G < H: each kv head serves H/G query heads."""
+    H, G = q.shape[1], k.shape[1]
+    if G == H:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if _SDPA_GQA:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return F.scaled_dot_product_attention(q, k.repeat_interleave(H // G, 1), v.repeat_interleave(H // G, 1),
+                                          is_causal=True)
 
 
 def fp8_input_target(module: nn.Module, x: torch.Tensor):
@@ -37,51 +92,69 @@ def linear_kernels(linear: nn.Linear, x: torch.Tensor, x_fp8: torch.Tensor | Non
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head = cfg.n_head
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.n_head, self.n_kv_head, self.qk_norm = cfg.n_head, cfg.kv_heads, cfg.qk_norm
+        # packed [q | k | v]: n_head query heads, n_kv_head key and value heads (3 * n_embd without GQA)
+        self.c_attn = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.c_proj.residual = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self._attend(self.c_attn(x)))
+    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
+        return self.c_proj(self._attend(self.c_attn(x), rope, reference))
 
-    def forward_kernels(self, x: torch.Tensor, x_fp8: torch.Tensor | None = None) -> torch.Tensor:
-        y = self._attend(linear_kernels(self.c_attn, x, x_fp8))
+    def forward_kernels(self, x: torch.Tensor, x_fp8: torch.Tensor | None = None, rope=None) -> torch.Tensor:
+        y = self._attend(linear_kernels(self.c_attn, x, x_fp8), rope, _arch_ops())
         return _kernel_ops().linear(y, self.c_proj.weight, self.c_proj.bias)
 
-    def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
-        """Causal multi-head attention of the packed q, k, v projections [B, T, 3C] -> [B, T, C]."""
-        B, T, C3 = qkv.shape
-        C = C3 // 3
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return y.transpose(1, 2).contiguous().view(B, T, C)
+    def _attend(self, qkv: torch.Tensor, rope, ops) -> torch.Tensor:
+        """Causal attention of the packed q, k, v projections [B, T, (H + 2G) D] -> [B, T, H D]; rope: the
+        (cos, sin) tables, or None for learned positions; ops: reference.py or ops/arch.py (same functions)."""
+        B, T, _ = qkv.shape
+        H, G = self.n_head, self.n_kv_head
+        D = qkv.shape[-1] // (H + 2 * G)
+        if rope is not None:
+            q, k, v = ops.qkv_rope(qkv, H, G, *rope, self.qk_norm, RMS_EPS)
+        else:
+            q, k, v = qkv.view(B, T, H + 2 * G, D).transpose(1, 2).split([H, G, G], dim=1)
+            if self.qk_norm:  # (contiguous: a row per head, as a norm kernel reads it)
+                q, k = ops.rmsnorm(q.contiguous(), None, RMS_EPS), ops.rmsnorm(k.contiguous(), None, RMS_EPS)
+        return attention(q, k, v).transpose(1, 2).contiguous().view(B, T, H * D)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.act = cfg.mlp
+        width = 2 * cfg.hidden if cfg.mlp == "swiglu" else cfg.hidden  # swiglu: packed [gate | up]
+        self.c_fc = nn.Linear(cfg.n_embd, width, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.hidden, cfg.n_embd, bias=cfg.bias)
         self.c_proj.residual = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return self.c_proj(self._activation(self.c_fc(x), reference))
 
     def forward_kernels(self, x: torch.Tensor, x_fp8: torch.Tensor | None = None) -> torch.Tensor:
-        return _kernel_ops().mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias)
+        K = _kernel_ops()
+        if self.act == "gelu" and self.c_fc.bias is not None:  # GPT-2's: bias+GELU fused in one kernel
+            return K.mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias)
+        h = self._activation(K.linear(x, self.c_fc.weight, self.c_fc.bias), _arch_ops())
+        return K.linear(h, self.c_proj.weight, self.c_proj.bias)
+
+    def _activation(self, h: torch.Tensor, ops) -> torch.Tensor:
+        if self.act == "swiglu":
+            return ops.swiglu(h)
+        return ops.relu2(h) if self.act == "relu2" else F.gelu(h, approximate="tanh")
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.ln_1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope)
         return x + self.mlp(self.ln_2(x))
 
     def forward_kernels(self, x, h, h_fp8, next_norm: nn.LayerNorm, next_linear: nn.Module | None):
@@ -95,30 +168,43 @@ class Block(nn.Module):
         return K.residual_layernorm(x, mlp, next_norm.weight, next_norm.bias,
                                     None if next_linear is None else fp8_input_target(next_linear, x))
 
+    def forward_arch_kernels(self, x, h, rope, next_norm: nn.Module):
+        """forward_kernels for the model.arch options (no fp8): in x and h = ln_1(x), out x + attn + mlp and
+        next_norm of it, each residual add fused into the norm after it (LayerNorm or RMSNorm)."""
+        attn = self.attn.forward_kernels(h, None, rope)
+        x, h = residual_norm_kernels(x, attn, self.ln_2)
+        return residual_norm_kernels(x, self.mlp.forward_kernels(h), next_norm)
+
 
 class GPT(nn.Module):
-    """GPT-2. `ops` picks how forward runs: "torch" (plain modules) or "kernels" (our CUDA kernels for the
-    embedding, residual+LayerNorm, bias+GELU and the fused classifier; cuBLAS matmuls and cuDNN attention).
-    Both use the same parameters, so checkpoints move freely between them. fp8 GEMMs are applied by
-    `gpt2pipe.ops.fp8.convert_to_fp8(model)` (what `fp8=True` calls), a module swap this file knows only
-    through the `forward_kernels` / `fp8_input_target` methods the swapped modules have."""
+    """GPT-2 and its model.arch variants. `ops` picks how forward runs: "torch" (plain modules) or "kernels"
+    (our CUDA kernels for the embedding, residual+norm, the activations, RoPE and the fused classifier; cuBLAS
+    matmuls and cuDNN attention). Both use the same parameters, so checkpoints move freely between them. fp8
+    GEMMs (GPT-2's blocks only) are applied by `gpt2pipe.ops.fp8.convert_to_fp8(model)` (what `fp8=True`
+    calls), a module swap this file knows only through the `forward_kernels` / `fp8_input_target` methods
+    the swapped modules have."""
 
     def __init__(self, cfg: ModelConfig, ops: str = "torch", recompute: bool = False, fp8: bool = False):
         super().__init__()
+        if problem := cfg.problem(fp8):  # a shape built in code or read from a file, not through the schema
+            raise problem
         self.config = cfg
         self.ops = ops
         self.recompute = recompute  # kernels path: keep only block inputs, recompute the rest in backward
+        self.gpt2 = not cfg.arch_changes()  # GPT-2 itself: its own (benchmarked, fp8-capable) kernels path
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            **({"wpe": nn.Embedding(cfg.block_size, cfg.n_embd)} if cfg.pos_embedding == "learned" else {}),
             h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
-            ln_f=nn.LayerNorm(cfg.n_embd),
+            ln_f=make_norm(cfg),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
         with torch.no_grad():  # padding rows are never looked up or scored: zero, as llm.c exports them
             self.transformer.wte.weight[cfg.vocab_size :] = 0
+            self.lm_head.weight[cfg.vocab_size :] = 0
         if fp8:  # shorthand for gpt2pipe.ops.fp8.convert_to_fp8(GPT(...)), which callers should prefer
             from gpt2pipe.ops.fp8 import convert_to_fp8
 
@@ -128,7 +214,7 @@ class GPT(nn.Module):
         # llm.c: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * n_layer), biases 0
         if isinstance(module, nn.Linear):
             std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual", False) else 0.02
-            if module is not self.lm_head:  # the head shares wte's weight, initialised below
+            if module is not self.lm_head or not self.config.tie_embeddings:  # a tied head is wte, done below
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -141,11 +227,13 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
         if self.ops == "kernels" and reduction == "mean":
-            return self._forward_kernels(idx, targets)
-        pos = torch.arange(T, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+            return self._forward_kernels(idx, targets) if self.gpt2 else self._forward_arch_kernels(idx, targets)
+        x = self.transformer.wte(idx)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))
+        rope = self.rope_tables(T, idx.device)
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, rope)
         logits = self.lm_head(self.transformer.ln_f(x))[..., : self.config.vocab_size]
         if targets is None:
             return logits, None
@@ -172,9 +260,48 @@ class GPT(nn.Module):
             return F.linear(h, self.lm_head.weight)[..., : self.config.vocab_size], None
         return None, K.fused_classifier(h, self.lm_head.weight, targets, self.config.vocab_size)
 
+    def _forward_arch_kernels(self, idx: torch.Tensor, targets: torch.Tensor | None):
+        """The kernels path of the model.arch options: as _forward_kernels, with ops/arch.py's RMSNorm, RoPE
+        and activations where the options ask for them, and no fp8."""
+        K = _kernel_ops()
+        tr = self.transformer
+        if "wpe" in tr:
+            x = K.encoder(idx, tr.wte.weight, tr.wpe.weight)
+        else:
+            x = F.embedding(idx, tr.wte.weight)
+        rope = self.rope_tables(idx.shape[1], idx.device)
+        h = norm_kernels(x, tr.h[0].ln_1)
+        for i, block in enumerate(tr.h):
+            next_norm = tr.ln_f if i + 1 == len(tr.h) else tr.h[i + 1].ln_1
+            if self.recompute and torch.is_grad_enabled():
+                x, h = torch.utils.checkpoint.checkpoint(block.forward_arch_kernels, x, h, rope, next_norm,
+                                                         use_reentrant=False)
+            else:
+                x, h = block.forward_arch_kernels(x, h, rope, next_norm)
+        if targets is None:
+            return F.linear(h, self.lm_head.weight)[..., : self.config.vocab_size], None
+        return None, K.fused_classifier(h, self.lm_head.weight, targets, self.config.vocab_size)
+
+    def rope_tables(self, T: int, device: torch.device):
+        """RoPE's (cos, sin) [T, head_dim / 2], fp32 (also under autocast, and with bf16 weights), or None
+        for learned positions. Made per forward: a few tiny kernels, and no buffer in the state dict."""
+        c = self.config
+        if c.pos_embedding != "rope":
+            return None
+        with torch.autocast(device.type, enabled=False):
+            return reference.rope_tables(T, c.head_dim, c.rope_theta, device)
+
     def num_params(self, embeddings: bool = True) -> int:
+        """All parameters (a tied head once); embeddings=False leaves out the lookups that are no matmul: the
+        position embedding, and the token embedding when the head does not share it."""
         n = sum(p.numel() for p in self.parameters())
-        return n if embeddings else n - self.transformer.wpe.weight.numel()
+        if embeddings:
+            return n
+        if "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        if not self.config.tie_embeddings:
+            n -= self.transformer.wte.weight.numel()
+        return n
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (PaLM appendix B): 6N for the weights plus 12*L*T*C for attention."""

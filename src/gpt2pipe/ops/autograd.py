@@ -241,7 +241,29 @@ def _bias_gelu_grid(N: int, C: int, *tensors) -> tuple[str, tuple[int, int], int
 
 class FusedClassifier(torch.autograd.Function):
     """Mean cross-entropy of h @ W.T over the real vocabulary; the gradients are computed in the forward
-    pass, chunk by chunk (the logits of a chunk become its dlogits in place), so the full logits never exist."""
+    pass, chunk by chunk (the logits of a chunk become its dlogits in place), so the full logits never exist.
+
+    The weight gradient is a sum of one GEMM per chunk. It is summed in fp32 and cast to the weight's dtype
+    once, in backward: summed in bf16 (dw_fp32 = False, what this did before), every chunk's addmm rounded
+    the running sum again, an error that grows with the number of chunks (tests/test_classifier_fp32.py)."""
+
+    dw_fp32 = True  # class-wide, so `gpt2pipe bench` can time both ways in one run (mode kernels-dw-bf16)
+    _fp32_out: bool | None = None  # whether this torch has mm with an fp32 result for bf16 inputs
+
+    @staticmethod
+    def _mm_fp32(a, b):
+        """a @ b in fp32 for bf16 a, b: cuBLAS accumulates in fp32 and, through aten's mm.dtype (torch 2.8+),
+        writes the fp32 result unrounded. Older torch: the product rounded to bf16 once, then widened (the
+        sum over chunks still stays fp32)."""
+        if FusedClassifier._fp32_out is None:
+            try:
+                torch.ops.aten.mm.dtype(a[:8, :8], b[:8, :8], torch.float32)
+                FusedClassifier._fp32_out = True
+            except (AttributeError, RuntimeError, NotImplementedError):
+                FusedClassifier._fp32_out = False
+        if FusedClassifier._fp32_out:
+            return torch.ops.aten.mm.dtype(a, b, torch.float32)
+        return (a @ b).float()
 
     @staticmethod
     def forward(ctx, h, weight, targets, vocab_size, grad):
@@ -252,6 +274,7 @@ class FusedClassifier(torch.autograd.Function):
         losses = torch.empty(N, dtype=torch.float32, device=h.device)
         dh = torch.empty_like(h2) if grad else None
         dw = None
+        fp32 = FusedClassifier.dw_fp32
         for s in range(0, N, CLASSIFIER_CHUNK):
             e = min(N, s + CLASSIFIER_CHUNK)
             logits = h2[s:e] @ weight.t()
@@ -259,15 +282,21 @@ class FusedClassifier(torch.autograd.Function):
                    1.0 / N, int(grad))
             if grad:
                 torch.mm(logits, weight, out=dh[s:e])
-                dw = logits.t() @ h2[s:e] if dw is None else dw.addmm_(logits.t(), h2[s:e])
+                if fp32:  # the first chunk's product is the sum so far: no add, no zero fill
+                    part = FusedClassifier._mm_fp32(logits.t(), h2[s:e])
+                    dw = part if dw is None else dw.add_(part)
+                else:
+                    dw = logits.t() @ h2[s:e] if dw is None else dw.addmm_(logits.t(), h2[s:e])
         ctx.grads = (dh.view_as(h) if grad else None, dw)
+        ctx.weight_dtype = weight.dtype
         return losses.mean()
 
     @staticmethod
     def backward(ctx, dloss):
         dh, dw = ctx.grads
         ctx.grads = None
-        return dh * dloss.to(dh.dtype), dw * dloss.to(dw.dtype), None, None, None
+        # scaled while still fp32, then rounded once to the weight's dtype
+        return dh * dloss.to(dh.dtype), (dw * dloss.to(dw.dtype)).to(ctx.weight_dtype), None, None, None
 
 
 def encoder(idx, wte, wpe):

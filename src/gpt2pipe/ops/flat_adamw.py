@@ -101,7 +101,14 @@ class FlatAdamW:
         # overlap: during the backward pass that completes the gradients, each bucket is reduce-scattered
         # as soon as all its parameters have their gradient (post-accumulate hooks)
         self._overlap, self._pending, self._handles = False, [], {}
-        self._in_flight: list = []  # ZeRO-2: (handle, packed bucket, reduced slice, bucket) not yet added
+        self._in_flight: list = []  # ZeRO-2: (handle, reduced slice, bucket) not yet added
+        if self.sharded_grads:
+            # two persistent slots (packed bucket, its reduced slice), used in turn: at most two buckets are in
+            # flight, with no allocation per bucket and no tensor handed between streams through the allocator
+            big = max(b.size for b in self.buckets)
+            self._slots = [(torch.empty(big, dtype=dtype, device=device),
+                            torch.empty(big // world.size, dtype=dtype, device=device)) for _ in range(2)]
+            self._slot = 0
         if self.sharded_grads:  # every backward reduces its buckets as they complete
             self._overlap, self._pending = True, [len(b.params) for b in self.buckets]
         if world.distributed:
@@ -129,26 +136,31 @@ class FlatAdamW:
                 self._handles[i] = self._reduce(self.buckets[i], async_op=True)
 
     def _reduce_sharded(self, b: _Bucket) -> None:
-        """ZeRO-2: pack the bucket's gradients (missing ones count as zero), free them, and reduce-scatter the
-        pack asynchronously; the buckets launched before it are finished (added to the accumulator) now, so
-        about two buckets of gradients are in flight while the backward pass goes on."""
-        packed = torch.zeros(b.size, dtype=self.dtype, device=self.params.device)
+        """ZeRO-2: pack the bucket's gradients (missing ones count as zero) into the next slot, free them, and
+        reduce-scatter the pack asynchronously; the buckets launched before it are finished (added to the
+        accumulator) now, so at most two buckets are in flight while the backward pass goes on. The slot was
+        last used two buckets ago, and that collective has been waited for (on this stream) since."""
+        packed, out = self._slots[self._slot]
+        self._slot ^= 1
+        packed, out = packed[: b.size], out[: b.slice]
         off = 0
         for p in b.params:
             k = p.numel()
             if p.grad is not None:
                 packed[off : off + k].copy_(p.grad.view(-1))
                 p.grad = None
+            else:
+                packed[off : off + k].zero_()
             off += k
-        out = torch.empty(b.slice, dtype=self.dtype, device=packed.device)
+        packed[off:].zero_()  # padding to a multiple of the process count
         handle = _reduce_scatter(out, packed, async_op=True)
         self._finish_in_flight()
-        self._in_flight.append((handle, packed, out, b))
+        self._in_flight.append((handle, out, b))
 
     def _finish_in_flight(self) -> None:
-        """Wait for the reduce-scatters launched so far and add them into the sharded accumulator; dropping
-        the packed buffers after wait() is safe (later work on this stream is ordered after the collective)."""
-        for handle, _, out, b in self._in_flight:
+        """Wait for the reduce-scatters launched so far and add them into the sharded accumulator (wait()
+        orders this stream after the collective, so the slots may be refilled afterwards)."""
+        for handle, out, b in self._in_flight:
             handle.wait()
             self.grad_shard[b.local : b.local + b.slice] += out
         self._in_flight = []

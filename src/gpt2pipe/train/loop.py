@@ -170,7 +170,7 @@ class Trainer:
         del saved  # the memory-mapped file is not needed any more
         runner = torch.compile(model) if t.ops == "compile" else model
         amp = torch.bfloat16 if use_kernels else autocast_dtype(device, t.dtype)
-        ctx = contextlib.nullcontext() if use_kernels else autocast(device, amp)  # kernels: bf16 weights already
+        ctx = autocast(device, None if use_kernels else amp)  # kernels: bf16 weights already
         log = RunLog(paths.state / "train.log" if world.main else None, state.step if resumed else None,
                      t.max_steps, progress, t.log_to, run_dir, cfg.raw)
         if described := optimizer.describe():
@@ -194,7 +194,7 @@ class Trainer:
             x, y = st.loader.next_batch()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.ctx:
-                _, loss = self.runner(x, y)
+                loss = self.runner(x, y)[1]  # the logits (B x T x V) are not kept alive into the next micro-batch
             (loss / self.grad_accum).backward()
             loss_sum += loss.detach()
         lr = lr_at(st.step, t)

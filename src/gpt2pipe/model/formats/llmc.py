@@ -37,6 +37,9 @@ def _llmc_order(cfg: ModelConfig) -> list[str]:
 def to_llmc(model: GPT, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
     """Write `model` as an llm.c model file (float32: version 3, bfloat16: version 5)."""
     cfg = model.config
+    if changes := cfg.arch_changes():
+        raise Gpt2pipeError(f"{path}: llm.c's model .bin holds GPT-2 only, not model "
+                            f"{', '.join(f'{k} {v}' for k, v in changes.items())} (export --format hf instead)")
     version = {v: k for k, v in LLMC_VERSIONS.items()}[dtype]
     header = np.zeros(256, dtype="<i4")
     header[:8] = (LLMC_MAGIC, version, cfg.block_size, cfg.vocab_size, cfg.n_layer, cfg.n_head, cfg.n_embd,

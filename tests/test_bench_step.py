@@ -1,0 +1,270 @@
+"""`gpt2pipe bench`'s step table without a GPU: the torch.compile recipes compute the model's loss, the
+llm.c runner (against a stand-in train_gpt2cu that checks what it is given), the CUDA-graph fallback and
+check, ratios against the fastest baseline, and (slow) the whole bench end to end on CPU at a tiny size."""
+
+import os
+import re
+import stat
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from gpt2pipe import Gpt2pipeError
+from gpt2pipe.bench import compiled, llmc
+from gpt2pipe.bench import step as bench
+from gpt2pipe.bench.step import StepResult
+from gpt2pipe.config import ModelConfig
+from gpt2pipe.model.gpt import GPT, GPT2_SIZES
+
+TINY = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16)
+
+# A stand-in for llm.c's train_gpt2cu: checks its command line and the shards as llm.c would (header, enough
+# tokens for a micro-batch), then prints llm.c's lines. FAKE_MS: step times; FAKE_OOM_ABOVE: fail as llm.c
+# does when cudaMalloc runs out, for -b above it.
+FAKE_LLMC = """\
+#!{python}
+import os, sys
+sys.path[:0] = {path!r}
+from gpt2pipe.data.llmc_format import read_shard
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+if len(sys.argv) % 2 == 0 or set(args) - set("-i -j -e -b -t -d -x -v -m -s -h -n -y".split()):
+    print("usage: ./train_gpt2cu [options]")  # llm.c's error_usage(), exit status 1
+    sys.exit(1)
+B, T, total, steps = (int(args[k]) for k in ("-b", "-t", "-d", "-x"))
+assert args["-e"] == os.environ.get("FAKE_DEPTH", "d12"), args
+assert (args["-s"], args["-h"], args["-n"], args["-y"], args["-m"]) == ("0", "0", "0", "0", "1"), args
+assert "-o" not in args and total % (B * T) == 0
+for pattern in (args["-i"], args["-j"]):
+    tokens = read_shard(pattern)
+    assert len(tokens) >= B * T + 1 and tokens.max() < 50257
+if B > int(os.environ.get("FAKE_OOM_ABOVE", "1000000")):
+    print("[CUDA ERROR] at file llmc/cuda_utils.cuh:123:\\nout of memory")
+    sys.exit(1)
+print("device memory usage: 42080 MiB / 81079 MiB")
+print("val loss 11.020121")
+ms = [float(x) for x in os.environ["FAKE_MS"].split(",")]
+for i in range(steps):
+    print(f"step {{i + 1:4d}}/{{steps}} | loss {{11.0 - 0.1 * i:7.6f}} (+nanz)| norm {{17.1324 - i:6.4f}} (+nanz)| "
+          f"lr 2.00e-05 | {{ms[i]:.2f}} ms | 24.6% bf16 MFU | 303344 tok/s")
+print("val loss 10.5")
+print("total average iteration time: 1.0 ms")
+"""
+
+
+@pytest.fixture
+def fake_llmc(tmp_path):
+    import gpt2pipe
+
+    path = tmp_path / "llmc" / "train_gpt2cu"
+    path.parent.mkdir()
+    src = str(os.path.dirname(os.path.dirname(gpt2pipe.__file__)))
+    path.write_text(FAKE_LLMC.format(python=sys.executable, path=[src]))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_loss_only_graphs_compute_the_models_loss():
+    """compile's graph computes exactly the model's loss, compile-masked the same loss another way, and
+    compile-padded (nanoGPT's) a different one: the padded columns join the softmax."""
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    idx = torch.randint(0, TINY.vocab_size, (2, 16))
+    targets = torch.randint(0, TINY.vocab_size, (2, 16))
+    _, ref = model(idx, targets)
+    sliced = compiled.LossOnly(model, "sliced")(idx, targets)
+    masked = compiled.LossOnly(model, "masked")(idx, targets)
+    padded = compiled.LossOnly(model, "padded")(idx, targets)
+    assert sliced.item() == ref.item()
+    assert masked.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert padded.item() > ref.item() + 1e-4  # 47 more columns of logit 0 in the partition function
+    g_ref = torch.autograd.grad(ref, list(model.parameters()))
+    g_masked = torch.autograd.grad(masked, list(model.parameters()))
+    for a, b in zip(g_masked, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="loss"):
+        compiled.LossOnly(model, "tied")
+
+
+def test_micro_batch_defaults_per_size_and_overrides():
+    assert bench.micro_batch_for("124M", "compile-max") == 64
+    assert bench.micro_batch_for("350M", "compile-masked") == 32
+    assert bench.micro_batch_for("774M", "kernels-fp8") == 32
+    assert bench.micro_batch_for("774M", "llmc") == 32
+    assert bench.micro_batch_for("tiny", "eager") == 32  # unknown sizes take 124M's
+    assert bench.parse_micro_batch(["compile=32", "350M:kernels=16"]) == {(None, "compile"): 32,
+                                                                         ("350M", "kernels"): 16}
+    for bad in ("compile", "compile=x", ":kernels=3", "kernels=0"):
+        with pytest.raises(Gpt2pipeError, match="--micro-batch"):
+            bench.parse_micro_batch([bad])
+
+
+def test_llmc_line_parser_reads_real_output():
+    out = textwrap.dedent("""\
+        allocating 39612 MiB for activations
+        device memory usage: 42080 MiB / 81079 MiB
+        val loss 11.020121
+        step    1/150 | loss 11.003835 (+nanz)| norm 17.1324 (+nanz)| lr 2.00e-05 | 216.05 ms | 24.6% bf16 MFU | 303344 tok/s
+        step    2/150 | loss 10.239479 (+nanz)| norm 11.6139 (+nanz)| lr 4.00e-05 | 194.03 ms | 27.4% bf16 MFU | 337765 tok/s
+        step    3/150 | loss 10.307314 (+0.71z)| norm 9.3927 (-1.20z)| lr 6.00e-05 | 195.69 ms | 27.2% bf16 MFU | 336296 tok/s
+        """)
+    run = llmc.parse(out)
+    assert run.step_ms == [216.05, 194.03, 195.69]
+    assert run.losses == [11.003835, 10.239479, 10.307314]
+    assert run.norms == [17.1324, 11.6139, 9.3927]
+    assert run.memory_mib == 42080
+    assert llmc.median_ms(run, warmup=1) == pytest.approx((194.03 + 195.69) / 2)
+
+
+def test_llmc_runs_on_shards_it_writes_and_reports_timed_steps(fake_llmc, monkeypatch):
+    monkeypatch.setenv("FAKE_MS", "900,100,120,110,500")
+    notes = []
+    r = bench.time_llmc(str(fake_llmc), "124M", GPT2_SIZES["124M"], 8, 64, 8 * 64 * 2, steps=3, warmup=2,
+                        extra=[], notes=notes)
+    assert r.mode == "llmc" and r.micro_batch == 8 and not notes
+    assert r.ms == pytest.approx(120.0)  # median of steps 3-5: the warm-up steps are left out
+    assert r.tokens_per_s == pytest.approx(8 * 64 * 2 / 0.120)
+    assert r.peak_gb == pytest.approx(42080 / 1024)
+    assert r.losses[0] == pytest.approx(11.0) and r.norms[0] == pytest.approx(17.1324)
+    monkeypatch.setenv("FAKE_DEPTH", "d24")
+    assert bench.time_llmc(str(fake_llmc), "350M", GPT2_SIZES["350M"], 8, 64, 8 * 64, 1, 0, [], []).ms == 900.0
+
+
+def test_llmc_out_of_memory_halves_the_micro_batch_and_other_failures_stop(fake_llmc, monkeypatch):
+    monkeypatch.setenv("FAKE_MS", "100,100,100")
+    monkeypatch.setenv("FAKE_OOM_ABOVE", "2")
+    notes = []
+    r = bench.time_llmc(str(fake_llmc), "124M", GPT2_SIZES["124M"], 8, 64, 8 * 64, 2, 1, [], notes)
+    assert r.micro_batch == 2
+    assert notes == ["# llmc: micro-batch 8 ran out of memory, trying 4",
+                     "# llmc: micro-batch 4 ran out of memory, trying 2"]
+    with pytest.raises(llmc.LlmcFailed, match="exit status"):  # an unknown argument: llm.c's usage, exit 1
+        bench.time_llmc(str(fake_llmc), "124M", GPT2_SIZES["124M"], 2, 64, 2 * 64, 2, 1, ["-q"], [])
+    with pytest.raises(Gpt2pipeError, match="not an executable"):
+        llmc.run(fake_llmc.parent / "missing", "124M", 2, 64, 128, 1, 0)
+    with pytest.raises(Gpt2pipeError, match="no llm.c model"):
+        llmc.command(fake_llmc, "tiny", 2, 64, 128, 1, "a", "b", [])
+
+
+def result(mode, ms, losses=(11.0, 10.9), norms=(2.0,), **kw):
+    return StepResult(mode, 64, ms, 524288 / (ms / 1e3), 400.0, 0.4, 30.0, list(losses), norms=list(norms), **kw)
+
+
+def test_table_ratios_are_against_the_fastest_trusted_baseline(monkeypatch):
+    rows = [result("kernels", 900.0), result("kernels-dw-bf16", 890.0), result("compile", 1000.0),
+            result("compile-max", 800.0, trusted=False, note="WRONG with CUDA graphs"),
+            result("compile-max", 950.0, note="max-autotune-no-cudagraphs"), result("llmc", 980.0),
+            result("eager", 700.0)]  # eager is not a baseline, however fast
+    text = bench.format_section("124M", 1024, 524288, 5, 2, rows, ["# a note"])
+    assert "fastest baseline measured here: compile-max (950.0 ms/step)" in text
+    table = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("| mode"):
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            table.setdefault(cells[0], []).append(cells)
+    assert table["kernels"][0][8] == f"{950 / 900:.3f}x"
+    assert table["compile-max (baseline)"][0][8] == "-"  # the wrong one: no ratio, not the baseline
+    assert table["compile-max (baseline)"][1][8] == "1.000x"
+    assert table["llmc (baseline)"][0][8] == f"{950 / 980:.3f}x"
+    assert "+10.0 ms/step (+1.12%)" in text  # the fp32 classifier sum against bf16
+    assert "# a note" in text
+
+
+def test_cuda_graph_check_and_fallback(monkeypatch):
+    ref = result("compile", 1000.0, losses=(11.0, 10.9), norms=(2.0,))
+    assert bench.check_against(result("compile-max", 900.0, losses=(11.001, 10.901), norms=(2.01,)), ref) is None
+    assert "gradient norm" in bench.check_against(result("compile-max", 900.0, norms=(0.25,)), ref)
+    assert "step-2 loss" in bench.check_against(result("compile-max", 900.0, losses=(11.0, 10.0)), ref)
+    calls = []
+
+    def fake_fit(mode, cfg, b, seq_len, total_batch, steps, warmup, profile, notes, compile_mode=None):
+        calls.append(compile_mode)
+        if compile_mode is None and fail == "raise":
+            raise RuntimeError("accessing tensor output of CUDAGraphs that has been overwritten\nmore")
+        norms = (0.5,) if compile_mode is None and fail == "wrong" else (2.0,)
+        return result(mode, 900.0 if compile_mode is None else 950.0, norms=norms)
+
+    monkeypatch.setattr(bench, "fit_micro_batch", fake_fit)
+    monkeypatch.setattr(bench, "_release", lambda cuda: None)
+    monkeypatch.setattr(compiled, "cudagraph_accumulation_problem", lambda device: None)
+    fail, notes = "raise", []
+    (r,) = bench.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, notes, ref)
+    assert calls == [None, compiled.CUDAGRAPH_FALLBACK] and r.trusted and "CUDA graphs failed" in r.note
+    assert "RuntimeError: accessing tensor output of CUDAGraphs" in notes[0]
+    fail, calls = "wrong", []
+    wrong, again = bench.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, [], ref)
+    assert not wrong.trusted and "WRONG" in wrong.note and again.trusted and again.ms == 950.0
+    fail, calls = "none", []
+    (ok,) = bench.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, [], None)
+    assert calls == [None] and "unchecked" in ok.note
+    # the tiny-model probe found CUDA graphs broken: straight to the fallback, max-autotune compiled once
+    monkeypatch.setattr(compiled, "cudagraph_accumulation_problem", lambda device: "RuntimeError: overwritten")
+    fail, calls, notes = "raise", [], []
+    (r,) = bench.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, notes, ref)
+    assert calls == [compiled.CUDAGRAPH_FALLBACK] and "fail with accumulation" in r.note
+    assert "tiny model (RuntimeError: overwritten)" in notes[0]
+
+
+@pytest.mark.slow
+def test_cudagraph_probe_runs_the_accumulation_it_checks():
+    """On CPU inductor makes no CUDA graphs, so the probe's compiled run must match eager: the probe's own
+    code path (eager vs compiled gradients over accumulated micro-batches) without a GPU."""
+    compiled.cudagraph_accumulation_problem.cache_clear()
+    assert compiled.cudagraph_accumulation_problem(torch.device("cpu")) is None
+
+
+def test_classifier_switch_is_restored():
+    from gpt2pipe.ops.autograd import FusedClassifier
+
+    assert FusedClassifier.dw_fp32 is True
+    with pytest.raises(KeyError):
+        with bench.classifier_dw(False):
+            assert FusedClassifier.dw_fp32 is False
+            raise KeyError
+    assert FusedClassifier.dw_fp32 is True
+
+
+def test_bench_cli_checks_sizes_and_llmc_before_it_needs_a_gpu(capsys):
+    from gpt2pipe.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--llmc", "--llmc-args", "compile-max", "SIZE[,SIZE...]"):
+        assert option in out
+    from gpt2pipe.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["bench"]
+    assert tuple(sub.get_default("modes").split(",")) == bench.DEFAULT_MODES
+    for argv, message in ((["--size", "124M,9M"], "--size: unknown"), (["--modes", "kernels,turbo"], "turbo"),
+                          (["--nproc", "2", "--size", "124M,350M"], "one --size")):
+        assert main(["bench", *argv]) == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_end_to_end_on_cpu(fake_llmc, monkeypatch):
+    """Every family of modes through the real step code (torch.compile included) at a tiny size, with the
+    llm.c stand-in: one table, every mode in it, the same first loss where the loss is the same, and the
+    report rewritten after each mode."""
+    monkeypatch.setitem(GPT2_SIZES, "tiny", TINY)
+    monkeypatch.setattr(llmc, "DEPTH", {**llmc.DEPTH, "tiny": "d12"})
+    monkeypatch.setenv("FAKE_MS", "0.5,0.3,0.3")
+    modes = ("kernels", "kernels-dw-bf16", "eager", "compile", "compile-masked")
+    partials = []
+    text = bench.run(("tiny",), seq_len=16, total_batch=16 * 4 * 2, modes=modes,
+                     micro_batch={(None, m): 4 for m in (*modes, "llmc")}, steps=2, warmup=1, kernels=False,
+                     llmc_binary=str(fake_llmc), on_partial=partials.append)
+    assert "FAILED" not in text, text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and
+            not line.startswith("| mode")}
+    assert list(rows) == ["kernels", "kernels-dw-bf16", "eager", "compile (baseline)", "compile-masked (baseline)",
+                          "llmc (baseline)"]
+    assert "fastest baseline measured here: llmc (0.3 ms/step)" in text  # the stand-in's timed steps
+    losses = {m: [float(x) for x in re.findall(r"[0-9.]+", re.search(rf"- {m}: losses \[([^\]]*)\]", text)[1])]
+              for m in ("kernels", "kernels-dw-bf16", "eager", "compile", "compile-masked")}
+    assert losses["compile"][0] == pytest.approx(losses["eager"][0], rel=1e-3)
+    assert losses["compile-masked"][0] == pytest.approx(losses["eager"][0], rel=1e-3)
+    assert losses["kernels"] == losses["kernels-dw-bf16"]  # on CPU the switch has nothing to switch
+    assert len(partials) == len(modes) + 2 and "| llmc" in partials[-1]
