@@ -42,6 +42,27 @@ def test_newton_schulz_orthogonalises_random_and_ill_conditioned_matrices():
     assert cos > 0.95
 
 
+def test_packed_matrices_are_orthogonalised_as_their_parts():
+    """qkv as q, k, v (narrower k and v with grouped-query attention) and SwiGLU's [gate | up] as two."""
+    from gpt2pipe.train.muon import hidden_matrices, orthogonal_update
+
+    torch.manual_seed(0)
+    model = GPT(config.from_dict({"model": {"n_layer": 1, "n_head": 4, "n_kv_head": 2, "n_embd": 64,
+                                            "block_size": 8, "mlp": "swiglu", "bias": False},
+                                  "train": {"seq_len": 8}}).model)
+    blocks = hidden_matrices(model)
+    h = model.transformer.h[0]
+    assert blocks[id(h.attn.c_attn.weight)] == [64, 32, 32]
+    hidden = h.mlp.c_proj.weight.shape[1]
+    assert blocks[id(h.mlp.c_fc.weight)] == [hidden, hidden] and blocks[id(h.mlp.c_proj.weight)] is None
+    assert id(model.transformer.wte.weight) not in blocks and len(blocks) == 4
+    g = torch.randn(128, 64)
+    u = orthogonal_update(g, [64, 32, 32])
+    for part in u.split([64, 32, 32]):  # each part orthogonal on its own (scale 1: not taller than wide)
+        s = singular_values(part)
+        assert 0.6 <= s.min() and s.max() <= 1.25
+
+
 def test_owners_balance_the_matrices_by_size():
     sizes = [300, 100, 100, 100, 50, 50]
     own = owners(sizes, 2)
@@ -201,12 +222,21 @@ def losses(run_dir):
     return [v for _, v in parse_log(run_dir / "train" / "train.log")["trl"]]
 
 
+SPEEDRUN_ARCH = dict(pos_embedding="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, tie_embeddings=False,
+                     bias=False)
+
+
 def test_muon_training_lowers_the_loss(tiny, tiny_shards, tmp_path, capsys):
-    """The speedrun's training choices together on the real tiny shards: Muon, wsd, document-aligned rows."""
-    cfg = with_train(tiny, optimizer="muon", max_steps=12, lr_schedule="wsd", checkpoint_every=12, val_every=12,
-                     document_aligned=True)
+    """The speedrun's choices together on the real tiny shards: its architecture, Muon, wsd, document-aligned
+    rows."""
+    raw = dict(tiny.raw, model=dict(tiny.raw["model"], **SPEEDRUN_ARCH))
+    cfg = with_train(config.from_dict(raw), optimizer="muon", max_steps=12, lr_schedule="wsd",
+                     checkpoint_every=12, val_every=12, document_aligned=True)
     out = train_mod.train(cfg, tiny_shards, tmp_path / "run", progress=False)
-    assert "data: document-aligned rows" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "data: document-aligned rows" in said
+    # the blocks' 4 matrices x 2 layers; AdamW: the embedding, the untied head and the RMSNorm gains
+    assert "Muon for 8 block matrices" in said and "AdamW for 7 other tensors" in said, said
     trl = losses(tmp_path / "run")
     assert out["final_step"] == 12 and len(trl) == 12
     assert sum(trl[-3:]) / 3 < trl[0] - 0.7, trl

@@ -59,13 +59,18 @@ def hidden_matrices(model: nn.Module) -> dict[int, list[int] | None]:
     """The parameters Muon trains — the >= 2-D weights inside the transformer blocks (not the embeddings,
     not the lm_head, no 1-D gains or biases) — by id, each with the row blocks orthogonalised separately:
     the packed qkv projection is its q, k and v (as modded-nanogpt's separate or batched q, k, v weights;
-    k and v may be narrower with grouped-query attention), every other matrix is one block (None)."""
+    k and v may be narrower with grouped-query attention), SwiGLU's packed input its gate and up matrices;
+    every other matrix is one block (None)."""
+    swiglu = getattr(getattr(model, "config", None), "mlp", None) == "swiglu"
     out: dict[int, list[int] | None] = {}
     for name, p in model.transformer.h.named_parameters():
         if p.dim() >= 2 and p.requires_grad:
             rows, cols = p.shape[-2:]
-            qkv = name.endswith("attn.c_attn.weight") and rows > cols and (rows - cols) % 2 == 0
-            out[id(p)] = [cols, (rows - cols) // 2, (rows - cols) // 2] if qkv else None
+            out[id(p)] = None
+            if name.endswith("attn.c_attn.weight") and rows > cols and (rows - cols) % 2 == 0:
+                out[id(p)] = [cols, (rows - cols) // 2, (rows - cols) // 2]
+            elif swiglu and name.endswith("mlp.c_fc.weight") and rows % 2 == 0:  # packed [gate | up]
+                out[id(p)] = [rows // 2, rows // 2]
     return out
 
 
