@@ -29,6 +29,7 @@ from gpt2pipe.config import TrainConfig
 from gpt2pipe.distributed import World
 from gpt2pipe.ops import reference
 from gpt2pipe.ops.flat_adamw import FlatAdamW, ordered_params
+from gpt2pipe.train.optim import _PlainWeights  # every process holds the whole model: process 0 copies it out
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # modded-nanogpt's quintic: fast growth of small singular values
 
@@ -93,7 +94,7 @@ def owners(sizes: list[int], world_size: int) -> list[int]:
     return out
 
 
-class MuonAdamW:
+class MuonAdamW(_PlainWeights):
     """Muon + FlatAdamW behind the training loop's Optimizer protocol (train/optim.py), on the torch path
     (fp32 weights) and the kernels path (bf16 weights, fp32 master weights), one or several processes."""
 
@@ -280,14 +281,6 @@ class MuonAdamW:
         if weights_from_master:
             self.adam.weights_from_master()
         self._broadcast()  # every process gets the owners' weights
-
-    def model_weights(self) -> dict[str, torch.Tensor] | None:
-        if not self.world.main:
-            return None
-        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-
-    def load_model_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(weights)
 
     def describe(self) -> str:
         held = sum(self.muon[i].numel() for i in self.mine)
