@@ -156,9 +156,11 @@ class ShardLoader:
             starts = np.array([w * self.span])
             window = tokens[w * self.span : w * self.span + self.span + 1]
         if int(window.max()) >= self.vocab_size:  # cheap next to a forward pass; catches foreign shards
-            row, col = divmod(int(np.argmax(window.reshape(-1) >= self.vocab_size)), window.shape[-1])
-            raise Gpt2pipeError(f"{self.shards[shard]}: token {int(window.reshape(-1)[row * window.shape[-1] + col])} "
-                                f"at position {int(starts[row]) + col} is outside the vocabulary ({self.vocab_size})")
+            flat = window.reshape(-1)
+            bad = int(np.argmax(flat >= self.vocab_size))
+            row, col = divmod(bad, window.shape[-1])  # the row it is in, and where in that row
+            raise Gpt2pipeError(f"{self.shards[shard]}: token {int(flat[bad])} at position {int(starts[row]) + col} "
+                                f"is outside the vocabulary ({self.vocab_size})")
         self.sample += self.world
         buf = torch.from_numpy(window.astype(np.int64))
         if self.document_aligned:
