@@ -299,3 +299,14 @@ def test_document_aligned_on_real_shards(tiny_shards):
         assert text[:1].isupper() or text[:1] in "'\"", text  # a speaker's name opens every speech
     with pytest.raises(Gpt2pipeError, match="no shard holds 4 document-aligned rows of 4000"):
         ShardLoader(shards.train, 4, 4000, document_aligned=True)
+
+
+def test_document_aligned_token_outside_the_vocabulary_names_its_position(tmp_path):
+    toks = np.array(([EOT] + [5] * 11) * 10)  # documents of 12 tokens: rows of 8+1 start at 0, 12, 24, ...
+    toks[24 + 3] = 50300  # inside the third row
+    write_shard(tmp_path / "bad.bin", toks)
+    loader = ShardLoader([tmp_path / "bad.bin"], 1, 8, vocab_size=50257, document_aligned=True)
+    assert loader.rows[0].tolist() == [0, 12, 24, 36, 48, 60, 72, 84, 96, 108]
+    starts(loader, 2)
+    with pytest.raises(Gpt2pipeError, match=r"bad.bin: token 50300 at position 27 is outside the vocabulary"):
+        loader.next_batch()
