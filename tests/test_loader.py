@@ -196,3 +196,117 @@ def test_shuffle_is_llmc_draw_for_draw():
     got0, p0 = shuffle.epoch(0)
     assert got0.tolist() == order0.tolist() and [p.tolist() for p in p0] == [p.tolist() for p in perms0]
     assert got1.tolist() == order1.tolist()
+
+
+# --- document-aligned rows (train.document_aligned) ----------------------------------------------------
+
+EOT = 50256
+
+
+def document_shards(tmp_path, n_shards=3, docs=60, seed=0):
+    """Shards of documents as our tokenizer writes them (<|endoftext|>, then the text), of 1 to 40 tokens
+    each, every token naming its shard and document: 1000 * shard + document (modulo the vocabulary)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for s in range(n_shards):
+        toks = []
+        if s == 1:
+            toks += [7] * 5  # a shard that starts inside a document (as FineWeb's 100M-token cuts do)
+        for d in range(docs):
+            toks += [EOT] + [1000 * (s + 1) + d] * int(rng.integers(1, 40))
+        write_shard(tmp_path / f"d_train_{s:06d}.bin", np.array(toks))
+        paths.append(tmp_path / f"d_train_{s:06d}.bin")
+    return paths
+
+
+def test_document_aligned_rows_start_at_documents_and_are_cut_greedily(tmp_path):
+    from gpt2pipe.data.llmc_format import read_shard
+    from gpt2pipe.data.loader import aligned_rows
+
+    shards = document_shards(tmp_path)
+    T = 16
+    for path in shards:  # the rule itself, on each shard
+        toks = np.asarray(read_shard(path))
+        rows = aligned_rows(toks, T)
+        docs = np.flatnonzero(toks == EOT)
+        assert rows[0] == docs[0] and all(toks[rows] == EOT)
+        for a, b in zip(rows, rows[1:]):  # the next row: the first document starting at or after a + T
+            assert b == docs[np.searchsorted(docs, a + T)]
+        assert rows[-1] + T + 1 <= len(toks)  # whole rows only
+        later = docs[docs >= rows[-1] + T]
+        assert not len(later) or later[0] + T + 1 > len(toks)  # the dropped one did not fit
+    loader = ShardLoader(shards, 2, T, shuffle=True, seed=1, document_aligned=True, log=(said := []).append)
+    assert said[0].startswith(f"data: document-aligned rows: {loader.per_epoch:,} samples of 2x16 tokens per epoch")
+    seen = []
+    for _ in range(loader.per_epoch):
+        x, y = loader.next_batch()
+        assert x.shape == y.shape == (2, T)
+        assert (x[:, 0] == EOT).all()  # every row starts a document
+        assert torch_equal_shift(x, y, loader, seen)
+    every = sorted((s, int(r)) for s in range(3) for r in loader.rows[s][: 2 * loader.windows[s]])
+    assert sorted(seen) == every  # one epoch: each row of each shard once
+
+
+def torch_equal_shift(x, y, loader, seen):
+    """y is x shifted by one token inside each row, and the row is the shard's tokens at its start."""
+    for row_x, row_y in zip(x.tolist(), y.tolist()):
+        hits = [(s, int(r)) for s, rows in enumerate(loader.rows) for r in rows
+                if loader.tokens[s][r : r + loader.T].tolist() == row_x
+                and loader.tokens[s][r + 1 : r + loader.T + 1].tolist() == row_y]
+        if not hits:
+            return False
+        seen.append(hits[0])
+    return True
+
+
+def test_document_aligned_two_processes_equal_one_and_resume_exactly(tmp_path):
+    shards = document_shards(tmp_path)
+    kw = dict(shuffle=True, seed=3, document_aligned=True)
+    single = ShardLoader(shards, 2, 16, **kw)
+    ranks = [ShardLoader(shards, 2, 16, r, 2, **kw) for r in range(2)]
+    for _ in range(single.per_epoch + 3):  # more than an epoch of 2-sample steps
+        accumulated = [b.tolist() for _ in range(2) for b in single.next_batch()]
+        parallel = [b.tolist() for r in ranks for b in r.next_batch()]
+        assert accumulated == parallel
+    state = json.loads(json.dumps(ranks[0].state_dict()))
+    assert state == single.state_dict() and state["document_aligned"] is True and single.epoch >= 1
+    expected = [[b.tolist() for b in single.next_batch()] for _ in range(30)]
+    resumed = ShardLoader(shards, 2, 16, **kw)
+    resumed.load_state_dict(state)
+    assert [[b.tolist() for b in resumed.next_batch()] for _ in range(30)] == expected
+    with pytest.raises(Gpt2pipeError, match="belongs to other document_aligned "):
+        ShardLoader(shards, 2, 16, shuffle=True, seed=3).load_state_dict(state)
+    old = ShardLoader(shards, 2, 16, shuffle=True, seed=3).state_dict()
+    del old["document_aligned"]  # saved before the option existed: an unaligned run, resumed as one
+    ShardLoader(shards, 2, 16, shuffle=True, seed=3).load_state_dict(old)
+    with pytest.raises(Gpt2pipeError, match="belongs to other document_aligned "):
+        ShardLoader(shards, 2, 16, **kw).load_state_dict(old)
+
+
+def test_document_aligned_on_real_shards(tiny_shards):
+    """Tiny Shakespeare's speeches tokenized by the real stage: every row opens a speech."""
+    from gpt2pipe.data.llmc_format import ShardSet
+    from gpt2pipe.data.tokenizer import gpt2
+
+    shards = ShardSet.open(tiny_shards)
+    loader = ShardLoader(shards.train, 4, 32, shuffle=True, seed=0, document_aligned=True)
+    plain = ShardLoader(shards.train, 4, 32, shuffle=True, seed=0)
+    assert 0 < loader.per_epoch < plain.per_epoch  # cut tails of documents are skipped
+    for _ in range(loader.per_epoch):
+        x, _ = loader.next_batch()
+        assert (x[:, 0] == EOT).all()
+        text = gpt2().decode(x[0, 1:].tolist())
+        assert text[:1].isupper() or text[:1] in "'\"", text  # a speaker's name opens every speech
+    with pytest.raises(Gpt2pipeError, match="no shard holds 4 document-aligned rows of 4000"):
+        ShardLoader(shards.train, 4, 4000, document_aligned=True)
+
+
+def test_document_aligned_token_outside_the_vocabulary_names_its_position(tmp_path):
+    toks = np.array(([EOT] + [5] * 11) * 10)  # documents of 12 tokens: rows of 8+1 start at 0, 12, 24, ...
+    toks[24 + 3] = 50300  # inside the third row
+    write_shard(tmp_path / "bad.bin", toks)
+    loader = ShardLoader([tmp_path / "bad.bin"], 1, 8, vocab_size=50257, document_aligned=True)
+    assert loader.rows[0].tolist() == [0, 12, 24, 36, 48, 60, 72, 84, 96, 108]
+    starts(loader, 2)
+    with pytest.raises(Gpt2pipeError, match=r"bad.bin: token 50300 at position 27 is outside the vocabulary"):
+        loader.next_batch()

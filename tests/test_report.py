@@ -103,3 +103,128 @@ def test_report_error_names_the_missing_file(tmp_path):
     evals = _run_files(tmp_path)
     with pytest.raises(Gpt2pipeError, match="nope.log: not found"):
         run(cfg, evals=evals, train_log=tmp_path / "nope.log")
+
+
+# --- report.compare_runs: other runs on the same axes, in tokens ---------------------------------------
+
+def _trained_run(tiny, shards, results, name, **train):
+    """A real tiny run under results/<name>: its train.log, the resolved config.yaml the workflow writes
+    (layout.stage_config_text) and an eval result per checkpoint made from its logged val losses."""
+    from gpt2pipe import config, layout
+    from gpt2pipe.train import loop as train_mod
+
+    raw = dict(tiny.raw, run_name=name, results_dir=str(results), train=dict(tiny.raw["train"], **train))
+    cfg = config.from_dict(raw)
+    train_mod.train(cfg, shards, cfg.run_dir, progress=False)
+    (cfg.run_dir / "config.yaml").write_text(layout.stage_config_text(cfg.raw, "report"))
+    (cfg.run_dir / "eval").mkdir()
+    for step, val in parse_log(cfg.run_dir / "train" / "train.log")["tel"]:
+        if step:
+            (cfg.run_dir / "eval" / f"step_{step:06d}.json").write_text(json.dumps(
+                {"step": step, "val_loss": val, "hellaswag_acc_norm": 0.25, "hellaswag_acc": 0.25,
+                 "hellaswag_examples": 8}))
+    return cfg
+
+
+def test_compared_runs_are_drawn_in_tokens_and_their_loss_reached(tiny, tiny_shards, tmp_path):
+    """Two real tiny runs with different batch sizes: each is drawn at its own tokens per step, and the
+    report says when this run reached the other's final val loss."""
+    from gpt2pipe import config
+    from gpt2pipe.report import comparison_lines, compared_runs, load_compared
+
+    results = tmp_path / "res"
+    # the "GPT-2" run: 6 steps of 256 tokens; the "speedrun": 12 steps of 128 tokens, Muon, at a higher rate
+    _trained_run(tiny, tiny_shards, results, "slow", max_steps=6)
+    fast = _trained_run(tiny, tiny_shards, results, "fast", max_steps=12, micro_batch_size=2,
+                        total_batch_tokens=128, optimizer="muon", learning_rate=0.01, checkpoint_every=6,
+                        val_every=3)
+    cfg = config.from_dict(dict(fast.raw, report=dict(fast.raw["report"], compare_runs=["slow", "never"])))
+    runs = compared_runs(cfg)
+    assert [(r["name"], r["exists"]) for r in runs] == [("slow", True), ("never", False)]
+    compare = load_compared(runs)
+    assert [(r["name"], r["tokens_per_step"], len(r["evals"])) for r in compare] == [("slow", 256, 2)]
+    log = fast.run_dir / "train" / "train.log"
+    evals = load_evals(sorted((fast.run_dir / "eval").glob("*.json")))
+    fig = plot(log, evals, tmp_path / "both.png", tokens_per_step=128, compare=compare, name="fast")
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    for label in ("slow train loss", "slow val loss", "fast train loss", "fast val loss (checkpoints)"):
+        assert label in lines, list(lines)
+    # x = tokens: step 5 of "slow" is 5 x 256 tokens, step 11 of "fast" 11 x 128 (in M on this scale)
+    assert lines["slow train loss"].get_xdata()[-1] == pytest.approx(5 * 256 / 1e6)
+    assert lines["fast train loss"].get_xdata()[-1] == pytest.approx(11 * 128 / 1e6)
+    assert lines["slow val loss"].get_xdata().tolist() == pytest.approx([0, 3 * 256 / 1e6, 6 * 256 / 1e6])
+    slow_final = load_evals(runs[0]["evals"])[-1]["val_loss"]
+    text = comparison_lines("fast", parse_log(log), evals, 128, compare)
+    assert len(text) == 1 and text[0].startswith(f"slow: final val loss {slow_final:.4f} at 1,536 tokens; fast ")
+    fast_val = parse_log(log)["tel"]  # the evals above hold the same values at the checkpoints
+    first = next((s for s, v in fast_val if v <= slow_final), None)
+    if first is None:
+        assert "has not reached it" in text[0]
+    else:
+        assert f"reaches it at {first * 128:,} tokens ({first * 128 / 1536:.1%} of theirs)" in text[0]
+
+
+def test_report_cli_draws_the_compared_run_and_names_a_missing_one(tmp_path):
+    """`gpt2pipe report` with report.compare_runs over llm.c's real GPT-2 124M log as the other run."""
+    from gpt2pipe import config, layout
+    from gpt2pipe.cli import main
+
+    results = tmp_path / "res"
+    gpt2 = config.load(Path(__file__).parents[1] / "config" / "gpt2-124M.yaml",
+                       [f"results_dir={results}"])
+    (gpt2.run_dir / "train").mkdir(parents=True)
+    (gpt2.run_dir / "train" / "train.log").write_text(REFERENCE_LOG.read_text())
+    (gpt2.run_dir / "config.yaml").write_text(layout.stage_config_text(gpt2.raw, "report"))
+    (results / "speed").mkdir()
+    # this run: 524,288 tokens per step like the reference, val loss 3.20 (below its final 3.2731) at step 5000
+    (results / "speed" / "train.log").write_text("".join(f"s:{s} tel:{v}\n" for s, v in
+                                                         [(0, 11.0), (2500, 3.5), (5000, 3.20), (6000, 3.15)]))
+    evals = _run_files(tmp_path)
+    cfg = tmp_path / "speed.yaml"
+    cfg.write_text(f"run_name: speed\nresults_dir: {results}\nreport: {{compare_runs: [gpt2-124M, other]}}\n")
+    out = results / "speed" / "output.png"
+    assert main(["report", "-c", str(cfg), "--train-log", str(results / "speed" / "train.log"),
+                 "--evals", *map(str, evals), "--out", str(out)]) == 0
+    nb = json.loads((out.parent / "report.ipynb").read_text())
+    said = json.dumps(nb)
+    assert "compare_runs: other is not drawn" in said
+    # llm.c's run ends at 3.2731 after 19,552 steps; this one logs 3.20 at step 5000: a quarter of the tokens
+    assert ("gpt2-124M: final val loss 3.2731 at 10,250,878,976 tokens; speed reaches it at 2,621,440,000 "
+            "tokens (25.6% of theirs)") in said
+    images = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) == 1
+
+
+@pytest.mark.slow
+def test_workflow_report_takes_the_compared_runs_files_as_inputs(tmp_path):
+    """Snakemake: a compared run's train.log, config.yaml and eval results are inputs of the report (so it is
+    redrawn when they change); a run not trained yet leaves the rest of the workflow free to run."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT, tiny_config
+
+    cfg = tiny_config(tmp_path, report={"compare_runs": ["other"]})
+    cfg["results_dir"] = "results"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--cores", "1",
+           "--directory", str(tmp_path), "--dry-run", "results/tiny/output.png", f"--configfile={tmp_path / 'config.yaml'}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "report.compare_runs: other has no results/other/train/train.log" in r.stderr
+    other = tmp_path / "results" / "other"
+    (other / "train").mkdir(parents=True)
+    (other / "eval").mkdir()
+    (other / "train" / "train.log").write_text("s:0 tel:11.0\n")
+    (other / "config.yaml").write_text("run_name: other\n")
+    (other / "eval" / "step_000006.json").write_text("{}")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report_job = r.stdout.split("rule report:", 1)[1].split("\n\n", 1)[0]
+    inputs = report_job.split("input:", 1)[1].split("\n", 1)[0]
+    for path in ("results/other/train/train.log", "results/other/config.yaml", "results/other/eval/step_000006.json"):
+        assert path in inputs, report_job
+    assert "report.compare_runs" not in r.stderr

@@ -165,3 +165,22 @@ def test_loading_a_crafted_checkpoint_runs_no_code(tiny, tiny_shards, tmp_path):
     os.replace(evil, state_dir / "state_000009.pt")
     assert state_mod.newest_state(state_dir, say=lambda m: None) is None
     assert not marker.exists()
+
+
+def test_a_state_saved_before_a_key_existed_resumes_at_that_keys_default(tiny, tiny_shards, tmp_path, monkeypatch):
+    """States saved before train.optimizer, lr_schedule, document_aligned, … existed have no such key in their
+    identity: at its default the key trains as before, so the run resumes; set otherwise, it is refused."""
+    run_train(tiny, tiny_shards, tmp_path / "full")
+    monkeypatch.setattr(train_mod, "_PREEMPT_AT", 3)
+    with pytest.raises(train_mod.Preempted):
+        run_train(tiny, tiny_shards, tmp_path / "run")
+    monkeypatch.setattr(train_mod, "_PREEMPT_AT", -1)
+    path = tmp_path / "run" / "train_state" / "state_000003.pt"
+    ck = torch.load(path, weights_only=True)
+    for key in ("optimizer", "muon_learning_rate", "lr_schedule", "cooldown_frac", "document_aligned"):
+        del ck["identity"]["train"][key]
+    torch.save(ck, path)
+    with pytest.raises(Gpt2pipeError, match=r"train.lr_schedule: 'cosine' -> 'wsd'"):
+        run_train(with_train(tiny, lr_schedule="wsd"), tiny_shards, tmp_path / "run", resume=True)
+    run_train(tiny, tiny_shards, tmp_path / "run", resume=True)
+    assert trl_lines(tmp_path / "run") == trl_lines(tmp_path / "full")

@@ -144,6 +144,13 @@ class TrainConfig:
     num_threads: int
     shuffle: bool
     zero: int = 1
+    lr_schedule: str = "cosine"
+    cooldown_frac: float = 0.4
+    optimizer: str = "adamw"
+    muon_learning_rate: float = 0.02
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
+    document_aligned: bool = False
 
     def checkpoint_steps(self) -> list[int]:
         """Steps at which a model snapshot is written (and later evaluated); always includes the last."""
@@ -169,6 +176,7 @@ class ReportConfig:
     log_scale: bool
     reference_log: str | None
     baseline: str
+    compare_runs: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

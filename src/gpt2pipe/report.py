@@ -86,15 +86,81 @@ def resolve_baseline(cfg) -> str | None:
     return None if cfg.report.baseline == "none" else cfg.report.baseline
 
 
+def compared_runs(cfg) -> list[dict]:
+    """report.compare_runs: each other run under results_dir, with its train.log, resolved config.yaml and
+    eval results; `exists` is False while it has no log or config yet (not trained through the workflow)."""
+    from gpt2pipe import layout
+
+    out = []
+    for name in cfg.report.compare_runs:
+        run_dir = layout.run_dir({"results_dir": cfg.results_dir, "run_name": name})
+        log, conf = run_dir / "train" / "train.log", run_dir / "config.yaml"
+        out.append({"name": name, "log": log, "config": conf, "exists": log.is_file() and conf.is_file(),
+                    "evals": sorted((run_dir / "eval").glob("step_*.json"))})
+    return out
+
+
+def load_compared(runs: list[dict]) -> list[dict]:
+    """The runs that exist, each with its tokens per step (from its own resolved config) and eval results."""
+    from gpt2pipe import config
+
+    out = []
+    for r in runs:
+        if r["exists"]:
+            tokens = config.load(r["config"]).train.total_batch_tokens
+            out.append({**r, "tokens_per_step": tokens, "evals": load_evals(r["evals"])})
+    return out
+
+
+def val_points(log: dict, evals: list[dict]) -> list[tuple[int, float]]:
+    """Val losses by step: those logged during training and the evaluated checkpoints' (the same measure;
+    a checkpoint's wins where both exist)."""
+    val = dict(log.get("tel", []))
+    val.update((r["step"], r["val_loss"]) for r in evals if r.get("val_loss") is not None)
+    return sorted(val.items())
+
+
+def tokens_to_reach(points: list[tuple[int, float]], tokens_per_step: int, target: float) -> int | None:
+    """Tokens seen when a val loss first reaches target (None: never)."""
+    return next((s * tokens_per_step for s, v in sorted(points) if v <= target), None)
+
+
+def comparison_lines(name: str, log: dict, evals: list[dict], tokens_per_step: int, compared: list[dict]) -> list[str]:
+    """One line per compared run: its final val loss, and when this run reached it."""
+    mine = val_points(log, evals)
+    lines = []
+    for r in compared:
+        theirs = val_points(parse_log(r["log"]), r["evals"])
+        if not theirs or not mine:
+            lines.append(f"{r['name']}: no val loss to compare yet")
+            continue
+        step, final = max(theirs)
+        total = step * r["tokens_per_step"]
+        reached = tokens_to_reach(mine, tokens_per_step, final)
+        when = (f"{name} reaches it at {reached:,} tokens ({reached / total:.1%} of theirs)" if reached is not None
+                else f"{name} has not reached it (best {min(v for _, v in mine):.4f} at "
+                     f"{max(mine)[0] * tokens_per_step:,} tokens)")
+        lines.append(f"{r['name']}: final val loss {final:.4f} at {total:,} tokens; {when}")
+    return lines
+
+
+COMPARE_COLORS = ["tab:purple", "tab:orange", "tab:brown", "tab:olive", "tab:cyan", "tab:pink"]
+
+
 def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, tokens_per_step: int,
          baseline: str | None = None, reference_log: str | Path | None = None,
-         reference_tokens_per_step: int = 524288, log_scale: bool = False, title: str = "") -> plt.Figure:
-    """Two panels against tokens seen: train/val loss, and HellaSwag acc_norm; baselines as lines."""
+         reference_tokens_per_step: int = 524288, log_scale: bool = False, title: str = "",
+         compare: list[dict] = (), name: str = "") -> plt.Figure:
+    """Two panels against tokens seen: train/val loss, and HellaSwag acc_norm; baselines as lines.
+    compare: other runs (load_compared) drawn on the same axes, each at its own tokens per step."""
     run = parse_log(train_log)
     ref = parse_log(reference_log) if reference_log else {}
+    others = [(r, parse_log(r["log"]), COMPARE_COLORS[i % len(COMPARE_COLORS)]) for i, r in enumerate(compare)]
     fig, (ax_loss, ax_hs) = plt.subplots(1, 2, figsize=(14, 5))
     last_tokens = max([s * tokens_per_step for pts in run.values() for s, _ in pts]
-                      + [s * reference_tokens_per_step for pts in ref.values() for s, _ in pts] + [1])
+                      + [s * reference_tokens_per_step for pts in ref.values() for s, _ in pts]
+                      + [s * r["tokens_per_step"] for r, log, _ in others for pts in log.values() for s, _ in pts]
+                      + [1])
     scale, unit = (1e9, "B") if last_tokens > 5e8 else (1e6, "M")
 
     def xs(points, tps):
@@ -108,14 +174,28 @@ def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, token
             if ref.get(key):
                 ax.plot(xs(ref[key], reference_tokens_per_step), ys(ref[key]), style, color="tab:gray",
                         alpha=0.6, lw=1, label=f"reference {key}")
+    for r, log, color in others:  # under this run's curves; each in its own colour, named
+        tps = r["tokens_per_step"]
+        if log.get("trl"):
+            ax_loss.plot(xs(log["trl"], tps), ys(log["trl"]), color=color, lw=1, alpha=0.4, label=f"{r['name']} train loss")
+        val = val_points(log, r["evals"])
+        if val:
+            ax_loss.plot(xs(val, tps), ys(val), "s-", color=color, ms=3, lw=1, label=f"{r['name']} val loss")
+        hs = [e for e in r["evals"] if e.get("hellaswag_acc_norm") is not None]
+        if hs:
+            ax_hs.plot(xs([(e["step"], 0) for e in hs], tps), [e["hellaswag_acc_norm"] for e in hs], "s-",
+                       color=color, ms=3, lw=1, label=f"{r['name']} HellaSwag acc_norm")
+    prefix = f"{name} " if others and name else ""
     if run.get("trl"):
-        ax_loss.plot(xs(run["trl"], tokens_per_step), ys(run["trl"]), color="tab:blue", lw=1, label="train loss")
+        ax_loss.plot(xs(run["trl"], tokens_per_step), ys(run["trl"]), color="tab:blue", lw=1,
+                     label=f"{prefix}train loss")
     if run.get("tel"):
         ax_loss.plot(xs(run["tel"], tokens_per_step), ys(run["tel"]), "-", color="tab:red", lw=1, alpha=0.5,
-                     label="val loss (during training)")
+                     label=f"{prefix}val loss (during training)")
     val = [(r["step"], r["val_loss"]) for r in evals if r.get("val_loss") is not None]
     if val:
-        ax_loss.plot(xs(val, tokens_per_step), ys(val), "o", color="tab:red", ms=5, label="val loss (checkpoints)")
+        ax_loss.plot(xs(val, tokens_per_step), ys(val), "o", color="tab:red", ms=5,
+                     label=f"{prefix}val loss (checkpoints)")
     hs = [r for r in evals if r.get("hellaswag_acc_norm") is not None]
     bottom, top = 0.2, CHANCE
     if hs:  # each point with its binomial 95% interval: 200 examples measure acc_norm to about +-0.06
@@ -123,8 +203,12 @@ def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, token
         lo, hi = zip(*(binomial_interval(a, r.get("hellaswag_examples", 0)) for a, r in zip(acc, hs)))
         ax_hs.errorbar(xs([(r["step"], 0) for r in hs], tokens_per_step), acc,
                        yerr=[[a - l for a, l in zip(acc, lo)], [h - a for a, h in zip(acc, hi)]],
-                       fmt="o-", color="tab:green", ms=4, capsize=3, label="HellaSwag acc_norm (95% CI)")
+                       fmt="o-", color="tab:green", ms=4, capsize=3, label=f"{prefix}HellaSwag acc_norm (95% CI)")
         bottom, top = min(bottom, min(lo) - 0.01), max(top, *hi)
+    for r, _, _ in others:
+        accs = [e["hellaswag_acc_norm"] for e in r["evals"] if e.get("hellaswag_acc_norm") is not None]
+        if accs:
+            bottom, top = min(bottom, min(accs) - 0.01), max(top, *accs)
     if ref.get("eval"):
         top = max(top, *ys(ref["eval"]))
     if baseline:

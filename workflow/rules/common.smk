@@ -87,3 +87,20 @@ def fineweb_token_files(wildcards):
         if total >= limit:
             break
     return chosen
+
+
+def compared_run_files():
+    """report.compare_runs: the train.log, config.yaml and eval results of each other run that has been trained
+    (as gpt2pipe.report.compared_runs finds them), inputs of the report so it is redrawn when they change. A run
+    not trained yet is left out with a warning: this run still trains and reports, and the report is redrawn
+    once that run exists (Snakemake reruns a job whose set of inputs changed)."""
+    files = []
+    for name in config["report"]["compare_runs"]:
+        run_dir = layout.run_dir({"results_dir": RESULTS, "run_name": name})
+        log, conf = run_dir / "train" / "train.log", run_dir / "config.yaml"
+        if log.is_file() and conf.is_file():
+            files += [str(log), str(conf), *map(str, sorted((run_dir / "eval").glob("step_*.json")))]
+        else:
+            print(f"report.compare_runs: {name} has no {log} or {conf} yet: the report is drawn without it",
+                  file=sys.stderr)
+    return files

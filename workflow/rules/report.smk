@@ -1,10 +1,12 @@
 rule report:
-    """Execute the report notebook with papermill: loss and HellaSwag curves with GPT-2/GPT-3 baselines."""
+    """Execute the report notebook with papermill: loss and HellaSwag curves with GPT-2/GPT-3 baselines
+    (and the runs of report.compare_runs on the same axes)."""
     input:
         config=rules.run_config.output[0],
         notebook=str(layout.report_notebook()),
         train_log=rules.train.output.log,
         evals=expand(rules.evaluate.output[0], step=[f"{s:06d}" for s in STEPS]),
+        compared=compared_run_files(),
     output:
         png=report(f"{RUN}/output.png", caption="../report/output.rst", category="Results"),
         notebook=f"{RUN}/report.ipynb",

@@ -35,7 +35,7 @@ from gpt2pipe.ops import kernels_available
 from gpt2pipe.ops.fp8 import convert_to_fp8
 from gpt2pipe.train.guards import Preempted, UpdateGuard, stop_signals
 from gpt2pipe.train.logs import RunLog, check_sinks, say_for
-from gpt2pipe.train.optim import build_optimizer
+from gpt2pipe.train.optim import build_optimizer, check_optimizer
 from gpt2pipe.train.schedule import lr_at
 from gpt2pipe.train.state import TrainState, check_resumable, newest_state, saved_states
 
@@ -122,9 +122,10 @@ class Trainer:
             raise Gpt2pipeError(f"train.total_batch_tokens {t.total_batch_tokens} is not a multiple of micro_batch_size "
                                 f"{B} x seq_len {T} x {world.size} processes = {B * T * world.size}")
         grad_accum = t.total_batch_tokens // (B * T * world.size)
+        check_optimizer(t, world)
         say = say_for(world)
         train_loader = ShardLoader(shards.train, B, T, world.rank, world.size, shuffle=t.shuffle, seed=t.seed,
-                                   vocab_size=cfg.model.vocab_size, log=say)
+                                   vocab_size=cfg.model.vocab_size, log=say, document_aligned=t.document_aligned)
         val_loader = ShardLoader(shards.val, B, T, world.rank, world.size, vocab_size=cfg.model.vocab_size)
         paths = RunPaths.of(run_dir)
         identity = training_identity(cfg.raw)

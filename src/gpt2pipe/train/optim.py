@@ -1,10 +1,11 @@
 """One optimizer protocol for the training loop, so the loop never asks which optimizer it holds.
 
-Three implementations: torch's AdamW (one process, the torch path), our flat AdamW with fp32 master weights
-(the kernels path, and ZeRO-1/ZeRO-2 sharding on several processes) and torch's AdamW on an FSDP2-sharded
-model (ZeRO-3, train/fsdp.py). Both save the same *whole-model state* — fp32
-master weights and both moments as flat tensors in `ordered_params` order, plus the step count — so a state
-saved by either resumes on the other and on any number of processes.
+Four implementations: torch's AdamW (one process, the torch path), our flat AdamW with fp32 master weights
+(the kernels path, and ZeRO-1/ZeRO-2 sharding on several processes), torch's AdamW on an FSDP2-sharded
+model (ZeRO-3, train/fsdp.py) and Muon with the flat AdamW for the rest (train.optimizer muon, train/muon.py).
+The AdamW ones save the same *whole-model state* — fp32 master weights and both moments as flat tensors in
+`ordered_params` order, plus the step count — so a state saved by either resumes on the other and on any
+number of processes; Muon's adds its momentum and resumes on any number of processes too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import TrainConfig
 from gpt2pipe.distributed import World
 from gpt2pipe.ops.flat_adamw import FlatAdamW, ordered_params
@@ -177,7 +179,14 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig, world: World, device
                     kernels: bool) -> Optimizer:
     """ZeRO-3 (torch/compile path, several processes) shards the model itself through FSDP2; otherwise the
     kernels path always uses the flat optimizer, the torch path too when ZeRO-1/2 needs its layout. On one
-    process there is nothing to shard: every stage is the same plain optimizer."""
+    process there is nothing to shard: every stage is the same plain optimizer. train.optimizer muon:
+    Muon for the blocks' matrices and the flat AdamW for the rest (train/muon.py), on every path."""
+    if t.optimizer == "muon":
+        check_optimizer(t, world)
+        from gpt2pipe.train.muon import MuonAdamW
+
+        return MuonAdamW(model, t, world, dtype=torch.bfloat16 if kernels else torch.float32,
+                         stochastic_rounding=t.stochastic_rounding)
     if t.zero == 3 and world.distributed and not kernels:
         from gpt2pipe.train.fsdp import FsdpAdamW  # FSDP2 imports only where it is used
 
@@ -187,6 +196,13 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig, world: World, device
     if world.distributed:
         return make_flat_optimizer(model, t, world, dtype=torch.float32)
     return make_optimizer(model, t, device)
+
+
+def check_optimizer(t: TrainConfig, world: World) -> None:
+    """Refuse, before any model exists, what the optimizer cannot do."""
+    if t.optimizer == "muon" and t.zero == 3 and world.distributed:
+        raise Gpt2pipeError("train.optimizer muon shards its matrices ZeRO-1 style and does not run on an FSDP2 "
+                            "model: use train.zero 1 or 2")
 
 
 def optimizer_step(opt: Optimizer, lr: float) -> torch.Tensor:
