@@ -67,6 +67,10 @@ def test_real_recipe_plans(clone):
     for job in ("fineweb_list", "hellaswag", "train", "report", "latest"):
         assert re.search(rf"^{job}\s+1$", out, re.M), out[-3000:]
     assert not (clone / "results").exists()
+    # the recipe is the whole config: nothing of the demo's config/config.yaml (e.g. its 32,768-token val
+    # shard, which Snakemake would merge under a --configfile) reaches the FineWeb dataset
+    written = out.split("# gpt2pipe data config", 1)[1].split("' > ", 1)[0]  # what rule data_config writes
+    assert re.search(r"^  name: fineweb10B$", written, re.M) and re.search(r"^  val_tokens: null$", written, re.M), written
 
 
 def test_slurm_command_plans(clone):
