@@ -32,3 +32,18 @@ def test_a_missing_logger_package_stops_before_training(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(Gpt2pipeError, match="lists 'wandb' but the wandb package is not installed"):
         check_sinks(["wandb"])
+
+
+def test_without_a_progress_bar_a_step_line_is_printed_now_and_then(tmp_path, capsys):
+    """Batch jobs (--no-progress, SLURM logs) still see loss and speed: the first steps, then every 10th."""
+    from gpt2pipe.train.logs import RunLog
+
+    log = RunLog(tmp_path / "train.log", None, max_steps=25, progress=False)
+    for step in range(25):
+        log.train_step(step, loss=5.0 - step / 100, lr=1e-3, norm=0.5, skipped=False, ms=100.0,
+                       tokens_per_s=5242.88, mfu=0.4)
+    log.close()
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step")]
+    assert [ln.split("|")[0].split()[1] for ln in lines] == ["1/25", "2/25", "3/25", "10/25", "20/25"]
+    assert "loss 4.9100" in lines[3] and "5,243 tok/s" in lines[3] and "40.0%" in lines[3]
+    assert len((tmp_path / "train.log").read_text().splitlines()) == 25  # the llm.c log keeps every step

@@ -22,6 +22,9 @@ def _line_step_kind(line: str) -> tuple[int, str]:
     return int(head[2:]), kind[:3]
 
 
+PRINT_EVERY = 10  # steps between the step lines printed when there is no progress bar
+
+
 class RunLog:
     def __init__(self, path: Path | None, resume_step: int | None, max_steps: int, progress: bool,
                  log_to: list[str] = (), run_dir: Path | None = None, config: dict | None = None):
@@ -39,6 +42,7 @@ class RunLog:
             path.write_text("".join(kept))
             self.f = open(path, "a")
             self.sinks = [_sink(name, run_dir, config) for name in log_to]
+        self.max_steps = max_steps
         self.bar = tqdm(total=max_steps, initial=resume_step or 0, desc="train", unit="step",
                         disable=not (progress and path is not None), dynamic_ncols=True)
 
@@ -58,8 +62,12 @@ class RunLog:
         self.f.write(f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}" + (" skipped" if skipped else "") + "\n")
         self.f.flush()
         mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "-"
-        self.bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} | {ms:.0f} ms {tokens_per_s:,.0f} tok/s mfu/GPU {mfu_text}")
+        speed = f"{ms:.0f} ms {tokens_per_s:,.0f} tok/s mfu/GPU {mfu_text}"
+        self.bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} | {speed}")
         self.bar.update(1)
+        if self.bar.disable and (step < 3 or (step + 1) % PRINT_EVERY == 0):  # no bar (batch jobs): a line now and then
+            self.say(f"step {step + 1:6d}/{self.max_steps} | loss {loss:.4f} | lr {lr:.2e} | norm {norm:.2f} | {speed}"
+                     + (" | skipped" if skipped else ""))
         scalars = {"train/loss": loss, "train/lr": lr, "train/grad_norm": norm, "perf/tokens_per_s": tokens_per_s}
         if mfu is not None:
             scalars["perf/mfu_per_gpu"] = mfu
