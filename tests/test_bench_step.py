@@ -268,3 +268,29 @@ def test_bench_end_to_end_on_cpu(fake_llmc, monkeypatch):
     assert losses["compile-masked"][0] == pytest.approx(losses["eager"][0], rel=1e-3)
     assert losses["kernels"] == losses["kernels-dw-bf16"]  # on CPU the switch has nothing to switch
     assert len(partials) == len(modes) + 2 and "| llmc" in partials[-1]
+
+
+def test_the_profiled_step_exports_its_events(tmp_path):
+    """The communication figure is read from the exported trace of one profiled step: that trace must hold the
+    step's own events (a profiler schedule with a warm-up step exported an empty one, and every 2-GPU row
+    read 0.0 ms of communication)."""
+    import json
+
+    import torch
+
+    from gpt2pipe.bench.step import profile_one_step
+    from gpt2pipe.distributed import World
+
+    calls = []
+
+    def step():
+        calls.append(1)
+        a = torch.randn(64, 64)
+        return (a @ a).sum()
+
+    prof = profile_one_step(step, lambda: None, World(), cuda=False)
+    prof.export_chrome_trace(str(tmp_path / "trace.json"))
+    data = json.loads((tmp_path / "trace.json").read_text())
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    assert len(calls) == 2  # the discarded warm-up step, then the profiled one
+    assert sum(1 for e in events if e.get("ph") == "X" and "mm" in str(e.get("name", ""))) >= 1

@@ -202,6 +202,26 @@ def _release(cuda: bool) -> None:
     compiled.reset()  # the next mode (or process count) compiles afresh
 
 
+def profile_one_step(step: Callable, sync: Callable, world: World, cuda: bool):
+    """A torch profiler holding one step, preceded by a discarded profiled step and a barrier: starting the
+    profiler the first time (CUPTI) takes each process a different time, and an NCCL kernel in that step
+    waits for the later process — seconds that once read as "exposed communication". (A profiler schedule
+    with a warm-up step would do the same, but its export after the run holds no events.)"""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]
+    with torch_profile(activities=activities):
+        step()
+        sync()
+    distributed.barrier(world)
+    sync()
+    with torch_profile(activities=activities) as prof:
+        step()
+        sync()
+    return prof
+
+
 def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: int, total_batch: int,
                        steps: int, warmup: int, profile: bool = False, world: World = World(),
                        compile_mode: str | None = None) -> StepResult:
@@ -228,24 +248,7 @@ def time_training_step(mode: str, cfg: ModelConfig, micro_batch: int, seq_len: i
                 norms.append(norm.item())
             comm = None
             if profile or world.distributed:
-                from torch.profiler import ProfilerActivity
-                from torch.profiler import profile as torch_profile
-
-                from torch.profiler import schedule
-
-                # the first profiled step is thrown away: starting the profiler (CUPTI) takes each process a
-                # different time, and in that step an NCCL kernel waits for the later process — seconds that
-                # once read as "exposed communication". The recorded step starts from a barrier.
-                with torch_profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU],
-                                   schedule=schedule(wait=0, warmup=1, active=1)) as prof:
-                    step()
-                    sync()
-                    distributed.barrier(world)
-                    sync()
-                    prof.step()
-                    step()
-                    sync()
-                    prof.step()
+                prof = profile_one_step(step, sync, world, cuda)
                 if world.distributed:
                     with tempfile.TemporaryDirectory() as tmp:
                         trace = Path(tmp) / "trace.json"
