@@ -368,15 +368,18 @@ def test_qkv_rope_feeds_sdpa_and_its_gradients():
     assert A.qkv_rope(qkv, H, G, cos, sin, True)[0].grad_fn.name() == "QkvRopeBackward"
 
 
+RELU2_SHAPES = [(4096, 3072), (33, 7), (1, 1), (2, 3, 8)]
 SWIGLU_SHAPES = [(4, 64, 2 * 1536), (7, 2 * 13), (1, 2), (3, 5, 2 * 8), (5, 2 * 4), (2, 3, 2 * 6)]
 
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp32"])
-@pytest.mark.parametrize("shape", SWIGLU_SHAPES, ids=str)
-def test_swiglu(shape, dtype):
+@pytest.mark.parametrize("op, shape", [("swiglu", x) for x in SWIGLU_SHAPES] + [("relu2", x) for x in RELU2_SHAPES],
+                         ids=str)
+def test_activation(op, shape, dtype):
     torch.manual_seed(0)
-    compare(A.swiglu, R.swiglu, [leaf(*shape, dtype=dtype, scale=2.0)], dtype, "SwiGLU")
+    name = {"swiglu": "SwiGLU", "relu2": "ReLU2"}[op]
+    compare(getattr(A, op), getattr(R, op), [leaf(*shape, dtype=dtype, scale=2.0)], dtype, name)
 
 
 @gpu
@@ -394,15 +397,6 @@ def test_swiglu_large_gates_and_misaligned_input(dtype):
     compare(lambda b: A.swiglu(b.t()), lambda b: R.swiglu(b.t()), [base], dtype, "SwiGLU")
 
 
-RELU2_SHAPES = [(4096, 3072), (33, 7), (1, 1), (2, 3, 8)]
-
-
-@gpu
-@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp32"])
-@pytest.mark.parametrize("shape", RELU2_SHAPES, ids=str)
-def test_relu2(shape, dtype):
-    torch.manual_seed(0)
-    compare(A.relu2, R.relu2, [leaf(*shape, dtype=dtype, scale=2.0)], dtype, "ReLU2")
 
 
 @gpu

@@ -1,38 +1,13 @@
 """Data parallelism with ZeRO-1/2/3 on CPU (gloo): two processes launched by torchrun, as on a GPU node."""
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from gpt2pipe.report import parse_log
+from conftest import assert_same_run, run_train_process as run
 
 pytestmark = pytest.mark.slow
-
-
-def run(cfg_path, shards, run_dir, nproc=1, resume=False, preempt_at=None, zero=None, sets=()):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
-        if nproc > 1 else [sys.executable]
-    cmd = [*launcher, "-m", "gpt2pipe", "train", "-c", str(cfg_path), "--shards", str(shards),
-           "--run-dir", str(run_dir), "--no-progress", *(["--resume"] if resume else []),
-           *(["--set", f"train.zero={zero}"] if zero is not None else []),
-           *[x for kv in sets for x in ("--set", kv)]]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if preempt_at is not None:
-        env["GPT2PIPE_PREEMPT_AT_STEP"] = str(preempt_at)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-
-
-def assert_same_run(a, b, tol=2e-4):
-    la, lb = parse_log(a / "train" / "train.log"), parse_log(b / "train" / "train.log")
-    assert la.keys() == lb.keys()
-    for key in la:
-        assert [s for s, _ in la[key]] == [s for s, _ in lb[key]], key
-        for (s, x), (_, y) in zip(la[key], lb[key]):
-            assert abs(x - y) <= tol, (key, s, x, y)
 
 
 @pytest.fixture

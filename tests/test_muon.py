@@ -1,10 +1,7 @@
 """Muon (train.optimizer: muon): the Newton-Schulz iteration, the update against a plain single-process
 reference, training, resume, and 2 gloo processes against 1."""
 
-import os
 from pathlib import Path
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,6 +10,7 @@ import yaml
 from gpt2pipe import Gpt2pipeError, config
 from gpt2pipe.config import ModelConfig
 from gpt2pipe.model.gpt import GPT
+from conftest import assert_same_run, run_train_process as run
 from gpt2pipe.report import parse_log
 from gpt2pipe.train import loop as train_mod
 from gpt2pipe.train.muon import MuonAdamW, newton_schulz, owners
@@ -258,27 +256,6 @@ def test_muon_crash_and_resume_reproduce_the_uninterrupted_run(tiny, tiny_shards
 
 
 # --- several processes (gloo) -------------------------------------------------------------------------
-
-def run(cfg_path, shards, run_dir, nproc=1, resume=False, preempt_at=None, sets=()):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
-        if nproc > 1 else [sys.executable]
-    cmd = [*launcher, "-m", "gpt2pipe", "train", "-c", str(cfg_path), "--shards", str(shards),
-           "--run-dir", str(run_dir), "--no-progress", *(["--resume"] if resume else []),
-           *[x for kv in sets for x in ("--set", kv)]]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if preempt_at is not None:
-        env["GPT2PIPE_PREEMPT_AT_STEP"] = str(preempt_at)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-
-
-def assert_same_run(a, b, tol):
-    la, lb = parse_log(a / "train" / "train.log"), parse_log(b / "train" / "train.log")
-    assert la.keys() == lb.keys()
-    for key in la:
-        assert [s for s, _ in la[key]] == [s for s, _ in lb[key]], key
-        for (s, x), (_, y) in zip(la[key], lb[key]):
-            assert abs(x - y) <= tol, (key, s, x, y)
-
 
 @pytest.mark.slow
 def test_two_processes_equal_one_and_resume_across_process_counts(tiny, tiny_shards, tmp_path):

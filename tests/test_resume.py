@@ -112,16 +112,22 @@ def test_a_finished_run_republishes_its_outputs_without_training(tiny, tiny_shar
         ["model_000003.pt", "model_000006.pt"]
 
 
-def test_a_bf16_state_resumes_on_fp32_weights_from_the_master_copy(tiny, tiny_shards, tmp_path, monkeypatch):
-    """A kernels-path state (bf16 weights, fp32 master copies) resumed on the torch path (fp32 weights, e.g. a
-    node without CuPy) must continue from the fp32 master weights, not from the bf16-rounded ones."""
+def full_run_and_state_at_3(tiny, tiny_shards, tmp_path, monkeypatch):
+    """An uninterrupted run in tmp_path/full, and one preempted at step 3 in tmp_path/run: (the path of its
+    saved state, that state as loaded), for a test to alter and resume."""
     run_train(tiny, tiny_shards, tmp_path / "full")
     monkeypatch.setattr(train_mod, "_PREEMPT_AT", 3)
     with pytest.raises(train_mod.Preempted):
         run_train(tiny, tiny_shards, tmp_path / "run")
     monkeypatch.setattr(train_mod, "_PREEMPT_AT", -1)
     path = tmp_path / "run" / "train_state" / "state_000003.pt"
-    ck = torch.load(path, weights_only=True)
+    return path, torch.load(path, weights_only=True)
+
+
+def test_a_bf16_state_resumes_on_fp32_weights_from_the_master_copy(tiny, tiny_shards, tmp_path, monkeypatch):
+    """A kernels-path state (bf16 weights, fp32 master copies) resumed on the torch path (fp32 weights, e.g. a
+    node without CuPy) must continue from the fp32 master weights, not from the bf16-rounded ones."""
+    path, ck = full_run_and_state_at_3(tiny, tiny_shards, tmp_path, monkeypatch)
     master = ck["optimizer"]["master"].clone()
     ck["model"] = {k: v.bfloat16() for k, v in ck["model"].items()}  # what the kernels path saves
     torch.save(ck, path)
@@ -170,13 +176,7 @@ def test_loading_a_crafted_checkpoint_runs_no_code(tiny, tiny_shards, tmp_path):
 def test_a_state_saved_before_a_key_existed_resumes_at_that_keys_default(tiny, tiny_shards, tmp_path, monkeypatch):
     """States saved before train.optimizer, lr_schedule, document_aligned, … existed have no such key in their
     identity: at its default the key trains as before, so the run resumes; set otherwise, it is refused."""
-    run_train(tiny, tiny_shards, tmp_path / "full")
-    monkeypatch.setattr(train_mod, "_PREEMPT_AT", 3)
-    with pytest.raises(train_mod.Preempted):
-        run_train(tiny, tiny_shards, tmp_path / "run")
-    monkeypatch.setattr(train_mod, "_PREEMPT_AT", -1)
-    path = tmp_path / "run" / "train_state" / "state_000003.pt"
-    ck = torch.load(path, weights_only=True)
+    path, ck = full_run_and_state_at_3(tiny, tiny_shards, tmp_path, monkeypatch)
     for key in ("optimizer", "muon_learning_rate", "lr_schedule", "cooldown_frac", "document_aligned"):
         del ck["identity"]["train"][key]
     torch.save(ck, path)

@@ -193,6 +193,15 @@ def qkv_rope(qkv: torch.Tensor, n_head: int, n_kv_head: int, cos: torch.Tensor, 
 # --- MLP activations ---
 
 
+def _activation(kernel: str, count: int, n_vec: int, dtype, *tensors) -> None:
+    """Launch an elementwise kernel of activation.cu over `count` elements (`n_vec`: the length whose
+    multiple of the vector width allows the 16-byte entry); tensors: its pointer arguments, then the sizes."""
+    ptrs = [t for t in tensors if isinstance(t, torch.Tensor)]
+    vec = n_vec % _VEC[dtype] == 0 and aligned(*ptrs)
+    if count:
+        launch("activation", _name(kernel, dtype, vec), _grid(count // (_VEC[dtype] if vec else 1)), 256, *tensors)
+
+
 class SwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h):
@@ -200,24 +209,17 @@ class SwiGLU(torch.autograd.Function):
         F = h.shape[-1] // 2
         N = h.numel() // (2 * F) if F else 0
         out = torch.empty(*h.shape[:-1], F, dtype=h.dtype, device=h.device)
-        vec = F % _VEC[h.dtype] == 0 and aligned(h, out)
-        if N and F:
-            launch("activation", _name("swiglu_forward", h.dtype, vec), _grid(N * F // (_VEC[h.dtype] if vec else 1)),
-                   256, out, h, N, F)
+        _activation("swiglu_forward", N * F, F, h.dtype, out, h, N, F)
         ctx.save_for_backward(h)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         (h,) = ctx.saved_tensors
-        dout = dout.contiguous()
         F = h.shape[-1] // 2
         N = h.numel() // (2 * F) if F else 0
         dh = torch.empty_like(h)
-        vec = F % _VEC[h.dtype] == 0 and aligned(h, dout, dh)
-        if N and F:
-            launch("activation", _name("swiglu_backward", h.dtype, vec),
-                   _grid(N * F // (_VEC[h.dtype] if vec else 1)), 256, dh, dout, h, N, F)
+        _activation("swiglu_backward", N * F, F, h.dtype, dh, dout.contiguous(), h, N, F)
         return dh
 
 
@@ -226,24 +228,15 @@ class ReLU2(torch.autograd.Function):
     def forward(ctx, h):
         h = h.contiguous()
         out = torch.empty_like(h)
-        n = h.numel()
-        vec = n % _VEC[h.dtype] == 0 and aligned(h, out)
-        if n:
-            launch("activation", _name("relu2_forward", h.dtype, vec), _grid(n // (_VEC[h.dtype] if vec else 1)),
-                   256, out, h, n)
+        _activation("relu2_forward", h.numel(), h.numel(), h.dtype, out, h, h.numel())
         ctx.save_for_backward(h)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         (h,) = ctx.saved_tensors
-        dout = dout.contiguous()
         dh = torch.empty_like(h)
-        n = h.numel()
-        vec = n % _VEC[h.dtype] == 0 and aligned(h, dout, dh)
-        if n:
-            launch("activation", _name("relu2_backward", h.dtype, vec), _grid(n // (_VEC[h.dtype] if vec else 1)),
-                   256, dh, dout, h, n)
+        _activation("relu2_backward", h.numel(), h.numel(), h.dtype, dh, dout.contiguous(), h, h.numel())
         return dh
 
 

@@ -7,6 +7,17 @@
 // `_vec` entries take 16-byte accesses (C a multiple of 8 bf16 / 4 fp32, tensors 16-byte aligned).
 #include "typed.cuh"
 
+// the gain of columns c .. c + V - 1 (fp32), or ones for an RMSNorm without gain (w == nullptr)
+template <int V>
+__device__ __forceinline__ void load_gain(float* g, const float* w, int c) {
+    if (w != nullptr) {
+        load<V>(g, w + c);
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) g[j] = 1.0f;
+    }
+}
+
 template <typename T, int V>
 __device__ void rms_forward(T* out, float* rstd_out, T* res_out, const T* x, const T* residual, const float* w,
                             int N, int C, float eps) {
@@ -33,12 +44,7 @@ __device__ void rms_forward(T* out, float* rstd_out, T* res_out, const T* x, con
     for (int c = lane * V; c < C; c += 32 * V) {
         float v[V], g[V];
         load<V>(v, src + c);
-        if (w != nullptr) {
-            load<V>(g, w + c);
-        } else {
-#pragma unroll
-            for (int j = 0; j < V; ++j) g[j] = 1.0f;
-        }
+        load_gain<V>(g, w, c);
 #pragma unroll
         for (int j = 0; j < V; ++j) v[j] = v[j] * rstd * g[j];
         store<V>(out + row * C + c, v);
@@ -69,12 +75,7 @@ __device__ void rms_backward(T* dx, float* partials, const T* dy, const T* dres,
             float x[V], g[V], gw[V];
             load<V>(x, inp + row * C + c);
             load<V>(g, dy + row * C + c);
-            if (w != nullptr) {
-                load<V>(gw, w + c);
-            } else {
-#pragma unroll
-                for (int j = 0; j < V; ++j) gw[j] = 1.0f;
-            }
+            load_gain<V>(gw, w, c);
 #pragma unroll
             for (int j = 0; j < V; ++j) dot += g[j] * gw[j] * x[j];
         }
@@ -83,12 +84,7 @@ __device__ void rms_backward(T* dx, float* partials, const T* dy, const T* dres,
             float x[V], g[V], gw[V], o[V];
             load<V>(x, inp + row * C + c);
             load<V>(g, dy + row * C + c);
-            if (w != nullptr) {
-                load<V>(gw, w + c);
-            } else {
-#pragma unroll
-                for (int j = 0; j < V; ++j) gw[j] = 1.0f;
-            }
+            load_gain<V>(gw, w, c);
             if (dres != nullptr) {
                 load<V>(o, dres + row * C + c);
             } else {
