@@ -362,3 +362,15 @@ def test_kernels_path_on_the_gpu_matches_the_torch_path(arch):
     for k in gt:
         a, b = gt[k].float(), gk[k].float()
         assert (a - b).norm() <= 0.05 * a.norm() + 1e-6, k
+
+
+def test_a_model_config_from_a_file_with_an_unknown_option_value_is_refused():
+    """Checkpoints carry their ModelConfig without the schema: an option value this version does not know
+    (a newer or edited file) must not build some other model silently."""
+    from gpt2pipe.config import ModelConfig
+
+    for key, value in (("pos_embedding", "alibi"), ("norm", "batchnorm"), ("mlp", "geglu")):
+        problem = ModelConfig(n_layer=1, n_head=2, n_embd=16, **{key: value}).problem()
+        assert problem is not None and f"model.{key}: '{value}' is not one of" in str(problem)
+        with pytest.raises(Exception, match=f"model.{key}"):
+            GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, **{key: value}))

@@ -95,7 +95,7 @@ def test_micro_batch_defaults_per_size_and_overrides():
     assert bench.micro_batch_for("tiny", "eager") == 32  # unknown sizes take 124M's
     assert bench.parse_micro_batch(["compile=32", "350M:kernels=16"]) == {(None, "compile"): 32,
                                                                          ("350M", "kernels"): 16}
-    for bad in ("compile", "compile=x", ":kernels=3", "kernels=0"):
+    for bad in ("compile", "compile=x", ":kernels=3", "kernels=0", "kernal=32", "350m:kernels=16"):
         with pytest.raises(Gpt2pipeError, match="--micro-batch"):
             bench.parse_micro_batch([bad])
 

@@ -109,3 +109,24 @@ def test_bad_file_value_is_still_reported_under_the_file(tmp_path):
     path.write_text("train:\n  max_steps: ten\n")
     with pytest.raises(Gpt2pipeError, match=f"^{path}: train.max_steps: 'ten' is not of type"):
         config.load(path, ["train.warmup_steps=3"])
+
+
+def test_spelled_out_defaults_and_idle_keys_leave_the_identity_and_the_model_alone():
+    """A GPT-2 config that writes n_kv_head = n_head, mlp_hidden = 4 n_embd or a rope_theta without rotary
+    positions is GPT-2 (its kernels path, fp8, exports) and trains the same run; so does an AdamW run with Muon
+    settings or a cosine run with a cooldown fraction. Set where they act, they count."""
+    from gpt2pipe.config import ModelConfig, training_identity
+
+    plain = config.from_dict({})
+    spelled = config.from_dict({"model": {"n_kv_head": 12, "mlp_hidden": 3072, "rope_theta": 5e5},
+                                "train": {"muon_learning_rate": 0.1, "cooldown_frac": 0.2}})
+    assert spelled.model.arch_changes() == {}
+    assert training_identity(spelled.raw) == training_identity(plain.raw)
+    assert ModelConfig(n_kv_head=4).arch_changes() == {"n_kv_head": 4}
+    assert ModelConfig(mlp="swiglu").arch_changes() == {"mlp": "swiglu"}  # its own default width is no change
+    assert ModelConfig(mlp="swiglu", mlp_hidden=3072).arch_changes() == {"mlp": "swiglu", "mlp_hidden": 3072}
+    muon = config.from_dict({"train": {"optimizer": "muon"}})
+    other = config.from_dict({"train": {"optimizer": "muon", "muon_learning_rate": 0.1}})
+    assert training_identity(muon.raw) != training_identity(other.raw)
+    wsd = config.from_dict({"train": {"lr_schedule": "wsd", "cooldown_frac": 0.2}})
+    assert training_identity(wsd.raw)["train"]["cooldown_frac"] == 0.2

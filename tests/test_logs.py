@@ -47,3 +47,4 @@ def test_without_a_progress_bar_a_step_line_is_printed_now_and_then(tmp_path, ca
     assert [ln.split("|")[0].split()[1] for ln in lines] == ["1/25", "2/25", "3/25", "10/25", "20/25"]
     assert "loss 4.9100" in lines[3] and "5,243 tok/s" in lines[3] and "40.0%" in lines[3]
     assert len((tmp_path / "train.log").read_text().splitlines()) == 25  # the llm.c log keeps every step
+

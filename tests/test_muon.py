@@ -328,17 +328,12 @@ ARCH_KEYS = ("pos_embedding", "norm", "mlp", "qk_norm", "tie_embeddings", "bias"
 
 
 def test_speedrun_recipe_is_the_gpt2_recipes_data_with_muon_wsd_and_aligned_rows():
-    from gpt2pipe.schema import schema
-
     raw = yaml.safe_load(SPEEDRUN.read_text())
     gpt2 = yaml.safe_load((SPEEDRUN.parent / "gpt2-124M.yaml").read_text())
     assert raw["data"] == gpt2["data"]  # one shared dataset
     assert raw["report"]["compare_runs"] == [gpt2["run_name"]]
-    if all(k in schema()["properties"]["model"]["properties"] for k in ARCH_KEYS):
-        cfg = config.load(SPEEDRUN)
-    else:  # the architecture keys arrive with the model's own change (issue 17): the rest validates now
-        raw["model"] = {k: v for k, v in raw["model"].items() if k not in ARCH_KEYS}
-        cfg = config.from_dict(raw)
+    cfg = config.load(SPEEDRUN)
+    assert {k: getattr(cfg.model, k) for k in ARCH_KEYS} == {k: raw["model"][k] for k in ARCH_KEYS}
     t = cfg.train
     assert (t.optimizer, t.lr_schedule, t.document_aligned) == ("muon", "wsd", True)
     tokens = t.max_steps * t.total_batch_tokens

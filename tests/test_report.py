@@ -228,3 +228,15 @@ def test_workflow_report_takes_the_compared_runs_files_as_inputs(tmp_path):
     for path in ("results/other/train/train.log", "results/other/config.yaml", "results/other/eval/step_000006.json"):
         assert path in inputs, report_job
     assert "report.compare_runs" not in r.stderr
+
+
+def test_a_compared_run_with_only_its_step_0_val_loss_is_compared_without_dividing_by_zero(tmp_path):
+    """A compared run that has just started has one val point, at step 0 (0 tokens): the line still reads."""
+    from gpt2pipe.report import comparison_lines
+
+    theirs = tmp_path / "theirs.log"
+    theirs.write_text("s:0 tel:10.9000\n")
+    mine = {"tel": [(0, 11.0), (10, 9.0)], "trl": []}
+    lines = comparison_lines("mine", mine, [], 100, [{"name": "gpt2", "log": theirs, "evals": [],
+                                                        "tokens_per_step": 1000}])
+    assert lines == ["gpt2: final val loss 10.9000 at 0 tokens; mine reaches it at 1,000 tokens"]

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from gpt2pipe import Gpt2pipeError
-from gpt2pipe.schema import Problem, validated
+from gpt2pipe.schema import Problem, schema, validated
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,19 @@ class ModelConfig:
         return 4 * self.n_embd
 
     def arch_changes(self) -> dict:
-        """The architecture options that differ from GPT-2's ({} for GPT-2)."""
-        return {k: getattr(self, k) for k in ARCH_KEYS if getattr(self, k) != _GPT2_ARCH[k]}
+        """The architecture options that make this model differ from GPT-2 ({} for GPT-2), judged by their
+        effect: n_kv_head = n_head and the activation's default mlp_hidden spelled out change nothing, and
+        rope_theta matters only with rotary positions."""
+        def differs(k: str) -> bool:
+            if k == "n_kv_head":
+                return self.kv_heads != self.n_head
+            if k == "mlp_hidden":  # against the activation's own default width
+                return self.hidden != dataclasses.replace(self, mlp_hidden=None).hidden
+            if k == "rope_theta":
+                return self.pos_embedding == "rope" and self.rope_theta != _GPT2_ARCH[k]
+            return getattr(self, k) != _GPT2_ARCH[k]
+
+        return {k: getattr(self, k) for k in ARCH_KEYS if differs(k)}
 
     def resolved(self) -> ModelConfig:
         """The same model with n_kv_head and mlp_hidden spelled out: equal for equal shapes."""
@@ -88,7 +99,11 @@ class ModelConfig:
     def problem(self, fp8: bool = False) -> Problem | None:
         """The first rule this shape breaks, in one line (the schema cannot say these), or None."""
         H, G = self.n_head, self.kv_heads
-        checks = [
+        # a config read from a checkpoint has not been through the schema: its option values are checked here
+        enums = {k: schema()["properties"]["model"]["properties"][k]["enum"] for k in ("pos_embedding", "norm", "mlp")}
+        checks = [(getattr(self, k) in allowed, f"model.{k}: {getattr(self, k)!r} is not one of {allowed}", (f"model.{k}",))
+                  for k, allowed in enums.items()]
+        checks += [
             (self.n_embd % H == 0, f"model.n_embd must be divisible by model.n_head ({self.n_embd} % {H} != 0)",
              ("model.n_embd", "model.n_head")),
             (H % G == 0, f"model.n_head must be divisible by model.n_kv_head ({H} % {G} != 0)",
@@ -217,12 +232,35 @@ NOT_IDENTITY = {
 }
 
 
+# train keys added after runs existed, at the value that trains as before them: left out of the identity there,
+# so those runs' saved states and workflow fingerprints stay valid
+LATER_TRAIN_KEYS = {"optimizer": "adamw", "lr_schedule": "cosine", "document_aligned": False}
+
+
+def _unused(section: str, key: str, values: dict) -> bool:
+    """Keys that cannot change the weights under the section's other values (in the identity they would make
+    equal runs differ): Muon's settings without Muon, the cooldown without the wsd schedule."""
+    if section != "train":
+        return False
+    if key.startswith("muon_"):
+        return values.get("optimizer") != "muon"
+    if key == "cooldown_frac":
+        return values.get("lr_schedule") != "wsd"
+    return key in LATER_TRAIN_KEYS and values[key] == LATER_TRAIN_KEYS[key]
+
+
 def identity(raw: dict, *sections: str) -> dict:
     """The part of the named config sections that decides what a stage produces (NOT_IDENTITY removed).
-    Model architecture options at GPT-2's values are left out, so states and workflow fingerprints made
-    before those keys existed stay valid."""
-    return {s: {k: v for k, v in raw[s].items() if k not in NOT_IDENTITY.get(s, set())
-                and not (s == "model" and k in ARCH_KEYS and v == _GPT2_ARCH[k])} for s in sections}
+    Model architecture options count only where they change the model (arch_changes: GPT-2's values, spelled
+    out or not, are left out), and train keys only where they can act (_unused), so states and workflow
+    fingerprints made before those keys existed stay valid and equal runs have equal identities."""
+    out = {}
+    for s in sections:
+        values = raw[s]
+        arch = ModelConfig(**values).arch_changes() if s == "model" else {}
+        out[s] = {k: v for k, v in values.items() if k not in NOT_IDENTITY.get(s, set())
+                  and not (s == "model" and k in ARCH_KEYS and k not in arch) and not _unused(s, k, values)}
+    return out
 
 
 def training_identity(raw: dict) -> dict:

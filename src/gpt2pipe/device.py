@@ -51,23 +51,23 @@ def sdpa_fastest_first():
 class autocast:
     """The `with` context of every forward pass: autocast to `dtype` (none for float32 or None) and, on CUDA,
     the fastest attention backend first — so training and evaluation run the attention the bench times.
-    Reusable: a fresh context is entered each time."""
+    Reusable and re-entrant: each `with` enters a fresh context."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype | None):
         self.device, self.dtype = device, dtype
-        self._stack: contextlib.ExitStack | None = None
+        self._stacks: list[contextlib.ExitStack] = []  # one per open `with`: nesting the same instance works
 
     def __enter__(self):
-        self._stack = contextlib.ExitStack()
+        stack = contextlib.ExitStack()
         if self.dtype not in (None, torch.float32):
-            self._stack.enter_context(torch.autocast(device_type=self.device.type, dtype=self.dtype))
+            stack.enter_context(torch.autocast(device_type=self.device.type, dtype=self.dtype))
         if self.device.type == "cuda":
-            self._stack.enter_context(sdpa_fastest_first())
+            stack.enter_context(sdpa_fastest_first())
+        self._stacks.append(stack)
         return self
 
     def __exit__(self, *exc):
-        stack, self._stack = self._stack, None
-        return stack.__exit__(*exc)
+        return self._stacks.pop().__exit__(*exc)
 
 
 def peak_flops(device: torch.device) -> float | None:

@@ -137,7 +137,8 @@ def comparison_lines(name: str, log: dict, evals: list[dict], tokens_per_step: i
         step, final = max(theirs)
         total = step * r["tokens_per_step"]
         reached = tokens_to_reach(mine, tokens_per_step, final)
-        when = (f"{name} reaches it at {reached:,} tokens ({reached / total:.1%} of theirs)" if reached is not None
+        share = f" ({reached / total:.1%} of theirs)" if reached is not None and total else ""
+        when = (f"{name} reaches it at {reached:,} tokens{share}" if reached is not None
                 else f"{name} has not reached it (best {min(v for _, v in mine):.4f} at "
                      f"{max(mine)[0] * tokens_per_step:,} tokens)")
         lines.append(f"{r['name']}: final val loss {final:.4f} at {total:,} tokens; {when}")

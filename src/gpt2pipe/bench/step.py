@@ -378,6 +378,10 @@ def parse_micro_batch(items: list[str]) -> dict[tuple[str | None, str], int]:
         size, colon, mode = key.rpartition(":")
         if not sep or not value.isdigit() or int(value) < 1 or (colon and not size):
             raise Gpt2pipeError(f"--micro-batch {item}: expected MODE=B or SIZE:MODE=B, e.g. kernels=32")
+        if mode not in (*MODES, "llmc"):  # a typo would otherwise be ignored after minutes of GPU time
+            raise Gpt2pipeError(f"--micro-batch {item}: unknown mode {mode!r}; choose from {', '.join((*MODES, 'llmc'))}")
+        if size and size not in GPT2_SIZES:
+            raise Gpt2pipeError(f"--micro-batch {item}: unknown size {size!r}; choose from {', '.join(GPT2_SIZES)}")
         out[(size or None, mode)] = int(value)
     return out
 

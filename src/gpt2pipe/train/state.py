@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from gpt2pipe import Gpt2pipeError, distributed
-from gpt2pipe.config import ModelConfig, training_identity, validate
+from gpt2pipe.config import LATER_TRAIN_KEYS, ModelConfig, training_identity, validate
 from gpt2pipe.data.loader import ShardLoader
 from gpt2pipe.distributed import World
 from gpt2pipe.model import checkpoint
@@ -65,9 +65,12 @@ def identity_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
 
 
 def with_new_defaults(saved: dict) -> dict:
-    """A saved identity with the keys added to the schema since it was saved, at their defaults: a new
-    key's default trains as before it existed (e.g. train.optimizer: adamw), so it never blocks a resume."""
+    """An identity with the keys added to the schema since it was saved, at their defaults: a new key's default
+    trains as before it existed (e.g. train.optimizer: adamw), so it never blocks a resume. The train keys that
+    identities leave out at their neutral value (config.LATER_TRAIN_KEYS) are written in, so a change of one
+    reads `train.lr_schedule: 'cosine' -> 'wsd'`: apply this to both identities compared."""
     defaults = training_identity(validate({}))
+    defaults["train"] = {**LATER_TRAIN_KEYS, **defaults.get("train", {})}
     return {**defaults, **{s: {**defaults.get(s, {}), **v} if isinstance(v, dict) else v for s, v in saved.items()}}
 
 
@@ -142,7 +145,7 @@ def check_resumable(saved: dict, model: ModelConfig, identity: dict) -> None:
     """Refuse, in one line, a state of another model shape, or one saved under settings that change what is
     trained (naming each key that differs); settings that don't (device, threads, cadences) may change."""
     checkpoint.check_shape(saved["path"], checkpoint.model_config(saved["path"], saved), model)
-    diff = identity_diff(with_new_defaults(saved.get("identity", {})), identity)
+    diff = identity_diff(with_new_defaults(saved.get("identity", {})), with_new_defaults(identity))
     if diff:
         raise Gpt2pipeError(f"{saved['path']}: saved by a run with other settings ({'; '.join(diff)}): "
                             "restore them to resume, or pass --restart to start over")
