@@ -89,18 +89,16 @@ def fineweb_token_files(wildcards):
     return chosen
 
 
-def compared_run_files():
-    """report.compare_runs: the train.log, config.yaml and eval results of each other run that has been trained
-    (as gpt2pipe.report.compared_runs finds them), inputs of the report so it is redrawn when they change. A run
-    not trained yet is left out with a warning: this run still trains and reports, and the report is redrawn
-    once that run exists (Snakemake reruns a job whose set of inputs changed)."""
-    files = []
-    for name in config["report"]["compare_runs"]:
-        run_dir = layout.run_dir({"results_dir": RESULTS, "run_name": name})
-        log, conf = run_dir / "train" / "train.log", run_dir / "config.yaml"
-        if log.is_file() and conf.is_file():
-            files += [str(log), str(conf), *map(str, sorted((run_dir / "eval").glob("step_*.json")))]
-        else:
-            print(f"report.compare_runs: {name} has no {log} or {conf} yet: the report is drawn without it",
-                  file=sys.stderr)
-    return files
+def compared_runs_signature():
+    """report.compare_runs: a digest of each other trained run's train.log, config.yaml and eval results, the
+    report's parameter, so the report is redrawn when they change (gpt2pipe.report.compared_runs_signature:
+    not inputs, which Snakemake would lock against that run's own workflow). A run not trained yet is left
+    out with a warning: this run still trains and reports, and the report is redrawn once that run exists."""
+    from gpt2pipe import report as report_module
+
+    runs = report_module.runs_named(RESULTS, config["report"]["compare_runs"])
+    for r in runs:
+        if not r["exists"]:
+            print(f"report.compare_runs: {r['name']} has no {r['log']} or {r['config']} yet: the report is drawn "
+                  "without it", file=sys.stderr)
+    return report_module.compared_runs_signature(runs)

@@ -6,13 +6,13 @@ rule report:
         notebook=str(layout.report_notebook()),
         train_log=rules.train.output.log,
         evals=expand(rules.evaluate.output[0], step=[f"{s:06d}" for s in STEPS]),
-        compared=compared_run_files(),
     output:
         png=report(f"{RUN}/output.png", caption="../report/output.rst", category="Results"),
         notebook=f"{RUN}/report.ipynb",
         metrics=report(f"{RUN}/metrics.tsv", caption="../report/metrics.rst", category="Results"),
     params:
         cli=GPT2PIPE,
+        compared=compared_runs_signature(),
     resources:
         mem_mb=RES["job_mem_mb"],
         runtime=RES["job_runtime"],
