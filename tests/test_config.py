@@ -130,3 +130,19 @@ def test_spelled_out_defaults_and_idle_keys_leave_the_identity_and_the_model_alo
     assert training_identity(muon.raw) != training_identity(other.raw)
     wsd = config.from_dict({"train": {"lr_schedule": "wsd", "cooldown_frac": 0.2}})
     assert training_identity(wsd.raw)["train"]["cooldown_frac"] == 0.2
+
+
+def test_fp8_gemms_is_in_the_identity_only_where_it_acts():
+    from gpt2pipe.config import training_identity
+
+    plain, off = config.from_dict({}), config.from_dict({"train": {"fp8_gemms": ["qkv"]}})
+    assert training_identity(off.raw) == training_identity(plain.raw)  # fp8 off: no GEMM runs in fp8
+    both = config.from_dict({"train": {"fp8": True}})
+    qkv = config.from_dict({"train": {"fp8": True, "fp8_gemms": ["qkv"]}})
+    assert "fp8_gemms" not in training_identity(both.raw)["train"]  # the default: identities made before it stay
+    assert training_identity(qkv.raw)["train"]["fp8_gemms"] == ["qkv"]
+    assert qkv.train.fp8_gemms == ["qkv"]
+    with pytest.raises(Gpt2pipeError, match="fp8_gemms"):
+        config.from_dict({"train": {"fp8_gemms": []}})
+    with pytest.raises(Gpt2pipeError, match="fp8_gemms"):
+        config.from_dict({"train": {"fp8_gemms": ["attn"]}})

@@ -226,6 +226,27 @@ def test_fp8_conversion_swaps_modules_and_keeps_the_model():
     assert fp8.state_of(plain) is None
 
 
+def test_fp8_conversion_of_one_gemm_kind_leaves_the_other_bf16():
+    """train.fp8_gemms: [qkv] swaps only the qkv linear, [mlp] only the MLP, with the same scaling slots (a
+    state saved under one choice has the shape of any other's), and the model computes the same loss."""
+    from gpt2pipe.ops import fp8
+
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16)
+    torch.manual_seed(0)
+    plain = GPT(cfg)
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    shapes = []
+    for gemms, mlp_type, qkv_type in ((("qkv",), type(plain.transformer.h[0].mlp), fp8.Fp8QkvLinear),
+                                      (("mlp",), fp8.Fp8MLP, torch.nn.Linear)):
+        model = GPT(cfg, ops="kernels")
+        model.load_state_dict(plain.state_dict())
+        fp8.convert_to_fp8(model, gemms)
+        assert all(type(b.mlp) is mlp_type and type(b.attn.c_attn) is qkv_type for b in model.transformer.h)
+        assert model(x, x)[1].item() == pytest.approx(plain(x, x)[1].item(), rel=1e-6)
+        shapes.append({k: tuple(v.shape) for k, v in fp8.state_of(model).items() if hasattr(v, "shape")})
+    assert shapes[0] == shapes[1]
+
+
 def test_fp8_state_round_trips_through_a_weights_only_load():
     from gpt2pipe.ops import fp8
     from gpt2pipe.ops.fp8 import Slot

@@ -166,6 +166,7 @@ class TrainConfig:
     muon_momentum: float = 0.95
     muon_weight_decay: float = 0.0
     document_aligned: bool = False
+    fp8_gemms: tuple[str, ...] = ("mlp", "qkv")
 
     def checkpoint_steps(self) -> list[int]:
         """Steps at which a model snapshot is written (and later evaluated); always includes the last."""
@@ -234,7 +235,7 @@ NOT_IDENTITY = {
 
 # train keys added after runs existed, at the value that trains as before them: left out of the identity there,
 # so those runs' saved states and workflow fingerprints stay valid
-LATER_TRAIN_KEYS = {"optimizer": "adamw", "lr_schedule": "cosine", "document_aligned": False}
+LATER_TRAIN_KEYS = {"optimizer": "adamw", "lr_schedule": "cosine", "document_aligned": False, "fp8_gemms": ["mlp", "qkv"]}
 
 
 def _unused(section: str, key: str, values: dict) -> bool:
@@ -246,6 +247,8 @@ def _unused(section: str, key: str, values: dict) -> bool:
         return values.get("optimizer") != "muon"
     if key == "cooldown_frac":
         return values.get("lr_schedule") != "wsd"
+    if key == "fp8_gemms" and not values.get("fp8"):
+        return True
     return key in LATER_TRAIN_KEYS and values[key] == LATER_TRAIN_KEYS[key]
 
 

@@ -147,7 +147,7 @@ class Trainer:
             model.load_state_dict(source.state_dict())
         model.to(device)
         if t.fp8 and use_kernels:  # fp8 GEMMs exist on the kernels path only
-            convert_to_fp8(model)
+            convert_to_fp8(model, t.fp8_gemms)
         optimizer = build_optimizer(model, t, world, device, use_kernels)
         state = TrainState(model, optimizer, train_loader, UpdateGuard(t), identity)
         if world.main:

@@ -132,17 +132,19 @@ class Fp8QkvLinear(nn.Linear):
         return Fp8QkvLinearFunction.apply(x, x_fp8, self.weight, self.bias, state, self.layer)
 
 
-def convert_to_fp8(model: nn.Module) -> nn.Module:
-    """Swap, in place, each block's `mlp` for Fp8MLP and `attn.c_attn` for Fp8QkvLinear (blocks are
-    `model.transformer.h`, nanoGPT's layout); parameters and their names are unchanged. Idempotent.
-    Returns the model."""
+def convert_to_fp8(model: nn.Module, gemms=("mlp", "qkv")) -> nn.Module:
+    """Swap, in place, each block's `mlp` for Fp8MLP ("mlp" in gemms) and `attn.c_attn` for Fp8QkvLinear
+    ("qkv" in gemms) (blocks are `model.transformer.h`, nanoGPT's layout); parameters and their names are
+    unchanged, and the scaling state has the same slots whichever are swapped. Idempotent. Returns the model."""
     if getattr(model, SCALING_ATTRIBUTE, None) is not None:
         return model
     blocks = list(model.transformer.h)
     scaling = Fp8Scaling(len(blocks))
     for layer, block in enumerate(blocks):
-        block.mlp = Fp8MLP(block.mlp, scaling, layer)
-        block.attn.c_attn = Fp8QkvLinear(block.attn.c_attn, scaling, layer)
+        if "mlp" in gemms:
+            block.mlp = Fp8MLP(block.mlp, scaling, layer)
+        if "qkv" in gemms:
+            block.attn.c_attn = Fp8QkvLinear(block.attn.c_attn, scaling, layer)
     setattr(model, SCALING_ATTRIBUTE, scaling)
     model.register_forward_pre_hook(scaling.begin_forward, with_kwargs=True)
     return model
