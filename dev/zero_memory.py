@@ -117,8 +117,8 @@ def _measure(job: dict, world, device) -> dict:
             "loss": losses[-1], "describe": opt.describe(), "phases": " ".join(phases)}
 
 
-def worker(jobs: list[dict]) -> None:
-    """Run jobs in order in this process group; rank 0 prints one RESULT line per job (per-rank peaks)."""
+def worker(job: dict) -> None:
+    """Run one job in this process group; rank 0 prints its RESULT line (per-rank peaks)."""
     import datetime
 
     import torch
@@ -136,35 +136,27 @@ def worker(jobs: list[dict]) -> None:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     torch.backends.cuda.matmul.allow_tf32 = True
-    for job in jobs:
-        try:
-            out = _measure(job, world, device)
-            status = "ok"
-        except torch.cuda.OutOfMemoryError:
-            print(RESULT + json.dumps({**job, "status": "OOM", "rank": world.rank}), flush=True)
-            os._exit(3)  # the other ranks may wait in a collective: torchrun stops them
-        per_rank = distributed.gather_objects(out, world)
-        if world.main:
-            print(RESULT + json.dumps({**job, "status": status, "ranks": per_rank}), flush=True)
-        if job.get("stop_on_success"):
-            break
-        import gc
-
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    try:
+        out = _measure(job, world, device)
+    except torch.cuda.OutOfMemoryError:
+        print(RESULT + json.dumps({**job, "status": "OOM", "rank": world.rank}), flush=True)
+        os._exit(3)  # the other ranks may wait in a collective: torchrun stops them
+    per_rank = distributed.gather_objects(out, world)
+    if world.main:
+        print(RESULT + json.dumps({**job, "status": "ok", "ranks": per_rank}), flush=True)
     distributed.barrier(world)
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def _child(todo: list[dict], nproc: int, limit: float, env: dict, on_result) -> tuple[list[dict], str, object]:
-    """One child torchrun over `todo`; each RESULT line is handed to on_result as it arrives (so a table row
-    is printed even if a later job hangs). After `limit` seconds torchrun gets SIGTERM (it stops its workers,
-    which run in sessions of their own), then SIGKILL; the reader never blocks the driver."""
+def _child(job: dict, nproc: int, limit: float, env: dict, on_result) -> tuple[list[dict], str, object]:
+    """One child torchrun for `job` (a fresh process: a process keeps memory of the jobs it ran before — each
+    job's starting memory held all earlier jobs' model and optimizer, which once made ZeRO-2 look bigger than
+    ZeRO-1); its RESULT line is handed to on_result as it arrives. After `limit` seconds torchrun gets SIGTERM
+    (it stops its workers, which run in sessions of their own), then SIGKILL; the reader never blocks."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           __file__, "--worker", json.dumps(todo)]
+           __file__, "--worker", json.dumps(job)]
     done: list[dict] = []
     other: list[str] = []
     with tempfile.TemporaryFile("w+") as err:
@@ -203,7 +195,7 @@ def _run_jobs(jobs: list[dict], nproc: int, per_job: float, deadline: float, on_
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("OMP_NUM_THREADS", "4")
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    todo = [dict(j, stop_on_success=stop_on_success) for j in jobs]
+    todo = list(jobs)
 
     def report(r: dict) -> None:
         if r["status"] == "ok":
@@ -218,16 +210,12 @@ def _run_jobs(jobs: list[dict], nproc: int, per_job: float, deadline: float, on_
                 on_result(results[-1])
             break
         t0 = time.time()
-        # one job per child: a process keeps memory of the jobs it ran before (each job's starting memory held
-        # all earlier jobs' model and optimizer), which once made ZeRO-2 look bigger than ZeRO-1
-        done, err, rc = _child(todo[:1], nproc, min(START + per_job, left + 30), env, report)
-        ok = [d for d in done if d["status"] == "ok"]
-        if stop_on_success and ok:
-            break
-        if ok:
-            todo = todo[1:]
-            continue
+        done, err, rc = _child(todo[0], nproc, min(START + per_job, left + 30), env, report)
         failed = todo.pop(0)
+        if any(d["status"] == "ok" for d in done):
+            if stop_on_success:
+                break
+            continue
         oom = any(d["status"] == "OOM" for d in done) or "OutOfMemoryError" in err
         why = "OOM" if oom else f"failed ({rc}, {time.time() - t0:.0f} s)"
         results.append({**failed, "status": why})
