@@ -38,6 +38,11 @@ def time_ms(fn, reps: int = 20, warmup: int = 3) -> float:
     return statistics.median(out)
 
 
+def grad_of(out, inputs, seed):
+    """A backward pass to time: the gradients of out (seeded) with respect to inputs, the graph kept."""
+    return lambda: torch.autograd.grad(out, inputs, seed, retain_graph=True)
+
+
 def _gelu_grid(N: int, C: int, vec: bool) -> tuple[tuple[int, int], int]:
     """The grid and block ops/autograd.py launches the bias+GELU and bias-gradient kernels with."""
     from gpt2pipe.ops.cuda import sm_count
@@ -165,8 +170,7 @@ def _arch_rows(both, N: int, C: int, n_head: int, bf: dict) -> None:
         o, r = ours(*grads), ref(*grads)
         o, r = (o if isinstance(o, tuple) else (o,)), (r if isinstance(r, tuple) else (r,))
         seeds = tuple(torch.randn_like(t) for t in o)
-        both(f"{name} bwd", lambda: torch.autograd.grad(o, leaves, seeds, retain_graph=True),
-             lambda: torch.autograd.grad(r, leaves, seeds, retain_graph=True), nbytes_bwd)
+        both(f"{name} bwd", grad_of(o, leaves, seeds), grad_of(r, leaves, seeds), nbytes_bwd)
 
     for width, note in ((C, ""), (C + 4, " (scalar fallback)")):
         x, r, w = torch.randn(N, width, **bf), torch.randn(N, width, **bf), torch.rand(width, **bf) + 0.5
@@ -208,9 +212,6 @@ def kernel_table(cfg: ModelConfig, tokens: int = 65536) -> list[tuple[str, float
             ref_us = float("nan")
             torch.cuda.empty_cache()
         rows.append((name, ours_us, ref_us, nbytes))
-
-    def grad_of(out, inputs, seed):
-        return lambda: torch.autograd.grad(out, inputs, seed, retain_graph=True)
 
     # encoder
     idx = torch.randint(0, V, (N // T, T), device="cuda")
