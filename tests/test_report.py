@@ -207,7 +207,7 @@ def test_workflow_report_follows_the_compared_runs_without_locking_them(tmp_path
     import yaml
 
     from conftest import ROOT, tiny_config
-    from gpt2pipe.report import compared_runs_signature, runs_named
+    from gpt2pipe.layout import compared_runs_signature, runs_named
 
     cfg = tiny_config(tmp_path, report={"compare_runs": ["other"]})
     cfg["results_dir"] = "results"

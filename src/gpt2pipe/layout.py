@@ -137,7 +137,35 @@ def training_fingerprint(raw: dict) -> str:
     return digest(training_identity(raw))
 
 
-__all__ = ["NOT_IDENTITY", "checkpoint", "report_notebook", "checkpoint_steps", "corpus_dir", "data_dir", "data_fingerprint",
+def runs_named(results_dir: str, names: list[str]) -> list[dict]:
+    """report.compare_runs' other runs under results_dir: each with its train.log, resolved config.yaml and eval
+    results; `exists` is False while it has no log or config yet (not trained through the workflow). Here,
+    not in report.py, so the workflow can read them without importing matplotlib at every parse."""
+    out = []
+    for name in names:
+        folder = run_dir({"results_dir": results_dir, "run_name": name})
+        log, conf = folder / "train" / "train.log", folder / "config.yaml"
+        out.append({"name": name, "log": log, "config": conf, "exists": log.is_file() and conf.is_file(),
+                    "evals": sorted((folder / "eval").glob("step_*.json"))})
+    return out
+
+
+def compared_runs_signature(runs: list[dict]) -> str:
+    """A digest of the compared runs' files (path, size, modification time), or of their absence: the report
+    rule's parameter, so the report is redrawn when another run's log or results change. (Not its inputs:
+    Snakemake would lock them, and that run's own workflow, which rewrites its log as it trains, could not
+    run beside this one.)"""
+    import hashlib
+
+    parts = []
+    for r in runs:
+        files = [r["log"], r["config"], *r["evals"]] if r["exists"] else []
+        parts.append(f"{r['name']}:" + ",".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+__all__ = ["NOT_IDENTITY", "checkpoint", "compared_runs_signature", "runs_named",
+           "report_notebook", "checkpoint_steps", "corpus_dir", "data_dir", "data_fingerprint",
            "eval_result", "fineweb_dir", "hellaswag_bin", "hellaswag_name", "run_dir", "samples", "shard_dir",
            "stage_config", "stage_config_text", "token_count", "training_fingerprint"]
 

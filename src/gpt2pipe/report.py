@@ -89,34 +89,9 @@ def resolve_baseline(cfg) -> str | None:
 def compared_runs(cfg) -> list[dict]:
     """report.compare_runs: each other run under results_dir, with its train.log, resolved config.yaml and
     eval results; `exists` is False while it has no log or config yet (not trained through the workflow)."""
-    return runs_named(cfg.results_dir, cfg.report.compare_runs)
-
-
-def runs_named(results_dir: str, names: list[str]) -> list[dict]:
-    """compared_runs for a results folder and run names (what the workflow has before any config object)."""
     from gpt2pipe import layout
 
-    out = []
-    for name in names:
-        run_dir = layout.run_dir({"results_dir": results_dir, "run_name": name})
-        log, conf = run_dir / "train" / "train.log", run_dir / "config.yaml"
-        out.append({"name": name, "log": log, "config": conf, "exists": log.is_file() and conf.is_file(),
-                    "evals": sorted((run_dir / "eval").glob("step_*.json"))})
-    return out
-
-
-def compared_runs_signature(runs: list[dict]) -> str:
-    """A digest of the compared runs' files (path, size, modification time), or of their absence: the report
-    rule's parameter, so the report is redrawn when another run's log or results change. (Not its inputs:
-    Snakemake would lock them, and that run's own workflow, which rewrites its log as it trains, could not
-    run beside this one.)"""
-    import hashlib
-
-    parts = []
-    for r in runs:
-        files = [r["log"], r["config"], *r["evals"]] if r["exists"] else []
-        parts.append(f"{r['name']}:" + ",".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files))
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return layout.runs_named(cfg.results_dir, cfg.report.compare_runs)
 
 
 def load_compared(runs: list[dict]) -> list[dict]:

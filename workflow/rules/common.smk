@@ -91,14 +91,12 @@ def fineweb_token_files(wildcards):
 
 def compared_runs_signature():
     """report.compare_runs: a digest of each other trained run's train.log, config.yaml and eval results, the
-    report's parameter, so the report is redrawn when they change (gpt2pipe.report.compared_runs_signature:
+    report's parameter, so the report is redrawn when they change (gpt2pipe.layout.compared_runs_signature:
     not inputs, which Snakemake would lock against that run's own workflow). A run not trained yet is left
     out with a warning: this run still trains and reports, and the report is redrawn once that run exists."""
-    from gpt2pipe import report as report_module
-
-    runs = report_module.runs_named(RESULTS, config["report"]["compare_runs"])
+    runs = layout.runs_named(RESULTS, config["report"]["compare_runs"])
     for r in runs:
         if not r["exists"]:
             print(f"report.compare_runs: {r['name']} has no {r['log']} or {r['config']} yet: the report is drawn "
                   "without it", file=sys.stderr)
-    return report_module.compared_runs_signature(runs)
+    return layout.compared_runs_signature(runs)
