@@ -66,7 +66,7 @@ def fake_llmc(tmp_path):
 
 
 def test_loss_only_graphs_compute_the_models_loss():
-    """compile's graph computes exactly the model's loss, compile-masked the same loss another way, and
+    """compile-sliced's graph computes exactly the model's loss, compile's the same loss another way, and
     compile-padded (nanoGPT's) a different one: the padded columns join the softmax."""
     torch.manual_seed(0)
     model = GPT(TINY)
@@ -89,7 +89,7 @@ def test_loss_only_graphs_compute_the_models_loss():
 
 def test_micro_batch_defaults_per_size_and_overrides():
     assert bench.micro_batch_for("124M", "compile-max") == 64
-    assert bench.micro_batch_for("350M", "compile-masked") == 32
+    assert bench.micro_batch_for("350M", "compile-sliced") == 32
     assert bench.micro_batch_for("774M", "kernels-fp8") == 32
     assert bench.micro_batch_for("774M", "llmc") == 32
     assert bench.micro_batch_for("tiny", "eager") == 32  # unknown sizes take 124M's
@@ -214,15 +214,19 @@ def test_cudagraph_probe_runs_the_accumulation_it_checks():
     assert compiled.cudagraph_accumulation_problem(torch.device("cpu")) is None
 
 
-def test_classifier_switch_is_restored():
-    from gpt2pipe.ops.autograd import FusedClassifier
+def test_kernel_switches_set_each_mode_and_are_restored():
+    from gpt2pipe.ops.autograd import FUSIONS, FusedClassifier
 
-    assert FusedClassifier.dw_fp32 is True
-    with pytest.raises(KeyError):
-        with bench.classifier_dw(False):
-            assert FusedClassifier.dw_fp32 is False
-            raise KeyError
-    assert FusedClassifier.dw_fp32 is True
+    on = dict(FUSIONS)
+    assert FusedClassifier.dw_fp32 is True and all(on.values())
+    for mode, dw_fp32, fused in (("kernels-dw-bf16", False, True), ("kernels-unfused", True, False),
+                                 ("kernels", True, True)):
+        with pytest.raises(KeyError):
+            with bench.kernel_switches(mode):
+                assert FusedClassifier.dw_fp32 is dw_fp32
+                assert all(v is fused for v in FUSIONS.values())
+                raise KeyError
+        assert FusedClassifier.dw_fp32 is True and FUSIONS == on
 
 
 def test_bench_cli_checks_sizes_and_llmc_before_it_needs_a_gpu(capsys):
@@ -251,7 +255,7 @@ def test_bench_end_to_end_on_cpu(fake_llmc, monkeypatch):
     monkeypatch.setitem(GPT2_SIZES, "tiny", TINY)
     monkeypatch.setattr(llmc, "DEPTH", {**llmc.DEPTH, "tiny": "d12"})
     monkeypatch.setenv("FAKE_MS", "0.5,0.3,0.3")
-    modes = ("kernels", "kernels-dw-bf16", "eager", "compile", "compile-masked")
+    modes = ("kernels", "kernels-dw-bf16", "kernels-unfused", "eager", "compile", "compile-sliced")
     partials = []
     text = bench.run(("tiny",), seq_len=16, total_batch=16 * 4 * 2, modes=modes,
                      micro_batch={(None, m): 4 for m in (*modes, "llmc")}, steps=2, warmup=1, kernels=False,
@@ -259,14 +263,14 @@ def test_bench_end_to_end_on_cpu(fake_llmc, monkeypatch):
     assert "FAILED" not in text, text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and
             not line.startswith("| mode")}
-    assert list(rows) == ["kernels", "kernels-dw-bf16", "eager", "compile (baseline)", "compile-masked (baseline)",
-                          "llmc (baseline)"]
+    assert list(rows) == ["kernels", "kernels-dw-bf16", "kernels-unfused", "eager", "compile (baseline)",
+                          "compile-sliced (baseline)", "llmc (baseline)"]
     assert "fastest baseline measured here: llmc (0.3 ms/step)" in text  # the stand-in's timed steps
     losses = {m: [float(x) for x in re.findall(r"[0-9.]+", re.search(rf"- {m}: losses \[([^\]]*)\]", text)[1])]
-              for m in ("kernels", "kernels-dw-bf16", "eager", "compile", "compile-masked")}
+              for m in ("kernels", "kernels-dw-bf16", "kernels-unfused", "eager", "compile", "compile-sliced")}
     assert losses["compile"][0] == pytest.approx(losses["eager"][0], rel=1e-3)
-    assert losses["compile-masked"][0] == pytest.approx(losses["eager"][0], rel=1e-3)
-    assert losses["kernels"] == losses["kernels-dw-bf16"]  # on CPU the switch has nothing to switch
+    assert losses["compile-sliced"][0] == pytest.approx(losses["eager"][0], rel=1e-3)
+    assert losses["kernels"] == losses["kernels-dw-bf16"] == losses["kernels-unfused"]  # CPU: nothing to switch
     assert len(partials) == len(modes) + 2 and "| llmc" in partials[-1]
 
 

@@ -227,7 +227,8 @@ def test_fp8_conversion_swaps_modules_and_keeps_the_model():
 
 
 def test_fp8_conversion_of_one_gemm_kind_leaves_the_other_bf16():
-    """train.fp8_gemms: [qkv] swaps only the qkv linear, [mlp] only the MLP, with the same scaling slots (a
+    """train.fp8_gemms: [qkv] swaps only the qkv linear, [mlp] only the MLP, [head] only the LM head, with the
+    same scaling slots (a
     state saved under one choice has the shape of any other's), and the model computes the same loss."""
     from gpt2pipe.ops import fp8
 
@@ -236,15 +237,20 @@ def test_fp8_conversion_of_one_gemm_kind_leaves_the_other_bf16():
     plain = GPT(cfg)
     x = torch.randint(0, cfg.vocab_size, (2, 16))
     shapes = []
-    for gemms, mlp_type, qkv_type in ((("qkv",), type(plain.transformer.h[0].mlp), fp8.Fp8QkvLinear),
-                                      (("mlp",), fp8.Fp8MLP, torch.nn.Linear)):
+    plain_mlp = type(plain.transformer.h[0].mlp)
+    for gemms, mlp_type, qkv_type, head_type in ((("qkv",), plain_mlp, fp8.Fp8QkvLinear, torch.nn.Linear),
+                                                 (("mlp",), fp8.Fp8MLP, torch.nn.Linear, torch.nn.Linear),
+                                                 (("head",), plain_mlp, torch.nn.Linear, fp8.Fp8Head)):
         model = GPT(cfg, ops="kernels")
         model.load_state_dict(plain.state_dict())
         fp8.convert_to_fp8(model, gemms)
         assert all(type(b.mlp) is mlp_type and type(b.attn.c_attn) is qkv_type for b in model.transformer.h)
+        assert type(model.lm_head) is head_type
+        assert model.lm_head.weight is model.transformer.wte.weight  # still tied
+        assert list(model.state_dict()) == list(plain.state_dict())
         assert model(x, x)[1].item() == pytest.approx(plain(x, x)[1].item(), rel=1e-6)
         shapes.append({k: tuple(v.shape) for k, v in fp8.state_of(model).items() if hasattr(v, "shape")})
-    assert shapes[0] == shapes[1]
+    assert shapes[0] == shapes[1] == shapes[2]
 
 
 def test_fp8_state_round_trips_through_a_weights_only_load():
@@ -367,6 +373,55 @@ def test_linear_bias_grad(N, C_in, C):
     x, w, b = leaf(N, C_in), leaf(C, C_in, scale=0.1), leaf(C)
     out = K.LinearBias.apply(x, w, b)
     ref = torch.nn.functional.linear(x.float(), w.float(), b.float())
+    assert rel(out, ref) < 1e-2
+    g = torch.randn_like(out)
+    for a, c in zip(grads_of(out, (x, w, b), g), grads_of(ref, (x, w, b), g.float())):
+        assert rel(a, c) < 2e-2
+
+
+@gpu
+@pytest.mark.parametrize("N,C,H", [(4096, 768, 3072), (40, 64, 256)])
+def test_mlp_with_gelu_in_the_gemm_epilogues(N, C, H):
+    """GPT-2's MLP on the kernels path (bias+GELU in the fc GEMM's epilogue, GELU's derivative and the fc
+    bias gradient in the epilogue of the GEMM that makes their input gradient) against fp32 autograd."""
+    from gpt2pipe.ops import cublaslt
+
+    if not cublaslt.available():
+        pytest.skip("no cuBLASLt here")
+    torch.manual_seed(0)
+    x = leaf(N, C)
+    fc_w, fc_b, proj_w, proj_b = leaf(H, C, scale=0.05), leaf(H, scale=0.5), leaf(C, H, scale=0.05), leaf(C)
+    out = K.mlp(x, fc_w, fc_b, proj_w, proj_b)
+    assert type(out.grad_fn).__name__ == "EpilogueMlpBackward"  # the fused path ran, not the fallback
+    params = (x, fc_w, fc_b, proj_w, proj_b)
+    ref = torch.nn.functional.linear(torch.nn.functional.gelu(
+        torch.nn.functional.linear(x.float(), fc_w.float(), fc_b.float()), approximate="tanh"),
+        proj_w.float(), proj_b.float())
+    assert rel(out, ref) < 1e-2
+    g = torch.randn_like(out)
+    for a, c in zip(grads_of(out, params, g), grads_of(ref, params, g.float())):
+        assert rel(a, c) < 2e-2
+
+
+@gpu
+@pytest.mark.parametrize("B,T,C,n_head", [(4, 256, 768, 12), (2, 64, 128, 2)])
+@pytest.mark.parametrize("cudnn_first", [True, False], ids=["cudnn", "default"])
+def test_packed_qkv_attention(B, T, C, n_head, cudnn_first):
+    """qkv projection + causal attention with the projection's backward reading dq, dk, dv where SDPA left
+    them, against fp32 autograd of linear -> split -> SDPA; under cuDNN first (training's order) and torch's
+    default backend order."""
+    import contextlib
+
+    from gpt2pipe.device import sdpa_fastest_first
+
+    torch.manual_seed(0)
+    x, w, b = leaf(B, T, C), leaf(3 * C, C, scale=0.05), leaf(3 * C, scale=0.1)
+    with sdpa_fastest_first() if cudnn_first else contextlib.nullcontext():
+        out = K.qkv_attention(x, w, b, n_head)
+    assert type(out.grad_fn).__name__ == "QkvAttentionBackward"
+    qkv = torch.nn.functional.linear(x.float(), w.float(), b.float())
+    q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
     assert rel(out, ref) < 1e-2
     g = torch.randn_like(out)
     for a, c in zip(grads_of(out, (x, w, b), g), grads_of(ref, (x, w, b), g.float())):
@@ -546,6 +601,30 @@ def test_fp8_casts_scale_by_powers_of_two_and_record_amax():
     big = torch.full((64, 16), 1e4, device="cuda").bfloat16()  # grew past its delayed scale: saturates
     state.amax_previous[0, Slot.MLP_INPUT] = 1.0
     assert torch.isfinite(state.target(0, Slot.MLP_INPUT).cast(big, fp8.E4M3).float()).all()
+
+
+@gpu
+@fp8_gpu
+def test_fp8_head_logits_track_the_bf16_classifier():
+    """The fp8 LM head (logits GEMM from e4m3 copies of h and W, each scaled by its own amax) against the
+    bf16 fused classifier on the same h, W and targets: loss and both gradients."""
+    from gpt2pipe.ops import fp8
+
+    torch.manual_seed(0)
+    N, C, V, Vp = 4096, 768, 50257, 50304
+    h, w = leaf(N, C), leaf(Vp, C, scale=0.02)
+    targets = torch.randint(0, V, (N,), device="cuda")
+    head = fp8.Fp8Head(torch.nn.Linear(C, Vp, bias=False).cuda())
+    head.weight = torch.nn.Parameter(w.detach())  # the same storage: the head casts what the classifier reads
+    logits_of = head.projection(h)
+    assert logits_of is not None
+    loss8 = K.fused_classifier(h, w, targets, V, logits_of)
+    loss = K.fused_classifier(h, w, targets, V)
+    assert loss8.item() == pytest.approx(loss.item(), rel=2e-3)
+    for a, b in zip(grads_of(loss8, (h, w), None), grads_of(loss, (h, w), None)):
+        assert rel(a, b) < 0.05
+    head.eval()
+    assert head.projection(h) is None  # evaluation keeps the bf16 logits
 
 
 @gpu

@@ -34,7 +34,8 @@ from gpt2pipe.device import peak_flops, sdpa_fastest_first
 from gpt2pipe.distributed import World
 from gpt2pipe.model.gpt import GPT, GPT2_SIZES
 
-KERNEL_MODES = ("kernels", "kernels-fp8", "kernels-recompute", "kernels-dw-bf16")
+KERNEL_MODES = ("kernels", "kernels-fp8", "kernels-fp8-head", "kernels-recompute", "kernels-dw-bf16",
+                "kernels-unfused")
 MODES = (*KERNEL_MODES, "eager", *compiled.RECIPES)  # what --modes takes (and "llmc" with --llmc)
 # compile-max last: it takes longest, and its CUDA-graph check compares it with compile (run before it)
 DEFAULT_MODES = ("kernels", "kernels-fp8", "kernels-dw-bf16", "compile", "compile-max")
@@ -99,15 +100,21 @@ def _sdpa_context(mode: str):
 
 
 @contextlib.contextmanager
-def classifier_dw(fp32: bool):
-    """The fused classifier's weight gradient summed in fp32 (the default) or bf16 (mode kernels-dw-bf16)."""
-    from gpt2pipe.ops.autograd import FusedClassifier
+def kernel_switches(mode: str):
+    """The kernels path as `mode` times it: the fused classifier's weight gradient summed in fp32 (bf16 in
+    kernels-dw-bf16), and the GELU epilogue and packed-qkv fusions on (off in kernels-unfused, the step as
+    it was before them)."""
+    from gpt2pipe.ops import autograd
 
-    old, FusedClassifier.dw_fp32 = FusedClassifier.dw_fp32, fp32
+    old = autograd.FusedClassifier.dw_fp32, dict(autograd.FUSIONS)
+    autograd.FusedClassifier.dw_fp32 = mode != "kernels-dw-bf16"
+    if mode == "kernels-unfused":
+        autograd.FUSIONS.update(dict.fromkeys(autograd.FUSIONS, False))
     try:
         yield
     finally:
-        FusedClassifier.dw_fp32 = old
+        autograd.FusedClassifier.dw_fp32 = old[0]
+        autograd.FUSIONS.update(old[1])
 
 
 class _Step:
@@ -129,10 +136,10 @@ class _Step:
         self.kernels = mode in KERNEL_MODES
         model = GPT(cfg, ops="kernels" if self.kernels else "torch", recompute=mode == "kernels-recompute")
         model = model.to(self.device)
-        if mode == "kernels-fp8":
+        if mode.startswith("kernels-fp8"):
             from gpt2pipe.ops.fp8 import convert_to_fp8
 
-            convert_to_fp8(model)
+            convert_to_fp8(model, ("mlp", "qkv", "head") if mode == "kernels-fp8-head" else ("mlp", "qkv"))
         self.model = model
         self.opt = make_flat_optimizer(model, self.t, world) if self.kernels else make_optimizer(model, self.t,
                                                                                                   self.device)
@@ -167,14 +174,13 @@ class _Step:
         self.data = data[world.rank * self.accum : (world.rank + 1) * self.accum].clone()
         del data
         self.flops = model.flops_per_token(seq_len) * total_batch
-        self.dw_fp32 = mode != "kernels-dw-bf16"
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean loss over the step, pre-clip gradient norm), both on the device."""
         from gpt2pipe.train.optim import optimizer_step
 
         total = torch.zeros((), device=self.device)
-        with classifier_dw(self.dw_fp32):
+        with kernel_switches(self.mode):
             for k in range(self.accum):
                 last = k == self.accum - 1
                 if last and self.kernels:
@@ -285,7 +291,7 @@ def fit_micro_batch(mode: str, cfg: ModelConfig, b: int, seq_len: int, total_bat
 
 
 # modes with compile-max's loss whose first step it is checked against (the first of them that ran)
-REFERENCE_MODES = ("compile", "compile-cudnn", "compile-max-nocg", "compile-masked", "compile-model",
+REFERENCE_MODES = ("compile", "compile-cudnn", "compile-max-nocg", "compile-sliced", "compile-model",
                    "compile-model-drop", "eager")
 
 

@@ -80,13 +80,11 @@ def fp8_input_target(module: nn.Module, x: torch.Tensor):
     return None if target is None else target(x)
 
 
-def linear_kernels(linear: nn.Linear, x: torch.Tensor, x_fp8: torch.Tensor | None = None) -> torch.Tensor:
-    """A linear layer on the kernels path: the layer's own `forward_kernels` when a converter gave it one
-    (the fp8 qkv linear), else cuBLASLt with our bias-gradient kernel."""
-    own = getattr(linear, "forward_kernels", None)
-    if own is not None:
-        return own(x, x_fp8)
-    return _kernel_ops().linear(x, linear.weight, linear.bias)
+def fp8_projection(linear: nn.Module, x: torch.Tensor, x_fp8: torch.Tensor | None):
+    """The fp8 forward GEMM of a linear swapped in by ops/fp8's converter, as a zero-argument callable (see
+    ops.autograd.qkv_attention); None for every other module, or where it runs in bf16."""
+    projection = getattr(linear, "projection", None)
+    return None if projection is None else projection(x, x_fp8)
 
 
 class CausalSelfAttention(nn.Module):
@@ -102,8 +100,13 @@ class CausalSelfAttention(nn.Module):
         return self.c_proj(self._attend(self.c_attn(x), rope, reference))
 
     def forward_kernels(self, x: torch.Tensor, x_fp8: torch.Tensor | None = None, rope=None) -> torch.Tensor:
-        y = self._attend(linear_kernels(self.c_attn, x, x_fp8), rope, _arch_ops())
-        return _kernel_ops().linear(y, self.c_proj.weight, self.c_proj.bias)
+        K = _kernel_ops()
+        if rope is None and not self.qk_norm and self.n_kv_head == self.n_head:  # GPT-2's: packed, no copies
+            y = K.qkv_attention(x, self.c_attn.weight, self.c_attn.bias, self.n_head,
+                                fp8_projection(self.c_attn, x, x_fp8))
+        else:
+            y = self._attend(K.linear(x, self.c_attn.weight, self.c_attn.bias), rope, _arch_ops())
+        return K.linear(y, self.c_proj.weight, self.c_proj.bias)
 
     def _attend(self, qkv: torch.Tensor, rope, ops) -> torch.Tensor:
         """Causal attention of the packed q, k, v projections [B, T, (H + 2G) D] -> [B, T, H D]; rope: the
@@ -184,8 +187,8 @@ class GPT(nn.Module):
     (our CUDA kernels for the embedding, residual+norm, the activations, RoPE and the fused classifier; cuBLAS
     matmuls and cuDNN attention). Both use the same parameters, so checkpoints move freely between them. fp8
     GEMMs (GPT-2's blocks only) are applied by `gpt2pipe.ops.fp8.convert_to_fp8(model)` (what `fp8=True`
-    calls), a module swap this file knows only through the `forward_kernels` / `fp8_input_target` methods
-    the swapped modules have."""
+    calls), a module swap this file knows only through the `forward_kernels` / `projection` /
+    `fp8_input_target` methods the swapped modules have."""
 
     def __init__(self, cfg: ModelConfig, ops: str = "torch", recompute: bool = False, fp8: bool = False):
         super().__init__()
@@ -261,7 +264,8 @@ class GPT(nn.Module):
                 x, h, h_fp8 = block.forward_kernels(x, h, h_fp8, next_norm, next_linear)
         if targets is None:
             return F.linear(h, self.lm_head.weight)[..., : self.config.vocab_size], None
-        return None, K.fused_classifier(h, self.lm_head.weight, targets, self.config.vocab_size)
+        return None, K.fused_classifier(h, self.lm_head.weight, targets, self.config.vocab_size,
+                                        fp8_projection(self.lm_head, h, None))
 
     def _forward_arch_kernels(self, idx: torch.Tensor, targets: torch.Tensor | None):
         """The kernels path of the model.arch options: as _forward_kernels, with ops/arch.py's RMSNorm, RoPE

@@ -12,10 +12,12 @@ ops/fp8 makes them; this module never imports it, so there is no import cycle.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from gpt2pipe.ops import kernels_available
-from gpt2pipe.ops import reference
+from gpt2pipe.ops import cublaslt, reference
 from gpt2pipe.ops.cuda import aligned, launch, sm_count
 
 LN_MAX_VEC_C = 8 * 32 * 8  # layernorm_*_vec keep a row in registers: C up to 2048
@@ -239,6 +241,63 @@ def _bias_gelu_grid(N: int, C: int, *tensors) -> tuple[str, tuple[int, int], int
     return ("_vec" if vec else ""), (cols, max(1, min(N, sm_count() * 16 // cols))), threads
 
 
+class QkvAttention(torch.autograd.Function):
+    """GPT-2's attention from its input up to the heads' output: qkv = x W^T + b, causal SDPA of its q, k, v
+    (strided views of qkv, no copies), out [B, T, C].
+
+    What it saves over autograd of those steps: SDPA's backward (cuDNN) returns dq, dk, dv each laid out
+    [B, T, H, D] — a plain [B*T, C] matrix — and autograd then copies them into one packed dqkv for the
+    linear's backward (a cat of 3 x B*T*C, ~2% of the 124M step on the H100). Here the linear's backward
+    reads them where they are: dW's q, k and v row blocks are three GEMMs, dx = dq Wq + dk Wk + dv Wv
+    accumulates in place (beta = 1). `project`, when given, computes qkv instead (the fp8 forward GEMM)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, n_head, project=None):
+        B, T, C = x.shape
+        qkv = project() if project is not None else torch.nn.functional.linear(x, weight, bias)
+        D = C // n_head
+        with torch.enable_grad():  # SDPA's own autograd, kept for backward
+            q, k, v = (t.view(B, T, n_head, D).transpose(1, 2).detach().requires_grad_()
+                       for t in qkv.split(C, dim=2))
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        ctx.attention = (q, k, v, y)
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return y.detach().transpose(1, 2).reshape(B, T, C)  # a view when SDPA wrote [B, T, H, D] (cuDNN)
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, y = ctx.attention
+        ctx.attention = None
+        x, weight = ctx.saved_tensors
+        B, T, C = x.shape
+        dy = dout.reshape(B, T, q.shape[1], q.shape[3]).transpose(1, 2)
+        grads = torch.autograd.grad(y, (q, k, v), dy)
+        parts = [g.transpose(1, 2).reshape(B * T, C) for g in grads]  # views for cuDNN's layout
+        x2 = x.reshape(B * T, C)
+        w_parts = weight.split(C)
+        dw = torch.empty_like(weight)
+        for g, dw_part in zip(parts, dw.split(C)):
+            torch.mm(g.t(), x2, out=dw_part)
+        dx = torch.mm(parts[0], w_parts[0])
+        for g, w in zip(parts[1:], w_parts[1:]):
+            dx.addmm_(g, w)
+        db = torch.cat([bias_grad(g) for g in parts]) if ctx.has_bias else None
+        return dx.view(B, T, C), dw, db, None, None
+
+
+def qkv_attention(x, weight, bias, n_head: int, project=None):
+    """Causal self-attention of GPT-2 (n_head q, k and v heads, packed qkv projection) from x to the heads'
+    output [B, T, C], before the output projection: QkvAttention on the kernels path, else plain torch."""
+    if _use_kernels(x) and FUSIONS["packed_qkv"]:
+        return QkvAttention.apply(x.contiguous(), weight, bias, n_head, project)
+    B, T, C = x.shape
+    qkv = project() if project is not None else linear(x, weight, bias)
+    q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return y.transpose(1, 2).reshape(B, T, C)
+
+
 class FusedClassifier(torch.autograd.Function):
     """Mean cross-entropy of h @ W.T over the real vocabulary; the gradients are computed in the forward
     pass, chunk by chunk (the logits of a chunk become its dlogits in place), so the full logits never exist.
@@ -266,7 +325,7 @@ class FusedClassifier(torch.autograd.Function):
         return (a @ b).float()
 
     @staticmethod
-    def forward(ctx, h, weight, targets, vocab_size, grad):
+    def forward(ctx, h, weight, targets, vocab_size, grad, logits_of=None):
         C = h.shape[-1]
         h2 = h.reshape(-1, C)
         t = targets.reshape(-1).contiguous()
@@ -277,7 +336,7 @@ class FusedClassifier(torch.autograd.Function):
         fp32 = FusedClassifier.dw_fp32
         for s in range(0, N, CLASSIFIER_CHUNK):
             e = min(N, s + CLASSIFIER_CHUNK)
-            logits = h2[s:e] @ weight.t()
+            logits = h2[s:e] @ weight.t() if logits_of is None else logits_of(s, e)
             launch("classifier", "fused_classifier", e - s, 1024, logits, losses[s:e], t[s:e], vocab_size, Vp,
                    1.0 / N, int(grad))
             if grad:
@@ -296,7 +355,7 @@ class FusedClassifier(torch.autograd.Function):
         dh, dw = ctx.grads
         ctx.grads = None
         # scaled while still fp32, then rounded once to the weight's dtype
-        return dh * dloss.to(dh.dtype), (dw * dloss.to(dw.dtype)).to(ctx.weight_dtype), None, None, None
+        return dh * dloss.to(dh.dtype), (dw * dloss.to(dw.dtype)).to(ctx.weight_dtype), None, None, None, None
 
 
 def encoder(idx, wte, wpe):
@@ -326,13 +385,53 @@ def bias_gelu(h, bias):
     return BiasGelu.apply(h, bias) if _use_kernels(h) else reference.bias_gelu(h, bias)
 
 
+class EpilogueMlp(torch.autograd.Function):
+    """GPT-2's MLP with the bias+GELU inside the fc GEMM (cuBLASLt GELU_AUX_BIAS, which also keeps the GELU
+    input for backward) and GELU's derivative inside the GEMM that makes the gradient of the GELU output
+    (DGELU): no pass of their own over the 4C-wide activations. Bias gradients by our column-sum kernel."""
+
+    @staticmethod
+    def forward(ctx, x, fc_weight, fc_bias, proj_weight, proj_bias):
+        x2 = x.reshape(-1, x.shape[-1])
+        g, pre = cublaslt.linear_gelu(x2, fc_weight, fc_bias)
+        ctx.save_for_backward(x2, pre, g, fc_weight, proj_weight)
+        ctx.shape = x.shape
+        return torch.addmm(proj_bias, g, proj_weight.t()).view(*x.shape[:-1], proj_weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, pre, g, fc_weight, proj_weight = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1]).contiguous()
+        d_proj_weight, d_proj_bias = dy2.t() @ g, bias_grad(dy2)
+        dpre = cublaslt.linear_dgelu(dy2, proj_weight, pre)
+        return (dpre @ fc_weight).view(ctx.shape), dpre.t() @ x2, bias_grad(dpre), d_proj_weight, d_proj_bias
+
+
+# The fusions of the GPT-2 kernels path that have an unfused way beside them, on unless switched off here
+# (module-wide, so `gpt2pipe bench` can time both in one run: mode kernels-unfused). gelu_epilogue: the MLP's
+# bias+GELU inside its GEMMs (EpilogueMlp; our bias+GELU kernel otherwise); packed_qkv: QkvAttention
+# (autograd through split views and SDPA otherwise).
+FUSIONS = {"gelu_epilogue": True, "packed_qkv": True}
+
+
 def mlp(x, fc_weight, fc_bias, proj_weight, proj_bias):
-    """GPT-2's MLP, proj(gelu(fc(x))), with the bias+GELU and the bias gradients in our kernels."""
+    """GPT-2's MLP, proj(gelu(fc(x))): bias+GELU fused into the fc GEMM and its derivative into proj's
+    input-gradient GEMM where cuBLASLt can (EpilogueMlp), else our bias+GELU kernel; bias gradients by our
+    column-sum kernel."""
+    if FUSIONS["gelu_epilogue"] and _use_kernels(x) and cublaslt.usable(x.contiguous(), fc_weight, fc_bias,
+                                                                             proj_weight, proj_bias):
+        try:
+            return EpilogueMlp.apply(x.contiguous(), fc_weight, fc_bias, proj_weight, proj_bias)
+        except cublaslt.NoAlgorithm as e:  # this cuBLASLt cannot fuse the shape: the kernel, from now on
+            warnings.warn(f"{e}; the MLP's GELU runs in our kernel instead", stacklevel=2)
+            FUSIONS["gelu_epilogue"] = False
     return linear(bias_gelu(torch.nn.functional.linear(x, fc_weight), fc_bias), proj_weight, proj_bias)
 
 
-def fused_classifier(h, weight, targets, vocab_size: int):
+def fused_classifier(h, weight, targets, vocab_size: int, logits_of=None):
+    """Mean cross-entropy of h @ W.T over the real vocabulary. logits_of(start, end), when given, computes
+    the logits of rows start:end instead (the fp8 head); kernels path only."""
     if _use_kernels(h) and weight.shape[0] % 8 == 0:
         grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-        return FusedClassifier.apply(h, weight, targets, vocab_size, grad)
+        return FusedClassifier.apply(h, weight, targets, vocab_size, grad, logits_of)
     return reference.classifier(h, weight, targets, vocab_size)

@@ -1,4 +1,4 @@
-"""FP8 GEMMs for the MLP and the attention's qkv projection (H100 and later), applied to a model by
+"""FP8 GEMMs for the MLP, the attention's qkv projection and the LM head's logits (H100 and later), applied to a model by
 `convert_to_fp8(model)` (a module swap; see convert.py).
 
     casts.py    the fp8 cast kernels and the scaled GEMM
@@ -11,9 +11,9 @@ use delayed scaling, weights current scaling. Nothing here is imported by ops/au
 """
 
 from gpt2pipe.ops.fp8.casts import E4M3, E5M2
-from gpt2pipe.ops.fp8.convert import (Fp8MLP, Fp8QkvLinear, Fp8Scaling, convert_to_fp8, is_fp8, load_state,
+from gpt2pipe.ops.fp8.convert import (Fp8Head, Fp8MLP, Fp8QkvLinear, Fp8Scaling, convert_to_fp8, is_fp8, load_state,
                                       state_of, usable)
 from gpt2pipe.ops.fp8.state import Fp8State, Fp8Target, Slot
 
-__all__ = ["E4M3", "E5M2", "Fp8MLP", "Fp8QkvLinear", "Fp8Scaling", "Fp8State", "Fp8Target", "Slot",
+__all__ = ["E4M3", "E5M2", "Fp8Head", "Fp8MLP", "Fp8QkvLinear", "Fp8Scaling", "Fp8State", "Fp8Target", "Slot",
            "convert_to_fp8", "is_fp8", "load_state", "state_of", "usable"]

@@ -49,6 +49,16 @@ def weight_copies(w: torch.Tensor, inv_scale: torch.Tensor, amax: torch.Tensor) 
     return w8, w8t
 
 
+def cast_current(x: torch.Tensor, dtype: torch.dtype, inv_scale: torch.Tensor, amax: torch.Tensor,
+                 scratch: torch.Tensor) -> torch.Tensor:
+    """x in fp8 `dtype` scaled by its own amax, measured here into `amax` (current scaling: no state carried
+    between calls); 1/scale goes to inv_scale, `scratch` takes the cast kernel's own amax record."""
+    amax.zero_()
+    record_amax(x, amax)
+    scratch.zero_()
+    return cast(x, dtype, inv_scale, scratch, amax)
+
+
 def scaled_mm(a8: torch.Tensor, b8: torch.Tensor, inv_scale_a, inv_scale_b, bias=None) -> torch.Tensor:
     """a8 @ b8 * inv_scale_a * inv_scale_b (+ bias) in bf16: cuBLASLt's fp8 GEMM through torch."""
     return torch._scaled_mm(a8, b8, scale_a=inv_scale_a, scale_b=inv_scale_b, bias=bias, out_dtype=torch.bfloat16)

@@ -4,7 +4,7 @@
 `Fp8QkvLinear`. They keep the original `c_fc`/`c_proj`/`weight`/`bias` parameters under the same names,
 so the state dict, checkpoints, exports and the optimizer see the same model; the model file itself knows
 nothing of fp8. On the torch path they compute exactly what the modules they replace did; on the kernels
-path (`forward_kernels`) they run the fp8 GEMMs of gemms.py where the GPU and the shapes allow, and bf16
+path (`forward_kernels`, `projection`) they run the fp8 GEMMs of gemms.py where the GPU and the shapes allow, and bf16
 kernels elsewhere.
 
 The model's kernels forward asks each module that follows a LayerNorm for an `fp8_input_target(x)`: the
@@ -16,6 +16,8 @@ HellaSwag, sampling) read the scales through a read-only view and never change t
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,7 +26,8 @@ from gpt2pipe import Gpt2pipeError
 from gpt2pipe.ops import autograd as K
 from gpt2pipe.ops import kernels_available
 from gpt2pipe.ops.cuda import aligned
-from gpt2pipe.ops.fp8.gemms import Fp8MlpFunction, Fp8QkvLinearFunction
+from gpt2pipe.ops.fp8.casts import E4M3, cast_current, scaled_mm
+from gpt2pipe.ops.fp8.gemms import Fp8MlpFunction, qkv_forward
 from gpt2pipe.ops.fp8.state import Fp8State, Fp8Target, Slot
 
 SCALING_ATTRIBUTE = "fp8_scaling"  # where a converted model keeps its Fp8Scaling
@@ -125,17 +128,47 @@ class Fp8QkvLinear(nn.Linear):
             return None
         return self.scaling.for_forward(x.device, self.training).target(self.layer, Slot.QKV_INPUT)
 
-    def forward_kernels(self, x: torch.Tensor, x_fp8: torch.Tensor | None = None) -> torch.Tensor:
+    def projection(self, x: torch.Tensor, x_fp8: torch.Tensor | None = None):
+        """The forward GEMM in fp8 from x_fp8 as a zero-argument callable (for the model's attention, which
+        does the bf16 backward), or None where it stays bf16 (no e4m3 copy, or shapes fp8 cannot take)."""
         if x_fp8 is None or not self._usable(x):
-            return K.linear(x, self.weight, self.bias)
+            return None
         state = self.scaling.for_forward(x.device, self.training)
-        return Fp8QkvLinearFunction.apply(x, x_fp8, self.weight, self.bias, state, self.layer)
+        return functools.partial(qkv_forward, x, x_fp8, self.weight, self.bias, state, self.layer)
+
+
+class Fp8Head(nn.Linear):
+    """The LM head (bias-free, possibly tied to wte: the same Parameter is registered) with its logits GEMM
+    in fp8 on the kernels path: e4m3 copies of the hidden states and of W, each scaled by its own amax of
+    this micro-step (current scaling, so nothing is carried between steps or saved). The classifier's
+    input- and weight-gradient GEMMs stay bf16. The same nn.Linear everywhere else."""
+
+    def __init__(self, linear: nn.Linear):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_parameter("weight", linear.weight)
+        self.register_parameter("bias", None)
+        self._scales: dict[torch.device, torch.Tensor] = {}
+
+    def projection(self, h: torch.Tensor, _x_fp8=None):
+        """logits_of(start, end): the logits of rows start:end of h (flattened) from the fp8 copies, for
+        ops.autograd.fused_classifier; None where fp8 cannot run (then the classifier's bf16 GEMM does)."""
+        if not (self.training and torch.is_grad_enabled() and usable(h, self.weight)):
+            return None
+        if h.device not in self._scales:  # [inv_scale x 2 (16-byte aligned each), amax x 2, scratch x 2]
+            self._scales[h.device] = torch.ones(4, 4, device=h.device)
+        s = self._scales[h.device]
+        h2 = h.reshape(-1, h.shape[-1])
+        h8 = cast_current(h2, E4M3, s[0, 0], s[2, 0], s[3, 0])
+        w8 = cast_current(self.weight, E4M3, s[1, 0], s[2, 1], s[3, 1])
+        return lambda start, end: scaled_mm(h8[start:end], w8.t(), s[0, 0], s[1, 0])
 
 
 def convert_to_fp8(model: nn.Module, gemms=("mlp", "qkv")) -> nn.Module:
-    """Swap, in place, each block's `mlp` for Fp8MLP ("mlp" in gemms) and `attn.c_attn` for Fp8QkvLinear
-    ("qkv" in gemms) (blocks are `model.transformer.h`, nanoGPT's layout); parameters and their names are
-    unchanged, and the scaling state has the same slots whichever are swapped. Idempotent. Returns the model."""
+    """Swap, in place, each block's `mlp` for Fp8MLP ("mlp" in gemms), `attn.c_attn` for Fp8QkvLinear
+    ("qkv" in gemms) (blocks are `model.transformer.h`, nanoGPT's layout), and `lm_head` for Fp8Head ("head"
+    in gemms); parameters and their names are unchanged, and the scaling state has the same slots whichever
+    are swapped. Idempotent. Returns the model."""
     if getattr(model, SCALING_ATTRIBUTE, None) is not None:
         return model
     blocks = list(model.transformer.h)
@@ -145,6 +178,8 @@ def convert_to_fp8(model: nn.Module, gemms=("mlp", "qkv")) -> nn.Module:
             block.mlp = Fp8MLP(block.mlp, scaling, layer)
         if "qkv" in gemms:
             block.attn.c_attn = Fp8QkvLinear(block.attn.c_attn, scaling, layer)
+    if "head" in gemms:
+        model.lm_head = Fp8Head(model.lm_head)
     setattr(model, SCALING_ATTRIBUTE, scaling)
     model.register_forward_pre_hook(scaling.begin_forward, with_kwargs=True)
     return model

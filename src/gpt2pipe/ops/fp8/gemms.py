@@ -1,5 +1,5 @@
 """The fp8 GEMMs as autograd Functions: the MLP (both GEMMs forward and their input-gradient GEMMs) and
-the attention's qkv projection (forward only).
+the attention's qkv projection (forward only; its backward is ops.autograd.QkvAttention's).
 
 `torch._scaled_mm` on e4m3 activations/weights and e5m2 gradients runs about 1.4-1.8x the bf16 rate on
 the H100 at GPT-2 shapes. Weight gradients stay bf16 (they would need transposed fp8 copies of the
@@ -14,32 +14,22 @@ import functools
 
 import torch
 
-from gpt2pipe.ops.autograd import bias_gelu_backward, bias_gelu_forward, bias_grad, linear_backward
+from gpt2pipe.ops.autograd import bias_gelu_backward, bias_gelu_forward, bias_grad
 from gpt2pipe.ops.fp8.casts import E4M3, E5M2, scaled_mm
 from gpt2pipe.ops.fp8.state import Fp8State, Slot
 
 
-class Fp8QkvLinearFunction(torch.autograd.Function):
-    """y = x @ W.T + b with the forward GEMM in fp8 from x_fp8, the e4m3 copy x's LayerNorm wrote; bf16
-    backward (our bias-gradient kernel)."""
-
-    @staticmethod
-    def forward(ctx, x, x_fp8, weight, bias, state: Fp8State, layer: int):
-        ctx.save_for_backward(x, weight)
-        if not state.calibrated["forward"]:
-            return torch.nn.functional.linear(x, weight, bias)
-        C = x.shape[-1]
-        w_target = state.target(layer, Slot.QKV_WEIGHT)
-        w8, _ = w_target.weight_copies(weight)
-        y = scaled_mm(x_fp8.view(-1, C), w8.t(), state.target(layer, Slot.QKV_INPUT).inv_scale,
-                      w_target.inv_scale, bias=bias)
-        return y.view(*x.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
-        dx, dw, db = linear_backward(dy, x, weight)
-        return dx, None, dw, db, None, None
+def qkv_forward(x, x_fp8, weight, bias, state: Fp8State, layer: int) -> torch.Tensor:
+    """x @ W.T + b with the GEMM in fp8 from x_fp8, the e4m3 copy x's LayerNorm wrote (bf16 until the forward
+    direction is calibrated). No autograd: ops.autograd.QkvAttention calls it and does the (bf16) backward."""
+    if not state.calibrated["forward"]:
+        return torch.nn.functional.linear(x, weight, bias)
+    C = x.shape[-1]
+    w_target = state.target(layer, Slot.QKV_WEIGHT)
+    w8, _ = w_target.weight_copies(weight)
+    y = scaled_mm(x_fp8.view(-1, C), w8.t(), state.target(layer, Slot.QKV_INPUT).inv_scale, w_target.inv_scale,
+                  bias=bias)
+    return y.view(*x.shape[:-1], weight.shape[0])
 
 
 class Fp8MlpFunction(torch.autograd.Function):

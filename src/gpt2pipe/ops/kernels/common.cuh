@@ -45,22 +45,25 @@ struct WarpMax {
 __device__ __forceinline__ float block_sum(float v) { return block_reduce(v, WarpSum(), 0.0f); }
 __device__ __forceinline__ float block_max(float v) { return block_reduce(v, WarpMax(), -3.0e38f); }
 
-// 8 bf16 in one 16-byte access: the widest load a thread can issue
-struct __align__(16) bf16x8 { __nv_bfloat162 v[4]; };
+// 8 bf16 in one 16-byte access, the widest a thread can issue: through uint4, because a struct of four
+// __nv_bfloat162 compiles to four 4-byte accesses (ld.global.v2.u16 / st.global.u32 in the PTX)
+struct __align__(16) bf16x8 { __nv_bfloat162 v[4]; };  // the classifier's packed view of 8 logits
 
 __device__ __forceinline__ void load8(float* f, const bf16* p) {
-    const bf16x8 pk = *reinterpret_cast<const bf16x8*>(p);
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const unsigned int w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-        const float2 t = __bfloat1622float2(pk.v[k]);
-        f[2 * k] = t.x;
-        f[2 * k + 1] = t.y;
+    for (int k = 0; k < 4; ++k) {  // a bf16 is the top half of its fp32: exact
+        f[2 * k] = __uint_as_float(w[k] << 16);
+        f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
     }
 }
 
 __device__ __forceinline__ void store8(bf16* p, const float* f) {
-    bf16x8 pk;
+    unsigned int w[4];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) pk.v[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-    *reinterpret_cast<bf16x8*>(p) = pk;
+    for (int k = 0; k < 4; ++k)
+        w[k] = (unsigned int)__bfloat16_as_ushort(tobf(f[2 * k])) |
+               ((unsigned int)__bfloat16_as_ushort(tobf(f[2 * k + 1])) << 16);
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
 }
