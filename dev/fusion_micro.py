@@ -11,23 +11,14 @@ Usage (repo root, on a GPU): python dev/fusion_micro.py [--tokens 65536] [--C 76
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 
 
-def timed(fn, reps: int = 30) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3)
-    return statistics.median(times)
+def timed(fn) -> float:
+    from gpt2pipe.bench.kernels import time_ms
+
+    return time_ms(fn, reps=30) * 1e3  # µs
 
 
 def main() -> None:

@@ -213,7 +213,8 @@ def test_fp8_conversion_swaps_modules_and_keeps_the_model():
     plain = GPT(cfg)
     converted = GPT(cfg, ops="kernels")  # on CPU the kernels path runs the references
     converted.load_state_dict(plain.state_dict())
-    assert fp8.convert_to_fp8(converted) is converted and fp8.convert_to_fp8(converted) is converted
+    both = ("mlp", "qkv")
+    assert fp8.convert_to_fp8(converted, both) is converted and fp8.convert_to_fp8(converted, both) is converted
     assert isinstance(converted.transformer.h[1].mlp, fp8.Fp8MLP)
     assert isinstance(converted.transformer.h[1].attn.c_attn, fp8.Fp8QkvLinear)
     assert list(converted.state_dict()) == list(plain.state_dict())
@@ -251,6 +252,22 @@ def test_fp8_conversion_of_one_gemm_kind_leaves_the_other_bf16():
         assert model(x, x)[1].item() == pytest.approx(plain(x, x)[1].item(), rel=1e-6)
         shapes.append({k: tuple(v.shape) for k, v in fp8.state_of(model).items() if hasattr(v, "shape")})
     assert shapes[0] == shapes[1] == shapes[2]
+
+
+def test_a_qkv_only_fp8_model_leaves_calibration():
+    """fp8_gemms: [qkv] must start running its GEMM in fp8 after the first micro-step, as the MLP does: the
+    qkv forward marks the step measured (its LayerNorm recorded the amax). Before, only the MLP did, so a
+    qkv-only model stayed in bf16 calibration for a whole 100M-token run."""
+    from gpt2pipe.ops import fp8
+    from gpt2pipe.ops.fp8.gemms import qkv_forward
+
+    state = fp8.Fp8State(1, "cpu")
+    x, w, b = torch.randn(4, 8), torch.randn(24, 8), torch.randn(24)
+    state.roll()
+    y = qkv_forward(x, None, w, b, state, 0)  # calibration: bf16 (here fp32 on CPU), exact
+    assert torch.equal(y, torch.nn.functional.linear(x, w, b))
+    state.roll()
+    assert state.calibrated["forward"]
 
 
 def test_fp8_state_round_trips_through_a_weights_only_load():

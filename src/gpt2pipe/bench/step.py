@@ -34,8 +34,10 @@ from gpt2pipe.device import peak_flops, sdpa_fastest_first
 from gpt2pipe.distributed import World
 from gpt2pipe.model.gpt import GPT, GPT2_SIZES
 
-KERNEL_MODES = ("kernels", "kernels-fp8", "kernels-fp8-head", "kernels-recompute", "kernels-dw-bf16",
-                "kernels-unfused")
+KERNEL_MODES = ("kernels", "kernels-fp8", "kernels-fp8-qkv", "kernels-fp8-head", "kernels-recompute",
+                "kernels-dw-bf16", "kernels-unfused")
+# the GEMMs each fp8 mode runs in fp8: kernels-fp8 is what train.fp8 runs by default (train.fp8_gemms)
+FP8_MODES = {"kernels-fp8": ("mlp",), "kernels-fp8-qkv": ("mlp", "qkv"), "kernels-fp8-head": ("mlp", "head")}
 MODES = (*KERNEL_MODES, "eager", *compiled.RECIPES)  # what --modes takes (and "llmc" with --llmc)
 # compile-max last: it takes longest, and its CUDA-graph check compares it with compile (run before it)
 DEFAULT_MODES = ("kernels", "kernels-fp8", "kernels-dw-bf16", "compile", "compile-max")
@@ -136,10 +138,10 @@ class _Step:
         self.kernels = mode in KERNEL_MODES
         model = GPT(cfg, ops="kernels" if self.kernels else "torch", recompute=mode == "kernels-recompute")
         model = model.to(self.device)
-        if mode.startswith("kernels-fp8"):
+        if mode in FP8_MODES:
             from gpt2pipe.ops.fp8 import convert_to_fp8
 
-            convert_to_fp8(model, ("mlp", "qkv", "head") if mode == "kernels-fp8-head" else ("mlp", "qkv"))
+            convert_to_fp8(model, FP8_MODES[mode])
         self.model = model
         self.opt = make_flat_optimizer(model, self.t, world) if self.kernels else make_optimizer(model, self.t,
                                                                                                   self.device)

@@ -145,8 +145,8 @@ def register(sub) -> None:
     p.add_argument("--total-batch", type=int, default=524288, help="tokens per optimizer step (default: %(default)s)")
     p.add_argument("--modes", default="kernels,kernels-fp8,kernels-dw-bf16,compile,compile-max",
                    help="comma-separated, in order: kernels, kernels-fp8, kernels-recompute, kernels-dw-bf16 "
-                   "(classifier weight gradient summed in bf16, to show what fp32 costs), kernels-fp8-head (fp8 also "
-                   "for the LM head's logits), kernels-unfused "
+                   "(classifier weight gradient summed in bf16, to show what fp32 costs), kernels-fp8-qkv and "
+                   "kernels-fp8-head (fp8 also for the qkv GEMM's forward / the LM head's logits), kernels-unfused "
                    "(without the GELU epilogue and packed-qkv fusions), eager, compile (nanoGPT's recipe: one "
                    "compiled graph from tokens to the loss), compile-max (mode max-autotune; without CUDA "
                    "graphs if they fail), compile-max-nocg, and the diagnostic variants compile-cudnn, "

@@ -1,11 +1,11 @@
 """fp8 applied to a model by swapping modules (torchtitan's float8 converter, nanochat's module swap).
 
-`convert_to_fp8(model)` replaces every block's MLP with `Fp8MLP` and its attention's qkv linear with
-`Fp8QkvLinear`. They keep the original `c_fc`/`c_proj`/`weight`/`bias` parameters under the same names,
-so the state dict, checkpoints, exports and the optimizer see the same model; the model file itself knows
-nothing of fp8. On the torch path they compute exactly what the modules they replace did; on the kernels
-path (`forward_kernels`, `projection`) they run the fp8 GEMMs of gemms.py where the GPU and the shapes allow, and bf16
-kernels elsewhere.
+`convert_to_fp8(model, gemms)` replaces every block's MLP with `Fp8MLP` ("mlp"), its attention's qkv linear
+with `Fp8QkvLinear` ("qkv") and the LM head with `Fp8Head` ("head"). They keep the original parameters under
+the same names (a tied head stays tied), so the state dict, checkpoints, exports and the optimizer see the
+same model; the model file itself knows nothing of fp8. On the torch path they compute exactly what the
+modules they replace did; on the kernels path (`forward_kernels`, `projection`) they run the fp8 GEMMs of
+gemms.py where the GPU and the shapes allow, and bf16 kernels elsewhere.
 
 The model's kernels forward asks each module that follows a LayerNorm for an `fp8_input_target(x)`: the
 (state, layer, slot) into which that LayerNorm writes an e4m3 copy of its output, so the GEMM reads fp8
@@ -164,11 +164,11 @@ class Fp8Head(nn.Linear):
         return lambda start, end: scaled_mm(h8[start:end], w8.t(), s[0, 0], s[1, 0])
 
 
-def convert_to_fp8(model: nn.Module, gemms=("mlp", "qkv")) -> nn.Module:
+def convert_to_fp8(model: nn.Module, gemms=("mlp",)) -> nn.Module:
     """Swap, in place, each block's `mlp` for Fp8MLP ("mlp" in gemms), `attn.c_attn` for Fp8QkvLinear
     ("qkv" in gemms) (blocks are `model.transformer.h`, nanoGPT's layout), and `lm_head` for Fp8Head ("head"
     in gemms); parameters and their names are unchanged, and the scaling state has the same slots whichever
-    are swapped. Idempotent. Returns the model."""
+    are swapped. Idempotent. Returns the model. The default is train.fp8_gemms': the MLP only."""
     if getattr(model, SCALING_ATTRIBUTE, None) is not None:
         return model
     blocks = list(model.transformer.h)

@@ -21,7 +21,10 @@ from gpt2pipe.ops.fp8.state import Fp8State, Slot
 
 def qkv_forward(x, x_fp8, weight, bias, state: Fp8State, layer: int) -> torch.Tensor:
     """x @ W.T + b with the GEMM in fp8 from x_fp8, the e4m3 copy x's LayerNorm wrote (bf16 until the forward
-    direction is calibrated). No autograd: ops.autograd.QkvAttention calls it and does the (bf16) backward."""
+    direction is calibrated). No autograd: ops.autograd.QkvAttention calls it and does the (bf16) backward.
+    The LayerNorm that wrote x_fp8 recorded x's amax, so this micro-step counts as measured: without it a
+    model whose only fp8 GEMM is qkv (fp8_gemms: [qkv]) never left calibration and ran bf16 throughout."""
+    state.measured["forward"] = True
     if not state.calibrated["forward"]:
         return torch.nn.functional.linear(x, weight, bias)
     C = x.shape[-1]
