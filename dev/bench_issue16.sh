@@ -5,12 +5,12 @@
 #   1. build llm.c if LLMC_SRC is set and has no train_gpt2cu yet (USE_CUDNN=0 unless dev/build_llmc.sh ran)
 #   2. pytest the GPU tests of the classifier's fp32 weight gradient and of the per-op table      <= 90 s
 #   3. gpt2pipe bench --size $SIZE (default 124M), modes $MODES (default: kernels, kernels-fp8,
-#      kernels-dw-bf16, compile, [llmc], compile-max) + the per-op table                      the rest
+#      kernels-fp8-head, kernels-unfused, compile, [llmc], compile-max) + the per-op table     the rest
 # The bench rewrites $OUT/bench.md after every mode, so a run cut short keeps every mode it finished
 # (compile-max runs last, after the per-op table: max-autotune compiles longest). $OUT/summary.txt has
 # each step's exit status.
-#   DIAG=1: the compile-gap diagnosis instead of step 3's modes (compile-model, compile-model-drop,
-#           compile-cudnn, compile; 3 timed steps after 1; no per-op table), about 4-5 minutes.
+#   DIAG=1: the compile baselines' diagnosis instead of step 3's modes (compile-padded, compile,
+#           compile-sliced, compile-cudnn, compile-model; 3 timed steps after 1; no per-op table).
 set -u -o pipefail
 OUT=${OUT:-$PWD/bench_out}
 mkdir -p "$OUT"
@@ -43,10 +43,10 @@ timeout -k 10 90 $PY -m pytest -q -rs -p no:cacheprovider tests/test_classifier_
 summary "pytest classifier fp32 + kernel table coverage" $?
 
 if [ "${DIAG:-0}" = 1 ]; then
-  MODES=${MODES:-compile-model,compile-model-drop,compile-cudnn,compile}
+  MODES=${MODES:-compile-padded,compile,compile-sliced,compile-cudnn,compile-model}
   EXTRA=(--no-kernel-table --steps 3 --warmup 1)
 else
-  MODES=${MODES:-kernels,kernels-fp8,kernels-dw-bf16,compile,compile-max}
+  MODES=${MODES:-kernels,kernels-fp8,kernels-fp8-head,kernels-unfused,compile,compile-max}
   EXTRA=(--steps 5 --warmup 2)
 fi
 timeout -k 10 "$(left)" $PY -m gpt2pipe bench --size "$SIZE" --modes "$MODES" \

@@ -40,7 +40,7 @@ KERNEL_MODES = ("kernels", "kernels-fp8", "kernels-fp8-qkv", "kernels-fp8-head",
 FP8_MODES = {"kernels-fp8": ("mlp",), "kernels-fp8-qkv": ("mlp", "qkv"), "kernels-fp8-head": ("mlp", "head")}
 MODES = (*KERNEL_MODES, "eager", *compiled.RECIPES)  # what --modes takes (and "llmc" with --llmc)
 # compile-max last: it takes longest, and its CUDA-graph check compares it with compile (run before it)
-DEFAULT_MODES = ("kernels", "kernels-fp8", "kernels-dw-bf16", "compile", "compile-max")
+DEFAULT_MODES = ("kernels", "kernels-fp8", "kernels-fp8-head", "kernels-unfused", "compile", "compile-max")
 # micro-batch per size and mode family (kernels*, eager, compile*, llmc): what fits 80 GB with room to spare
 # (a compiled mode that runs out of memory is recompiled at half the size, which costs minutes)
 MICRO_BATCH = {

@@ -143,7 +143,7 @@ def register(sub) -> None:
                    "%(default)s)")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--total-batch", type=int, default=524288, help="tokens per optimizer step (default: %(default)s)")
-    p.add_argument("--modes", default="kernels,kernels-fp8,kernels-dw-bf16,compile,compile-max",
+    p.add_argument("--modes", default="kernels,kernels-fp8,kernels-fp8-head,kernels-unfused,compile,compile-max",
                    help="comma-separated, in order: kernels, kernels-fp8, kernels-recompute, kernels-dw-bf16 "
                    "(classifier weight gradient summed in bf16, to show what fp32 costs), kernels-fp8-qkv and "
                    "kernels-fp8-head (fp8 also for the qkv GEMM's forward / the LM head's logits), kernels-unfused "
