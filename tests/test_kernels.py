@@ -396,6 +396,61 @@ def test_linear_bias_grad(N, C_in, C):
         assert rel(a, c) < 2e-2
 
 
+def test_packed_qkv_attention_autograd_without_a_gpu(monkeypatch):
+    """QkvAttention's own backward (SDPA's autograd as a graph of its own, then the qkv projection's three
+    dW GEMMs and accumulating dx) in float64 on the CPU, against autograd of linear -> split -> SDPA; it is
+    left out without gradients and for packed=False (activation checkpointing), and the fp8 projection's
+    stand-in keeps its weight gradients on that unpacked path."""
+    monkeypatch.setattr(K, "_use_kernels", lambda *t: True)
+    monkeypatch.setattr(K, "bias_grad", lambda dy: dy.sum(0))  # the column-sum kernel's reference
+    torch.manual_seed(0)
+    B, T, C, H = 2, 16, 32, 4
+    x = torch.randn(B, T, C, dtype=torch.float64, requires_grad=True)
+    w = (torch.randn(3 * C, C, dtype=torch.float64) * 0.2).requires_grad_()
+    b = torch.randn(3 * C, dtype=torch.float64, requires_grad=True)
+
+    def reference():
+        qkv = torch.nn.functional.linear(x, w, b)
+        q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in qkv.split(C, dim=2))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(
+            B, T, C)
+
+    ref = reference()
+    g = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, (x, w, b), g)
+    out = K.qkv_attention(x, w, b, H)
+    assert type(out.grad_fn).__name__ == "QkvAttentionBackward"
+    torch.testing.assert_close(out, ref)
+    for got, exp in zip(torch.autograd.grad(out, (x, w, b), g), want):
+        torch.testing.assert_close(got, exp)
+    unpacked = K.qkv_attention(x, w, b, H, packed=False)
+    assert "QkvAttention" not in type(unpacked.grad_fn).__name__
+    with torch.no_grad():
+        assert K.qkv_attention(x, w, b, H).grad_fn is None
+    projected = K.qkv_attention(x, w, b, H, lambda: torch.nn.functional.linear(x, w, b).detach(), packed=False)
+    for got, exp in zip(torch.autograd.grad(projected, (x, w, b), g), want):
+        torch.testing.assert_close(got, exp)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_recompute_keeps_the_packed_qkv_attention_out(monkeypatch, recompute):
+    """Under activation checkpointing (train.recompute) the model asks for the unpacked attention: the
+    packed one's inner autograd graph would be recomputed twice and its tensors kept (see qkv_attention)."""
+    asked = []
+    real = K.qkv_attention
+
+    def spy(*args, **kwargs):
+        asked.append(args[5] if len(args) > 5 else kwargs.get("packed", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(K, "qkv_attention", spy)
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16)
+    model = GPT(cfg, ops="kernels", recompute=recompute)
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    model(x, x)[1].backward()
+    assert asked and set(asked) == {not recompute}
+
+
 @gpu
 @pytest.mark.parametrize("N,C,H", [(4096, 768, 3072), (40, 64, 256)])
 def test_mlp_with_gelu_in_the_gemm_epilogues(N, C, H):

@@ -99,11 +99,13 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
         return self.c_proj(self._attend(self.c_attn(x), rope, reference))
 
-    def forward_kernels(self, x: torch.Tensor, x_fp8: torch.Tensor | None = None, rope=None) -> torch.Tensor:
+    def forward_kernels(self, x: torch.Tensor, x_fp8: torch.Tensor | None = None, rope=None,
+                        packed: bool = True) -> torch.Tensor:
+        """packed=False: not ops.autograd's QkvAttention (under activation checkpointing; see qkv_attention)."""
         K = _kernel_ops()
         if rope is None and not self.qk_norm and self.n_kv_head == self.n_head:  # GPT-2's: packed, no copies
             y = K.qkv_attention(x, self.c_attn.weight, self.c_attn.bias, self.n_head,
-                                fp8_projection(self.c_attn, x, x_fp8))
+                                fp8_projection(self.c_attn, x, x_fp8), packed)
         else:
             y = self._attend(K.linear(x, self.c_attn.weight, self.c_attn.bias), rope, _arch_ops())
         return K.linear(y, self.c_proj.weight, self.c_proj.bias)
@@ -163,21 +165,23 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), rope)
         return x + self.mlp(self.ln_2(x))
 
-    def forward_kernels(self, x, h, h_fp8, next_norm: nn.LayerNorm, next_linear: nn.Module | None):
+    def forward_kernels(self, x, h, h_fp8, next_norm: nn.LayerNorm, next_linear: nn.Module | None,
+                        packed: bool = True):
         """The block with each residual add fused into the LayerNorm after it. In: the residual stream x and
         h = ln_1(x) (h_fp8: its e4m3 copy, if the qkv linear asked for one). Out: the same triple for what
-        follows, x + attn + mlp and next_norm of it (with the copy next_linear asks for)."""
+        follows, x + attn + mlp and next_norm of it (with the copy next_linear asks for). packed: see
+        CausalSelfAttention.forward_kernels."""
         K = _kernel_ops()
-        attn = self.attn.forward_kernels(h, h_fp8)
+        attn = self.attn.forward_kernels(h, h_fp8, packed=packed)
         x, h, h_fp8 = K.residual_layernorm(x, attn, self.ln_2.weight, self.ln_2.bias, fp8_input_target(self.mlp, x))
         mlp = self.mlp.forward_kernels(h, h_fp8)
         return K.residual_layernorm(x, mlp, next_norm.weight, next_norm.bias,
                                     None if next_linear is None else fp8_input_target(next_linear, x))
 
-    def forward_arch_kernels(self, x, h, rope, next_norm: nn.Module):
+    def forward_arch_kernels(self, x, h, rope, next_norm: nn.Module, packed: bool = True):
         """forward_kernels for the model.arch options (no fp8): in x and h = ln_1(x), out x + attn + mlp and
         next_norm of it, each residual add fused into the norm after it (LayerNorm or RMSNorm)."""
-        attn = self.attn.forward_kernels(h, None, rope)
+        attn = self.attn.forward_kernels(h, None, rope, packed)
         x, h = residual_norm_kernels(x, attn, self.ln_2)
         return residual_norm_kernels(x, self.mlp.forward_kernels(h), next_norm)
 
@@ -259,7 +263,7 @@ class GPT(nn.Module):
             next_linear = None if last else tr.h[i + 1].attn.c_attn
             if self.recompute and torch.is_grad_enabled():
                 x, h, h_fp8 = torch.utils.checkpoint.checkpoint(block.forward_kernels, x, h, h_fp8, next_norm,
-                                                                next_linear, use_reentrant=False)
+                                                                next_linear, False, use_reentrant=False)
             else:
                 x, h, h_fp8 = block.forward_kernels(x, h, h_fp8, next_norm, next_linear)
         if targets is None:
@@ -281,7 +285,7 @@ class GPT(nn.Module):
         for i, block in enumerate(tr.h):
             next_norm = tr.ln_f if i + 1 == len(tr.h) else tr.h[i + 1].ln_1
             if self.recompute and torch.is_grad_enabled():
-                x, h = torch.utils.checkpoint.checkpoint(block.forward_arch_kernels, x, h, rope, next_norm,
+                x, h = torch.utils.checkpoint.checkpoint(block.forward_arch_kernels, x, h, rope, next_norm, False,
                                                          use_reentrant=False)
             else:
                 x, h = block.forward_arch_kernels(x, h, rope, next_norm)

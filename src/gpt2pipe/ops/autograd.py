@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from gpt2pipe.ops import kernels_available
 from gpt2pipe.ops import cublaslt, reference
@@ -266,6 +267,7 @@ class QkvAttention(torch.autograd.Function):
         return y.detach().transpose(1, 2).reshape(B, T, C)  # a view when SDPA wrote [B, T, H, D] (cuDNN)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout):
         q, k, v, y = ctx.attention
         ctx.attention = None
@@ -286,13 +288,35 @@ class QkvAttention(torch.autograd.Function):
         return dx.view(B, T, C), dw, db, None, None
 
 
-def qkv_attention(x, weight, bias, n_head: int, project=None):
+class ProjectedLinear(torch.autograd.Function):
+    """y = x @ W.T + b as `project()` computes it (the fp8 qkv GEMM, which has no autograd of its own), with
+    the linear's bf16 backward (our bias-gradient kernel)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, project):
+        ctx.save_for_backward(x, weight)
+        return project()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        return (*linear_backward(dy, x, weight), None)
+
+
+def qkv_attention(x, weight, bias, n_head: int, project=None, packed: bool = True):
     """Causal self-attention of GPT-2 (n_head q, k and v heads, packed qkv projection) from x to the heads'
-    output [B, T, C], before the output projection: QkvAttention on the kernels path, else plain torch."""
-    if _use_kernels(x) and FUSIONS["packed_qkv"]:
+    output [B, T, C], before the output projection: QkvAttention on the kernels path when training, else
+    autograd through the split views and SDPA. packed=False keeps QkvAttention out: activation checkpointing
+    (train.recompute) must not see it, because its backward runs SDPA's autograd as a graph of its own, which
+    the checkpoint would recompute again and whose tensors it could not free."""
+    if packed and FUSIONS["packed_qkv"] and torch.is_grad_enabled() and _use_kernels(x):
         return QkvAttention.apply(x.contiguous(), weight, bias, n_head, project)
     B, T, C = x.shape
-    qkv = project() if project is not None else linear(x, weight, bias)
+    if project is None:
+        qkv = linear(x, weight, bias)
+    else:
+        qkv = ProjectedLinear.apply(x, weight, bias, project) if torch.is_grad_enabled() else project()
     q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
     y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     return y.transpose(1, 2).reshape(B, T, C)
@@ -399,11 +423,15 @@ class EpilogueMlp(torch.autograd.Function):
         return torch.addmm(proj_bias, g, proj_weight.t()).view(*x.shape[:-1], proj_weight.shape[0])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         x2, pre, g, fc_weight, proj_weight = ctx.saved_tensors
         dy2 = dy.reshape(-1, dy.shape[-1]).contiguous()
         d_proj_weight, d_proj_bias = dy2.t() @ g, bias_grad(dy2)
-        dpre = cublaslt.linear_dgelu(dy2, proj_weight, pre)
+        try:
+            dpre = cublaslt.linear_dgelu(dy2, proj_weight, pre)
+        except cublaslt.CublasLtError:  # no DGELU for this shape here: the GEMM, then our GELU backward
+            dpre = bias_gelu_backward(dy2 @ proj_weight, pre, torch.zeros_like(pre[0]))[0]
         return (dpre @ fc_weight).view(ctx.shape), dpre.t() @ x2, bias_grad(dpre), d_proj_weight, d_proj_bias
 
 
@@ -415,14 +443,15 @@ FUSIONS = {"gelu_epilogue": True, "packed_qkv": True}
 
 
 def mlp(x, fc_weight, fc_bias, proj_weight, proj_bias):
-    """GPT-2's MLP, proj(gelu(fc(x))): bias+GELU fused into the fc GEMM and its derivative into proj's
-    input-gradient GEMM where cuBLASLt can (EpilogueMlp), else our bias+GELU kernel; bias gradients by our
+    """GPT-2's MLP, proj(gelu(fc(x))): when training, bias+GELU fused into the fc GEMM and its derivative
+    into proj's input-gradient GEMM where cuBLASLt can (EpilogueMlp); else (and for evaluation and sampling,
+    whose changing shapes would each need a cuBLASLt plan) our bias+GELU kernel. Bias gradients by our
     column-sum kernel."""
-    if FUSIONS["gelu_epilogue"] and _use_kernels(x) and cublaslt.usable(x.contiguous(), fc_weight, fc_bias,
-                                                                             proj_weight, proj_bias):
+    if (FUSIONS["gelu_epilogue"] and torch.is_grad_enabled() and _use_kernels(x)
+            and cublaslt.usable(x.contiguous(), fc_weight, fc_bias, proj_weight, proj_bias)):
         try:
             return EpilogueMlp.apply(x.contiguous(), fc_weight, fc_bias, proj_weight, proj_bias)
-        except cublaslt.NoAlgorithm as e:  # this cuBLASLt cannot fuse the shape: the kernel, from now on
+        except cublaslt.CublasLtError as e:  # this cuBLASLt cannot fuse the shape: the kernel, from now on
             warnings.warn(f"{e}; the MLP's GELU runs in our kernel instead", stacklevel=2)
             FUSIONS["gelu_epilogue"] = False
     return linear(bias_gelu(torch.nn.functional.linear(x, fc_weight), fc_bias), proj_weight, proj_bias)

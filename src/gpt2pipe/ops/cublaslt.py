@@ -31,6 +31,7 @@ OP_N, OP_T = 0, 1
 DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 3, 4, 7, 8
 DESC_AUX_POINTER, DESC_AUX_LD, DESC_BIAS_DATA_TYPE = 11, 12, 26
 PREF_MAX_WORKSPACE_BYTES = 1
+PREF_MIN_ALIGNMENT = {"a": 5, "b": 6, "c": 7, "d": 8}  # bytes each pointer is aligned to (default: 256)
 EPILOGUE = {"default": 1, "bias": 4, "gelu_aux_bias": 164, "dgelu": 192, "dgelu_bgrad": 208}  # (dev/fusion_micro.py)
 WORKSPACE_BYTES = 32 * 2**20  # what torch gives cuBLASLt on Hopper
 
@@ -126,10 +127,20 @@ def _layout(rows: int, cols: int, ld: int) -> ctypes.c_void_p:
     return layout
 
 
-@functools.cache
-def _plan(device: int, m: int, n: int, k: int, trans_a: bool, trans_b: bool, epilogue: str):
-    """(descriptor, A, B, D layouts, algorithm) of one bf16 GEMM shape and epilogue, made once: creating them
-    and asking the heuristic costs more CPU than the GEMM call itself. Pointers (bias, aux) are set per call."""
+def alignment(t: torch.Tensor) -> int:
+    """The largest power of two up to 256 that t's address is a multiple of: cuBLASLt's heuristic assumes
+    256 unless told, and an algorithm picked for 256 may fault on a 16-byte aligned view (a flat buffer's
+    parameter at an odd offset, GPT-2 1558M's 1600-wide rows)."""
+    ptr = t.data_ptr()
+    return min(256, ptr & -ptr) if ptr else 256
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(device: int, m: int, n: int, k: int, trans_a: bool, trans_b: bool, epilogue: str,
+          aligned: tuple[int, int, int]):
+    """(descriptor, A, B, D layouts, algorithm) of one bf16 GEMM shape, epilogue and pointer alignment
+    (A, B, D), made once: creating them and asking the heuristic costs more CPU than the GEMM call itself.
+    Pointers (bias, aux) are set per call."""
     lib = _lib()
     desc = ctypes.c_void_p()
     _check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), COMPUTE_32F, R_32F), "descriptor")
@@ -148,6 +159,10 @@ def _plan(device: int, m: int, n: int, k: int, trans_a: bool, trans_b: bool, epi
     size = ctypes.c_size_t(WORKSPACE_BYTES)
     _check(lib.cublasLtMatmulPreferenceSetAttribute(pref, PREF_MAX_WORKSPACE_BYTES, ctypes.byref(size),
                                                     ctypes.sizeof(size)), "preference attribute")
+    for which, value in zip("abcd", (*aligned, aligned[2])):  # C is D (beta = 0)
+        align = ctypes.c_uint32(value)
+        _check(lib.cublasLtMatmulPreferenceSetAttribute(pref, PREF_MIN_ALIGNMENT[which], ctypes.byref(align),
+                                                        ctypes.sizeof(align)), "alignment preference")
     heuristic, found = _Heuristic(), ctypes.c_int(0)
     _check(lib.cublasLtMatmulAlgoGetHeuristic(_handle(device), desc, a, b, d, d, pref, 1, ctypes.byref(heuristic),
                                               ctypes.byref(found)), "heuristic")
@@ -160,7 +175,11 @@ def _matmul(d: torch.Tensor, a: torch.Tensor, b: torch.Tensor, m: int, n: int, k
             trans_b: bool, epilogue: str, bias: torch.Tensor | None = None, aux: torch.Tensor | None = None) -> None:
     """D (m x n, column-major) = op(A) op(B) with `epilogue`; all bf16, contiguous, on one device."""
     device = d.device.index if d.device.index is not None else torch.cuda.current_device()
-    desc, la, lb, ld, heuristic = _plan(device, m, n, k, trans_a, trans_b, epilogue)
+    if device != torch.cuda.current_device():  # the heuristic and the handle answer for the current device
+        with torch.cuda.device(device):
+            return _matmul(d, a, b, m, n, k, trans_a, trans_b, epilogue, bias, aux)
+    desc, la, lb, ld, heuristic = _plan(device, m, n, k, trans_a, trans_b, epilogue,
+                                        (alignment(a), alignment(b), alignment(d)))
     if bias is not None:
         _set(desc, DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
     if aux is not None:
