@@ -202,18 +202,19 @@ def bias_gelu_backward(dout, h, bias, fp8_target=None):
 
 
 class LinearBias(torch.autograd.Function):
-    """y = x @ W.T + b (cuBLASLt with its bias epilogue); backward takes db from our column-sum kernel
-    instead of a generic reduction."""
+    """y = x @ W.T + b (cuBLASLt with its bias epilogue, or `project()` where given: the fp8 qkv GEMM, which
+    has no autograd of its own); backward takes db from our column-sum kernel instead of a generic
+    reduction."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, project=None):
         ctx.save_for_backward(x, weight)
-        return torch.nn.functional.linear(x, weight, bias)
+        return torch.nn.functional.linear(x, weight, bias) if project is None else project()
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        return linear_backward(dy, x, weight)
+        return (*linear_backward(dy, x, weight), None)
 
 
 def linear_backward(dy, x, weight):
@@ -288,22 +289,6 @@ class QkvAttention(torch.autograd.Function):
         return dx.view(B, T, C), dw, db, None, None
 
 
-class ProjectedLinear(torch.autograd.Function):
-    """y = x @ W.T + b as `project()` computes it (the fp8 qkv GEMM, which has no autograd of its own), with
-    the linear's bf16 backward (our bias-gradient kernel)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, project):
-        ctx.save_for_backward(x, weight)
-        return project()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
-        return (*linear_backward(dy, x, weight), None)
-
-
 def qkv_attention(x, weight, bias, n_head: int, project=None, packed: bool = True):
     """Causal self-attention of GPT-2 (n_head q, k and v heads, packed qkv projection) from x to the heads'
     output [B, T, C], before the output projection: QkvAttention on the kernels path when training, else
@@ -313,10 +298,7 @@ def qkv_attention(x, weight, bias, n_head: int, project=None, packed: bool = Tru
     if packed and FUSIONS["packed_qkv"] and torch.is_grad_enabled() and _use_kernels(x):
         return QkvAttention.apply(x.contiguous(), weight, bias, n_head, project)
     B, T, C = x.shape
-    if project is None:
-        qkv = linear(x, weight, bias)
-    else:
-        qkv = ProjectedLinear.apply(x, weight, bias, project) if torch.is_grad_enabled() else project()
+    qkv = linear(x, weight, bias) if project is None else LinearBias.apply(x, weight, bias, project)
     q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
     y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     return y.transpose(1, 2).reshape(B, T, C)
@@ -447,13 +429,14 @@ def mlp(x, fc_weight, fc_bias, proj_weight, proj_bias):
     into proj's input-gradient GEMM where cuBLASLt can (EpilogueMlp); else (and for evaluation and sampling,
     whose changing shapes would each need a cuBLASLt plan) our bias+GELU kernel. Bias gradients by our
     column-sum kernel."""
-    if (FUSIONS["gelu_epilogue"] and torch.is_grad_enabled() and _use_kernels(x)
-            and cublaslt.usable(x.contiguous(), fc_weight, fc_bias, proj_weight, proj_bias)):
-        try:
-            return EpilogueMlp.apply(x.contiguous(), fc_weight, fc_bias, proj_weight, proj_bias)
-        except cublaslt.CublasLtError as e:  # this cuBLASLt cannot fuse the shape: the kernel, from now on
-            warnings.warn(f"{e}; the MLP's GELU runs in our kernel instead", stacklevel=2)
-            FUSIONS["gelu_epilogue"] = False
+    if FUSIONS["gelu_epilogue"] and torch.is_grad_enabled() and _use_kernels(x):
+        x = x.contiguous()
+        if cublaslt.usable(x, fc_weight, fc_bias, proj_weight, proj_bias):
+            try:
+                return EpilogueMlp.apply(x, fc_weight, fc_bias, proj_weight, proj_bias)
+            except cublaslt.CublasLtError as e:  # this cuBLASLt cannot fuse the shape: the kernel, from now on
+                warnings.warn(f"{e}; the MLP's GELU runs in our kernel instead", stacklevel=2)
+                FUSIONS["gelu_epilogue"] = False
     return linear(bias_gelu(torch.nn.functional.linear(x, fc_weight), fc_bias), proj_weight, proj_bias)
 
 

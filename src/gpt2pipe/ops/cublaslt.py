@@ -32,7 +32,7 @@ DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 3, 4, 7, 8
 DESC_AUX_POINTER, DESC_AUX_LD, DESC_BIAS_DATA_TYPE = 11, 12, 26
 PREF_MAX_WORKSPACE_BYTES = 1
 PREF_MIN_ALIGNMENT = {"a": 5, "b": 6, "c": 7, "d": 8}  # bytes each pointer is aligned to (default: 256)
-EPILOGUE = {"default": 1, "bias": 4, "gelu_aux_bias": 164, "dgelu": 192, "dgelu_bgrad": 208}  # (dev/fusion_micro.py)
+EPILOGUE = {"gelu_aux_bias": 164, "dgelu": 192, "dgelu_bgrad": 208}  # dgelu_bgrad: dev/fusion_micro.py only
 WORKSPACE_BYTES = 32 * 2**20  # what torch gives cuBLASLt on Hopper
 
 
@@ -147,10 +147,8 @@ def _plan(device: int, m: int, n: int, k: int, trans_a: bool, trans_b: bool, epi
     _set(desc, DESC_TRANSA, ctypes.c_int(OP_T if trans_a else OP_N))
     _set(desc, DESC_TRANSB, ctypes.c_int(OP_T if trans_b else OP_N))
     _set(desc, DESC_EPILOGUE, ctypes.c_int(EPILOGUE[epilogue]))
-    if epilogue != "default":
-        _set(desc, DESC_BIAS_DATA_TYPE, ctypes.c_int(R_16BF))
-    if "gelu" in epilogue:
-        _set(desc, DESC_AUX_LD, ctypes.c_int64(m))
+    _set(desc, DESC_BIAS_DATA_TYPE, ctypes.c_int(R_16BF))
+    _set(desc, DESC_AUX_LD, ctypes.c_int64(m))  # every epilogue here reads or writes the GELU input
     a = _layout(*((k, m) if trans_a else (m, k)), k if trans_a else m)
     b = _layout(*((n, k) if trans_b else (k, n)), n if trans_b else k)
     d = _layout(m, n, m)

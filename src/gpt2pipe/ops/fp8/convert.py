@@ -109,15 +109,23 @@ class Fp8MLP(nn.Module):
         return Fp8MlpFunction.apply(x, x_fp8, fc.weight, fc.bias, proj.weight, proj.bias, state, self.layer)
 
 
-class Fp8QkvLinear(nn.Linear):
-    """The attention's qkv projection with its forward GEMM in fp8 on the kernels path (from the e4m3
-    copy its LayerNorm wrote); the same nn.Linear, with the same parameters, everywhere else."""
+class _SameLinear(nn.Linear):
+    """An nn.Linear that holds another one's parameters (the same Parameter objects, so a tied weight stays
+    tied): the base of the swapped linears, which differ only on the kernels path."""
 
-    def __init__(self, linear: nn.Linear, scaling: Fp8Scaling, layer: int):
+    def __init__(self, linear: nn.Linear):
         nn.Module.__init__(self)  # not nn.Linear's: that would allocate new parameters
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_parameter("weight", linear.weight)
         self.register_parameter("bias", linear.bias)
+
+
+class Fp8QkvLinear(_SameLinear):
+    """The attention's qkv projection with its forward GEMM in fp8 on the kernels path (from the e4m3
+    copy its LayerNorm wrote); the same nn.Linear, with the same parameters, everywhere else."""
+
+    def __init__(self, linear: nn.Linear, scaling: Fp8Scaling, layer: int):
+        super().__init__(linear)
         self.scaling, self.layer = scaling, layer
 
     def _usable(self, x: torch.Tensor) -> bool:
@@ -137,17 +145,14 @@ class Fp8QkvLinear(nn.Linear):
         return functools.partial(qkv_forward, x, x_fp8, self.weight, self.bias, state, self.layer)
 
 
-class Fp8Head(nn.Linear):
-    """The LM head (bias-free, possibly tied to wte: the same Parameter is registered) with its logits GEMM
-    in fp8 on the kernels path: e4m3 copies of the hidden states and of W, each scaled by its own amax of
-    this micro-step (current scaling, so nothing is carried between steps or saved). The classifier's
-    input- and weight-gradient GEMMs stay bf16. The same nn.Linear everywhere else."""
+class Fp8Head(_SameLinear):
+    """The LM head (bias-free, possibly tied to wte) with its logits GEMM in fp8 on the kernels path: e4m3
+    copies of the hidden states and of W, each scaled by its own amax of this micro-step (current scaling,
+    so nothing is carried between steps or saved). The classifier's input- and weight-gradient GEMMs stay
+    bf16. The same nn.Linear everywhere else."""
 
     def __init__(self, linear: nn.Linear):
-        nn.Module.__init__(self)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_parameter("weight", linear.weight)
-        self.register_parameter("bias", None)
+        super().__init__(linear)
         self._scales: dict[torch.device, torch.Tensor] = {}
 
     def projection(self, h: torch.Tensor, _x_fp8=None):
