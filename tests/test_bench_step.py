@@ -206,6 +206,41 @@ def test_cuda_graph_check_and_fallback(monkeypatch):
     assert "tiny model (RuntimeError: overwritten)" in notes[0]
 
 
+def test_a_lost_cuda_context_stops_the_bench_and_keeps_the_modes_before_it(monkeypatch):
+    """An illegal address poisons the process: the mode's failure is noted, the table so far is handed on,
+    no later mode runs (each would fail the same way) and the run ends in a one-line error."""
+    ran = []
+
+    def fake_fit(mode, *args, **kw):
+        ran.append(mode)
+        if mode == "eager":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return result(mode, 900.0)
+
+    def fake_release(cuda):
+        if "eager" in ran:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(bench, "fit_micro_batch", fake_fit)
+    monkeypatch.setattr(bench, "_release", fake_release)
+    partials = []
+    with pytest.raises(Gpt2pipeError, match="eager left the CUDA context unusable"):
+        bench.run(("124M", "350M"), modes=("kernels", "eager", "compile"), kernels=False, on_partial=partials.append)
+    assert ran == ["kernels", "eager"]
+    assert "| kernels |" in partials[-1] and "# eager FAILED: RuntimeError" in partials[-1]
+    assert "no later mode or size ran" in partials[-1] and "350M" not in partials[-1]
+
+
+def test_max_autotune_benchmarks_its_templates_in_a_subprocess(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "autotune_in_subproc", False)
+    compiled.build(torch.nn.Linear(2, 2), compiled.RECIPES["compile"])
+    assert not inductor_config.autotune_in_subproc  # the default recipe leaves inductor as it is
+    compiled.build(torch.nn.Linear(2, 2), compiled.RECIPES["compile-max"])
+    assert inductor_config.autotune_in_subproc
+
+
 @pytest.mark.slow
 def test_cudagraph_probe_runs_the_accumulation_it_checks():
     """On CPU inductor makes no CUDA graphs, so the probe's compiled run must match eager: the probe's own

@@ -105,6 +105,12 @@ def build(model: nn.Module, recipe: Recipe, wrap=lambda m: m, mode: str | None =
     """(runner, returns_logits): the compiled callable for `recipe`; wrap(module) puts DDP around what is
     compiled on several processes. mode overrides the recipe's torch.compile mode (the CUDA-graph fallback)."""
     module = model if recipe.loss == "model" else LossOnly(model, recipe.loss)
+    if (mode or recipe.mode).startswith("max-autotune"):
+        # benchmark the GEMM templates in a child process: on torch 2.11 some Triton templates for the LM
+        # head's shapes hit an illegal memory access, which in-process poisons this CUDA context for good
+        import torch._inductor.config as inductor_config
+
+        inductor_config.autotune_in_subproc = True
     return torch.compile(wrap(module), mode=mode or recipe.mode), recipe.loss == "model"
 
 

@@ -453,7 +453,15 @@ def run(sizes: tuple[str, ...] = ("124M",), seq_len: int = 1024, total_batch: in
             except Exception as e:  # noqa: BLE001 — one GPU call must still report the modes that worked
                 traceback.print_exc()
                 notes.append(f"# {mode} FAILED: {type(e).__name__}: " + str(e).strip().replace("\n", "\n#   "))
-                _release(torch.cuda.is_available())
+                try:
+                    _release(torch.cuda.is_available())
+                except Exception:  # noqa: BLE001 — a sticky CUDA error (illegal address): nothing more runs here
+                    notes.append("# the CUDA context is lost after that error; no later mode or size ran")
+                    done.append(section())
+                    if on_partial is not None:
+                        on_partial("\n\n".join(done))
+                    raise Gpt2pipeError(f"bench: {mode} left the CUDA context unusable ({type(e).__name__}); "
+                                        "the modes before it are in the table") from None
                 partial()
                 continue
             r = results[-1]
