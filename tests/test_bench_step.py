@@ -249,6 +249,30 @@ def test_cudagraph_probe_runs_the_accumulation_it_checks():
     assert compiled.cudagraph_accumulation_problem(torch.device("cpu")) is None
 
 
+def test_cudagraph_steps_accumulate_into_buffers_of_their_own():
+    """Before each step of a CUDA-graph mode every gradient is a zeroed buffer (reused in place once it
+    exists), so no gradient lives in the graphs' memory pool; the other compile modes keep torch's None."""
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2), requires_grad=False)]
+    compiled.start_cudagraph_step(params)
+    assert torch.equal(params[0].grad, torch.zeros(3)) and params[1].grad is None
+    buffer = params[0].grad
+    buffer.fill_(5.0)
+    compiled.start_cudagraph_step(params)
+    assert params[0].grad is buffer and not buffer.any()
+    world = bench.World()
+    assert bench._Step("compile-max", TINY, 2, 16, 64, world).cudagraphs
+    assert not bench._Step("compile-max", TINY, 2, 16, 64, world, compiled.CUDAGRAPH_FALLBACK).cudagraphs
+    assert not bench._Step("compile", TINY, 2, 16, 64, world).cudagraphs
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_sum_accumulated_gradients_in_the_benchs_loop():
+    """On a GPU the probe replays real CUDA graphs: with a gradient buffer per parameter and a step mark per
+    micro-batch (the bench's loop) they must sum as eager does, so compile-max times max-autotune as is."""
+    compiled.cudagraph_accumulation_problem.cache_clear()
+    assert compiled.cudagraph_accumulation_problem(torch.device("cuda")) is None
+
+
 def test_kernel_switches_set_each_mode_and_are_restored():
     from gpt2pipe.ops.autograd import FUSIONS, FusedClassifier
 

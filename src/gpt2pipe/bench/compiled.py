@@ -52,7 +52,26 @@ class Recipe:
 
     @property
     def cudagraphs(self) -> bool:
-        return self.mode in ("reduce-overhead", "max-autotune")
+        return uses_cudagraphs(self.mode)
+
+
+def uses_cudagraphs(mode: str) -> bool:
+    """Whether a torch.compile mode replays CUDA graphs (inductor's cudagraph trees)."""
+    return mode in ("reduce-overhead", "max-autotune")
+
+
+def start_cudagraph_step(params) -> None:
+    """What a loop that replays CUDA graphs and accumulates gradients owes them, before each optimizer step:
+    a zeroed gradient buffer per parameter, not None. Left None, the first micro-batch's backward hands a
+    buffer of the graphs' own memory pool to .grad, and the next replay overwrites it while it is still
+    summing (torch: "accessing tensor output of CUDAGraphs that has been overwritten"); given a buffer,
+    autograd adds into it. Each micro-batch then starts with torch.compiler.cudagraph_mark_step_begin()."""
+    for p in params:
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad.zero_()
 
 
 RECIPES = {
@@ -130,17 +149,21 @@ def cudagraph_accumulation_problem(device: torch.device) -> str | None:
     data = torch.randint(0, cfg.vocab_size, (3, 2, cfg.block_size + 1), device=device)
     loss_of = LossOnly(model)
 
-    def last_step_grads(fn) -> list[torch.Tensor]:
+    def last_step_grads(fn, graphs: bool) -> list[torch.Tensor]:  # the bench's loop (step.py's _Step)
         for _ in range(3):
             for p in model.parameters():
-                p.grad = None
+                p.grad = None  # what the optimizer step leaves
+            if graphs:
+                start_cudagraph_step(model.parameters())
             for k in range(len(data)):
+                if graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
                 (fn(data[k, :, :-1], data[k, :, 1:]) / len(data)).backward()
         return [p.grad.detach().clone() for p in model.parameters()]
 
     try:
-        ref = last_step_grads(loss_of)
-        graphed = last_step_grads(torch.compile(loss_of, mode="reduce-overhead"))
+        ref = last_step_grads(loss_of, False)
+        graphed = last_step_grads(torch.compile(loss_of, mode="reduce-overhead"), True)
     except Exception as e:  # noqa: BLE001 — what CUDA graphs raise is the answer
         return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
     finally:

@@ -163,6 +163,7 @@ class _Step:
             self.hold_logits = recipe.hold_logits
         else:  # kernels (which return no logits with a loss) and eager
             self.runner, self.returns_logits, self.hold_logits = wrap(model), True, True
+        self.cudagraphs = recipe is not None and compiled.uses_cudagraphs(compile_mode or recipe.mode)
         self.held = None  # the last micro-batch's logits, kept as `_, loss = model(x, y)` in the loop keeps them
         per_step = micro_batch * seq_len * world.size
         if total_batch % per_step:
@@ -182,8 +183,12 @@ class _Step:
         from gpt2pipe.train.optim import optimizer_step
 
         total = torch.zeros((), device=self.device)
+        if self.cudagraphs:
+            compiled.start_cudagraph_step(self.model.parameters())
         with kernel_switches(self.mode):
             for k in range(self.accum):
+                if self.cudagraphs:
+                    torch.compiler.cudagraph_mark_step_begin()
                 last = k == self.accum - 1
                 if last and self.kernels:
                     self.opt.prepare_last_backward()  # ZeRO-1: reduce-scatter buckets during this backward
