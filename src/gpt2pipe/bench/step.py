@@ -340,8 +340,8 @@ def time_compile_cudagraphs(mode: str, cfg: ModelConfig, b: int, seq_len: int, t
         raise
     except Exception as e:  # noqa: BLE001 — whatever CUDA graphs raise, the fallback is the answer
         first = (str(e).strip().splitlines() or [""])[0][:200]
+        _release(torch.cuda.is_available())  # raises first if the failure took the CUDA context (run() says so)
         notes.append(f"# {mode}: mode={recipe.mode} failed ({type(e).__name__}: {first}); timed as {fallback}")
-        _release(torch.cuda.is_available())
         r = fit_micro_batch(mode, cfg, b, seq_len, total_batch, steps, warmup, profile, notes, fallback)
         r.note = f"{fallback} (CUDA graphs failed)"
         return [r]
@@ -433,10 +433,10 @@ def run(sizes: tuple[str, ...] = ("124M",), seq_len: int = 1024, total_batch: in
                 return
             try:
                 table.extend(format_table(kernel_table(cfg)))
+                _release(True)
             except Exception as e:  # noqa: BLE001 — the step table stands without it
                 traceback.print_exc()
                 notes.append(f"# per-op table FAILED: {type(e).__name__}: {e}")
-            _release(True)
             partial()
 
         for mode in modes:
@@ -460,8 +460,11 @@ def run(sizes: tuple[str, ...] = ("124M",), seq_len: int = 1024, total_batch: in
                 notes.append(f"# {mode} FAILED: {type(e).__name__}: " + str(e).strip().replace("\n", "\n#   "))
                 try:
                     _release(torch.cuda.is_available())
-                except Exception:  # noqa: BLE001 — a sticky CUDA error (illegal address): nothing more runs here
-                    notes.append("# the CUDA context is lost after that error; no later mode or size ran")
+                except Exception as lost:  # noqa: BLE001 — a sticky CUDA error (illegal address): nothing more runs
+                    traceback.print_exc()
+                    first = (str(lost).strip().splitlines() or [""])[0][:200]
+                    notes.append(f"# releasing its memory failed too ({type(lost).__name__}: {first}): the CUDA "
+                                 "context is lost; no later mode or size ran")
                     done.append(section())
                     if on_partial is not None:
                         on_partial("\n\n".join(done))
