@@ -24,10 +24,10 @@ import torch
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 
 
-def timed(fn) -> float:
-    from gpt2pipe.bench.kernels import time_ms
+def timed(fn) -> float:  # µs
+    from gpt2pipe.bench.kernels import time_us
 
-    return time_ms(fn, reps=30) * 1e3  # µs
+    return time_us(fn, reps=30)
 
 
 def wgrad_rows(N: int, C: int) -> list[tuple[str, float, float, float, float, float]]:

@@ -15,10 +15,10 @@ import argparse
 import torch
 
 
-def timed(fn) -> float:
-    from gpt2pipe.bench.kernels import time_ms
+def timed(fn) -> float:  # µs
+    from gpt2pipe.bench.kernels import time_us
 
-    return time_ms(fn, reps=30) * 1e3  # µs
+    return time_us(fn, reps=30)
 
 
 def main() -> None:

@@ -236,7 +236,8 @@ NOT_IDENTITY = {
 # train keys added after runs existed, at the value that trains as before them: left out of the identity there,
 # so those runs' saved states and workflow fingerprints stay valid. (fp8_gemms' default is now [mlp]: a state
 # saved before the key existed trained mlp + qkv, and resuming it under the new default is refused by name.)
-LATER_TRAIN_KEYS = {"optimizer": "adamw", "lr_schedule": "cosine", "document_aligned": False, "fp8_gemms": ["mlp", "qkv"]}
+LATER_TRAIN_KEYS = {"optimizer": "adamw", "lr_schedule": "cosine", "document_aligned": False,
+                    "fp8_gemms": ["mlp", "qkv"]}
 
 
 def _unused(section: str, key: str, values: dict) -> bool:

@@ -56,6 +56,12 @@ class Recipe:
         return uses_cudagraphs(self.mode)
 
 
+def error_line(e: BaseException) -> str:
+    """An exception as one line for the bench's notes: its type and the first line of its message (200
+    characters at most)."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
 def uses_cudagraphs(mode: str) -> bool:
     """Whether a torch.compile mode replays CUDA graphs (inductor's cudagraph trees)."""
     return mode in ("reduce-overhead", "max-autotune")
@@ -63,9 +69,9 @@ def uses_cudagraphs(mode: str) -> bool:
 
 def start_cudagraph_step(params) -> None:
     """What a loop that replays CUDA graphs and accumulates gradients owes them at the start of each step,
-    before its first micro-batch (the optimizer left .grad None): a zeroed gradient buffer per parameter. Left None, the first micro-batch's backward hands a
-    buffer of the graphs' own memory pool to .grad, and the next replay overwrites it while it is still
-    summing (torch: "accessing tensor output of CUDAGraphs that has been overwritten"); given a buffer,
+    before its first micro-batch (the optimizer left .grad None): a zeroed gradient buffer per parameter.
+    Left None, the first micro-batch's backward hands a buffer of the graphs' own memory pool to .grad, and
+    the next replay overwrites it while it is still summing (torch: "accessing tensor output of CUDAGraphs that has been overwritten"); given a buffer,
     autograd adds into it (allocating and zeroing them costs ~0.2 ms a step at 124M). Each micro-batch then
     starts with torch.compiler.cudagraph_mark_step_begin()."""
     for p in params:
@@ -167,7 +173,7 @@ def cudagraph_accumulation_problem(device: torch.device) -> str | None:
         ref = last_step_grads(loss_of, False)
         graphed = last_step_grads(torch.compile(loss_of, mode="reduce-overhead"), True)
     except Exception as e:  # noqa: BLE001 — what CUDA graphs raise is the answer
-        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        return error_line(e)
     finally:
         reset()
     worst = max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(graphed, ref))

@@ -339,9 +339,8 @@ def time_compile_cudagraphs(mode: str, cfg: ModelConfig, b: int, seq_len: int, t
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as e:  # noqa: BLE001 — whatever CUDA graphs raise, the fallback is the answer
-        first = (str(e).strip().splitlines() or [""])[0][:200]
         _release(torch.cuda.is_available())  # raises first if the failure took the CUDA context (run() says so)
-        notes.append(f"# {mode}: mode={recipe.mode} failed ({type(e).__name__}: {first}); timed as {fallback}")
+        notes.append(f"# {mode}: mode={recipe.mode} failed ({compiled.error_line(e)}); timed as {fallback}")
         r = fit_micro_batch(mode, cfg, b, seq_len, total_batch, steps, warmup, profile, notes, fallback)
         r.note = f"{fallback} (CUDA graphs failed)"
         return [r]
@@ -462,8 +461,7 @@ def run(sizes: tuple[str, ...] = ("124M",), seq_len: int = 1024, total_batch: in
                     _release(torch.cuda.is_available())
                 except Exception as lost:  # noqa: BLE001 — a sticky CUDA error (illegal address): nothing more runs
                     traceback.print_exc()
-                    first = (str(lost).strip().splitlines() or [""])[0][:200]
-                    notes.append(f"# releasing its memory failed too ({type(lost).__name__}: {first}): the CUDA "
+                    notes.append(f"# releasing its memory failed too ({compiled.error_line(lost)}): the CUDA "
                                  "context is lost; no later mode or size ran")
                     done.append(section())
                     if on_partial is not None:
