@@ -196,6 +196,47 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class RLConfig:
+    """The rl section (schema: rl); every field has the schema's default."""
+    algorithm: str = "ppo"
+    init_from: str | None = None
+    reward: str = "sentiment"
+    prompts: str | None = None
+    prompt_tokens: int = 32
+    num_prompts: int = 4096
+    eval_prompts: int = 256
+    steps: int = 200
+    batch_size: int = 256
+    mini_batch_size: int = 64
+    forward_batch: int = 64
+    max_new_tokens: int = 24
+    temperature: float = 0.7
+    learning_rate: float = 1.41e-5
+    adam_eps: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    kl_coef: float = 0.15
+    kl_target: float | None = 6.0
+    kl_horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    ppo_epochs: int = 4
+    whiten_rewards: bool = False
+    missing_eos_penalty: float | None = None
+    grpo_group_size: int = 8
+    grpo_beta: float = 0.04
+    grpo_iterations: int = 1
+    checkpoint_every: int = 50
+    seed: int = 42
+
+    def checkpoint_steps(self) -> list[int]:
+        return [*range(self.checkpoint_every, self.steps, self.checkpoint_every), self.steps]
+
+
+@dataclass(frozen=True)
 class Config:
     run_name: str
     results_dir: str
@@ -204,6 +245,7 @@ class Config:
     train: TrainConfig
     eval: EvalConfig
     report: ReportConfig
+    rl: RLConfig | None = None  # None: no rl section, no RL stage
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -304,6 +346,7 @@ def _config(cfg: dict) -> Config:
         train=TrainConfig(**cfg["train"]),
         eval=EvalConfig(**cfg["eval"]),
         report=ReportConfig(**cfg["report"]),
+        rl=RLConfig(**cfg["rl"]) if "rl" in cfg else None,
         raw=cfg,  # cfg["resources"] is Snakemake's alone: read there, not by the stages
     )
 

@@ -76,10 +76,27 @@ def _cross_field_problem(cfg: dict) -> Problem | None:
          "compile, or use train.zero 1 or 2 with ops kernels",
          ("train.zero", "train.ops")),
     ]
+    if "rl" in cfg:
+        checks += _rl_checks(cfg["rl"], m)
     for ok, msg, keys in checks:
         if not ok:
             return Problem(msg, keys)
     return None
+
+
+def _rl_checks(rl: dict, m: dict) -> list:
+    longest = rl["prompt_tokens"] + 1 + rl["max_new_tokens"]  # + the <|endoftext|> each prompt starts with
+    return [
+        (rl["algorithm"] != "grpo" or rl["batch_size"] % rl["grpo_group_size"] == 0,
+         f"rl.batch_size must be a multiple of rl.grpo_group_size ({rl['batch_size']} % {rl['grpo_group_size']} != 0)",
+         ("rl.batch_size", "rl.grpo_group_size")),
+        (longest <= m["block_size"],
+         f"rl.prompt_tokens + 1 + rl.max_new_tokens must fit model.block_size ({rl['prompt_tokens']} + 1 + "
+         f"{rl['max_new_tokens']} > {m['block_size']})", ("rl.prompt_tokens", "rl.max_new_tokens")),
+        (rl["mini_batch_size"] <= rl["batch_size"],
+         f"rl.mini_batch_size must be <= rl.batch_size ({rl['mini_batch_size']} > {rl['batch_size']})",
+         ("rl.mini_batch_size", "rl.batch_size")),
+    ]
 
 
 def validated(raw: dict | None) -> dict:

@@ -11,6 +11,7 @@ import torch
 
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.data.tokenizer import EOT, gpt2
+from gpt2pipe.model.decode import pick, sample
 from gpt2pipe.model.gpt import GPT
 
 
@@ -38,24 +39,26 @@ def generate(model: GPT, prompt: str = "", max_new_tokens: int = 64, temperature
     model.eval()
     enc = gpt2()
     start = [EOT, *enc.encode_ordinary(prompt)]
-    idx = torch.tensor([start] * num_samples, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
+    if len(start) + max_new_tokens <= model.config.block_size:  # the KV-cache sampler (RL's rollouts too)
+        rows = sample(model, [start] * num_samples, max_new_tokens, temperature, top_k, gen).tokens.tolist()
+    else:
+        rows = _windowed(model, start, max_new_tokens, temperature, top_k, num_samples, gen, device, min_tokens)
+    return [enc.decode(_cut(row, min_tokens)) for row in rows]
+
+
+def _windowed(model: GPT, start: list[int], max_new_tokens: int, temperature: float, top_k: int | None,
+              num_samples: int, gen: torch.Generator, device, min_tokens: int | None) -> list[list[int]]:
+    """Past block_size: the whole window of the last block_size tokens again at every step (no cache)."""
+    idx = torch.tensor([start] * num_samples, dtype=torch.long, device=device)
     block = model.config.block_size
     done = torch.zeros(num_samples, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         logits, _ = model(idx[:, -block:])
-        logits = logits[:, -1, :].float()
-        if temperature == 0:
-            nxt = logits.argmax(-1, keepdim=True)
-        else:
-            logits = logits / temperature
-            if top_k:
-                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
+        nxt = pick(logits[:, -1, :].float(), temperature, top_k, gen)[:, None]
         idx = torch.cat([idx, nxt], dim=1)
         if min_tokens is not None and step >= min_tokens:
             done |= nxt[:, 0] == EOT
             if bool(done.all()):
                 break  # every sample has ended: the rest would be cut anyway
-    return [enc.decode(_cut(row, min_tokens)) for row in idx[:, len(start) :].tolist()]
+    return idx[:, len(start) :].tolist()

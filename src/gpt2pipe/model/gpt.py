@@ -33,6 +33,15 @@ def _arch_ops():
     return arch
 
 
+def _same_attention_backend():
+    """Checkpointing's (forward, recompute) contexts: the recompute runs in backward, outside the caller's
+    SDPA backend choice, and another backend saves other tensors (cuDNN's [B, H, T, 1] fp32 statistics, flash's
+    [B, H, T]), which checkpointing refuses. Both run under the training loop's order."""
+    from gpt2pipe.device import sdpa_fastest_first
+
+    return sdpa_fastest_first(), sdpa_fastest_first()
+
+
 class RMSNorm(nn.Module):
     """RMSNorm with a learnable gain (LLaMA's), eps 1e-6, computed in fp32."""
 
@@ -237,20 +246,34 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
         if self.ops == "kernels" and reduction == "mean":
-            return self._forward_kernels(idx, targets) if self.gpt2 else self._forward_arch_kernels(idx, targets)
-        x = self.transformer.wte(idx)
-        if "wpe" in self.transformer:
-            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))
-        rope = self.rope_tables(T, idx.device)
-        for block in self.transformer.h:
-            x = block(x, rope)
-        logits = self.lm_head(self.transformer.ln_f(x))[..., : self.config.vocab_size]
+            h = self._hidden_kernels(idx) if self.gpt2 else self._hidden_arch_kernels(idx)
+            if targets is None:
+                return F.linear(h, self.lm_head.weight)[..., : self.config.vocab_size], None
+            return None, _kernel_ops().fused_classifier(h, self.lm_head.weight, targets, self.config.vocab_size,
+                                                        fp8_projection(self.lm_head, h, None) if self.gpt2 else None)
+        logits = self.lm_head(self._hidden_torch(idx))[..., : self.config.vocab_size]
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
         return logits, loss if reduction != "none" else loss.view(B, T)
 
-    def _forward_kernels(self, idx: torch.Tensor, targets: torch.Tensor | None):
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """The final norm's output [B, T, n_embd] on this model's ops path: what the head reads (the LM head
+        for logits, a value head in RL)."""
+        if self.ops == "kernels":
+            return self._hidden_kernels(idx) if self.gpt2 else self._hidden_arch_kernels(idx)
+        return self._hidden_torch(idx)
+
+    def _hidden_torch(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.transformer.wte(idx)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(torch.arange(idx.shape[1], device=idx.device))
+        rope = self.rope_tables(idx.shape[1], idx.device)
+        for block in self.transformer.h:
+            x = block(x, rope)
+        return self.transformer.ln_f(x)
+
+    def _hidden_kernels(self, idx: torch.Tensor) -> torch.Tensor:
         """The same network through our kernels, each block's residual add fused into the next LayerNorm."""
         K = _kernel_ops()
         tr = self.transformer
@@ -263,15 +286,13 @@ class GPT(nn.Module):
             next_linear = None if last else tr.h[i + 1].attn.c_attn
             if self.recompute and torch.is_grad_enabled():
                 x, h, h_fp8 = torch.utils.checkpoint.checkpoint(block.forward_kernels, x, h, h_fp8, next_norm,
-                                                                next_linear, False, use_reentrant=False)
+                                                                next_linear, False, use_reentrant=False,
+                                                                context_fn=_same_attention_backend)
             else:
                 x, h, h_fp8 = block.forward_kernels(x, h, h_fp8, next_norm, next_linear)
-        if targets is None:
-            return F.linear(h, self.lm_head.weight)[..., : self.config.vocab_size], None
-        return None, K.fused_classifier(h, self.lm_head.weight, targets, self.config.vocab_size,
-                                        fp8_projection(self.lm_head, h, None))
+        return h
 
-    def _forward_arch_kernels(self, idx: torch.Tensor, targets: torch.Tensor | None):
+    def _hidden_arch_kernels(self, idx: torch.Tensor) -> torch.Tensor:
         """The kernels path of the model.arch options: as _forward_kernels, with ops/arch.py's RMSNorm, RoPE
         and activations where the options ask for them, and no fp8."""
         K = _kernel_ops()
@@ -286,12 +307,10 @@ class GPT(nn.Module):
             next_norm = tr.ln_f if i + 1 == len(tr.h) else tr.h[i + 1].ln_1
             if self.recompute and torch.is_grad_enabled():
                 x, h = torch.utils.checkpoint.checkpoint(block.forward_arch_kernels, x, h, rope, next_norm, False,
-                                                         use_reentrant=False)
+                                                         use_reentrant=False, context_fn=_same_attention_backend)
             else:
                 x, h = block.forward_arch_kernels(x, h, rope, next_norm)
-        if targets is None:
-            return F.linear(h, self.lm_head.weight)[..., : self.config.vocab_size], None
-        return None, K.fused_classifier(h, self.lm_head.weight, targets, self.config.vocab_size)
+        return h
 
     def rope_tables(self, T: int, device: torch.device):
         """RoPE's (cos, sin) [T, head_dim / 2], fp32 (also under autocast, and with bf16 weights), or None

@@ -1,0 +1,202 @@
+"""Batched sampling with a KV cache: one prefill over left-padded prompts, then one token a step.
+
+The model's own modules and weights are run here with two things GPT.forward does not take: per-row positions
+(a left-padded prompt starts at position 0 after its padding, as the N implementation details of RLHF ask)
+and a key mask (padding is never attended to). Every cache slot exists from the start, so a decode step has
+fixed shapes and, on CUDA, is recorded once as a CUDA graph and replayed: a 124M decode step is ~200 small
+kernels, whose launches cost more than their work when run one by one from Python.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gpt2pipe.model.gpt import GPT, RMS_EPS, attention
+from gpt2pipe.ops import reference
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """reference.rope with per-row tables: x [B, H, T, D], cos/sin [B, 1, T, D/2] (gathered at positions)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x.float()[..., :half], x.float()[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+class CachedGPT:
+    """A GPT run over a KV cache of `slots` positions for `batch` rows. `forward(idx, pos, start)` writes the
+    keys and values of idx [B, T] into slots start..start+T-1 and returns the final norm's output there."""
+
+    def __init__(self, model: GPT, batch: int, slots: int):
+        cfg = model.config
+        p = next(model.parameters())
+        self.model, self.cfg, self.slots = model, cfg, slots
+        # one tensor per layer: under autograd (RL's padded forward) each is written once, then read
+        shape = (batch, cfg.kv_heads, slots, cfg.head_dim)
+        self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.n_layer)]
+        self.key_valid = torch.zeros(batch, slots, dtype=torch.bool, device=p.device)
+        self.slot_ids = torch.arange(slots, device=p.device)
+        self.rope = None
+        if cfg.pos_embedding == "rope":
+            self.rope = reference.rope_tables(cfg.block_size, cfg.head_dim, cfg.rope_theta, p.device)
+
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """idx, pos [B, T]; start: 0-d long tensor (a tensor, so that a recorded graph reads it anew)."""
+        tr = self.model.transformer
+        x = tr.wte(idx)
+        if "wpe" in tr:
+            x = x + tr.wpe(pos)
+        rope = None
+        if self.rope is not None:
+            rope = tuple(t[pos].unsqueeze(1) for t in self.rope)  # [B, 1, T, D/2]
+        T = idx.shape[1]
+        written = start + torch.arange(T, device=idx.device)
+        # attend to the real tokens (key_valid, which the caller keeps) at or before one's own slot, and to
+        # oneself: a padding row that sees nothing would turn to NaN, and its values with it
+        own = self.slot_ids[None, :] == written[:, None]
+        mask = (self.key_valid[:, None, None, :] | own) & (self.slot_ids[None, :] <= written[:, None])
+        for layer, block in enumerate(tr.h):
+            x = x + self._attend(block.attn, block.ln_1(x), layer, written, mask, rope)
+            x = x + block.mlp(block.ln_2(x))
+        return tr.ln_f(x)
+
+    def _attend(self, attn, x, layer, written, mask, rope) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, G, D = attn.n_head, attn.n_kv_head, self.cfg.head_dim
+        q, k, v = (t.view(B, T, -1, D).transpose(1, 2) for t in attn.c_attn(x).split([H * D, G * D, G * D], 2))
+        if attn.qk_norm:
+            q, k = reference.rmsnorm(q, None, RMS_EPS), reference.rmsnorm(k, None, RMS_EPS)
+        if rope is not None:
+            q, k = _rope(q, *rope), _rope(k, *rope)
+        self.k[layer].index_copy_(2, written, k.to(self.k[layer].dtype))
+        self.v[layer].index_copy_(2, written, v.to(self.v[layer].dtype))
+        K, V = self.k[layer], self.v[layer]
+        if G != H:
+            K, V = K.repeat_interleave(H // G, 1), V.repeat_interleave(H // G, 1)
+        y = F.scaled_dot_product_attention(q, K.to(q.dtype), V.to(q.dtype), attn_mask=mask)
+        return attn.c_proj(y.transpose(1, 2).reshape(B, T, H * D))
+
+
+@dataclass
+class Rollout:
+    """Sampled continuations: tokens [B, N] (N = max_new_tokens; after a stop token, padding) and lengths [B]
+    (the tokens up to and with the first stop token, or N)."""
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+
+
+def left_pad(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx [B, P], valid [B, P]) with each prompt at the right end of its row."""
+    P = max(len(p) for p in prompts)
+    idx = torch.full((len(prompts), P), pad, dtype=torch.long)
+    valid = torch.zeros(len(prompts), P, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        if p:
+            idx[i, P - len(p):] = torch.tensor(p)
+            valid[i, P - len(p):] = True
+    return idx.to(device), valid.to(device)
+
+
+def positions(valid: torch.Tensor) -> torch.Tensor:
+    """Per-row positions of a left-padded batch: 0 at each row's first real token (padding gets 0 too)."""
+    return (valid.long().cumsum(1) - 1).clamp(min=0)
+
+
+def pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> torch.Tensor:
+    """One token per row from logits [B, V] (fp32): greedy at temperature 0, else softmax(logits / T) over the
+    top_k likeliest (all: None or 0)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
+
+
+def sampling_copy(model: GPT) -> GPT:
+    """The model as the sampler runs it: in bf16 on CUDA (no autocast casts in the recorded graph; the sampled
+    tokens' log-probabilities are recomputed by the trainer's own forward), as it is on the CPU."""
+    if next(model.parameters()).device.type != "cuda":
+        return model
+    twin = copy.deepcopy(model).to(torch.bfloat16)
+    twin.ops = "torch"
+    return twin.eval()
+
+
+@torch.no_grad()
+def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, gen: torch.Generator | None = None, stop_token: int | None = None,
+           pad: int = 0, cuda_graph: bool = True) -> Rollout:
+    """Continue each prompt (token lists, any lengths, at least one token each) by max_new_tokens tokens.
+    Rows that emitted stop_token keep running (fixed shapes) and are cut by `lengths`."""
+    device = next(model.parameters()).device
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("sample: every prompt needs at least one token")
+    idx, valid = left_pad(prompts, pad, device)
+    B, P = idx.shape
+    if P + max_new_tokens > model.config.block_size:
+        raise ValueError(f"sample: {P} prompt + {max_new_tokens} new tokens exceed block_size {model.config.block_size}")
+    gen = gen or torch.Generator(device).manual_seed(0)
+    net = CachedGPT(model, B, P + max_new_tokens)
+    net.key_valid[:, :P] = valid  # padding slots stay False for good
+    pos = positions(valid)
+    head = model.lm_head.weight[: model.config.vocab_size]
+    h = net.forward(idx, pos, torch.zeros((), dtype=torch.long, device=device))
+    logits = F.linear(h[:, -1], head).float()
+    out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
+    step = _decoder(net, head, B, device, cuda_graph and device.type == "cuda")
+    next_pos = pos[:, -1:] + 1
+    for i in range(max_new_tokens):
+        out[:, i] = pick(logits, temperature, top_k, gen)
+        if i + 1 < max_new_tokens:
+            logits = step(out[:, i : i + 1], next_pos + i, P + i)
+    lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
+    if stop_token is not None:
+        hit = out == stop_token
+        first = torch.where(hit.any(1), hit.float().argmax(1) + 1, lengths)
+        lengths = first
+    return Rollout(out, lengths)
+
+
+def _decoder(net: CachedGPT, head: torch.Tensor, B: int, device, graph: bool):
+    """step(token [B, 1], pos [B, 1], slot) -> logits [B, V] fp32: eager, or a CUDA graph recorded on first use."""
+    def eager(tok, pos, slot):
+        start = torch.tensor(slot, device=device)
+        net.key_valid[:, slot] = True
+        return F.linear(net.forward(tok, pos, start)[:, -1], head).float()
+
+    if not graph:
+        return eager
+    buf_tok = torch.zeros(B, 1, dtype=torch.long, device=device)
+    buf_pos = torch.zeros(B, 1, dtype=torch.long, device=device)
+    buf_start = torch.zeros((), dtype=torch.long, device=device)
+    state: dict = {}
+
+    def run():
+        net.key_valid.index_fill_(1, buf_start.view(1), True)
+        return F.linear(net.forward(buf_tok, buf_pos, buf_start)[:, -1], head).float()
+
+    def replay(tok, pos, slot):
+        buf_tok.copy_(tok)
+        buf_pos.copy_(pos)
+        buf_start.fill_(slot)
+        if "graph" not in state:
+            # warm up on a side stream (as torch.cuda.graphs asks), then record; the warm-up's cache write is
+            # the same one the replay repeats, so it changes nothing
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                run()
+            torch.cuda.current_stream(device).wait_stream(side)
+            state["graph"] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(state["graph"]):
+                state["out"] = run()
+        state["graph"].replay()
+        return state["out"]
+
+    return replay

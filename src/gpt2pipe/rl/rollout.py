@@ -1,0 +1,89 @@
+"""One batch of experience: sample responses to the prompts, score them, and (PPO) shape the rewards.
+
+Responses end at the first <|endoftext|> (kept as the response's last token, so the policy learns to end) or
+after rl.max_new_tokens. The score goes to the last token of the response (the N details' "reward at the
+last response token"); every token also pays kl_coef x (log pi - log pi_ref), the per-token KL penalty of
+Ziegler et al.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from gpt2pipe.data.tokenizer import EOT, gpt2
+from gpt2pipe.model.decode import left_pad, sample, sampling_copy
+from gpt2pipe.model.gpt import GPT
+from gpt2pipe.rl import rewards as rewards_mod
+from gpt2pipe.rl.policy import response_logprobs
+
+
+@dataclass
+class Experience:
+    seq: torch.Tensor              # [B, P + R] prompt (left-padded) and response tokens
+    valid: torch.Tensor | None     # [B, P + R] real tokens, None without padding
+    P: int
+    mask: torch.Tensor             # [B, R] response tokens up to and with the stop token
+    scores: torch.Tensor           # [B] the reward function's scores (after any missing-EOS penalty)
+    old_logp: torch.Tensor         # [B, R] the sampling policy's log-probabilities
+    ref_logp: torch.Tensor         # [B, R]
+    prompts: list[str]
+    responses: list[str]
+    values: torch.Tensor | None = None     # PPO: [B, R]
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+    def rows(self, idx: torch.Tensor) -> Experience:
+        """The experience of rows idx (tensors only; texts are not needed in updates)."""
+        picked = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            picked[f.name] = v[idx] if isinstance(v, torch.Tensor) else v
+        return Experience(**picked)
+
+
+def _texts(tokens: list[list[int]]) -> list[str]:
+    enc = gpt2()
+    return [enc.decode([t for t in row if t != EOT]) for row in tokens]
+
+
+@torch.no_grad()
+def collect(policy: GPT, ref: GPT, prompts: list[list[int]], rl, reward_fn, gen: torch.Generator, ctx,
+            forward_batch: int) -> Experience:
+    """Sample, score and compute the log-probabilities of policy and reference (rl: the RLConfig)."""
+    device = next(policy.parameters()).device
+    out = sample(sampling_copy(policy), prompts, rl.max_new_tokens, rl.temperature, None, gen, EOT, pad=EOT)
+    prompt_idx, prompt_valid = left_pad(prompts, EOT, device)
+    P, R = prompt_idx.shape[1], rl.max_new_tokens
+    seq = torch.cat([prompt_idx, out.tokens], 1)
+    valid = None
+    if not bool(prompt_valid.all()):
+        valid = torch.cat([prompt_valid, torch.ones_like(out.tokens, dtype=torch.bool)], 1)
+    mask = (torch.arange(R, device=device)[None, :] < out.lengths[:, None]).float()
+    response_tokens = [row[:n] for row, n in zip(out.tokens.tolist(), out.lengths.tolist())]
+    responses = _texts(response_tokens)
+    prompt_texts = _texts(prompts)
+    scores = rewards_mod.score(reward_fn, rl.reward, prompt_texts, responses).to(device)
+    if rl.missing_eos_penalty is not None:  # TRL's: a response cut at max_new_tokens scores less
+        ended = torch.tensor([EOT in r for r in response_tokens], device=device)
+        scores = torch.where(ended, scores, scores - rl.missing_eos_penalty)
+    old, refs = [], []
+    for rows in torch.arange(len(prompts), device=device).split(forward_batch):
+        v = None if valid is None else valid[rows]
+        with ctx:
+            old.append(response_logprobs(policy, seq[rows], v, P, rl.temperature))
+            refs.append(response_logprobs(ref, seq[rows], v, P, rl.temperature))
+    return Experience(seq, valid, P, mask, scores, torch.cat(old) * mask, torch.cat(refs) * mask,
+                      prompt_texts, responses)
+
+
+@torch.no_grad()
+def shape_rewards(exp: Experience, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token rewards [B, R], per-sequence KL [B]): -kl_coef x KL on every token, the score added at the
+    last one."""
+    kl = (exp.old_logp - exp.ref_logp) * exp.mask
+    rewards = -kl_coef * kl
+    last = (exp.mask.sum(1).long() - 1).clamp(min=0)
+    rewards[torch.arange(len(last), device=last.device), last] += exp.scores
+    return rewards * exp.mask, kl.sum(1)

@@ -1,0 +1,103 @@
+"""What an RL run saves, where, and what it resumes from.
+
+  <run>/rl/model_NNNNNN.pt, rl.log, eval_NNNNNN.json, samples_NNNNNN.txt   the stage's outputs
+  <run>/rl_state/state_NNNNNN.pt, model_NNNNNN.pt, rl.log                  what --resume needs (kept when a
+                                                                           failed job's outputs are deleted)
+
+A state holds the optimizers' whole states (fp32 master weights and moments: the weights come back from them
+on any ops path and process count), the KL coefficient and the step; sampling, prompt order and mini-batch
+order follow from (rl.seed, step), so nothing else is needed for an exact resume.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpt2pipe import Gpt2pipeError
+from gpt2pipe.config import digest
+from gpt2pipe.files import atomic_path
+from gpt2pipe.model import checkpoint
+
+# rl keys that change how a run goes, not what it computes: a run resumes across changes to them
+NOT_IDENTITY = {"checkpoint_every", "forward_batch", "eval_prompts"}
+
+
+def identity(rl_raw: dict, init: str, model_raw: dict) -> dict:
+    return {"rl": {k: v for k, v in rl_raw.items() if k not in NOT_IDENTITY}, "init": str(init),
+            "model": digest(model_raw)}
+
+
+@dataclass
+class RLPaths:
+    out: Path
+    state: Path
+
+    @classmethod
+    def of(cls, run_dir: Path) -> RLPaths:
+        return cls(Path(run_dir) / "rl", Path(run_dir) / "rl_state")
+
+    def states(self) -> list[Path]:
+        return sorted(self.state.glob("state_*.pt"), reverse=True)
+
+    def snapshot(self, step: int) -> Path:
+        return self.state / f"model_{step:06d}.pt"
+
+    def publish(self, step: int) -> None:
+        """A snapshot as an output: a hard link (no disk, survives deletion of outputs), else a copy."""
+        dst = self.out / self.snapshot(step).name
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(self.snapshot(step), dst)
+        except OSError:
+            shutil.copy2(self.snapshot(step), dst)
+
+    def publish_log(self) -> None:
+        with atomic_path(self.out / "rl.log") as tmp:
+            shutil.copyfile(self.state / "rl.log", tmp)
+
+    def clear(self) -> None:
+        for stale in [*self.states(), *self.state.glob("model_*.pt"), *self.out.glob("*_*.pt"),
+                      *self.out.glob("eval_*.json"), *self.out.glob("samples_*.txt"), self.state / "rl.log"]:
+            stale.unlink(missing_ok=True)
+
+
+def save(paths: RLPaths, policy, step: int, weights: dict, kl_coef: float, opt_policy: dict,
+         opt_value: dict | None, ident: dict, keep: int = 2) -> None:
+    checkpoint.save(paths.state / f"state_{step:06d}.pt", policy, step, weights=weights, kind="rl-state",
+                    opt_policy=opt_policy, opt_value=opt_value, kl_coef=kl_coef, identity=ident)
+    for old in paths.states()[keep:]:
+        old.unlink()
+
+
+def newest(paths: RLPaths, say) -> dict | None:
+    """The newest readable state; None for a fresh folder. States that exist but none loads: refused (a new
+    start would delete them), naming the files."""
+    found = paths.states()
+    for path in found:
+        try:
+            ck = checkpoint.read(path)
+        except Gpt2pipeError as e:
+            say(f"{e}; trying the previous state")
+            continue
+        if ck.get("kind") == "rl-state":
+            ck["path"] = str(path)
+            return ck
+    if found:
+        raise Gpt2pipeError(f"no readable RL state among {', '.join(str(p) for p in found)}: pass --restart to "
+                            "start over (deletes them)")
+    return None
+
+
+def check_resumable(saved: dict, ident: dict) -> None:
+    diff = sorted(k for k in set(saved.get("identity", {}).get("rl", {})) | set(ident["rl"])
+                  if saved["identity"]["rl"].get(k) != ident["rl"].get(k))
+    if saved.get("identity", {}).get("init") != ident["init"]:
+        diff.append(f"init {saved['identity'].get('init')} -> {ident['init']}")
+    if saved.get("identity", {}).get("model") != ident["model"]:
+        diff.append("model")
+    if diff:
+        raise Gpt2pipeError(f"{saved['path']}: saved by an RL run with other settings ({', '.join(diff)}): restore "
+                            "them to resume, or pass --restart to start over")

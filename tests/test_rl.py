@@ -1,0 +1,259 @@
+"""The RL stage (gpt2pipe rl): its arithmetic against hand-computed values, the KV-cache sampler against the
+plain forward, PPO and GRPO raising a known reward on a tiny model, exact resume, and bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from gpt2pipe import Gpt2pipeError, config
+from gpt2pipe.cli import main
+from gpt2pipe.config import ModelConfig
+from gpt2pipe.data.tokenizer import gpt2
+from gpt2pipe.model import checkpoint
+from gpt2pipe.model.decode import sample
+from gpt2pipe.model.gpt import GPT
+from gpt2pipe.rl import losses
+from gpt2pipe.rl.loop import run
+from gpt2pipe.rl.prompts import batch_of, from_shard
+from conftest import tiny_config
+
+# --- the arithmetic, by hand ----------------------------------------------------------------------------
+
+
+def test_gae_matches_hand_computed_values():
+    rewards = torch.tensor([[1.0, 0.0, 2.0], [1.0, 0.0, 2.0]])
+    values = torch.tensor([[0.5, 0.2, 0.1], [0.5, 0.2, 0.1]])
+    mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])  # the second response ended after two tokens
+    adv, ret = losses.gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    # row 0: delta_2 = 2 - 0.1 = 1.9; delta_1 = 0 + 0.9*0.1 - 0.2 = -0.11; delta_0 = 1 + 0.9*0.2 - 0.5 = 0.68
+    #        A_2 = 1.9, A_1 = -0.11 + 0.72*1.9 = 1.258, A_0 = 0.68 + 0.72*1.258 = 1.58576
+    # row 1: the third token is not there: A_1 = 0 + 0 - 0.2 = -0.2, A_0 = 0.68 + 0.72*(-0.2) = 0.536
+    assert torch.allclose(adv, torch.tensor([[1.58576, 1.258, 1.9], [0.536, -0.2, 0.0]]), atol=1e-6)
+    assert torch.allclose(ret, torch.tensor([[2.08576, 1.458, 2.0], [1.036, 0.0, 0.0]]), atol=1e-6)
+
+
+def test_clipped_policy_and_value_losses_match_hand_computed_values():
+    old = torch.zeros(1, 3)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))
+    adv = torch.tensor([[1.0, 1.0, -1.0]])
+    mask = torch.ones(1, 3)
+    loss, clipfrac, approx_kl = losses.policy_loss(logp, old, adv, mask, clip=0.2)
+    # ratio 1.5, A 1: max(-1.5, -1.2) = -1.2 (clipped); 0.5, A 1: max(-0.5, -0.8) = -0.5; 1.1, A -1: 1.1
+    assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.1) / 3)
+    assert clipfrac.item() == pytest.approx(1 / 3)
+    assert approx_kl.item() == pytest.approx(0.5 * sum(math.log(r) ** 2 for r in (1.5, 0.5, 1.1)) / 3)
+    values, old_values, returns = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.1]]), torch.tensor([[1.2, 0.0]])
+    vloss, vclip = losses.value_loss(values, old_values, returns, torch.ones(1, 2), clip=0.2)
+    # clipped values 0.7 and 0.0: 0.5 * mean(max(0.04, 0.25), max(0, 0)) = 0.0625, one of two clipped
+    assert vloss.item() == pytest.approx(0.0625) and vclip.item() == pytest.approx(0.5)
+
+
+def test_adaptive_kl_controller_moves_by_the_clipped_proportional_error():
+    kl = losses.AdaptiveKL(0.1, target=6.0, horizon=10000)
+    kl.update(12.0, n_steps=1000)  # error +1 clipped to +0.2: x (1 + 0.2 * 0.1)
+    assert kl.value == pytest.approx(0.102)
+    kl.update(5.7, n_steps=1000)  # error -0.05: x (1 - 0.005)
+    assert kl.value == pytest.approx(0.102 * 0.995)
+    fixed = losses.FixedKL(0.1)
+    fixed.update(100.0, 1000)
+    assert fixed.value == 0.1
+
+
+def test_whitening_and_group_advantages():
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    mask = torch.tensor([[1.0, 1, 1, 0]])  # the masked entry takes no part and stays 0
+    w = losses.masked_whiten(x, mask)
+    assert torch.allclose(w, torch.tensor([[-1.0, 0.0, 1.0, 0.0]]), atol=1e-4)  # unbiased std of 1, 2, 3 is 1
+    assert torch.allclose(losses.masked_whiten(x, mask, shift_mean=False), torch.tensor([[1.0, 2.0, 3.0, 0.0]]),
+                          atol=1e-4)
+    adv = losses.group_advantages(torch.tensor([1.0, 3.0, 5.0, 5.0]), k=2)
+    s = math.sqrt(2)  # (1, 3): mean 2, std sqrt(2); (5, 5): all equal -> 0
+    assert torch.allclose(adv, torch.tensor([-1 / (s + 1e-4), 1 / (s + 1e-4), 0.0, 0.0]), atol=1e-6)
+    d = torch.tensor([0.0, 1.0])
+    assert torch.allclose(losses.kl_k3(torch.zeros(2), d), d.exp() - d - 1)
+
+
+# --- the sampler ----------------------------------------------------------------------------------------
+
+LLAMA = dict(pos_embedding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, n_kv_head=2, bias=False,
+             tie_embeddings=False)
+
+
+@pytest.mark.parametrize("arch", [{}, LLAMA], ids=["gpt2", "llama"])
+def test_kv_cache_sampler_equals_the_plain_forward_with_left_padding(arch):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, **arch)).eval()
+    prompts = [[5, 6, 7, 8, 9], [11, 12], [3]]  # left-padded inside: rows start at position 0 after padding
+    out = sample(model, prompts, 10, temperature=0)
+    for row, p in zip(out.tokens.tolist(), prompts):
+        seq = list(p)
+        for _ in range(10):  # greedy, the whole sequence every step, no padding
+            seq.append(model(torch.tensor([seq]))[0][0, -1].argmax().item())
+        assert row == seq[len(p):]
+
+
+def test_sampler_stops_at_the_stop_token_and_is_seeded():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32)).eval()
+    u = torch.nn.functional.normalize(torch.randn(32), dim=0)
+    with torch.no_grad():  # every position's output is about u, and <|endoftext|> about 14% likely
+        model.transformer.ln_f.weight.fill_(0.1)
+        model.transformer.ln_f.bias.copy_(u)
+        model.transformer.wte.weight[50256] = 9 * u
+    a = sample(model, [[1, 2, 3]] * 8, 12, 1.0, None, torch.Generator().manual_seed(3), stop_token=50256)
+    b = sample(model, [[1, 2, 3]] * 8, 12, 1.0, None, torch.Generator().manual_seed(3), stop_token=50256)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.lengths, b.lengths)
+    for row, n in zip(a.tokens.tolist(), a.lengths.tolist()):
+        assert 50256 not in row[: n - 1] and (n == 12 or row[n - 1] == 50256)
+    assert (a.lengths < 12).any()
+
+
+def test_prompts_from_a_shard_start_at_documents_and_batches_follow_from_the_step():
+    import numpy as np
+
+    tokens = np.array([50256, 1, 2, 3, 4, 50256, 5, 6, 50256, 7, 8, 9, 10, 11], dtype=np.uint16)
+    got = from_shard(tokens, 10, 3, seed=0)
+    assert sorted(got) == [[50256, 1, 2, 3], [50256, 7, 8, 9]]  # the 2-token document is too short
+    prompts = [[i] for i in range(10)]
+    assert batch_of(prompts, 3, 4, 1) == batch_of(prompts, 3, 4, 1)
+    first_pass = [p for s in range(2) for p in batch_of(prompts, s, 5, 1)]
+    assert sorted(first_pass) == prompts  # one pass visits every prompt once
+    with pytest.raises(Gpt2pipeError, match="no document of 6 tokens"):
+        from_shard(tokens, 10, 6, seed=0, where="x.bin")
+
+
+# --- the stage on a tiny model ------------------------------------------------------------------------
+
+LIKELY = [" the", " and", ",", " of", ".", " to", " a", " love", " in", " my", " is", " that"]
+
+
+def peaked_policy(path):
+    """A 1-layer model that puts about half its mass on a dozen common words whatever the input (through
+    ln_f's bias), as a pre-trained model concentrates on few tokens: a reward on one of them has signal."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64))
+    enc = gpt2()
+    u = torch.randn(32)
+    u /= u.norm()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.fill_(0.1)
+        model.transformer.ln_f.bias.copy_(u)
+        for word in LIKELY:
+            model.transformer.wte.weight[enc.encode_ordinary(word)[0]] = 8.5 * u + 0.02 * torch.randn(32)
+    checkpoint.save(path, model, 0)
+    return path
+
+
+REWARDS = '''
+import os
+
+def count_love(prompts, responses):
+    if os.environ.get("CRASH_REWARD") and len(responses) > 0:
+        n = int(os.environ.get("CRASH_CALLS", "0")) + 1
+        os.environ["CRASH_CALLS"] = str(n)
+        if n == int(os.environ["CRASH_REWARD"]):
+            raise RuntimeError("the reward server is down")
+    return [r.count(" love") for r in responses]
+
+def nan_reward(prompts, responses):
+    return [float("nan")] * len(responses)
+
+def short_reward(prompts, responses):
+    return [1.0] * (len(responses) - 1)
+'''
+
+
+@pytest.fixture
+def rl_setup(tmp_path):
+    """(raw config with an rl section, run folder): the peaked policy, a prompt file, the reward file."""
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    texts = ["To be, or not to be", "Friends, Romans, countrymen", "Now is the winter", "O Romeo, Romeo",
+             "All the world's a stage", "Shall I compare thee", "If music be the food", "The quality of mercy"]
+    with (tmp_path / "prompts.jsonl").open("w") as f:
+        for t in texts * 4:
+            f.write(json.dumps({"prompt": t}) + "\n")
+    raw = tiny_config(tmp_path, model={"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64})
+    raw["rl"] = {"init_from": str(peaked_policy(tmp_path / "init.pt")), "prompts": str(tmp_path / "prompts.jsonl"),
+                 "reward": f"{tmp_path / 'rewards.py'}:count_love", "steps": 8, "batch_size": 32,
+                 "mini_batch_size": 16, "forward_batch": 16, "max_new_tokens": 8, "prompt_tokens": 8,
+                 "eval_prompts": 8, "checkpoint_every": 4, "learning_rate": 3e-3, "kl_coef": 0.1, "kl_target": 6.0,
+                 "ppo_epochs": 2}
+    return raw, tmp_path / "run"
+
+
+def rl_log(run_dir):
+    lines = (run_dir / "rl" / "rl.log").read_text().splitlines()
+    head = lines[0].split("\t")
+    return [dict(zip(head, map(float, ln.split("\t")))) for ln in lines[1:]]
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_a_known_reward_rises_while_kl_stays_under_its_target(rl_setup, algorithm):
+    raw, run_dir = rl_setup
+    raw["rl"].update(algorithm=algorithm, grpo_group_size=4)
+    cfg = config.from_dict(raw)
+    out = run(cfg, run_dir, progress=False)
+    rows = rl_log(run_dir)
+    assert out["final_step"] == 8 and [r["step"] for r in rows] == list(range(8))
+    first, last = [sum(r["reward_mean"] for r in part) / 3 for part in (rows[:3], rows[-3:])]
+    assert last > first + 0.3, (first, last)  # " love" per 8-token response
+    assert all(r["kl"] < 6.0 for r in rows)
+    evals = [json.loads((run_dir / "rl" / f"eval_{s:06d}.json").read_text()) for s in (0, 8)]
+    assert evals[1]["reward"]["mean"] > evals[0]["reward"]["mean"]  # held out, too
+    assert evals[0]["kl"]["mean"] == pytest.approx(0.0, abs=1e-5)  # step 0 is the reference itself
+    assert (run_dir / "rl" / "model_000008.pt").exists() and (run_dir / "rl" / "samples_000008.txt").exists()
+
+
+def test_resume_after_a_crash_is_exact(rl_setup, monkeypatch):
+    raw, run_dir = rl_setup
+    raw["rl"].update(steps=4, checkpoint_every=2, batch_size=16, mini_batch_size=8)
+    cfg = config.from_dict(raw)
+    straight = run_dir.parent / "straight"
+    run(cfg, straight, progress=False)
+    # the reward raises in its 5th call: step 2's rollout, after the state of step 2 (evaluations at steps 0 and
+    # 2 and the rollouts of steps 0 and 1 come before it)
+    monkeypatch.setenv("CRASH_REWARD", "5")
+    monkeypatch.setenv("CRASH_CALLS", "0")
+    with pytest.raises(Gpt2pipeError, match="count_love raised RuntimeError: the reward server is down"):
+        run(cfg, run_dir, progress=False)
+    monkeypatch.delenv("CRASH_REWARD")
+    with pytest.raises(Gpt2pipeError, match="pass --resume"):
+        run(cfg, run_dir, progress=False)
+    run(cfg, run_dir, resume=True, progress=False)
+    a, b = rl_log(straight), rl_log(run_dir)
+    keys = [k for k in a[0] if not k.endswith("_s")]  # everything but the timings
+    assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+    wa = checkpoint.read(straight / "rl" / "model_000004.pt")["model"]
+    wb = checkpoint.read(run_dir / "rl" / "model_000004.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"reward": "{tmp}/rewards.py:nan_reward"}, "nan_reward returned nan for response 0"),
+    ({"reward": "{tmp}/rewards.py:short_reward"}, "short_reward returned 7 values for 8 responses"),
+    ({"reward": "{tmp}/rewards.py:missing"}, "has no function missing"),
+    ({"reward": "no_such_module_xyz:f"}, "importing no_such_module_xyz failed"),
+    ({"prompts": "{tmp}/empty.jsonl"}, "empty.jsonl: no prompts in the file"),
+    ({"prompts": "{tmp}/bad.jsonl"}, "bad.jsonl:2: expected an object with a \"prompt\" string"),
+    ({"init_from": "{tmp}/nothing.pt"}, "nothing.pt: no model to start RL from"),
+])
+def test_bad_input_ends_in_one_line_and_writes_nothing(rl_setup, tmp_path, capsys, change, message):
+    import yaml
+
+    raw, run_dir = rl_setup
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
+    raw["rl"].update({k: v.format(tmp=tmp_path) for k, v in change.items()})
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    code = main(["rl", "-c", str(cfg_path), "--run-dir", str(run_dir), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("gpt2pipe rl: error:") and message in err[0], err
+    assert not list(run_dir.glob("rl_state/state_*.pt")) and not list(run_dir.glob("rl/model_*.pt"))
+
+
+def test_no_rl_section_is_one_line(tiny):
+    with pytest.raises(Gpt2pipeError, match="no rl section"):
+        run(tiny, tiny.run_dir)
