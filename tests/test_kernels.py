@@ -884,3 +884,26 @@ def test_every_launch_in_the_code_names_a_real_kernel_and_its_parameters():
             assert fits, f"{path}:{node.lineno}: {problems}"
             calls += 1
     assert calls >= 20
+
+
+@gpu
+def test_recompute_through_the_training_loop(tmp_path):
+    """train.recompute on the kernels path inside `train` itself (its SDPA backend order around forward;
+    the recompute in backward ran another backend and checkpointing refused its saved tensors): the losses
+    equal the run without recompute to bf16 order."""
+    from conftest import build_shards, tiny_config
+    from gpt2pipe import config
+    from gpt2pipe.report import parse_log
+    from gpt2pipe.train.loop import train
+
+    raw = tiny_config(tmp_path, model={"n_layer": 2, "n_head": 2, "n_embd": 128, "block_size": 32},
+                      train={"device": "cuda", "ops": "kernels", "max_steps": 4, "checkpoint_every": 4})
+    shards = build_shards(config.from_dict(raw))
+    losses = {}
+    for recompute in (False, True):
+        cfg = config.from_dict(dict(raw, train=dict(raw["train"], recompute=recompute)))
+        run_dir = tmp_path / f"recompute_{recompute}"
+        train(cfg, shards, run_dir, progress=False)
+        losses[recompute] = [v for _, v in parse_log(run_dir / "train" / "train.log")["trl"]]
+    assert len(losses[True]) == 4
+    assert losses[True] == pytest.approx(losses[False], abs=2e-2)

@@ -257,3 +257,50 @@ def test_bad_input_ends_in_one_line_and_writes_nothing(rl_setup, tmp_path, capsy
 def test_no_rl_section_is_one_line(tiny):
     with pytest.raises(Gpt2pipeError, match="no rl section"):
         run(tiny, tiny.run_dir)
+
+
+# --- on the GPU -------------------------------------------------------------------------------------------
+
+gpu = pytest.mark.gpu
+
+
+@gpu
+@pytest.mark.parametrize("arch", [{}, LLAMA], ids=["gpt2", "llama"])
+def test_cuda_graph_decode_equals_eager_decode(arch):
+    from gpt2pipe.model.decode import sampling_copy
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=64, **arch)).cuda().eval()
+    prompts = [[5, 6, 7, 8, 9], [11, 12], [3]] * 4
+    a = sample(model, prompts, 16, temperature=0, cuda_graph=True)
+    b = sample(model, prompts, 16, temperature=0, cuda_graph=False)
+    assert torch.equal(a.tokens, b.tokens)
+    gen = lambda: torch.Generator("cuda").manual_seed(1)  # noqa: E731
+    twin = sampling_copy(model)
+    assert next(twin.parameters()).dtype == torch.bfloat16
+    c = sample(twin, prompts, 16, 1.0, None, gen(), cuda_graph=True)
+    d = sample(twin, prompts, 16, 1.0, None, gen(), cuda_graph=False)
+    assert torch.equal(c.tokens, d.tokens)
+
+
+@gpu
+def test_rl_on_the_kernels_path(rl_setup):
+    """The stage on CUDA with train.ops kernels (bf16 weights, fp32 masters in the flat AdamW): it runs, and
+    the kernels' log-probabilities agree with the torch path's to bf16 precision."""
+    from gpt2pipe.model.load import load_any
+    from gpt2pipe.rl.policy import response_logprobs
+
+    raw, run_dir = rl_setup
+    raw["train"].update(device="cuda", ops="kernels")
+    raw["rl"].update(steps=4, checkpoint_every=4)
+    out = run(config.from_dict(raw), run_dir, progress=False)
+    rows = rl_log(run_dir)
+    assert out["final_step"] == 4 and all(math.isfinite(r["policy_loss"]) and r["value_loss"] > 0 for r in rows)
+    torch.manual_seed(0)
+    model, _ = load_any(raw["rl"]["init_from"])
+    seq = torch.randint(0, 50257, (8, 24), device="cuda")
+    with torch.autocast("cuda", torch.bfloat16):
+        ref = response_logprobs(model.cuda(), seq, None, 8, 0.7)
+    model.ops = "kernels"
+    got = response_logprobs(model.bfloat16(), seq, None, 8, 0.7)
+    assert (got - ref).abs().max() < 0.1 * ref.abs().mean(), ((got - ref).abs().max(), ref.abs().mean())
