@@ -106,16 +106,24 @@ def positions(valid: torch.Tensor) -> torch.Tensor:
     return (valid.long().cumsum(1) - 1).clamp(min=0)
 
 
-def pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> torch.Tensor:
-    """One token per row from logits [B, V] (fp32): greedy at temperature 0, else softmax(logits / T) over the
-    top_k likeliest (all: None or 0)."""
+def choose(logits: torch.Tensor, temperature: float, top_k: int | None, noise: torch.Tensor | None) -> torch.Tensor:
+    """One token per row from logits [B, V] (fp32): greedy at temperature 0, else a draw from softmax(logits /
+    T) over the top_k likeliest (all: None or 0), made as argmax(p / E) with E ~ Exp(1) in `noise` [B, V]
+    (the exponential race: the same distribution as torch.multinomial, in two kernels that a CUDA graph can
+    hold, since the noise is drawn outside it)."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits / temperature
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
+    return (torch.softmax(logits, -1) / noise).argmax(-1)
+
+
+def pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> torch.Tensor:
+    """choose() with fresh noise from gen."""
+    noise = None if temperature == 0 else torch.empty_like(logits).exponential_(generator=gen)
+    return choose(logits, temperature, top_k, noise)
 
 
 def sampling_copy(model: GPT) -> GPT:
@@ -147,56 +155,58 @@ def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperatur
     pos = positions(valid)
     head = model.lm_head.weight[: model.config.vocab_size]
     h = net.forward(idx, pos, torch.zeros((), dtype=torch.long, device=device))
-    logits = F.linear(h[:, -1], head).float()
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
-    step = _decoder(net, head, B, device, cuda_graph and device.type == "cuda")
-    next_pos = pos[:, -1:] + 1
-    for i in range(max_new_tokens):
-        out[:, i] = pick(logits, temperature, top_k, gen)
-        if i + 1 < max_new_tokens:
-            logits = step(out[:, i : i + 1], next_pos + i, P + i)
+    out[:, 0] = pick(F.linear(h[:, -1], head).float(), temperature, top_k, gen)
+    if max_new_tokens > 1:
+        step = Decoder(net, head, temperature, top_k, out[:, :1], pos[:, -1:] + 1, P)
+        run = step.replay if cuda_graph and device.type == "cuda" else step.eager
+        for i in range(1, max_new_tokens):
+            if temperature:
+                step.noise.exponential_(generator=gen)
+            out[:, i] = run()
     lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
     if stop_token is not None:
         hit = out == stop_token
-        first = torch.where(hit.any(1), hit.float().argmax(1) + 1, lengths)
-        lengths = first
+        lengths = torch.where(hit.any(1), hit.float().argmax(1) + 1, lengths)
     return Rollout(out, lengths)
 
 
-def _decoder(net: CachedGPT, head: torch.Tensor, B: int, device, graph: bool):
-    """step(token [B, 1], pos [B, 1], slot) -> logits [B, V] fp32: eager, or a CUDA graph recorded on first use."""
-    def eager(tok, pos, slot):
-        start = torch.tensor(slot, device=device)
-        net.key_valid[:, slot] = True
-        return F.linear(net.forward(tok, pos, start)[:, -1], head).float()
+class Decoder:
+    """One decode step over fixed buffers: the last token in, the next token out, then the position and the
+    cache slot move on by one. Every step is the same kernels on the same memory, so on CUDA it is recorded
+    once as a graph and replayed (the noise of each draw is filled in before)."""
 
-    if not graph:
-        return eager
-    buf_tok = torch.zeros(B, 1, dtype=torch.long, device=device)
-    buf_pos = torch.zeros(B, 1, dtype=torch.long, device=device)
-    buf_start = torch.zeros((), dtype=torch.long, device=device)
-    state: dict = {}
+    def __init__(self, net: CachedGPT, head, temperature: float, top_k: int | None, first: torch.Tensor,
+                 pos: torch.Tensor, slot: int):
+        self.net, self.head, self.temperature, self.top_k = net, head, temperature, top_k
+        self.tok, self.pos = first.clone(), pos.clone()
+        self.slot = torch.tensor(slot, device=first.device)
+        self.noise = torch.empty(first.shape[0], head.shape[0], device=first.device)
+        self.graph = None
 
-    def run():
-        net.key_valid.index_fill_(1, buf_start.view(1), True)
-        return F.linear(net.forward(buf_tok, buf_pos, buf_start)[:, -1], head).float()
+    def eager(self) -> torch.Tensor:
+        self.net.key_valid.index_fill_(1, self.slot.view(1), True)
+        h = self.net.forward(self.tok, self.pos, self.slot)
+        nxt = choose(F.linear(h[:, -1], self.head).float(), self.temperature, self.top_k, self.noise)
+        self.tok.copy_(nxt[:, None])
+        self.pos += 1
+        self.slot += 1
+        return self.tok[:, 0]
 
-    def replay(tok, pos, slot):
-        buf_tok.copy_(tok)
-        buf_pos.copy_(pos)
-        buf_start.fill_(slot)
-        if "graph" not in state:
-            # warm up on a side stream (as torch.cuda.graphs asks), then record; the warm-up's cache write is
-            # the same one the replay repeats, so it changes nothing
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
+    def replay(self) -> torch.Tensor:
+        if self.graph is None:
+            # record the first step (warmed up on a side stream, as torch.cuda.graphs asks); capture does not
+            # run it, so the recorded graph's first replay below is that step
+            state = (self.tok.clone(), self.pos.clone(), self.slot.clone(), self.net.key_valid.clone())
+            side = torch.cuda.Stream(self.tok.device)
+            side.wait_stream(torch.cuda.current_stream(self.tok.device))
             with torch.cuda.stream(side):
-                run()
-            torch.cuda.current_stream(device).wait_stream(side)
-            state["graph"] = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(state["graph"]):
-                state["out"] = run()
-        state["graph"].replay()
-        return state["out"]
-
-    return replay
+                self.eager()
+            torch.cuda.current_stream(self.tok.device).wait_stream(side)
+            for buf, saved in zip((self.tok, self.pos, self.slot, self.net.key_valid), state):
+                buf.copy_(saved)  # the warm-up's cache writes are rewritten by the same step
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self.eager()
+        self.graph.replay()
+        return self.out

@@ -135,8 +135,9 @@ class _Run:
         mine = batch[w.rank :: w.size]
         return [p for p in mine for _ in range(k)]
 
-    def generator(self, step: int) -> torch.Generator:
-        return torch.Generator(self.device).manual_seed(hash((self.rl.seed, step, self.world.rank)) % 2**63)
+    def generator(self, step: int, device=None) -> torch.Generator:
+        """The step's own random stream (sampling on the model's device; mini-batch order on the CPU)."""
+        return torch.Generator(device or self.device).manual_seed(hash((self.rl.seed, step, self.world.rank)) % 2**63)
 
     # --- one step ------------------------------------------------------------------------------------------
     def rl_step(self, step: int) -> dict:
@@ -162,11 +163,12 @@ class _Run:
             torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
         self.policy.train()
+        order = self.generator(step, "cpu")
         if rl.algorithm == "ppo":
-            stats = update.ppo(exp, self.policy, self.value, self.opt_policy, self.opt_value, rl, self.ctx, gen,
+            stats = update.ppo(exp, self.policy, self.value, self.opt_policy, self.opt_value, rl, self.ctx, order,
                                rl.learning_rate, self.device)
         else:
-            stats = update.grpo(exp, self.policy, self.opt_policy, rl, self.ctx, gen, rl.learning_rate, self.device)
+            stats = update.grpo(exp, self.policy, self.opt_policy, rl, self.ctx, order, rl.learning_rate, self.device)
         n = self.total(torch.tensor(float(len(exp.scores)), device=self.device))
         sums = self.total(torch.stack([exp.scores.sum(), (exp.scores ** 2).sum(), kl.sum(), exp.mask.sum()]))
         mean = sums[0] / n
