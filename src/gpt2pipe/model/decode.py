@@ -126,12 +126,19 @@ def pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch
     return choose(logits, temperature, top_k, noise)
 
 
-def sampling_copy(model: GPT) -> GPT:
+def sampling_copy(model: GPT, twin: GPT | None = None) -> GPT:
     """The model as the sampler runs it: in bf16 on CUDA (no autocast casts in the recorded graph; the sampled
-    tokens' log-probabilities are recomputed by the trainer's own forward), as it is on the CPU."""
+    tokens' log-probabilities are recomputed by the trainer's own forward), itself on the CPU. Given the twin
+    of an earlier call, its weights are refreshed in place, which keeps its recorded decode graphs valid."""
     if next(model.parameters()).device.type != "cuda":
         return model
+    if twin is not None:
+        with torch.no_grad():
+            for mine, theirs in zip(twin.parameters(), model.parameters()):
+                mine.copy_(theirs)
+        return twin
     twin = copy.deepcopy(model).to(torch.bfloat16)
+    twin.__dict__.pop("_decoders", None)
     twin.ops = "torch"
     return twin.eval()
 
@@ -150,7 +157,15 @@ def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperatur
     if P + max_new_tokens > model.config.block_size:
         raise ValueError(f"sample: {P} prompt + {max_new_tokens} new tokens exceed block_size {model.config.block_size}")
     gen = gen or torch.Generator(device).manual_seed(0)
-    net = CachedGPT(model, B, P + max_new_tokens)
+    # a model keeps its last few caches and recorded decode steps: the next call of the same shape (the next
+    # RL rollout, a benchmark's repeat) replays the graph instead of recording it again
+    cached = model.__dict__.setdefault("_decoders", {})
+    key = (B, P, max_new_tokens, temperature, top_k, str(device))
+    net, step = cached.pop(key, None) or (CachedGPT(model, B, P + max_new_tokens), None)
+    cached[key] = (net, step)
+    while len(cached) > 4:
+        cached.pop(next(iter(cached)))
+    net.key_valid.zero_()
     net.key_valid[:, :P] = valid  # padding slots stay False for good
     pos = positions(valid)
     head = model.lm_head.weight[: model.config.vocab_size]
@@ -158,7 +173,11 @@ def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperatur
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
     out[:, 0] = pick(F.linear(h[:, -1], head).float(), temperature, top_k, gen)
     if max_new_tokens > 1:
-        step = Decoder(net, head, temperature, top_k, out[:, :1], pos[:, -1:] + 1, P)
+        if step is None:
+            step = cached[key] = (net, Decoder(net, head, temperature, top_k, out[:, :1], pos[:, -1:] + 1, P))
+            step = step[1]
+        else:
+            step.reset(out[:, :1], pos[:, -1:] + 1, P)
         run = step.replay if cuda_graph and device.type == "cuda" else step.eager
         for i in range(1, max_new_tokens):
             if temperature:
@@ -183,6 +202,12 @@ class Decoder:
         self.slot = torch.tensor(slot, device=first.device)
         self.noise = torch.empty(first.shape[0], head.shape[0], device=first.device)
         self.graph = None
+
+    def reset(self, first: torch.Tensor, pos: torch.Tensor, slot: int) -> None:
+        """Start again from `first` at `pos`, cache slot `slot`: the same buffers, so a recorded graph holds."""
+        self.tok.copy_(first)
+        self.pos.copy_(pos)
+        self.slot.fill_(slot)
 
     def eager(self) -> torch.Tensor:
         self.net.key_valid.index_fill_(1, self.slot.view(1), True)

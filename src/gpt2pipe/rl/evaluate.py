@@ -18,14 +18,15 @@ def _mean_ci(x: torch.Tensor) -> dict:
     return {"mean": x.float().mean().item(), "ci95": 1.96 * sd / math.sqrt(n), "n": n}
 
 
-def held_out(policy, ref, prompts, rl, reward_fn, ctx, step: int, out_dir, seed: int, shown: int = 8) -> dict:
+def held_out(policy, ref, prompts, rl, reward_fn, ctx, step: int, out_dir, seed: int, sampler=None,
+             shown: int = 8) -> dict:
     """rl/eval_NNNNNN.json and samples_NNNNNN.txt of this step; the same seeded draws at every step."""
     device = next(policy.parameters()).device
     gen = torch.Generator(device).manual_seed(seed)
     result = {"step": step}
     scores, kls = [], []
     for i in range(0, len(prompts), rl.batch_size):
-        exp = collect(policy, ref, prompts[i : i + rl.batch_size], rl, reward_fn, gen, ctx, rl.forward_batch)
+        exp = collect(policy, ref, prompts[i : i + rl.batch_size], rl, reward_fn, gen, ctx, rl.forward_batch, sampler)
         scores.append(exp.scores.cpu())
         kls.append(((exp.old_logp - exp.ref_logp) * exp.mask).sum(1).cpu())
         if i == 0:

@@ -17,6 +17,7 @@ from gpt2pipe.config import Config
 from gpt2pipe.data.llmc_format import ShardSet, read_shard
 from gpt2pipe.device import autocast, autocast_dtype, pick_device, seed_everything
 from gpt2pipe.model import checkpoint
+from gpt2pipe.model.decode import sampling_copy
 from gpt2pipe.model.gpt import GPT
 from gpt2pipe.model.load import load_any
 from gpt2pipe.ops import kernels_available
@@ -102,7 +103,7 @@ class _Run:
         self.kl = (losses.AdaptiveKL(rl.kl_coef, rl.kl_target, rl.kl_horizon) if rl.kl_target
                    else losses.FixedKL(rl.kl_coef))
         self.ctx = autocast(device, None if use_kernels else autocast_dtype(device, t.dtype))
-        self.step = 0
+        self.step, self.sampler = 0, None
         if world.main:
             self.paths.out.mkdir(parents=True, exist_ok=True)
             self.paths.state.mkdir(parents=True, exist_ok=True)
@@ -145,8 +146,9 @@ class _Run:
         t0 = time.perf_counter()
         gen = self.generator(step)
         self.policy.eval()
+        self.sampler = sampling_copy(self.policy, self.sampler)
         exp = collect(self.policy, self.ref, self.my_prompts(step), rl, self.reward_fn, gen, self.ctx,
-                      rl.forward_batch)
+                      rl.forward_batch, self.sampler)
         rewards, kl = shape_rewards(exp, self.kl.value)
         if rl.algorithm == "ppo":
             with torch.no_grad(), self.ctx:
@@ -216,8 +218,9 @@ class _Run:
     def evaluate(self, step: int) -> None:
         if self.world.main and self.eval_prompts:
             self.policy.eval()
+            self.sampler = sampling_copy(self.policy, self.sampler)
             r = evaluate.held_out(self.policy, self.ref, self.eval_prompts, self.rl, self.reward_fn, self.ctx, step,
-                                  self.paths.out, self.rl.seed + 1)
+                                  self.paths.out, self.rl.seed + 1, self.sampler)
             self.say(f"rl step {step}: held-out reward {r['reward']['mean']:.4f} ± {r['reward']['ci95']:.4f}, "
                      f"KL {r['kl']['mean']:.3f} ± {r['kl']['ci95']:.3f} ({r['reward']['n']} prompts)")
         distributed.barrier(self.world)

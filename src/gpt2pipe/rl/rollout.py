@@ -50,10 +50,12 @@ def _texts(tokens: list[list[int]]) -> list[str]:
 
 @torch.no_grad()
 def collect(policy: GPT, ref: GPT, prompts: list[list[int]], rl, reward_fn, gen: torch.Generator, ctx,
-            forward_batch: int) -> Experience:
-    """Sample, score and compute the log-probabilities of policy and reference (rl: the RLConfig)."""
+            forward_batch: int, sampler: GPT | None = None) -> Experience:
+    """Sample (with `sampler`, the policy's sampling_copy, default a new one), score, and compute the
+    log-probabilities of policy and reference (rl: the RLConfig)."""
     device = next(policy.parameters()).device
-    out = sample(sampling_copy(policy), prompts, rl.max_new_tokens, rl.temperature, None, gen, EOT, pad=EOT)
+    sampler = sampler or sampling_copy(policy)
+    out = sample(sampler, prompts, rl.max_new_tokens, rl.temperature, None, gen, EOT, pad=EOT)
     prompt_idx, prompt_valid = left_pad(prompts, EOT, device)
     P, R = prompt_idx.shape[1], rl.max_new_tokens
     seq = torch.cat([prompt_idx, out.tokens], 1)
