@@ -1,6 +1,7 @@
 """Nothing lost on resume: each way a run used to lose work or resume wrongly, reproduced."""
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -29,7 +30,15 @@ def trl_lines(run_dir):
     return [ln for ln in log_of(run_dir).splitlines() if " trl:" in ln]
 
 
-def test_crash_while_writing_a_state_falls_back_to_the_last_complete_one(tiny, tiny_shards, tmp_path, monkeypatch):
+# what a full disk raises midway through torch.save: an OSError, or torch's zip writer's multi-line RuntimeError
+DISK_ERRORS = [OSError(28, "No space left on device"),
+               RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4416 vs 4312\n"
+                            "frame #0: c10::ThrowEnforceNotMet(char const*, int, char const*)")]
+
+
+@pytest.mark.parametrize("error", DISK_ERRORS, ids=["oserror", "torch-zip-writer"])
+def test_crash_while_writing_a_state_falls_back_to_the_last_complete_one(tiny, tiny_shards, tmp_path, monkeypatch,
+                                                                         error):
     cfg = with_train(tiny, keep_states=2)
     run_train(cfg, tiny_shards, tmp_path / "full")
     real_save = torch.save
@@ -38,20 +47,45 @@ def test_crash_while_writing_a_state_falls_back_to_the_last_complete_one(tiny, t
         if isinstance(obj, dict) and obj.get("kind") == "train-state" and obj["step"] == 6:
             with open(f, "wb") as out:
                 out.write(b"half a state")  # the write dies midway
-            raise OSError("disk vanished")
+            raise error
         return real_save(obj, f, *a, **k)
 
+    state_dir = tmp_path / "run" / "train_state"
     with monkeypatch.context() as m:
         m.setattr(torch, "save", crash_on_step_6_state)
-        with pytest.raises(OSError, match="disk vanished"):
+        with pytest.raises(Gpt2pipeError, match=rf"^{state_dir}/state_000006.pt: writing it failed "
+                                                rf"\({type(error).__name__}: .*(No space|unexpected pos).*\).* free") as e:
             run_train(cfg, tiny_shards, tmp_path / "run")
-    state_dir = tmp_path / "run" / "train_state"
+    assert "\n" not in str(e.value)
     assert [p.name for p in state_dir.glob("state_*.pt")] == ["state_000003.pt"]  # no partial file left
     assert not list(state_dir.glob(".*.tmp"))
     run_train(cfg, tiny_shards, tmp_path / "run", resume=True)
     assert log_of(tmp_path / "run") == log_of(tmp_path / "full")
     assert sorted(p.name for p in (tmp_path / "run" / "train").glob("model_*.pt")) == \
         ["model_000003.pt", "model_000006.pt"]
+
+
+def test_a_write_that_does_not_fit_on_the_disk_is_refused_before_it_starts(tiny, tiny_shards, tmp_path, monkeypatch):
+    """The 6.7B run's fp32 state needed ~80 GB on a 64 GB disk: torch failed midway with 'unexpected pos'. The
+    free space is checked first; the previous state stays as it was and the run resumes once there is room."""
+    path, _ = full_run_and_state_at_3(tiny, tiny_shards, tmp_path, monkeypatch)
+    before = path.read_bytes()
+    real_usage = shutil.disk_usage
+
+    def one_mb_free(folder):
+        u = real_usage(folder)
+        return type(u)(u.total, u.total - 1_000_000, 1_000_000)
+
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "disk_usage", one_mb_free)
+        with pytest.raises(Gpt2pipeError, match=rf"^{path.parent}/model_000006.pt: not written: it needs ~[\d.]+ MB "
+                                                rf"and {path.parent} has 1.0 MB free"):
+            run_train(tiny, tiny_shards, tmp_path / "run", resume=True)
+    assert sorted(p.name for p in path.parent.iterdir() if p.name != "train.log") == \
+        ["model_000003.pt", "state_000003.pt"]  # nothing half-written, nothing rotated away
+    assert path.read_bytes() == before
+    run_train(tiny, tiny_shards, tmp_path / "run", resume=True)
+    assert trl_lines(tmp_path / "run") == trl_lines(tmp_path / "full")
 
 
 def test_a_damaged_newest_state_is_skipped(tiny, tiny_shards, tmp_path):
