@@ -98,6 +98,26 @@ def test_a_damaged_newest_state_is_skipped(tiny, tiny_shards, tmp_path):
     assert saved["step"] == 3 and saved["path"].endswith("state_000003.pt")
 
 
+def test_a_folder_whose_states_are_all_unreadable_is_refused_not_cleared(tiny, tiny_shards, tmp_path):
+    """The newest state truncated, the older one damaged: --resume used to take the folder as new, delete the
+    states, snapshots and log, and train from step 0. It is refused, naming the files, until --restart."""
+    cfg = with_train(tiny, keep_states=2)
+    run_train(cfg, tiny_shards, tmp_path / "run")
+    state_dir = tmp_path / "run" / "train_state"
+    newest, older = state_dir / "state_000006.pt", state_dir / "state_000003.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    older.write_bytes(b"\0" * 4096)
+    files = {p: p.read_bytes() for p in sorted((tmp_path / "run").rglob("*")) if p.is_file()}
+    for resume in (True, False):
+        with pytest.raises(Gpt2pipeError, match=rf"^{state_dir}: no saved state loads \(state_000006.pt, "
+                                                r"state_000003.pt\): pass --restart"):
+            run_train(cfg, tiny_shards, tmp_path / "run", resume=resume)
+        assert {p: p.read_bytes() for p in sorted((tmp_path / "run").rglob("*")) if p.is_file()} == files
+    run_train(cfg, tiny_shards, tmp_path / "run", restart=True)
+    assert sorted(p.name for p in state_dir.glob("state_*.pt")) == ["state_000003.pt", "state_000006.pt"]
+    assert state_mod.newest_state(state_dir, say=lambda m: None)["step"] == 6
+
+
 def test_settings_that_do_not_change_the_weights_may_change_on_resume(tiny, tiny_shards, tmp_path, monkeypatch):
     """Preempted, then resumed with another val_every, checkpoint cadence, thread count and device setting:
     the run continues (it used to restart from step 0) and trains exactly the same steps."""
