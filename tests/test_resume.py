@@ -9,6 +9,7 @@ import torch
 from gpt2pipe import Gpt2pipeError, config
 from gpt2pipe.cli import main
 from gpt2pipe.model import checkpoint
+from gpt2pipe.ops import fp8
 from gpt2pipe.ops.flat_adamw import ordered_params
 from gpt2pipe.train import loop as train_mod
 from gpt2pipe.train import state as state_mod
@@ -166,6 +167,23 @@ def test_a_finished_run_republishes_its_outputs_without_training(tiny, tiny_shar
         ["model_000003.pt", "model_000006.pt"]
 
 
+def test_an_fp8_state_resumes_where_the_model_is_not_converted(tiny, tiny_shards, tmp_path, monkeypatch, capsys):
+    """A train.fp8 state saved on the kernels path (it holds fp8 scaling state) resumed where the kernels path
+    does not run (ops torch here: CPU, no CuPy) used to stop in restore; it resumes with the scales dropped."""
+    cfg = with_train(tiny, fp8=True)
+    path, ck = full_run_and_state_at_3(cfg, tiny_shards, tmp_path, monkeypatch)
+    assert ck["fp8"] is None  # (on CPU the model is never converted)
+    scales = fp8.Fp8State(cfg.model.n_layer, "cpu")
+    scales.amax_previous.fill_(3.0)
+    ck["fp8"] = [scales.state_dict()]  # what a kernels-path process 0 saves
+    torch.save(ck, path)
+    capsys.readouterr()
+    run_train(cfg, tiny_shards, tmp_path / "run", resume=True)
+    assert f"{path}: its fp8 scaling state is dropped" in capsys.readouterr().out
+    assert trl_lines(tmp_path / "run") == trl_lines(tmp_path / "full")
+    assert torch.load(path.with_name("state_000006.pt"), weights_only=True)["fp8"] is None
+
+
 def full_run_and_state_at_3(tiny, tiny_shards, tmp_path, monkeypatch):
     """An uninterrupted run in tmp_path/full, and one preempted at step 3 in tmp_path/run: (the path of its
     saved state, that state as loaded), for a test to alter and resume."""
@@ -189,8 +207,8 @@ def test_a_bf16_state_resumes_on_fp32_weights_from_the_master_copy(tiny, tiny_sh
     restored = {}
     real_restore = state_mod.TrainState.restore
 
-    def spy(self, saved, world):
-        real_restore(self, saved, world)
+    def spy(self, saved, world, **kw):
+        real_restore(self, saved, world, **kw)
         restored["weights"] = torch.cat([p.detach().reshape(-1) for p in ordered_params(self.model)])
 
     monkeypatch.setattr(state_mod.TrainState, "restore", spy)

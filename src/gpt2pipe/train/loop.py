@@ -161,7 +161,7 @@ class Trainer:
                 paths.clear()
         distributed.barrier(world)
         if saved is not None:
-            state.restore(saved, world)
+            state.restore(saved, world, say=say)
             if world.main:
                 passed = [s for s in t.checkpoint_steps() if s <= state.step]
                 missing = [s for s in passed if not paths.snapshot(s).exists()]
