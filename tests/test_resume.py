@@ -184,6 +184,16 @@ def test_an_fp8_state_resumes_where_the_model_is_not_converted(tiny, tiny_shards
     assert torch.load(path.with_name("state_000006.pt"), weights_only=True)["fp8"] is None
 
 
+def test_fp8_gemms_listed_in_another_order_resume(tiny, tiny_shards, tmp_path, monkeypatch):
+    """train.fp8_gemms [qkv, head] and [head, qkv] train the same model: the resume used to be refused."""
+    cfg = with_train(tiny, fp8=True, fp8_gemms=["qkv", "head"])
+    path, ck = full_run_and_state_at_3(cfg, tiny_shards, tmp_path, monkeypatch)
+    ck["identity"]["train"]["fp8_gemms"] = ["qkv", "head"]  # as a state saved before kept the config's order
+    torch.save(ck, path)
+    run_train(with_train(tiny, fp8=True, fp8_gemms=["head", "qkv"]), tiny_shards, tmp_path / "run", resume=True)
+    assert trl_lines(tmp_path / "run") == trl_lines(tmp_path / "full")
+
+
 def full_run_and_state_at_3(tiny, tiny_shards, tmp_path, monkeypatch):
     """An uninterrupted run in tmp_path/full, and one preempted at step 3 in tmp_path/run: (the path of its
     saved state, that state as loaded), for a test to alter and resume."""

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from gpt2pipe import Gpt2pipeError, distributed
-from gpt2pipe.config import LATER_TRAIN_KEYS, ModelConfig, training_identity, validate
+from gpt2pipe.config import LATER_TRAIN_KEYS, ModelConfig, training_identity, validate, with_sets
 from gpt2pipe.data.loader import ShardLoader
 from gpt2pipe.distributed import World
 from gpt2pipe.model import checkpoint
@@ -71,6 +71,7 @@ def with_new_defaults(saved: dict) -> dict:
     reads `train.lr_schedule: 'cosine' -> 'wsd'`: apply this to both identities compared."""
     defaults = training_identity(validate({}))
     defaults["train"] = {**LATER_TRAIN_KEYS, **defaults.get("train", {})}
+    saved = with_sets(saved)  # saved before set-valued keys were sorted: in the config's order
     return {**defaults, **{s: {**defaults.get(s, {}), **v} if isinstance(v, dict) else v for s, v in saved.items()}}
 
 
