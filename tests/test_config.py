@@ -157,3 +157,29 @@ def test_fp8_gemms_is_in_the_identity_only_where_it_acts():
         config.from_dict({"train": {"fp8_gemms": []}})
     with pytest.raises(Gpt2pipeError, match="fp8_gemms"):
         config.from_dict({"train": {"fp8_gemms": ["attn"]}})
+
+
+def test_fp8_gemms_is_compared_as_a_set():
+    """[qkv, mlp] and [mlp, qkv] train the same model: one identity (a resume is not refused), one train stage
+    config and one workflow fingerprint (Snakemake does not rerun training)."""
+    from gpt2pipe import layout
+    from gpt2pipe.config import training_identity
+    from gpt2pipe.train.state import identity_diff, with_new_defaults
+
+    def fp8(gemms):
+        return config.validate({"train": {"fp8": True, "fp8_gemms": gemms}})
+
+    for a, b in ((["qkv", "mlp"], ["mlp", "qkv"]), (["mlp", "head"], ["head", "mlp"]),
+                 (["qkv", "head", "mlp"], ["mlp", "qkv", "head"])):
+        assert training_identity(fp8(a)) == training_identity(fp8(b)), a
+        assert layout.training_fingerprint(fp8(a)) == layout.training_fingerprint(fp8(b)), a
+        assert layout.stage_config_text(fp8(a), "train") == layout.stage_config_text(fp8(b), "train"), a
+    assert config.from_dict(fp8(["qkv", "mlp"])).train.fp8_gemms == ["mlp", "qkv"]
+    # what states saved so far hold is unchanged: [mlp] in the identity, [mlp, qkv] left out of it
+    assert training_identity(fp8(["mlp"]))["train"]["fp8_gemms"] == ["mlp"]
+    assert "fp8_gemms" not in training_identity(fp8(["qkv", "mlp"]))["train"]
+    # a state saved before, in the config's order, resumes under the same GEMMs listed in another order
+    old = training_identity(fp8(["mlp", "head"]))
+    old["train"]["fp8_gemms"] = ["mlp", "head"]
+    assert identity_diff(with_new_defaults(old), with_new_defaults(training_identity(fp8(["head", "mlp"])))) == []
+    assert identity_diff(with_new_defaults(old), with_new_defaults(training_identity(fp8(["head"])))) != []

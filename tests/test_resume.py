@@ -1,6 +1,7 @@
 """Nothing lost on resume: each way a run used to lose work or resume wrongly, reproduced."""
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from gpt2pipe import Gpt2pipeError, config
 from gpt2pipe.cli import main
 from gpt2pipe.model import checkpoint
+from gpt2pipe.ops import fp8
 from gpt2pipe.ops.flat_adamw import ordered_params
 from gpt2pipe.train import loop as train_mod
 from gpt2pipe.train import state as state_mod
@@ -29,7 +31,15 @@ def trl_lines(run_dir):
     return [ln for ln in log_of(run_dir).splitlines() if " trl:" in ln]
 
 
-def test_crash_while_writing_a_state_falls_back_to_the_last_complete_one(tiny, tiny_shards, tmp_path, monkeypatch):
+# what a full disk raises midway through torch.save: an OSError, or torch's zip writer's multi-line RuntimeError
+DISK_ERRORS = [OSError(28, "No space left on device"),
+               RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4416 vs 4312\n"
+                            "frame #0: c10::ThrowEnforceNotMet(char const*, int, char const*)")]
+
+
+@pytest.mark.parametrize("error", DISK_ERRORS, ids=["oserror", "torch-zip-writer"])
+def test_crash_while_writing_a_state_falls_back_to_the_last_complete_one(tiny, tiny_shards, tmp_path, monkeypatch,
+                                                                         error):
     cfg = with_train(tiny, keep_states=2)
     run_train(cfg, tiny_shards, tmp_path / "full")
     real_save = torch.save
@@ -38,20 +48,45 @@ def test_crash_while_writing_a_state_falls_back_to_the_last_complete_one(tiny, t
         if isinstance(obj, dict) and obj.get("kind") == "train-state" and obj["step"] == 6:
             with open(f, "wb") as out:
                 out.write(b"half a state")  # the write dies midway
-            raise OSError("disk vanished")
+            raise error
         return real_save(obj, f, *a, **k)
 
+    state_dir = tmp_path / "run" / "train_state"
     with monkeypatch.context() as m:
         m.setattr(torch, "save", crash_on_step_6_state)
-        with pytest.raises(OSError, match="disk vanished"):
+        with pytest.raises(Gpt2pipeError, match=rf"^{state_dir}/state_000006.pt: writing it failed "
+                                                rf"\({type(error).__name__}: .*(No space|unexpected pos).*\).* free") as e:
             run_train(cfg, tiny_shards, tmp_path / "run")
-    state_dir = tmp_path / "run" / "train_state"
+    assert "\n" not in str(e.value)
     assert [p.name for p in state_dir.glob("state_*.pt")] == ["state_000003.pt"]  # no partial file left
     assert not list(state_dir.glob(".*.tmp"))
     run_train(cfg, tiny_shards, tmp_path / "run", resume=True)
     assert log_of(tmp_path / "run") == log_of(tmp_path / "full")
     assert sorted(p.name for p in (tmp_path / "run" / "train").glob("model_*.pt")) == \
         ["model_000003.pt", "model_000006.pt"]
+
+
+def test_a_write_that_does_not_fit_on_the_disk_is_refused_before_it_starts(tiny, tiny_shards, tmp_path, monkeypatch):
+    """The 6.7B run's fp32 state needed ~80 GB on a 64 GB disk: torch failed midway with 'unexpected pos'. The
+    free space is checked first; the previous state stays as it was and the run resumes once there is room."""
+    path, _ = full_run_and_state_at_3(tiny, tiny_shards, tmp_path, monkeypatch)
+    before = path.read_bytes()
+    real_usage = shutil.disk_usage
+
+    def one_mb_free(folder):
+        u = real_usage(folder)
+        return type(u)(u.total, u.total - 1_000_000, 1_000_000)
+
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "disk_usage", one_mb_free)
+        with pytest.raises(Gpt2pipeError, match=rf"^{path.parent}/model_000006.pt: not written: it needs ~[\d.]+ MB "
+                                                rf"and {path.parent} has 1.0 MB free"):
+            run_train(tiny, tiny_shards, tmp_path / "run", resume=True)
+    assert sorted(p.name for p in path.parent.iterdir() if p.name != "train.log") == \
+        ["model_000003.pt", "state_000003.pt"]  # nothing half-written, nothing rotated away
+    assert path.read_bytes() == before
+    run_train(tiny, tiny_shards, tmp_path / "run", resume=True)
+    assert trl_lines(tmp_path / "run") == trl_lines(tmp_path / "full")
 
 
 def test_a_damaged_newest_state_is_skipped(tiny, tiny_shards, tmp_path):
@@ -62,6 +97,26 @@ def test_a_damaged_newest_state_is_skipped(tiny, tiny_shards, tmp_path):
     newest.write_bytes(newest.read_bytes()[:1000])  # e.g. a disk error after the write
     saved = state_mod.newest_state(state_dir, say=lambda m: None)
     assert saved["step"] == 3 and saved["path"].endswith("state_000003.pt")
+
+
+def test_a_folder_whose_states_are_all_unreadable_is_refused_not_cleared(tiny, tiny_shards, tmp_path):
+    """The newest state truncated, the older one damaged: --resume used to take the folder as new, delete the
+    states, snapshots and log, and train from step 0. It is refused, naming the files, until --restart."""
+    cfg = with_train(tiny, keep_states=2)
+    run_train(cfg, tiny_shards, tmp_path / "run")
+    state_dir = tmp_path / "run" / "train_state"
+    newest, older = state_dir / "state_000006.pt", state_dir / "state_000003.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    older.write_bytes(b"\0" * 4096)
+    files = {p: p.read_bytes() for p in sorted((tmp_path / "run").rglob("*")) if p.is_file()}
+    for resume in (True, False):
+        with pytest.raises(Gpt2pipeError, match=rf"^{state_dir}: no saved state loads \(state_000006.pt, "
+                                                r"state_000003.pt\): pass --restart"):
+            run_train(cfg, tiny_shards, tmp_path / "run", resume=resume)
+        assert {p: p.read_bytes() for p in sorted((tmp_path / "run").rglob("*")) if p.is_file()} == files
+    run_train(cfg, tiny_shards, tmp_path / "run", restart=True)
+    assert sorted(p.name for p in state_dir.glob("state_*.pt")) == ["state_000003.pt", "state_000006.pt"]
+    assert state_mod.newest_state(state_dir, say=lambda m: None)["step"] == 6
 
 
 def test_settings_that_do_not_change_the_weights_may_change_on_resume(tiny, tiny_shards, tmp_path, monkeypatch):
@@ -112,6 +167,33 @@ def test_a_finished_run_republishes_its_outputs_without_training(tiny, tiny_shar
         ["model_000003.pt", "model_000006.pt"]
 
 
+def test_an_fp8_state_resumes_where_the_model_is_not_converted(tiny, tiny_shards, tmp_path, monkeypatch, capsys):
+    """A train.fp8 state saved on the kernels path (it holds fp8 scaling state) resumed where the kernels path
+    does not run (ops torch here: CPU, no CuPy) used to stop in restore; it resumes with the scales dropped."""
+    cfg = with_train(tiny, fp8=True)
+    path, ck = full_run_and_state_at_3(cfg, tiny_shards, tmp_path, monkeypatch)
+    assert ck["fp8"] is None  # (on CPU the model is never converted)
+    scales = fp8.Fp8State(cfg.model.n_layer, "cpu")
+    scales.amax_previous.fill_(3.0)
+    ck["fp8"] = [scales.state_dict()]  # what a kernels-path process 0 saves
+    torch.save(ck, path)
+    capsys.readouterr()
+    run_train(cfg, tiny_shards, tmp_path / "run", resume=True)
+    assert f"{path}: its fp8 scaling state is dropped" in capsys.readouterr().out
+    assert trl_lines(tmp_path / "run") == trl_lines(tmp_path / "full")
+    assert torch.load(path.with_name("state_000006.pt"), weights_only=True)["fp8"] is None
+
+
+def test_fp8_gemms_listed_in_another_order_resume(tiny, tiny_shards, tmp_path, monkeypatch):
+    """train.fp8_gemms [qkv, head] and [head, qkv] train the same model: the resume used to be refused."""
+    cfg = with_train(tiny, fp8=True, fp8_gemms=["qkv", "head"])
+    path, ck = full_run_and_state_at_3(cfg, tiny_shards, tmp_path, monkeypatch)
+    ck["identity"]["train"]["fp8_gemms"] = ["qkv", "head"]  # as a state saved before kept the config's order
+    torch.save(ck, path)
+    run_train(with_train(tiny, fp8=True, fp8_gemms=["head", "qkv"]), tiny_shards, tmp_path / "run", resume=True)
+    assert trl_lines(tmp_path / "run") == trl_lines(tmp_path / "full")
+
+
 def full_run_and_state_at_3(tiny, tiny_shards, tmp_path, monkeypatch):
     """An uninterrupted run in tmp_path/full, and one preempted at step 3 in tmp_path/run: (the path of its
     saved state, that state as loaded), for a test to alter and resume."""
@@ -135,8 +217,8 @@ def test_a_bf16_state_resumes_on_fp32_weights_from_the_master_copy(tiny, tiny_sh
     restored = {}
     real_restore = state_mod.TrainState.restore
 
-    def spy(self, saved, world):
-        real_restore(self, saved, world)
+    def spy(self, saved, world, **kw):
+        real_restore(self, saved, world, **kw)
         restored["weights"] = torch.cat([p.detach().reshape(-1) for p in ordered_params(self.model)])
 
     monkeypatch.setattr(state_mod.TrainState, "restore", spy)

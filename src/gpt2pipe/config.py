@@ -282,6 +282,18 @@ LATER_TRAIN_KEYS = {"optimizer": "adamw", "lr_schedule": "cosine", "document_ali
                     "fp8_gemms": ["mlp", "qkv"]}
 
 
+# list keys whose order means nothing (sets): held sorted from validation on, so [qkv, mlp] and [mlp, qkv] are
+# one run to the identity, the stage configs and the workflow's fingerprints (states saved before kept the
+# config's order: their identities are sorted when compared, with_sets)
+SET_KEYS = {"train": ("fp8_gemms",)}
+
+
+def with_sets(sections: dict) -> dict:
+    """`sections` (a config or an identity) with the lists of SET_KEYS sorted."""
+    return {s: {k: sorted(v) if k in SET_KEYS.get(s, ()) and isinstance(v, list) else v for k, v in values.items()}
+            if isinstance(values, dict) else values for s, values in sections.items()}
+
+
 def _unused(section: str, key: str, values: dict) -> bool:
     """Keys that cannot change the weights under the section's other values (in the identity they would make
     equal runs differ): Muon's settings without Muon, the cooldown without the wsd schedule."""
@@ -301,7 +313,7 @@ def identity(raw: dict, *sections: str) -> dict:
     Model architecture options count only where they change the model (arch_changes: GPT-2's values, spelled
     out or not, are left out), and train keys only where they can act (_unused), so states and workflow
     fingerprints made before those keys existed stay valid and equal runs have equal identities."""
-    out = {}
+    out, raw = {}, with_sets({s: raw[s] for s in sections})
     for s in sections:
         values = raw[s]
         arch = ModelConfig(**values).arch_changes() if s == "model" else {}

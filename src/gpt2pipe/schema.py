@@ -110,7 +110,9 @@ def validated(raw: dict | None) -> dict:
     problem = _cross_field_problem(cfg)
     if problem:
         raise problem
-    return cfg
+    from gpt2pipe.config import with_sets  # (config imports this module: imported on use)
+
+    return with_sets(cfg)
 
 
 def describe() -> str:

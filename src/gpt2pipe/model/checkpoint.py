@@ -15,7 +15,7 @@ import torch
 
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import ModelConfig
-from gpt2pipe.files import atomic_path
+from gpt2pipe.files import atomic_path, free_bytes, size_text
 from gpt2pipe.model.gpt import GPT
 
 FORMAT = "gpt2pipe-checkpoint"
@@ -33,8 +33,41 @@ def save(path: str | Path, model: GPT, step: int, weights: dict | None = None, *
         "model": weights if weights is not None else {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    needed = write_size(payload)
+    if needed > (free := free_bytes(path.parent)):  # refused before a byte is written, not midway
+        raise Gpt2pipeError(f"{path}: not written: it needs ~{size_text(needed)} and {path.parent} has "
+                            f"{size_text(free)} free (the files already there are kept)")
+    try:
+        with atomic_path(path) as tmp:  # on error the partial file is removed and nothing is replaced
+            torch.save(payload, tmp)
+    except (OSError, RuntimeError) as e:  # e.g. a full disk or quota: torch's "unexpected pos" RuntimeError
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise Gpt2pipeError(f"{path}: writing it failed ({type(e).__name__}: {first[:200]}); it needs "
+                            f"~{size_text(needed)} and {path.parent} has {size_text(free_bytes(path.parent))} "
+                            "free (the files already there are kept)") from None
+
+
+def write_size(payload) -> int:
+    """About the bytes torch.save writes for `payload`: each tensor storage once and whole (a view saves all of
+    its storage), plus slack for the pickled plain values and the zip's per-record headers and alignment."""
+    storages: dict = {}
+
+    def walk(x) -> None:
+        if isinstance(x, torch.Tensor):
+            s = x.untyped_storage()
+            storages[(s.device, s.data_ptr())] = s.nbytes()
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(payload)
+    total = sum(storages.values())
+    return total + total // 100 + (1 << 20)
 
 
 def read(path: str | Path, mmap: bool = False) -> dict:

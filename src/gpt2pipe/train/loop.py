@@ -130,6 +130,10 @@ class Trainer:
         paths = RunPaths.of(run_dir)
         identity = training_identity(cfg.raw)
         saved = None if restart else newest_state(paths.state, say)
+        if saved is None and not restart and (unreadable := saved_states(paths.state)):
+            # starting over would delete them, with the snapshots and the log: only on request
+            raise Gpt2pipeError(f"{paths.state}: no saved state loads ({', '.join(p.name for p in unreadable)}): "
+                                "pass --restart to delete them and start over")
         if saved is not None:
             check_resumable(saved, cfg.model, identity)
             if not resume:
@@ -157,7 +161,7 @@ class Trainer:
                 paths.clear()
         distributed.barrier(world)
         if saved is not None:
-            state.restore(saved, world)
+            state.restore(saved, world, say=say)
             if world.main:
                 passed = [s for s in t.checkpoint_steps() if s <= state.step]
                 missing = [s for s in passed if not paths.snapshot(s).exists()]

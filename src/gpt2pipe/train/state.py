@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from gpt2pipe import Gpt2pipeError, distributed
-from gpt2pipe.config import LATER_TRAIN_KEYS, ModelConfig, training_identity, validate
+from gpt2pipe.config import LATER_TRAIN_KEYS, ModelConfig, training_identity, validate, with_sets
 from gpt2pipe.data.loader import ShardLoader
 from gpt2pipe.distributed import World
 from gpt2pipe.model import checkpoint
@@ -71,6 +71,7 @@ def with_new_defaults(saved: dict) -> dict:
     reads `train.lr_schedule: 'cosine' -> 'wsd'`: apply this to both identities compared."""
     defaults = training_identity(validate({}))
     defaults["train"] = {**LATER_TRAIN_KEYS, **defaults.get("train", {})}
+    saved = with_sets(saved)  # saved before set-valued keys were sorted: in the config's order
     return {**defaults, **{s: {**defaults.get(s, {}), **v} if isinstance(v, dict) else v for s, v in saved.items()}}
 
 
@@ -123,10 +124,11 @@ class TrainState:
             old.unlink()
         return path
 
-    def restore(self, saved: dict, world: World) -> None:
+    def restore(self, saved: dict, world: World, say=tqdm.write) -> None:
         """Continue exactly where `saved` left off. Weights come from the saved model tensors when the running
         model keeps the same dtype (bit-exact), otherwise from the fp32 master weights (e.g. a kernels-path
-        state, bf16 weights, resumed on the torch path, fp32 weights)."""
+        state, bf16 weights, resumed on the torch path, fp32 weights). A kernels-path fp8 state resumed where
+        the model is not converted (torch path) drops its fp8 scales, with a note."""
         current = self.model.state_dict()
         same_dtype = all(saved["model"][k].dtype == v.dtype for k, v in current.items())
         if same_dtype:
@@ -134,7 +136,12 @@ class TrainState:
         self.optimizer.load_whole_state(saved["optimizer"], weights_from_master=not same_dtype)
         self.loader.load_state_dict(saved["loader"])
         self.guard.load_state_dict(saved["guard"])
-        if saved.get("fp8") is not None:  # this process's own, or process 0's on another process count
+        if saved.get("fp8") is not None and not fp8.is_fp8(self.model):
+            # train.fp8 off the kernels path (ops torch/compile, no CUDA or CuPy): these GEMMs run in bf16, and
+            # scales kept over those steps would be stale: a later fp8 resume calibrates afresh, as a new run does
+            say(f"{saved.get('path', 'the saved state')}: its fp8 scaling state is dropped: this run does not "
+                "convert the model to fp8 (kernels path only); a later fp8 run calibrates its scales afresh")
+        elif saved.get("fp8") is not None:  # this process's own, or process 0's on another process count
             states = saved["fp8"]
             fp8.load_state(self.model, states[world.rank] if len(states) == world.size else states[0])
         set_rng_state(saved["rng"])
