@@ -1,8 +1,13 @@
 """Process-group setup for data-parallel training, from torchrun's or SLURM's environment.
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; under `srun` (one task per GPU)
-the same facts come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID and the job's first node. The same
-`gpt2pipe train` command therefore runs alone, under torchrun, or under srun. NCCL on GPUs, gloo on CPUs.
+the same facts come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID and the job step's first node (which
+holds task 0). The same `gpt2pipe train` command therefore runs alone, under torchrun, or under srun. NCCL on
+GPUs, gloo on CPUs.
+
+Across nodes: the rank is global (process 0 alone writes logs and checkpoints; a node's local rank 0 is an
+ordinary process), the local rank picks the GPU, and the run folder must be one shared filesystem seen by
+every node, as Snakemake's SLURM executor assumes too: every process reads the saved state to resume.
 
 Failure behaviour: a collective that waits longer than `GPT2PIPE_NCCL_TIMEOUT_S` seconds (default 600, long
 enough for process 0 to write a large checkpoint while the others wait) is aborted and its process dies
@@ -14,6 +19,7 @@ A SIGKILLed peer is usually noticed sooner than that, by torchrun itself, which 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
@@ -45,14 +51,44 @@ def _slurm_env() -> None:
     os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
     os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
     if "MASTER_ADDR" not in os.environ:
-        nodes = os.environ.get("SLURM_JOB_NODELIST", "localhost")
+        # task 0 runs on the step's first node (srun's default block distribution); the job's node list is the
+        # fallback for older srun that does not set the step's
+        nodes = next((os.environ[k] for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+                      if os.environ.get(k)), "localhost")
         try:
             first = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
-                                   check=True).stdout.split()[0]
-        except (OSError, subprocess.CalledProcessError, IndexError):
-            first = nodes.split(",")[0]
+                                   check=True, timeout=30).stdout.split()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            first = first_host(nodes)
         os.environ["MASTER_ADDR"] = first
     os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0")) % 1000))
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM host list, as `scontrol show hostnames` would name it, for nodes without
+    scontrol: "gpu[007-010,012],cpu1" -> "gpu007", "rack[2-3]-n[01-04]" -> "rack2-n01", "a,b" -> "a"."""
+    depth, end = 0, len(nodelist)
+    for i, c in enumerate(nodelist):  # the first entry: up to the first comma outside brackets
+        depth += (c == "[") - (c == "]")
+        if c == "," and depth == 0:
+            end = i
+            break
+    # each bracket: its first item's first number, zero padding kept
+    return re.sub(r"\[([^\]]*)\]", lambda m: m.group(1).split(",")[0].split("-")[0], nodelist[:end].strip())
+
+
+def cuda_index(local_rank: int, visible: int) -> int:
+    """The GPU of the process with this node-local rank among the `visible` GPUs it sees: its local rank when it
+    sees the node's GPUs, 0 when it sees only its own (srun --gpus-per-task, --ntasks-per-gpu or
+    --gpu-bind=single bind one GPU per task, cgroups may hide the others)."""
+    if visible == 1:
+        return 0
+    if not 0 <= local_rank < visible:
+        from gpt2pipe import Gpt2pipeError
+
+        raise Gpt2pipeError(f"process with local rank {local_rank} sees only {visible} GPU(s): start one process "
+                            "per GPU of the node (torchrun --nproc_per_node, srun --ntasks-per-node)")
+    return local_rank
 
 
 DEFAULT_TIMEOUT_S = 600
@@ -96,7 +132,7 @@ def setup(device_type: str, timeout_s: float | None = None) -> World:
         timeout = collective_timeout(timeout_s)
         if device_type == "cuda":
             nccl_failure_env()
-            torch.cuda.set_device(world.local_rank)
+            torch.cuda.set_device(cuda_index(world.local_rank, torch.cuda.device_count()))
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=timeout)
     return world
 

@@ -47,10 +47,14 @@ CONDA_ENV = "../envs/gpt2pipe.yaml"
 
 def train_launcher():
     """How the training job starts its processes: one process, torchrun over one node's GPUs, or srun
-    (one task per GPU, through the SLURM plugin's `mpi` resource) across nodes."""
+    (one task per GPU, through the SLURM plugin's `mpi` resource) across nodes. srun is told the geometry:
+    the plugin's job step hands the shell no SLURM_NTASKS / SLURM_NNODES of the allocation (it drops every
+    SLURM_* but the job id), and without them srun starts one task. tests/test_nodes.py runs this command."""
     gpus, nodes = RES["train_gpus"], RES["train_nodes"]
     if nodes > 1:
-        return f"srun --kill-on-bad-exit=1 {GPT2PIPE}"
+        per_node = max(1, int(gpus))
+        return (f"srun --kill-on-bad-exit=1 --nodes={int(nodes)} --ntasks={int(nodes) * per_node} "
+                f"--ntasks-per-node={per_node} {GPT2PIPE}")
     if gpus > 1:
         return f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node {int(gpus)} -m gpt2pipe"
     return GPT2PIPE

@@ -113,8 +113,8 @@ class Trainer:
         # --- everything that can fail on bad input happens before the model exists ---------------------
         shards = ShardSet.open(shards_dir, vocab_size=cfg.model.vocab_size)
         check_sinks(t.log_to)
-        if device.type == "cuda" and world.distributed:
-            device = torch.device("cuda", world.local_rank)
+        if device.type == "cuda" and world.distributed:  # the node's GPU of this process (as distributed.setup)
+            device = torch.device("cuda", distributed.cuda_index(world.local_rank, torch.cuda.device_count()))
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         B, T = t.micro_batch_size, t.seq_len
@@ -134,6 +134,10 @@ class Trainer:
             # starting over would delete them, with the snapshots and the log: only on request
             raise Gpt2pipeError(f"{paths.state}: no saved state loads ({', '.join(p.name for p in unreadable)}): "
                                 "pass --restart to delete them and start over")
+        found = distributed.gather_objects(None if saved is None else int(saved["step"]), world)
+        if len(set(found)) > 1:  # e.g. nodes with a run folder each: resuming would train diverged replicas
+            raise Gpt2pipeError(f"the processes found different saved states in {paths.state} (step per process, "
+                                f"None = none: {found}): every node must see the run folder on one shared filesystem")
         if saved is not None:
             check_resumable(saved, cfg.model, identity)
             if not resume:
