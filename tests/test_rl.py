@@ -94,6 +94,20 @@ def test_kv_cache_sampler_equals_the_plain_forward_with_left_padding(arch):
         assert row == seq[len(p):]
 
 
+def test_a_model_that_has_sampled_still_copies():
+    """The sampler keeps its caches on the model (on CUDA with recorded graphs, which deepcopy refuses: found
+    on the H200): the sampling twin, the reference and the value model are copied without them."""
+    from gpt2pipe.model.decode import plain_copy
+    from gpt2pipe.rl.policy import frozen_copy, value_model_from
+
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32)).eval()
+    sample(model, [[1, 2]], 4)
+    assert model._decoders
+    for copied in (plain_copy(model), frozen_copy(model), value_model_from(model).trunk):
+        assert "_decoders" not in copied.__dict__
+    assert model._decoders  # the original keeps them
+
+
 def test_sampler_stops_at_the_stop_token_and_is_seeded():
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32)).eval()

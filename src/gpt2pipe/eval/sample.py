@@ -40,7 +40,7 @@ def generate(model: GPT, prompt: str = "", max_new_tokens: int = 64, temperature
     enc = gpt2()
     start = [EOT, *enc.encode_ordinary(prompt)]
     gen = torch.Generator(device=device).manual_seed(seed)
-    if len(start) + max_new_tokens <= model.config.block_size:  # the KV-cache sampler (RL's rollouts too)
+    if isinstance(model, GPT) and len(start) + max_new_tokens <= model.config.block_size:  # KV cache, as RL's
         rows = sample(model, [start] * num_samples, max_new_tokens, temperature, top_k, gen).tokens.tolist()
     else:
         rows = _windowed(model, start, max_new_tokens, temperature, top_k, num_samples, gen, device, min_tokens)

@@ -137,10 +137,20 @@ def sampling_copy(model: GPT, twin: GPT | None = None) -> GPT:
             for mine, theirs in zip(twin.parameters(), model.parameters()):
                 mine.copy_(theirs)
         return twin
-    twin = copy.deepcopy(model).to(torch.bfloat16)
-    twin.__dict__.pop("_decoders", None)
+    twin = plain_copy(model).to(torch.bfloat16)
     twin.ops = "torch"
     return twin.eval()
+
+
+def plain_copy(model: GPT) -> GPT:
+    """A deep copy without the sampler's caches and recorded graphs (which cannot be copied, and belong to
+    the original's memory)."""
+    decoders = model.__dict__.pop("_decoders", None)
+    try:
+        return copy.deepcopy(model)
+    finally:
+        if decoders is not None:
+            model._decoders = decoders
 
 
 @torch.no_grad()

@@ -8,13 +8,11 @@ and run the model's own path (`GPT.hidden`: the kernels on a GPU, as `train` run
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt2pipe.model.decode import CachedGPT, positions
+from gpt2pipe.model.decode import CachedGPT, plain_copy, positions
 from gpt2pipe.model.gpt import GPT
 
 
@@ -59,12 +57,12 @@ class ValueModel(nn.Module):
 
 
 def value_model_from(policy: GPT) -> ValueModel:
-    trunk = copy.deepcopy(policy)
+    trunk = plain_copy(policy)
     if not policy.config.tie_embeddings:  # an untied LM head plays no part in a value: not trained
         trunk.lm_head.requires_grad_(False)
     return ValueModel(trunk)
 
 
 def frozen_copy(model: GPT) -> GPT:
-    ref = copy.deepcopy(model).eval()
+    ref = plain_copy(model).eval()
     return ref.requires_grad_(False)
