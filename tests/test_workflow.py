@@ -265,3 +265,26 @@ def test_layout_stage_configs_hold_what_decides_each_stage(tmp_path):
     assert layout.data_dir(raw) == tmp_path / "results" / "data" / "tiny"
     assert layout.eval_result(raw, 3) == tmp_path / "results" / "tiny" / "eval" / "step_000003.json"
     assert layout.report_notebook().is_file()
+
+
+def test_an_rl_section_adds_the_rl_stage_and_only_it(workdir):
+    """With an rl: section the default target also runs `gpt2pipe rl` on the final checkpoint, with prompts
+    from the run's val shard; training and evaluation stay done (the rl section is not part of their configs),
+    and changing an rl setting reruns RL alone (and rewrites the run's resolved config, the record the report
+    reads)."""
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg["rl"] = {"steps": 2, "batch_size": 4, "mini_batch_size": 4, "forward_batch": 4, "max_new_tokens": 4,
+                 "prompt_tokens": 4, "num_prompts": 8, "eval_prompts": 2, "checkpoint_every": 2, "ppo_epochs": 1}
+    (workdir / "rl.yaml").write_text(yaml.safe_dump(cfg))
+    rl_jobs = {"stage_config": 1, "rl": 1, "run_config": 1, "report": 1}
+    assert planned_jobs(workdir, configfile="rl.yaml") == rl_jobs
+    snakemake(workdir, configfile="rl.yaml")
+    out = workdir / RESULTS / "tiny" / "rl"
+    lines = (out / "rl.log").read_text().splitlines()
+    assert lines[0].startswith("step\treward_mean") and [ln.split("\t")[0] for ln in lines[1:]] == ["0", "1"]
+    assert (out / "model_000002.pt").exists() and json.loads((out / "eval_000002.json").read_text())["step"] == 2
+    assert planned_jobs(workdir, configfile="rl.yaml") == {}
+    cfg["rl"]["temperature"] = 1.0
+    (workdir / "rl.yaml").write_text(yaml.safe_dump(cfg))
+    assert planned_jobs(workdir, configfile="rl.yaml") == rl_jobs
+    assert "train" not in planned_jobs(workdir)  # back without RL: nothing is retrained

@@ -80,6 +80,12 @@ def eval_result(raw: dict, step: int) -> Path:
     return run_dir(raw) / "eval" / f"step_{step:06d}.json"
 
 
+def rl_outputs(raw: dict) -> list[Path]:
+    """What the rl stage declares: its log and its final policy (rl/model_NNNNNN.pt)."""
+    out = run_dir(raw) / "rl"
+    return [out / "rl.log", out / f"model_{raw['rl']['steps']:06d}.pt"]
+
+
 def samples(raw: dict, step: int) -> Path:
     return run_dir(raw) / "samples" / f"step_{step:06d}.txt"
 
@@ -99,19 +105,21 @@ def stage_config(raw: dict, stage: str) -> dict:
 
     data      the data section alone (not data.workers: the job sets it to its threads): corpus, tokenize,
               FineWeb shards. Runs with the same data section share one dataset and never rebuild it.
-    train     all but the report, the cluster resources and the eval section but eval.val_tokens (the
-              budget of training's periodic validation loss)
-    evaluate  all but the data section (the shards come as a path), the report, the resources and the
+    train     all but the report, the cluster resources, the rl section and the eval section but
+              eval.val_tokens (the budget of training's periodic validation loss)
+    rl        train's, and the rl section
+    evaluate  all but the rl and the data section (the shards come as a path), the report, the resources and the
               sample keys (the sample rule passes those itself)
     report    the whole resolved config but the resources (what results/<run>/config.yaml records)
     """
     data = {k: v for k, v in raw["data"].items() if k != "workers"}
     if stage == "data":
         return {"data": data}
-    drop = {"resources", "report"}
-    if stage == "train":
-        return {**{k: v for k, v in raw.items() if k not in drop}, "data": data,
-                "eval": {"val_tokens": raw["eval"]["val_tokens"]}}
+    drop = {"resources", "report", "rl"}  # RL comes after training: its settings never retrain or re-evaluate
+    if stage in ("train", "rl"):
+        kept = {k: v for k, v in raw.items() if k not in drop}
+        return {**kept, "data": data, "eval": {"val_tokens": raw["eval"]["val_tokens"]},
+                **({"rl": raw["rl"]} if stage == "rl" else {})}
     if stage == "evaluate":
         return {**{k: v for k, v in raw.items() if k not in drop | {"data"}},
                 "eval": {k: v for k, v in raw["eval"].items() if k not in SAMPLE_KEYS}}
@@ -167,7 +175,7 @@ def compared_runs_signature(runs: list[dict]) -> str:
 __all__ = ["NOT_IDENTITY", "checkpoint", "compared_runs_signature", "runs_named",
            "report_notebook", "checkpoint_steps", "corpus_dir", "data_dir", "data_fingerprint",
            "eval_result", "fineweb_dir", "hellaswag_bin", "hellaswag_name", "run_dir", "samples", "shard_dir",
-           "stage_config", "stage_config_text", "token_count", "training_fingerprint"]
+           "stage_config", "stage_config_text", "token_count", "training_fingerprint", "rl_outputs"]
 
 
 def report_notebook() -> Path:

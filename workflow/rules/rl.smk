@@ -1,0 +1,28 @@
+rule rl:
+    """RL fine-tuning (PPO or GRPO) of the run's final checkpoint, or of rl.init_from: the policy's
+    checkpoints, rl.log, held-out reward and KL (eval_NNNNNN.json) and samples under <run>/rl/. Included when
+    the config has an rl section. A failed or interrupted job resumes from <run>/rl_state/ when rerun."""
+    input:
+        config=f"{RUN}/config/rl.yaml",
+        init=config["rl"]["init_from"] or str(layout.checkpoint(config, STEPS[-1])),
+        prompts=config["rl"]["prompts"] or rules.tokenize.output[0],
+    output:
+        [str(p) for p in layout.rl_outputs(config)],
+    params:
+        cli=GPT2PIPE,
+        run_dir=lambda wildcards, output: Path(output[0]).parent.parent,
+        shards=lambda wildcards, input: "" if config["rl"]["prompts"] else f"--shards {shlex.quote(input.prompts)}",
+    threads: RES["train_cpus_per_gpu"]
+    resources:
+        gpu=min(1, RES["train_gpus"]),
+        mem_mb=RES["train_mem_mb"],
+        runtime=RES["train_runtime"],
+    log:
+        f"{RUN}/logs/rl.log",
+    benchmark:
+        f"{RUN}/benchmarks/rl.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.cli} rl -c {input.config:q} {params.shards} --run-dir {params.run_dir:q} --resume --no-progress"
+        " > {log:q} 2>&1"
