@@ -22,7 +22,7 @@ from gpt2pipe.files import atomic_path
 from gpt2pipe.model import checkpoint
 
 # rl keys that change how a run goes, not what it computes: a run resumes across changes to them
-NOT_IDENTITY = {"checkpoint_every", "forward_batch", "eval_prompts"}
+NOT_IDENTITY = {"checkpoint_every", "forward_batch", "eval_prompts", "steps"}  # steps: a finished run extends
 
 
 def identity(rl_raw: dict, init: str, model_raw: dict) -> dict:
