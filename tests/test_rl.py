@@ -206,7 +206,7 @@ def rl_log(run_dir):
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_a_known_reward_rises_while_kl_stays_under_its_target(rl_setup, algorithm):
     raw, run_dir = rl_setup
-    raw["rl"].update(algorithm=algorithm, grpo_group_size=4)
+    raw["rl"].update(algorithm=algorithm, grpo_group_size=4, **({"learning_rate": 5e-3} if algorithm == "grpo" else {}))
     cfg = config.from_dict(raw)
     out = run(cfg, run_dir, progress=False)
     rows = rl_log(run_dir)

@@ -11,15 +11,12 @@ order follow from (rl.seed, step), so nothing else is needed for an exact resume
 
 from __future__ import annotations
 
-import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import digest
-from gpt2pipe.files import atomic_path
 from gpt2pipe.model import checkpoint
+from gpt2pipe.train.loop import RunPaths
 
 # rl keys that change how a run goes, not what it computes: a run resumes across changes to them
 NOT_IDENTITY = {"checkpoint_every", "forward_batch", "eval_prompts", "steps"}  # steps: a finished run extends
@@ -30,10 +27,10 @@ def identity(rl_raw: dict, init: str, model_raw: dict) -> dict:
             "model": digest(model_raw)}
 
 
-@dataclass
-class RLPaths:
-    out: Path
-    state: Path
+class RLPaths(RunPaths):
+    """train's folders and publishing (snapshots hard-linked into the outputs), for rl/ and rl_state/."""
+
+    log = "rl.log"
 
     @classmethod
     def of(cls, run_dir: Path) -> RLPaths:
@@ -41,22 +38,6 @@ class RLPaths:
 
     def states(self) -> list[Path]:
         return sorted(self.state.glob("state_*.pt"), reverse=True)
-
-    def snapshot(self, step: int) -> Path:
-        return self.state / f"model_{step:06d}.pt"
-
-    def publish(self, step: int) -> None:
-        """A snapshot as an output: a hard link (no disk, survives deletion of outputs), else a copy."""
-        dst = self.out / self.snapshot(step).name
-        dst.unlink(missing_ok=True)
-        try:
-            os.link(self.snapshot(step), dst)
-        except OSError:
-            shutil.copy2(self.snapshot(step), dst)
-
-    def publish_log(self) -> None:
-        with atomic_path(self.out / "rl.log") as tmp:
-            shutil.copyfile(self.state / "rl.log", tmp)
 
     def clear(self) -> None:
         for stale in [*self.states(), *self.state.glob("model_*.pt"), *self.out.glob("*_*.pt"),

@@ -64,9 +64,11 @@ class RunPaths:
         except OSError:
             shutil.copy2(self.snapshot(step), dst)
 
+    log = "train.log"
+
     def publish_log(self) -> None:
-        with atomic_path(self.out / "train.log") as tmp:
-            shutil.copyfile(self.state / "train.log", tmp)
+        with atomic_path(self.out / self.log) as tmp:
+            shutil.copyfile(self.state / self.log, tmp)
 
     def clear(self) -> None:
         """Start over: remove saved states, snapshots and logs of an earlier run in this folder."""
