@@ -272,6 +272,7 @@ def test_an_rl_section_adds_the_rl_stage_and_only_it(workdir):
     from the run's val shard; training and evaluation stay done (the rl section is not part of their configs),
     and changing an rl setting reruns RL alone (and rewrites the run's resolved config, the record the report
     reads)."""
+    snakemake(workdir)  # the module's earlier tests may leave jobs to do: start from a finished run
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())
     cfg["rl"] = {"steps": 2, "batch_size": 4, "mini_batch_size": 4, "forward_batch": 4, "max_new_tokens": 4,
                  "prompt_tokens": 4, "num_prompts": 8, "eval_prompts": 2, "checkpoint_every": 2, "ppo_epochs": 1}
