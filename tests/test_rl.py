@@ -239,6 +239,10 @@ def test_resume_after_a_crash_is_exact(rl_setup, monkeypatch):
     a, b = rl_log(straight), rl_log(run_dir)
     keys = [k for k in a[0] if not k.endswith("_s")]  # everything but the timings
     assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+    (run_dir / "rl" / "model_000004.pt").unlink()  # as Snakemake deletes a failed job's outputs
+    (run_dir / "rl" / "rl.log").unlink()
+    run(cfg, run_dir, resume=True, progress=False)  # finished: republishes, trains nothing
+    assert rl_log(run_dir) == b
     wa = checkpoint.read(straight / "rl" / "model_000004.pt")["model"]
     wb = checkpoint.read(run_dir / "rl" / "model_000004.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -115,6 +115,10 @@ class _Run:
             if self.opt_value:
                 self.opt_value.load_whole_state(saved["opt_value"], weights_from_master=True)
             self.kl.value, self.step = float(saved["kl_coef"]), int(saved["step"])
+            if world.main:  # outputs a failed job lost (Snakemake deletes them) come back from rl_state/
+                for s in rl.checkpoint_steps():
+                    if s <= self.step and self.paths.snapshot(s).exists():
+                        self.paths.publish(s)
         self.resumed_at = self.step if saved is not None else None
         self.say(f"gpt2pipe rl: {rl.algorithm} from {init} ({self.policy.num_params() / 1e6:.2f}M parameters, "
                  f"{'kernels' if use_kernels else 'torch'} path on {device}), reward {rl.reward}, "
