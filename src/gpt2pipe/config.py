@@ -127,6 +127,11 @@ ARCH_KEYS = ("pos_embedding", "rope_theta", "norm", "mlp", "mlp_hidden", "qk_nor
 _GPT2_ARCH = {k: getattr(ModelConfig, k) for k in ARCH_KEYS}
 
 
+def checkpoint_steps(every: int, last: int) -> list[int]:
+    """every, 2 x every, ... below last, and last itself."""
+    return [*range(every, last, every), last]
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     seq_len: int
@@ -170,8 +175,7 @@ class TrainConfig:
 
     def checkpoint_steps(self) -> list[int]:
         """Steps at which a model snapshot is written (and later evaluated); always includes the last."""
-        steps = list(range(self.checkpoint_every, self.max_steps, self.checkpoint_every))
-        return steps + [self.max_steps]
+        return checkpoint_steps(self.checkpoint_every, self.max_steps)
 
 
 @dataclass(frozen=True)
@@ -197,43 +201,43 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class RLConfig:
-    """The rl section (schema: rl); every field has the schema's default."""
-    algorithm: str = "ppo"
-    init_from: str | None = None
-    reward: str = "sentiment"
-    prompts: str | None = None
-    prompt_tokens: int = 32
-    num_prompts: int = 4096
-    eval_prompts: int = 256
-    steps: int = 200
-    batch_size: int = 256
-    mini_batch_size: int = 64
-    forward_batch: int = 64
-    max_new_tokens: int = 24
-    temperature: float = 0.7
-    learning_rate: float = 1.41e-5
-    adam_eps: float = 1e-5
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    kl_coef: float = 0.15
-    kl_target: float | None = 6.0
-    kl_horizon: int = 10000
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    ppo_epochs: int = 4
-    whiten_rewards: bool = False
-    missing_eos_penalty: float | None = None
-    grpo_group_size: int = 8
-    grpo_beta: float = 0.04
-    grpo_iterations: int = 1
-    checkpoint_every: int = 50
-    seed: int = 42
+    """The rl section, validated (the schema holds every default and description)."""
+    algorithm: str
+    init_from: str | None
+    reward: str
+    prompts: str | None
+    prompt_tokens: int
+    num_prompts: int
+    eval_prompts: int
+    steps: int
+    batch_size: int
+    mini_batch_size: int
+    forward_batch: int
+    max_new_tokens: int
+    temperature: float
+    learning_rate: float
+    adam_eps: float
+    weight_decay: float
+    grad_clip: float
+    kl_coef: float
+    kl_target: float | None
+    kl_horizon: int
+    gamma: float
+    lam: float
+    cliprange: float
+    cliprange_value: float
+    vf_coef: float
+    ppo_epochs: int
+    whiten_rewards: bool
+    missing_eos_penalty: float | None
+    grpo_group_size: int
+    grpo_beta: float
+    grpo_iterations: int
+    checkpoint_every: int
+    seed: int
 
     def checkpoint_steps(self) -> list[int]:
-        return [*range(self.checkpoint_every, self.steps, self.checkpoint_every), self.steps]
+        return checkpoint_steps(self.checkpoint_every, self.steps)
 
 
 @dataclass(frozen=True)

@@ -142,13 +142,17 @@ def teardown(world: World) -> None:
         dist.destroy_process_group()
 
 
-def mean(value: torch.Tensor, world: World) -> torch.Tensor:
-    """Average of a tensor over all processes (gloo has no AVG, so SUM and divide)."""
+def total(value: torch.Tensor, world: World) -> torch.Tensor:
+    """Sum of a tensor over all processes (a new tensor; the tensor itself on one process)."""
     if world.distributed:
         value = value.clone()
         dist.all_reduce(value)
-        value /= world.size
     return value
+
+
+def mean(value: torch.Tensor, world: World) -> torch.Tensor:
+    """Average of a tensor over all processes (gloo has no AVG, so SUM and divide)."""
+    return total(value, world) / world.size if world.distributed else value
 
 
 def any_rank(flag: bool, world: World, device: torch.device) -> bool:

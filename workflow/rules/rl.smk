@@ -5,13 +5,13 @@ rule rl:
     input:
         config=f"{RUN}/config/rl.yaml",
         init=config["rl"]["init_from"] or str(layout.checkpoint(config, STEPS[-1])),
-        prompts=config["rl"]["prompts"] or rules.tokenize.output[0],
+        shards=rules.tokenize.output[0],  # the val shard's prefixes are the prompts unless rl.prompts names a file
+        prompts=config["rl"]["prompts"] or [],
     output:
         [str(p) for p in layout.rl_outputs(config)],
     params:
         cli=GPT2PIPE,
         run_dir=lambda wildcards, output: Path(output[0]).parent.parent,
-        shards=lambda wildcards, input: "" if config["rl"]["prompts"] else f"--shards {shlex.quote(input.prompts)}",
     threads: RES["train_cpus_per_gpu"]
     resources:
         gpu=min(1, RES["train_gpus"]),
@@ -24,5 +24,5 @@ rule rl:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} rl -c {input.config:q} {params.shards} --run-dir {params.run_dir:q} --resume --no-progress"
+        "{params.cli} rl -c {input.config:q} --shards {input.shards:q} --run-dir {params.run_dir:q} --resume --no-progress"
         " > {log:q} 2>&1"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gpt2pipe.model.gpt import GPT, RMS_EPS, attention
+from gpt2pipe.model.gpt import GPT, RMS_EPS
 from gpt2pipe.ops import reference
 
 
@@ -34,6 +34,7 @@ class CachedGPT:
         cfg = model.config
         p = next(model.parameters())
         self.model, self.cfg, self.slots = model, cfg, slots
+        self.decoder: Decoder | None = None  # sample()'s recorded decode step over this cache, kept with it
         # one tensor per layer: under autograd (RL's padded forward) each is written once, then read
         shape = (batch, cfg.kv_heads, slots, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.n_layer)]
@@ -84,9 +85,12 @@ class CachedGPT:
 @dataclass
 class Rollout:
     """Sampled continuations: tokens [B, N] (N = max_new_tokens; after a stop token, padding) and lengths [B]
-    (the tokens up to and with the first stop token, or N)."""
+    (the tokens up to and with the first stop token, or N), after the left-padded prompts [B, P] and their mask
+    of real tokens."""
     tokens: torch.Tensor
     lengths: torch.Tensor
+    prompts: torch.Tensor
+    prompt_valid: torch.Tensor
 
 
 def left_pad(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,8 +175,7 @@ def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperatur
     # RL rollout, a benchmark's repeat) replays the graph instead of recording it again
     cached = model.__dict__.setdefault("_decoders", {})
     key = (B, P, max_new_tokens, temperature, top_k, str(device))
-    net, step = cached.pop(key, None) or (CachedGPT(model, B, P + max_new_tokens), None)
-    cached[key] = (net, step)
+    net = cached[key] = cached.pop(key, None) or CachedGPT(model, B, P + max_new_tokens)
     while len(cached) > 4:
         cached.pop(next(iter(cached)))
     net.key_valid.zero_()
@@ -183,11 +186,11 @@ def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperatur
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
     out[:, 0] = pick(F.linear(h[:, -1], head).float(), temperature, top_k, gen)
     if max_new_tokens > 1:
-        if step is None:
-            step = cached[key] = (net, Decoder(net, head, temperature, top_k, out[:, :1], pos[:, -1:] + 1, P))
-            step = step[1]
+        if net.decoder is None:
+            net.decoder = Decoder(net, head, temperature, top_k, out[:, :1], pos[:, -1:] + 1, P)
         else:
-            step.reset(out[:, :1], pos[:, -1:] + 1, P)
+            net.decoder.reset(out[:, :1], pos[:, -1:] + 1, P)
+        step = net.decoder
         run = step.replay if cuda_graph and device.type == "cuda" else step.eager
         for i in range(1, max_new_tokens):
             if temperature:
@@ -197,7 +200,7 @@ def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperatur
     if stop_token is not None:
         hit = out == stop_token
         lengths = torch.where(hit.any(1), hit.float().argmax(1) + 1, lengths)
-    return Rollout(out, lengths)
+    return Rollout(out, lengths, idx, valid)
 
 
 class Decoder:

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from gpt2pipe import Gpt2pipeError, distributed, layout
 from gpt2pipe.config import Config
@@ -27,6 +26,7 @@ from gpt2pipe.rl.rollout import collect, shape_rewards
 from gpt2pipe.train.guards import Preempted, stop_signals
 from gpt2pipe.train.logs import say_for
 from gpt2pipe.train.optim import build_optimizer
+from gpt2pipe.train.state import newest_or_refuse
 
 COLUMNS = ["step", "reward_mean", "reward_std", "kl", "kl_coef", "entropy", "policy_loss", "value_loss",
            "policy_clipfrac", "value_clipfrac", "approxkl", "response_length", "rollout_s", "update_s",
@@ -81,7 +81,7 @@ class _Run:
         self.paths = rl_state.RLPaths.of(run_dir)
         source, _ = load_any(init)
         self.ident = rl_state.identity(cfg.raw["rl"], init, dataclasses.asdict(source.config))
-        saved = None if restart else rl_state.newest(self.paths, self.say)
+        saved = None if restart else newest_or_refuse(self.paths.state, self.say, kind="rl-state")
         if saved is not None:
             rl_state.check_resumable(saved, self.ident)
             if not resume:
@@ -127,10 +127,7 @@ class _Run:
 
     # --- the whole batch over processes ---------------------------------------------------------------------
     def total(self, x: torch.Tensor) -> torch.Tensor:
-        if self.world.distributed:
-            x = x.clone()
-            dist.all_reduce(x)
-        return x
+        return distributed.total(x, self.world)
 
     def my_prompts(self, step: int) -> list[list[int]]:
         """This process's prompts of the step (GRPO: whole groups of grpo_group_size copies)."""
@@ -152,13 +149,9 @@ class _Run:
         self.policy.eval()
         self.sampler = sampling_copy(self.policy, self.sampler)
         exp = collect(self.policy, self.ref, self.my_prompts(step), rl, self.reward_fn, gen, self.ctx,
-                      rl.forward_batch, self.sampler)
+                      rl.forward_batch, self.sampler, self.value)
         rewards, kl = shape_rewards(exp, self.kl.value)
         if rl.algorithm == "ppo":
-            with torch.no_grad(), self.ctx:
-                exp.values = torch.cat([self.value(exp.seq[r], None if exp.valid is None else exp.valid[r], exp.P)
-                                        for r in torch.arange(len(exp.seq), device=self.device).split(rl.forward_batch)])
-            exp.values = exp.values * exp.mask
             if rl.whiten_rewards:
                 rewards = losses.masked_whiten(rewards, exp.mask, shift_mean=False, total=self.total)
             adv, exp.returns = losses.gae(rewards, exp.values, exp.mask, rl.gamma, rl.lam)
@@ -178,7 +171,7 @@ class _Run:
         n = self.total(torch.tensor(float(len(exp.scores)), device=self.device))
         sums = self.total(torch.stack([exp.scores.sum(), (exp.scores ** 2).sum(), kl.sum(), exp.mask.sum()]))
         mean = sums[0] / n
-        stats = {k: (self.total(v.detach().reshape(1)) / self.world.size).item() for k, v in stats.items()}
+        stats = dict(zip(stats, distributed.mean(torch.stack(list(stats.values())), self.world).tolist()))
         t2 = time.perf_counter()
         row = {"step": step, "reward_mean": mean.item(), "reward_std": (sums[1] / n - mean ** 2).clamp(min=0).sqrt().item(),
                "kl": (sums[2] / n).item(), "kl_coef": self.kl.value, "entropy": stats.get("objective/entropy", 0.0),

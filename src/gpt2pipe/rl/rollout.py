@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from gpt2pipe.data.tokenizer import EOT, gpt2
-from gpt2pipe.model.decode import left_pad, sample, sampling_copy
+from gpt2pipe.model.decode import sample, sampling_copy
 from gpt2pipe.model.gpt import GPT
 from gpt2pipe.rl import rewards as rewards_mod
 from gpt2pipe.rl.policy import response_logprobs
@@ -50,18 +50,17 @@ def _texts(tokens: list[list[int]]) -> list[str]:
 
 @torch.no_grad()
 def collect(policy: GPT, ref: GPT, prompts: list[list[int]], rl, reward_fn, gen: torch.Generator, ctx,
-            forward_batch: int, sampler: GPT | None = None) -> Experience:
+            forward_batch: int, sampler: GPT | None = None, value=None) -> Experience:
     """Sample (with `sampler`, the policy's sampling_copy, default a new one), score, and compute the
-    log-probabilities of policy and reference (rl: the RLConfig)."""
+    log-probabilities of policy and reference and (given the value model) the values (rl: the RLConfig)."""
     device = next(policy.parameters()).device
     sampler = sampler or sampling_copy(policy)
     out = sample(sampler, prompts, rl.max_new_tokens, rl.temperature, None, gen, EOT, pad=EOT)
-    prompt_idx, prompt_valid = left_pad(prompts, EOT, device)
-    P, R = prompt_idx.shape[1], rl.max_new_tokens
-    seq = torch.cat([prompt_idx, out.tokens], 1)
+    P, R = out.prompts.shape[1], rl.max_new_tokens
+    seq = torch.cat([out.prompts, out.tokens], 1)
     valid = None
-    if not bool(prompt_valid.all()):
-        valid = torch.cat([prompt_valid, torch.ones_like(out.tokens, dtype=torch.bool)], 1)
+    if not bool(out.prompt_valid.all()):
+        valid = torch.cat([out.prompt_valid, torch.ones_like(out.tokens, dtype=torch.bool)], 1)
     mask = (torch.arange(R, device=device)[None, :] < out.lengths[:, None]).float()
     response_tokens = [row[:n] for row, n in zip(out.tokens.tolist(), out.lengths.tolist())]
     responses = _texts(response_tokens)
@@ -70,14 +69,16 @@ def collect(policy: GPT, ref: GPT, prompts: list[list[int]], rl, reward_fn, gen:
     if rl.missing_eos_penalty is not None:  # TRL's: a response cut at max_new_tokens scores less
         ended = torch.tensor([EOT in r for r in response_tokens], device=device)
         scores = torch.where(ended, scores, scores - rl.missing_eos_penalty)
-    old, refs = [], []
+    old, refs, values = [], [], []
     for rows in torch.arange(len(prompts), device=device).split(forward_batch):
         v = None if valid is None else valid[rows]
         with ctx:
             old.append(response_logprobs(policy, seq[rows], v, P, rl.temperature))
             refs.append(response_logprobs(ref, seq[rows], v, P, rl.temperature))
+            if value is not None:
+                values.append(value(seq[rows], v, P))
     return Experience(seq, valid, P, mask, scores, torch.cat(old) * mask, torch.cat(refs) * mask,
-                      prompt_texts, responses)
+                      prompt_texts, responses, torch.cat(values) * mask if values else None)
 
 
 @torch.no_grad()

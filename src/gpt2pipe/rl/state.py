@@ -17,6 +17,7 @@ from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import digest
 from gpt2pipe.model import checkpoint
 from gpt2pipe.train.loop import RunPaths
+from gpt2pipe.train.state import saved_states
 
 # rl keys that change how a run goes, not what it computes: a run resumes across changes to them
 NOT_IDENTITY = {"checkpoint_every", "forward_batch", "eval_prompts", "steps"}  # steps: a finished run extends
@@ -36,11 +37,8 @@ class RLPaths(RunPaths):
     def of(cls, run_dir: Path) -> RLPaths:
         return cls(Path(run_dir) / "rl", Path(run_dir) / "rl_state")
 
-    def states(self) -> list[Path]:
-        return sorted(self.state.glob("state_*.pt"), reverse=True)
-
     def clear(self) -> None:
-        for stale in [*self.states(), *self.state.glob("model_*.pt"), *self.out.glob("*_*.pt"),
+        for stale in [*saved_states(self.state), *self.state.glob("model_*.pt"), *self.out.glob("*_*.pt"),
                       *self.out.glob("eval_*.json"), *self.out.glob("samples_*.txt"), self.state / "rl.log"]:
             stale.unlink(missing_ok=True)
 
@@ -49,27 +47,8 @@ def save(paths: RLPaths, policy, step: int, weights: dict, kl_coef: float, opt_p
          opt_value: dict | None, ident: dict, keep: int = 2) -> None:
     checkpoint.save(paths.state / f"state_{step:06d}.pt", policy, step, weights=weights, kind="rl-state",
                     opt_policy=opt_policy, opt_value=opt_value, kl_coef=kl_coef, identity=ident)
-    for old in paths.states()[keep:]:
+    for old in saved_states(paths.state)[keep:]:
         old.unlink()
-
-
-def newest(paths: RLPaths, say) -> dict | None:
-    """The newest readable state; None for a fresh folder. States that exist but none loads: refused (a new
-    start would delete them), naming the files."""
-    found = paths.states()
-    for path in found:
-        try:
-            ck = checkpoint.read(path)
-        except Gpt2pipeError as e:
-            say(f"{e}; trying the previous state")
-            continue
-        if ck.get("kind") == "rl-state":
-            ck["path"] = str(path)
-            return ck
-    if found:
-        raise Gpt2pipeError(f"no readable RL state among {', '.join(str(p) for p in found)}: pass --restart to "
-                            "start over (deletes them)")
-    return None
 
 
 def check_resumable(saved: dict, ident: dict) -> None:

@@ -37,7 +37,7 @@ from gpt2pipe.train.guards import Preempted, UpdateGuard, stop_signals
 from gpt2pipe.train.logs import RunLog, check_sinks, say_for
 from gpt2pipe.train.optim import build_optimizer, check_optimizer
 from gpt2pipe.train.schedule import lr_at
-from gpt2pipe.train.state import TrainState, check_resumable, newest_state, saved_states
+from gpt2pipe.train.state import TrainState, check_resumable, newest_or_refuse, saved_states
 
 # test seam: behave as if a preemption signal arrived at this step (GPT2PIPE_PREEMPT_AT_STEP=N)
 _PREEMPT_AT = int(os.environ.get("GPT2PIPE_PREEMPT_AT_STEP", "-1"))
@@ -131,11 +131,7 @@ class Trainer:
         val_loader = ShardLoader(shards.val, B, T, world.rank, world.size, vocab_size=cfg.model.vocab_size)
         paths = RunPaths.of(run_dir)
         identity = training_identity(cfg.raw)
-        saved = None if restart else newest_state(paths.state, say)
-        if saved is None and not restart and (unreadable := saved_states(paths.state)):
-            # starting over would delete them, with the snapshots and the log: only on request
-            raise Gpt2pipeError(f"{paths.state}: no saved state loads ({', '.join(p.name for p in unreadable)}): "
-                                "pass --restart to delete them and start over")
+        saved = None if restart else newest_or_refuse(paths.state, say)
         found = distributed.gather_objects(None if saved is None else int(saved["step"]), world)
         if len(set(found)) > 1:  # e.g. nodes with a run folder each: resuming would train diverged replicas
             raise Gpt2pipeError(f"the processes found different saved states in {paths.state} (step per process, "

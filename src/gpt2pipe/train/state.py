@@ -81,19 +81,29 @@ def saved_states(state_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STATE_NAME.fullmatch(p.name).group(1)), reverse=True)
 
 
-def newest_state(state_dir: Path, say=tqdm.write) -> dict | None:
-    """The newest state that loads (memory-mapped: each process reads only what it uses); a damaged newest
-    file is reported and the one before it used."""
+def newest_state(state_dir: Path, say=tqdm.write, kind: str = "train-state") -> dict | None:
+    """The newest state of this kind that loads (memory-mapped: each process reads only what it uses); a
+    damaged newest file is reported and the one before it used."""
     for path in saved_states(state_dir):
         try:
             ck = checkpoint.read(path, mmap=True)
         except Gpt2pipeError as e:
             say(f"{e}; trying the previous state")
             continue
-        if ck.get("kind") == "train-state":
+        if ck.get("kind") == kind:
             ck["path"] = str(path)
             return ck
     return None
+
+
+def newest_or_refuse(state_dir: Path, say=tqdm.write, kind: str = "train-state") -> dict | None:
+    """newest_state, or None for a folder without states; states that exist but none loads are refused in
+    one line naming them (starting over would delete them, with the snapshots and the log: only --restart)."""
+    saved = newest_state(state_dir, say, kind)
+    if saved is None and (unreadable := saved_states(state_dir)):
+        raise Gpt2pipeError(f"{state_dir}: no saved state loads ({', '.join(p.name for p in unreadable)}): "
+                            "pass --restart to delete them and start over")
+    return saved
 
 
 @dataclass
