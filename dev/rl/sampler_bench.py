@@ -24,12 +24,31 @@ def timed(fn, reps=3):
     return best
 
 
+def profile_step(twin, prompts, new):
+    """Where one decode step's GPU time goes: the kernels of 8 eager steps, by total CUDA time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sample(twin, prompts, new, 1.0, None, torch.Generator("cuda").manual_seed(0))
+    step = next(reversed(twin._decoders.values())).decoder
+    P = len(prompts[0])  # the bench's prompts are all one length: back to the first decode slot
+    step.slot.fill_(P)
+    step.pos.fill_(P)
+    step.eager()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(8):
+            step.eager()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("checkpoint")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--prompt", type=int, default=20)
     p.add_argument("--new", type=int, default=48)
+    p.add_argument("--profile", action="store_true", help="also print the GPU kernels of one eager decode step")
     a = p.parse_args()
     model, _ = load_any(a.checkpoint)
     model = model.cuda().eval()
@@ -41,6 +60,8 @@ def main():
     ours = timed(lambda: sample(twin, prompts, a.new, 1.0, None, gen))
     eager = timed(lambda: sample(twin, prompts, a.new, 1.0, None, gen, cuda_graph=False))
     rows = {"gpt2pipe sampler (bf16, CUDA graph)": ours, "gpt2pipe sampler (bf16, eager)": eager}
+    if a.profile:
+        profile_step(twin, prompts, a.new)
     from transformers import GPT2LMHeadModel
 
     from gpt2pipe.model.formats.hf import to_hf
