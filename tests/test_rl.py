@@ -82,11 +82,12 @@ LLAMA = dict(pos_embedding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, n
 
 
 @pytest.mark.parametrize("arch", [{}, LLAMA], ids=["gpt2", "llama"])
-def test_kv_cache_sampler_equals_the_plain_forward_with_left_padding(arch):
+@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+def test_kv_cache_sampler_equals_the_plain_forward_with_left_padding(arch, attention):
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, **arch)).eval()
     prompts = [[5, 6, 7, 8, 9], [11, 12], [3]]  # left-padded inside: rows start at position 0 after padding
-    out = sample(model, prompts, 10, temperature=0)
+    out = sample(model, prompts, 10, temperature=0, attention=attention)
     for row, p in zip(out.tokens.tolist(), prompts):
         seq = list(p)
         for _ in range(10):  # greedy, the whole sequence every step, no padding
@@ -293,6 +294,9 @@ def test_cuda_graph_decode_equals_eager_decode(arch):
     a = sample(model, prompts, 16, temperature=0, cuda_graph=True)
     b = sample(model, prompts, 16, temperature=0, cuda_graph=False)
     assert torch.equal(a.tokens, b.tokens)
+    for attention in ("sdpa", "matmul"):  # the decode step fused by torch.compile, then recorded
+        e = sample(model, prompts, 16, temperature=0, attention=attention, compiled=True)
+        assert torch.equal(a.tokens, e.tokens), attention
     gen = lambda: torch.Generator("cuda").manual_seed(1)  # noqa: E731
     twin = sampling_copy(model)
     assert next(twin.parameters()).dtype == torch.bfloat16

@@ -57,9 +57,21 @@ def main():
     tokens = a.batch * a.new
     twin = sampling_copy(model)
     gen = torch.Generator("cuda").manual_seed(0)
-    ours = timed(lambda: sample(twin, prompts, a.new, 1.0, None, gen))
-    eager = timed(lambda: sample(twin, prompts, a.new, 1.0, None, gen, cuda_graph=False))
-    rows = {"gpt2pipe sampler (bf16, CUDA graph)": ours, "gpt2pipe sampler (bf16, eager)": eager}
+    rows = {}
+    for attention in ("sdpa", "matmul"):
+        for compiled in (False, True):
+            name = f"gpt2pipe sampler (bf16, CUDA graph, {attention} attention{', compiled' if compiled else ''})"
+            try:
+                rows[name] = timed(lambda: sample(twin, prompts, a.new, 1.0, None, gen, attention=attention,
+                                                  compiled=compiled))
+            except Exception as e:  # noqa: BLE001 - a variant that fails is reported, the others still run
+                print(f"{name}: {type(e).__name__}: {str(e)[:300]}")
+    rows["gpt2pipe sampler (bf16, eager)"] = timed(lambda: sample(twin, prompts, a.new, 1.0, None, gen,
+                                                                  cuda_graph=False))
+    same = [sample(twin, prompts, a.new, 0.0, None, None, attention=v, compiled=c).tokens
+            for v, c in (("sdpa", False), ("matmul", False), ("matmul", True))]
+    print("greedy tokens equal to sdpa's: matmul", (same[1] == same[0]).float().mean().item(),
+          "matmul compiled", (same[2] == same[0]).float().mean().item())
     if a.profile:
         profile_step(twin, prompts, a.new)
     from transformers import GPT2LMHeadModel

@@ -12,15 +12,15 @@ export PYTHONUNBUFFERED=1
 cfg=dev/rl/gpt2_124M_local.yaml
 ck=results/rl124m/train/model_000200.pt
 set -x
-[ -n "${SKIP_TESTS:-}" ] || timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rl.py 2>&1 | tail -8
+[ -n "${SKIP_TESTS:-}" ] || timeout 80 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rl.py 2>&1 | tail -8
 python3 -m gpt2pipe corpus -c $cfg && python3 -m gpt2pipe tokenize -c $cfg
 timeout 200 python3 -m gpt2pipe train -c $cfg --no-progress --restart 2>&1 | grep -E "step +(1|100|200)/|val|gpt2pipe"
-timeout 90 python3 dev/rl/sampler_bench.py $ck ${BENCH_ARGS:---profile}
+timeout 100 python3 dev/rl/sampler_bench.py $ck ${BENCH_ARGS:---profile}
 python3 dev/rl/trl_grpo.py prompts results/data/local_prose/shards /tmp/prompts.jsonl
-timeout 120 python3 -m gpt2pipe rl -c $cfg --no-progress --run-dir results/grpo_side --restart \
+timeout 100 python3 -m gpt2pipe rl -c $cfg --no-progress --run-dir results/grpo_side --restart \
     --set rl.algorithm=grpo --set rl.prompts=/tmp/prompts.jsonl --set rl.learning_rate=1e-5 \
     --set rl.steps=$STEPS --set rl.checkpoint_every=1000
 cp results/grpo_side/rl/rl.log "$OUT/ours_grpo.log"
 python3 -m gpt2pipe export --checkpoint $ck --format hf --out /tmp/hf
-timeout ${TRL_SECONDS:-180} python3 dev/rl/trl_grpo.py trl /tmp/hf /tmp/prompts.jsonl "$OUT/trl_grpo.tsv" --steps $STEPS \
+timeout ${TRL_SECONDS:-150} python3 dev/rl/trl_grpo.py trl /tmp/hf /tmp/prompts.jsonl "$OUT/trl_grpo.tsv" --steps $STEPS \
     2>&1 | grep -vi warn | tail -40

@@ -30,8 +30,9 @@ class CachedGPT:
     """A GPT run over a KV cache of `slots` positions for `batch` rows. `forward(idx, pos, start)` writes the
     keys and values of idx [B, T] into slots start..start+T-1 and returns the final norm's output there."""
 
-    def __init__(self, model: GPT, batch: int, slots: int):
+    def __init__(self, model: GPT, batch: int, slots: int, attention: str = "sdpa"):
         cfg = model.config
+        self.attention = attention  # "sdpa", or "matmul": one query a row, written out (decode steps)
         p = next(model.parameters())
         self.model, self.cfg, self.slots = model, cfg, slots
         self.decoder: Decoder | None = None  # sample()'s recorded decode step over this cache, kept with it
@@ -78,7 +79,11 @@ class CachedGPT:
         K, V = self.k[layer], self.v[layer]
         if G != H:
             K, V = K.repeat_interleave(H // G, 1), V.repeat_interleave(H // G, 1)
-        y = F.scaled_dot_product_attention(q, K.to(q.dtype), V.to(q.dtype), attn_mask=mask)
+        if self.attention == "matmul":
+            att = (q @ K.transpose(-2, -1)).float() * D ** -0.5
+            y = (att.masked_fill(~mask, float("-inf")).softmax(-1).to(V.dtype) @ V)
+        else:
+            y = F.scaled_dot_product_attention(q, K.to(q.dtype), V.to(q.dtype), attn_mask=mask)
         return attn.c_proj(y.transpose(1, 2).reshape(B, T, H * D))
 
 
@@ -160,7 +165,7 @@ def plain_copy(model: GPT) -> GPT:
 @torch.no_grad()
 def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, gen: torch.Generator | None = None, stop_token: int | None = None,
-           pad: int = 0, cuda_graph: bool = True) -> Rollout:
+           pad: int = 0, cuda_graph: bool = True, attention: str = "sdpa", compiled: bool = False) -> Rollout:
     """Continue each prompt (token lists, any lengths, at least one token each) by max_new_tokens tokens.
     Rows that emitted stop_token keep running (fixed shapes) and are cut by `lengths`."""
     device = next(model.parameters()).device
@@ -174,8 +179,8 @@ def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperatur
     # a model keeps its last few caches and recorded decode steps: the next call of the same shape (the next
     # RL rollout, a benchmark's repeat) replays the graph instead of recording it again
     cached = model.__dict__.setdefault("_decoders", {})
-    key = (B, P, max_new_tokens, temperature, top_k, str(device))
-    net = cached[key] = cached.pop(key, None) or CachedGPT(model, B, P + max_new_tokens)
+    key = (B, P, max_new_tokens, temperature, top_k, str(device), attention, compiled)
+    net = cached[key] = cached.pop(key, None) or CachedGPT(model, B, P + max_new_tokens, attention)
     while len(cached) > 4:
         cached.pop(next(iter(cached)))
     net.key_valid.zero_()
@@ -187,7 +192,7 @@ def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperatur
     out[:, 0] = pick(F.linear(h[:, -1], head).float(), temperature, top_k, gen)
     if max_new_tokens > 1:
         if net.decoder is None:
-            net.decoder = Decoder(net, head, temperature, top_k, out[:, :1], pos[:, -1:] + 1, P)
+            net.decoder = Decoder(net, head, temperature, top_k, out[:, :1], pos[:, -1:] + 1, P, compiled)
         else:
             net.decoder.reset(out[:, :1], pos[:, -1:] + 1, P)
         step = net.decoder
@@ -209,8 +214,10 @@ class Decoder:
     once as a graph and replayed (the noise of each draw is filled in before)."""
 
     def __init__(self, net: CachedGPT, head, temperature: float, top_k: int | None, first: torch.Tensor,
-                 pos: torch.Tensor, slot: int):
+                 pos: torch.Tensor, slot: int, compiled: bool = False):
         self.net, self.head, self.temperature, self.top_k = net, head, temperature, top_k
+        # compiled: the step's elementwise work fused by torch.compile (inductor) before the graph records it
+        self._step = torch.compile(self._next, dynamic=False) if compiled else self._next
         self.tok, self.pos = first.clone(), pos.clone()
         self.slot = torch.tensor(slot, device=first.device)
         self.noise = torch.empty(first.shape[0], head.shape[0], device=first.device)
@@ -222,10 +229,13 @@ class Decoder:
         self.pos.copy_(pos)
         self.slot.fill_(slot)
 
-    def eager(self) -> torch.Tensor:
+    def _next(self) -> torch.Tensor:
         self.net.key_valid.index_fill_(1, self.slot.view(1), True)
         h = self.net.forward(self.tok, self.pos, self.slot)
-        nxt = choose(F.linear(h[:, -1], self.head).float(), self.temperature, self.top_k, self.noise)
+        return choose(F.linear(h[:, -1], self.head).float(), self.temperature, self.top_k, self.noise)
+
+    def eager(self) -> torch.Tensor:
+        nxt = self._step()
         self.tok.copy_(nxt[:, None])
         self.pos += 1
         self.slot += 1
