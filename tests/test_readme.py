@@ -31,7 +31,7 @@ def command(prefix: str) -> str:
 @pytest.fixture
 def clone(tmp_path):
     """A folder laid out like a fresh clone, with .venv/bin/{python,snakemake} running this interpreter."""
-    for name in ("workflow", "config", "data", "src"):
+    for name in ("workflow", "config", "data", "src", "envs"):
         (tmp_path / name).symlink_to(ROOT / name)
     venv = tmp_path / ".venv" / "bin"
     venv.mkdir(parents=True)
