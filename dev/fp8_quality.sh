@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 16's fp8 loss study: the GPT-2 124M recipe for 100M tokens (763 steps of 131,072 tokens,
+# The fp8 loss study: the GPT-2 124M recipe for 100M tokens (763 steps of 131,072 tokens,
 # dev/speedrun/gpt2_mix.yaml) in bf16 and with each fp8 GEMM choice, one run per GPU at a time, from the repo
 # root on a GPU machine. Prints each run's val losses (llm.c's `tel:` lines, every 95 steps = 12.5M tokens).
 #   DATA=<shard dir> [VARIANTS="bf16 mlp mlp,qkv head"] [SEEDS="42"] [GPUS=2] [OUT=./fp8_quality] dev/fp8_quality.sh
-# A variant is "bf16" or a comma-separated train.fp8_gemms list. The README's table is one seed; single runs
+# A variant is "bf16" or a comma-separated train.fp8_gemms list. docs/fp8.md's first table is one seed; single runs
 # of one config spread by up to ~0.1 on the 15M-token corpus, so compare several seeds.
 set -u -o pipefail
 : "${DATA:?set DATA to a directory of llm.c-format shards (mix_train_*.bin, mix_val_*.bin)}"
