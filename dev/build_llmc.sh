@@ -5,7 +5,7 @@
 # $CUDNN_FRONTEND (default .llmc/cudnn-frontend/include), and cuDNN itself, taken from the nvidia-cudnn wheel
 # torch depends on (its headers and libcudnn.so.9). Writes $SRC/train_gpt2cu and a wrapper
 # $SRC/train_gpt2cu.sh that puts that cuDNN on LD_LIBRARY_PATH: pass the wrapper to --llmc
-# (dev/bench_issue16.sh picks it up). The cuDNN build compiles llm.c's cudnn_att.cpp: a few minutes.
+# (dev/bench_step.sh picks it up). The cuDNN build compiles llm.c's cudnn_att.cpp: a few minutes.
 # Usage (repo root, on the GPU machine): dev/build_llmc.sh [SRC, default .llmc/src]
 set -euo pipefail
 SRC=$(cd "${1:-.llmc/src}" && pwd)

@@ -140,7 +140,7 @@ def test_fp8_gemms_is_in_the_identity_only_where_it_acts():
     default = config.from_dict({"train": {"fp8": True}})
     both = config.from_dict({"train": {"fp8": True, "fp8_gemms": ["mlp", "qkv"]}})
     qkv = config.from_dict({"train": {"fp8": True, "fp8_gemms": ["qkv"]}})
-    assert default.train.fp8_gemms == ["mlp"]  # qkv in fp8 cost 0.14 of val loss over 100M tokens (README)
+    assert default.train.fp8_gemms == ["mlp"]  # qkv in fp8 cost 0.14 of val loss over 100M tokens (docs/fp8.md)
     # mlp + qkv is what fp8 runs trained before the key existed: left out, so their identities stay
     assert "fp8_gemms" not in training_identity(both.raw)["train"]
     assert training_identity(default.raw)["train"]["fp8_gemms"] == ["mlp"]

@@ -31,7 +31,7 @@ def command(prefix: str) -> str:
 @pytest.fixture
 def clone(tmp_path):
     """A folder laid out like a fresh clone, with .venv/bin/{python,snakemake} running this interpreter."""
-    for name in ("workflow", "config", "data", "src"):
+    for name in ("workflow", "config", "data", "src", "envs"):
         (tmp_path / name).symlink_to(ROOT / name)
     venv = tmp_path / ".venv" / "bin"
     venv.mkdir(parents=True)
@@ -104,3 +104,49 @@ def test_quick_start_as_written(clone):
     assert "Nothing to be done" in run(demo, clone)
     run(".venv/bin/snakemake --report report.html", clone)
     assert "step_000150.txt" in (clone / "report.html").read_text(errors="replace")
+
+
+# Links between the README and docs/: every relative link resolves (to a file, and to a heading when it names
+# one), and every docs page can be reached from the README.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def prose(text: str) -> str:
+    """The text without fenced code blocks and inline code, where brackets are not links."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def anchors(page) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", prose(page.read_text()), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.replace("`", "").strip().lower()).replace(" ", "-") for h in headings}
+
+
+def relative_links(page):
+    """(target as written, the file it names) for each relative link of a markdown page."""
+    for target in re.findall(r"\[[^\]]*\]\(([^)\s]+)\)", prose(page.read_text())):
+        if not re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: are not checked here
+            path = target.split("#", 1)[0]
+            yield target, (page.parent / path).resolve() if path else page
+
+
+def test_links_between_readme_and_docs_resolve():
+    broken = []
+    for page in PAGES:
+        for target, dest in relative_links(page):
+            anchor = target.partition("#")[2]
+            if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in anchors(dest)):
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken
+
+
+def test_every_docs_page_is_reached_from_the_readme():
+    seen, todo = set(), [ROOT / "README.md"]
+    while todo:
+        page = todo.pop()
+        if page not in seen and page.suffix == ".md" and page.exists():
+            seen.add(page)
+            todo += [dest for _, dest in relative_links(page)]
+    orphans = [p.relative_to(ROOT).as_posix() for p in PAGES if p not in seen]
+    assert not orphans, f"not linked from the README or a page it links to: {orphans}"

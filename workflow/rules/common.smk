@@ -42,7 +42,7 @@ else:
     PYTHON = shlex.quote(sys.executable)
 GPT2PIPE = f"{PYTHON} -m gpt2pipe"
 RES = config["resources"]
-CONDA_ENV = "../envs/gpt2pipe.yaml"
+CONDA_ENV = "../../envs/gpt2pipe.yaml"  # relative to this file: the top-level envs/
 
 
 def train_launcher():

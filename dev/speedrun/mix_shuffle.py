@@ -1,5 +1,5 @@
 """Issue 17/16 GPU runs: techdocs + nltkprose shards pooled, documents shuffled (seed 1337), re-sharded.
-    python dev/issue17/mix_shuffle.py   ->  .llmc/data_mix (edit the folders below)  (val 1,048,576 tokens, train shards of 2M)"""
+    python dev/speedrun/mix_shuffle.py   ->  .llmc/data_mix (edit the folders below)  (val 1,048,576 tokens, train shards of 2M)"""
 import numpy as np
 from gpt2pipe import config
 from gpt2pipe.data.llmc_format import ShardSet, read_shard, ShardWriter

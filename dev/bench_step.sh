@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16's measurement on one GPU, in one call, from the repo root (PYTHONPATH pointing at src/ and any
+# The training-step benchmark on one GPU, in one call, from the repo root (PYTHONPATH pointing at src/ and any
 # extra wheels; outputs under $OUT, default ./bench_out). Ends within $BUDGET seconds (default 570) whatever
 # happens, each step under its own timeout:
 #   1. build llm.c if LLMC_SRC is set and has no train_gpt2cu yet (USE_CUDNN=0 unless dev/build_llmc.sh ran)
