@@ -4,6 +4,7 @@ named by the file or override that caused it and the dotted key it is about."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,10 @@ def _apply_override(raw: dict, item: str) -> dict:
     return layer
 
 
-def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config file (None: all defaults) and apply `section.key=value` overrides.
+def load(path: str | Path | None, overrides: list[str] | None = None,
+         checks: tuple[Callable[[Config], Problem | None], ...] = ()) -> Config:
+    """Load a YAML config file (None: all defaults) and apply `section.key=value` overrides; `checks` are
+    further rules run on the result (e.g. that the corpus files exist), reported the same way.
 
     A problem is reported under the name of what caused it: `config.yaml:12:5:` for YAML syntax, the file for
     its own values, `--set section.key=value:` when the offending key was set on the command line."""
@@ -116,4 +119,8 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
             raise Gpt2pipeError(f"{source}: a config must be a mapping, got {type(raw).__name__}")
     layers = [(source, copy.deepcopy(raw))]
     layers += [(f"--set {item}", _apply_override(raw, item)) for item in overrides or []]
-    return _config(validate(raw, source, layers))
+    cfg = _config(validate(raw, source, layers))
+    for check in checks:
+        if problem := check(cfg):
+            raise Gpt2pipeError(f"{blame(problem, layers, source)}: {problem}")
+    return cfg

@@ -11,6 +11,7 @@ The folder is written under a temporary name and renamed when complete, so a fai
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import shutil
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import DataConfig
+from gpt2pipe.schema import Problem
 
 DOCS_PER_FILE = 100_000
 
@@ -58,6 +60,44 @@ def parquet_documents(path: Path, column: str = "text") -> Iterator[str]:
         yield from (t for t in batch.column(0).to_pylist() if t)
 
 
+def inputs_problem(cfg: DataConfig) -> Problem | None:
+    """The first local input (source text or parquet) that is missing or holds no text, in one line naming
+    data.paths, or None: checked by `gpt2pipe config` and before the corpus stage reads anything."""
+    if cfg.source not in ("text", "parquet"):
+        return None
+    if not cfg.paths:
+        return Problem(f"data.paths is empty: data.source {cfg.source} needs input files", ("data.paths",))
+    for path in map(Path, cfg.paths):
+        if (why := _no_text(path, cfg)) is not None:
+            return Problem(f"data.paths: {path}: {why}", ("data.paths",))
+    return None
+
+
+def _no_text(path: Path, cfg: DataConfig) -> str | None:
+    """Why the file holds no documents (reading only until the first one), or None."""
+    if not path.exists():
+        return "not found"
+    if not path.is_file():
+        return "not a file"
+    if cfg.source == "parquet":
+        try:
+            next(parquet_text_batches(path, column=cfg.text_column))
+        except Gpt2pipeError as e:
+            return str(e).removeprefix(f"{path}: ")
+        except StopIteration:
+            return "holds no rows"
+        return None
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                if decoder.decode(chunk).strip():
+                    return None
+            except UnicodeDecodeError as e:
+                return f"not UTF-8 text ({e.reason})"
+    return "holds no text (empty, or only whitespace)"
+
+
 def _local_bytes(cfg: DataConfig) -> int:
     """Text size of local inputs (parquet: uncompressed), to size the shuffle's buckets."""
     if cfg.source != "parquet":
@@ -86,11 +126,8 @@ def iter_documents(cfg: DataConfig, out_dir: Path) -> tuple[Iterator[str], int |
 
         ds = hf_dataset.load(cfg)
         return hf_dataset.documents(ds, cfg.text_column), hf_dataset.approx_bytes(ds)
-    if not cfg.paths:
-        raise Gpt2pipeError(f"data.paths is empty: source '{cfg.source}' needs input files")
-    for p in map(Path, cfg.paths):
-        if not p.is_file():
-            raise Gpt2pipeError(f"{p}: corpus file not found")
+    if problem := inputs_problem(cfg):
+        raise problem
 
     def local_docs() -> Iterator[str]:
         for p in map(Path, cfg.paths):
