@@ -29,7 +29,7 @@ def _config_layers():
     return layers + [("--config", dict(workflow.config_settings.config or {}))]
 
 
-try:  # schema (paths, types, defaults) + cross-field rules
+try:  # schema (paths, types, defaults) + cross-field rules (a missing corpus file: Snakemake's missing input)
     config.update(typed_strings(dict(config), config_schema()))
     config.update(validate_config(config, str(workflow.configfiles[-1]) if workflow.configfiles else "--config",
                                   _config_layers()))

@@ -17,10 +17,10 @@ def cmd_config(args: argparse.Namespace) -> None:
         return
     import yaml
 
-    from gpt2pipe.data.corpus import inputs_problem
+    from gpt2pipe.data.inputs import corpus_problem
 
     # beyond the schema: the corpus files a text/parquet run reads exist and hold text
-    cfg = config_mod.load(args.configfile, args.overrides, checks=(lambda c: inputs_problem(c.data),))
+    cfg = config_mod.load(args.configfile, args.overrides, checks=(corpus_problem,))
     print(yaml.safe_dump(cfg.raw, sort_keys=False), end="")
 
 

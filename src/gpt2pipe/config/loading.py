@@ -4,7 +4,7 @@ named by the file or override that caused it and the dotted key it is about."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,29 @@ from gpt2pipe.schema import Problem
 Layer = tuple[str, dict]  # (the name a problem is reported under, what it set), in the order merged
 
 
-def validate(raw: dict | None, source: str = "config", layers: list[Layer] = ()) -> dict:
-    """Validate a config mapping, fill in defaults, and check cross-field rules. Returns a new dict.
+Check = Callable[[Config], Problem | None]  # a rule beyond the schema, e.g. that the corpus files exist
+
+
+def validate(raw: dict | None, source: str = "config", layers: Sequence[Layer] = (),
+             checks: tuple[Check, ...] = ()) -> dict:
+    """Validate a config mapping, fill in defaults, and check cross-field rules and `checks`. Returns a new dict.
 
     A problem is reported under the last of `layers` (config files, overrides) that set one of its keys, else
     under `source`: one line, `my.yaml: train.learnng_rate: unknown key; did you mean train.learning_rate?`."""
     try:
-        return validated(raw)
+        cfg = validated(raw)
+        for check in checks:
+            if problem := check(_config(cfg)):
+                raise problem
     except Problem as p:
         raise Gpt2pipeError(f"{blame(p, layers, source)}: {p}") from None
+    return cfg
 
 
-def blame(problem: Problem, layers: list[Layer], default: str) -> str:
-    setters = [name for name, values in layers if any(_related(k, key) for k in _leaves(values) for key in problem.keys)]
+def blame(problem: Problem, layers: Sequence[Layer], default: str) -> str:
+    """The name of the last layer that set one of the problem's keys, else `default`."""
+    setters = [name for name, values in layers
+               if any(_related(k, key) for k in _leaves(values) for key in problem.keys)]
     return setters[-1] if setters else default
 
 
@@ -103,8 +113,7 @@ def _apply_override(raw: dict, item: str) -> dict:
     return layer
 
 
-def load(path: str | Path | None, overrides: list[str] | None = None,
-         checks: tuple[Callable[[Config], Problem | None], ...] = ()) -> Config:
+def load(path: str | Path | None, overrides: list[str] | None = None, checks: tuple[Check, ...] = ()) -> Config:
     """Load a YAML config file (None: all defaults) and apply `section.key=value` overrides; `checks` are
     further rules run on the result (e.g. that the corpus files exist), reported the same way.
 
@@ -119,8 +128,4 @@ def load(path: str | Path | None, overrides: list[str] | None = None,
             raise Gpt2pipeError(f"{source}: a config must be a mapping, got {type(raw).__name__}")
     layers = [(source, copy.deepcopy(raw))]
     layers += [(f"--set {item}", _apply_override(raw, item)) for item in overrides or []]
-    cfg = _config(validate(raw, source, layers))
-    for check in checks:
-        if problem := check(cfg):
-            raise Gpt2pipeError(f"{blame(problem, layers, source)}: {problem}")
-    return cfg
+    return _config(validate(raw, source, layers, checks))
