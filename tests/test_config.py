@@ -11,6 +11,14 @@ def test_defaults_are_filled_in():
     assert cfg.run_dir.as_posix() == "results/demo"
 
 
+def test_config_folders_are_layouts():
+    """Config.run_dir / data_dir name the folders layout does (config does not import layout, which builds on it)."""
+    from gpt2pipe import layout
+
+    cfg = config.from_dict({"run_name": "r", "results_dir": "out", "data": {"name": "d"}})
+    assert (cfg.run_dir, cfg.data_dir) == (layout.run_dir(cfg.raw), layout.data_dir(cfg.raw))
+
+
 def test_demo_and_124M_configs_validate():
     demo = config.load("config/config.yaml")
     real = config.load("config/gpt2-124M.yaml")
@@ -21,9 +29,12 @@ def test_demo_and_124M_configs_validate():
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"trian": {}}, "Additional properties are not allowed ('trian'"),
+    ({"trian": {}}, "my.yaml: trian: unknown key; did you mean train?"),
     ({"train": {"max_steps": "ten"}}, "train.max_steps: 'ten' is not of type 'integer'"),
-    ({"train": {"lr": 1}}, "train: Additional properties"),
+    ({"train": {"lr": 1}}, "my.yaml: train.lr: unknown key"),
+    ({"train": {"learnng_rate": 1}}, "my.yaml: train.learnng_rate: unknown key; did you mean train.learning_rate?"),
+    ({"train": {"n_layer": 1}}, "my.yaml: train.n_layer: unknown key; did you mean model.n_layer?"),
+    ({"train": {"ops": "kernel"}}, "train.ops: 'kernel' is not one of ['torch', 'compile', 'kernels']; did you mean 'kernels'?"),
     ({"model": {"n_embd": 100, "n_head": 12}}, "n_embd must be divisible by model.n_head"),
     ({"train": {"seq_len": 2048}}, "seq_len must be <= model.block_size"),
     ({"train": {"total_batch_tokens": 1000}}, "multiple of train.micro_batch_size"),
@@ -90,7 +101,8 @@ def test_yaml_errors_keep_line_and_column(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("train.max_steps=ten", "--set train.max_steps=ten: train.max_steps: 'ten' is not of type 'integer'"),
-    ("train.lr=1", "--set train.lr=1: train: Additional properties are not allowed ('lr' was unexpected)"),
+    ("train.lr=1", "--set train.lr=1: train.lr: unknown key"),
+    ("train.max_step=1", "--set train.max_step=1: train.max_step: unknown key; did you mean train.max_steps?"),
     ("train.seq_len=96", "--set train.seq_len=96: train.total_batch_tokens must be a multiple of"),
     ("train.max_steps=[1", "--set train.max_steps=[1: value is not valid YAML"),
     ("run_name.x=1", "--set run_name.x=1: run_name: {'x': 1} is not of type 'string'"),

@@ -28,7 +28,7 @@ def test_parquet_source_reads_fineweb_schema(tmp_path):
 
 
 def test_bad_inputs_fail_with_the_file_named(tmp_path):
-    with pytest.raises(Gpt2pipeError, match=r"nope.txt: corpus file not found"):
+    with pytest.raises(Gpt2pipeError, match=r"data.paths: .*nope.txt: not found"):
         write_corpus(data_cfg(paths=[str(tmp_path / "nope.txt")]), tmp_path / "out")
     pq.write_table(pa.table({"content": ["x"]}), tmp_path / "wrong.parquet")
     with pytest.raises(Gpt2pipeError, match=r"wrong.parquet: parquet file has no 'text' column \(columns: \['content'\]; set data.text_column\)"):
@@ -40,20 +40,21 @@ def test_bad_inputs_fail_with_the_file_named(tmp_path):
     with pytest.raises(Gpt2pipeError, match="bin.txt: not UTF-8"):
         write_corpus(data_cfg(paths=[str(tmp_path / "bin.txt")]), tmp_path / "out")
     (tmp_path / "empty.txt").write_text("\n\n\n")
-    with pytest.raises(Gpt2pipeError, match="no documents"):
+    with pytest.raises(Gpt2pipeError, match=r"empty.txt: holds no text \(empty, or only whitespace\)"):
         write_corpus(data_cfg(paths=[str(tmp_path / "empty.txt")]), tmp_path / "out")
     with pytest.raises(Gpt2pipeError, match="no docs_"):
         list(read_corpus(tmp_path / "nothing"))
 
 
 def test_a_failed_corpus_leaves_no_folder(tmp_path):
-    (tmp_path / "empty.txt").write_text("\n\n\n")
+    (tmp_path / "empty.txt").write_text("|||\n")  # text, but no document between the separators
     out = tmp_path / "results" / "data" / "x" / "corpus"
     with pytest.raises(Gpt2pipeError, match="no documents"):
-        write_corpus(data_cfg(paths=[str(tmp_path / "empty.txt")]), out)
+        write_corpus(data_cfg(paths=[str(tmp_path / "empty.txt")], text_separator="|"), out)
     assert not (tmp_path / "results").exists()  # nor the parents it created
     (tmp_path / "late.txt").write_text("fine\n\nfine too\n\n")
-    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe")  # fails after documents were written
+    # fails after documents were written (the inputs check reads only up to bad.txt's first text)
+    (tmp_path / "bad.txt").write_bytes(b"ok\n\n" * (1 << 18) + b"\xff\xfe")
     out.parent.mkdir(parents=True)
     with pytest.raises(Gpt2pipeError, match="bad.txt: not UTF-8"):
         write_corpus(data_cfg(paths=[str(tmp_path / "late.txt"), str(tmp_path / "bad.txt")]), out)

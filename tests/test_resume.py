@@ -239,9 +239,9 @@ def test_loading_a_crafted_checkpoint_runs_no_code(tiny, tiny_shards, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"format": "gpt2pipe-checkpoint", "version": 2, "x": _Payload(marker)}, evil)
-    with pytest.raises(Gpt2pipeError, match="not a readable checkpoint"):
+    with pytest.raises(Gpt2pipeError, match="not a checkpoint gpt2pipe can read"):
         checkpoint.read(evil)
-    with pytest.raises(Gpt2pipeError, match="not a readable checkpoint"):
+    with pytest.raises(Gpt2pipeError, match="not a checkpoint gpt2pipe can read"):
         checkpoint.load_model(evil)
     for command in (["sample", "--checkpoint", str(evil)], ["export", "--checkpoint", str(evil), "--format", "hf",
                                                             "--out", str(tmp_path / "hf")],

@@ -51,10 +51,10 @@ def test_checkpoint_of_another_shape_is_refused(tiny, tiny_shards, tmp_path):
     with pytest.raises(Gpt2pipeError, match="another model shape"):
         run_train(config.from_dict(raw), tiny_shards, tmp_path / "run", resume=True)
     (tmp_path / "junk.pt").write_bytes(b"garbage")
-    with pytest.raises(Gpt2pipeError, match="junk.pt: not a readable checkpoint"):
+    with pytest.raises(Gpt2pipeError, match=r"junk.pt: not a checkpoint gpt2pipe can read \(a text file"):
         checkpoint.read(tmp_path / "junk.pt")
     torch.save({"x": 1}, tmp_path / "foreign.pt")
-    with pytest.raises(Gpt2pipeError, match="not a gpt2pipe checkpoint"):
+    with pytest.raises(Gpt2pipeError, match="not a checkpoint gpt2pipe can read .a torch file without gpt2pipe's"):
         checkpoint.read(tmp_path / "foreign.pt")
 
 

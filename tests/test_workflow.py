@@ -177,7 +177,7 @@ def test_bad_config_fails_before_any_job(workdir, tmp_path):
     r = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
                         "--dry-run"], capture_output=True, text=True)
     assert r.returncode != 0
-    assert "train: Additional properties are not allowed ('learning_rat' was unexpected)" in r.stdout + r.stderr
+    assert "train.learning_rat: unknown key; did you mean train.learning_rate?" in r.stdout + r.stderr
     assert not (tmp_path / RESULTS).exists()
 
 

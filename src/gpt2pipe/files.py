@@ -57,5 +57,13 @@ def size_text(n: int) -> str:
     return f"{n} bytes"
 
 
+def count_text(n: int) -> str:
+    """A count as people read it, three significant digits: 10B, 1.57M, 61.4K, 600."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
 def free_bytes(folder: str | Path) -> int:
     return shutil.disk_usage(folder).free

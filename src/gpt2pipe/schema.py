@@ -1,10 +1,12 @@
 """The config schema (schemas/config.schema.yaml, the single source of truth for keys, types, defaults and
-descriptions) and everything that checks a config against it: validation that fills in defaults, the
-cross-field rules a schema cannot say, typing of strings that arrive from command lines, and `describe()`."""
+descriptions): a validator that fills in defaults, the Problem a config error is raised as, typing of strings
+that arrive from command lines, and `describe()`. The ground floor of config handling: it imports no other
+gpt2pipe module but the package (gpt2pipe.config.rules applies it, with the cross-field rules)."""
 
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 from importlib import resources
 
@@ -35,7 +37,7 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft7Validator)
+Validator = _with_defaults(jsonschema.Draft7Validator)
 
 
 class Problem(Gpt2pipeError):
@@ -46,73 +48,45 @@ class Problem(Gpt2pipeError):
         self.keys = keys
 
 
-def _schema_problem(e: jsonschema.ValidationError) -> Problem:
-    where = ".".join(str(p) for p in e.absolute_path)
-    keys: tuple[str, ...] = (where,) if where else ()
-    if e.validator == "additionalProperties" and isinstance(e.instance, dict):
-        known = e.schema.get("properties", {})
-        keys = tuple(f"{where}.{k}" if where else k for k in e.instance if k not in known)
-    return Problem(f"{where or '(top level)'}: {e.message}", keys)
+def _dotted(prefix: str, key) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
 
 
-def _cross_field_problem(cfg: dict) -> Problem | None:
-    """The rules a schema cannot say; each message names the values, so the fix is obvious."""
-    from gpt2pipe.config import ModelConfig  # (config imports this module: imported on use)
+def _nearest(word: str, choices) -> str | None:
+    """The choice a misspelt `word` most likely meant (difflib's ratio >= 0.6), or None."""
+    found = difflib.get_close_matches(word, [str(c) for c in choices], n=1)
+    return found[0] if found else None
 
-    m, t = cfg["model"], cfg["train"]
-    B, T, total = t["micro_batch_size"], t["seq_len"], t["total_batch_tokens"]
-    if problem := ModelConfig(**m).problem(fp8=t["fp8"]):  # the model's own rules live beside ModelConfig
-        return problem
-    checks = [
-        (t["seq_len"] <= m["block_size"],
-         f"train.seq_len must be <= model.block_size ({t['seq_len']} > {m['block_size']})",
-         ("train.seq_len", "model.block_size")),
-        (total % (B * T) == 0,
-         f"train.total_batch_tokens must be a multiple of train.micro_batch_size * train.seq_len "
-         f"(total_batch_tokens {total}, micro_batch_size {B} * seq_len {T} = {B * T})",
-         ("train.total_batch_tokens", "train.micro_batch_size", "train.seq_len")),
-        (not (t.get("zero") == 3 and t["ops"] == "kernels"),
-         "train.zero 3 shards the model through FSDP2, which runs on the torch path: set train.ops to torch or "
-         "compile, or use train.zero 1 or 2 with ops kernels",
-         ("train.zero", "train.ops")),
-    ]
-    if "rl" in cfg:
-        checks += _rl_checks(cfg["rl"], m)
-    for ok, msg, keys in checks:
-        if not ok:
-            return Problem(msg, keys)
+
+def _elsewhere(key: str, tree: dict, prefix: str = "") -> str | None:
+    """The dotted key of another section with this exact name (train.n_layer -> model.n_layer), or None."""
+    for name, sub in tree.get("properties", {}).items():
+        if name == key and prefix:
+            return _dotted(prefix, name)
+        if sub.get("type") == "object" and (found := _elsewhere(key, sub, _dotted(prefix, name))):
+            return found
     return None
 
 
-def _rl_checks(rl: dict, m: dict) -> list:
-    longest = rl["prompt_tokens"] + 1 + rl["max_new_tokens"]  # + the <|endoftext|> each prompt starts with
-    return [
-        (rl["algorithm"] != "grpo" or rl["batch_size"] % rl["grpo_group_size"] == 0,
-         f"rl.batch_size must be a multiple of rl.grpo_group_size ({rl['batch_size']} % {rl['grpo_group_size']} != 0)",
-         ("rl.batch_size", "rl.grpo_group_size")),
-        (longest <= m["block_size"],
-         f"rl.prompt_tokens + 1 + rl.max_new_tokens must fit model.block_size ({rl['prompt_tokens']} + 1 + "
-         f"{rl['max_new_tokens']} > {m['block_size']})", ("rl.prompt_tokens", "rl.max_new_tokens")),
-        (rl["mini_batch_size"] <= rl["batch_size"],
-         f"rl.mini_batch_size must be <= rl.batch_size ({rl['mini_batch_size']} > {rl['batch_size']})",
-         ("rl.mini_batch_size", "rl.batch_size")),
-    ]
+def _unknown_key(where: str, key, known: dict) -> str:
+    """`train.learnng_rate: unknown key; did you mean train.learning_rate?`"""
+    guess = _nearest(str(key), known)
+    guess = _dotted(where, guess) if guess else _elsewhere(str(key), schema())
+    return f"{_dotted(where, key)}: unknown key" + (f"; did you mean {guess}?" if guess else "")
 
 
-def validated(raw: dict | None) -> dict:
-    """A validated copy of `raw` with defaults filled in; raises Problem (no source in its message)."""
-    cfg = copy.deepcopy(raw) if raw else {}
-    if not isinstance(cfg, dict):
-        raise Problem(f"a config must be a mapping, got {type(cfg).__name__}", ())
-    errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: list(e.path))
-    if errors:
-        raise _schema_problem(errors[0])
-    problem = _cross_field_problem(cfg)
-    if problem:
-        raise problem
-    from gpt2pipe.config import with_sets  # (config imports this module: imported on use)
-
-    return with_sets(cfg)
+def schema_problem(e: jsonschema.ValidationError) -> Problem:
+    """One line naming the dotted key (jsonschema's message names only the section for an unknown key)."""
+    where = ".".join(str(p) for p in e.absolute_path)
+    if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+        known = e.schema.get("properties", {})
+        unknown = [k for k in e.instance if k not in known]
+        return Problem("; ".join(_unknown_key(where, k, known) for k in unknown),
+                       tuple(_dotted(where, k) for k in unknown))
+    message = f"{where or '(top level)'}: {e.message}"
+    if e.validator == "enum" and isinstance(e.instance, str) and (guess := _nearest(e.instance, e.validator_value)):
+        message += f"; did you mean {guess!r}?"
+    return Problem(message, (where,) if where else ())
 
 
 def describe() -> str:

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import yaml
-from snakemake.exceptions import WorkflowError
 
 SRC = Path(workflow.basedir).parent / "src"
 try:
@@ -18,11 +17,25 @@ from gpt2pipe.schema import schema as config_schema, typed_strings
 from gpt2pipe.config import validate as validate_config
 
 
-try:  # schema (paths, types, defaults) + cross-field rules; one line naming the key on error
+def _config_layers():
+    """What each config file and --config set, in Snakemake's order: a problem is named by the last that set
+    its key (`my.yaml: train.learnng_rate: unknown key; did you mean train.learning_rate?`)."""
+    layers = []
+    for f in workflow.configfiles:
+        try:
+            layers.append((str(f), yaml.safe_load(Path(f).read_text()) or {}))
+        except (OSError, yaml.YAMLError):
+            layers.append((str(f), {}))
+    return layers + [("--config", dict(workflow.config_settings.config or {}))]
+
+
+try:  # schema (paths, types, defaults) + cross-field rules (a missing corpus file: Snakemake's missing input)
     config.update(typed_strings(dict(config), config_schema()))
-    config.update(validate_config(config, "config"))
-except Gpt2pipeError as e:
-    raise WorkflowError(str(e)) from None
+    config.update(validate_config(config, str(workflow.configfiles[-1]) if workflow.configfiles else "--config",
+                                  _config_layers()))
+except Gpt2pipeError as e:  # one line, without the Python frame a WorkflowError raised here would show
+    print(e, file=sys.stderr)
+    sys.exit(1)
 
 
 def _conda_mode():

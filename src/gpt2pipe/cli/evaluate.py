@@ -13,11 +13,11 @@ from gpt2pipe.cli.options import add_subcommand, load_config
 
 
 def _with_model_of(cfg: config_mod.Config, path: Path) -> config_mod.Config:
-    """The run config with the model section of an llm.c `.bin` or HF directory (read from its header or
-    config.json): it brings its own shape, and evaluation reads no more tokens per row than it takes."""
-    from gpt2pipe.model.load import foreign_config
+    """The run config with the model section of the model at `path` (read from its checkpoint, header or
+    config.json): evaluation reads no more tokens per row than it takes."""
+    from gpt2pipe.model.load import model_config_of
 
-    model = dataclasses.asdict(foreign_config(path))
+    model = dataclasses.asdict(model_config_of(path))
     seq_len = min(cfg.train.seq_len, model["block_size"])
     train = dict(cfg.raw["train"], seq_len=seq_len, total_batch_tokens=seq_len * cfg.train.micro_batch_size)
     return config_mod.from_dict(dict(cfg.raw, model=model, train=train))
@@ -30,7 +30,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = load_config(args)
     ckpt = Path(args.checkpoint)
     out = args.out or cfg.run_dir / "eval" / f"{ckpt.stem.replace('model', 'step')}.json"
-    if is_foreign(ckpt):
+    if is_foreign(ckpt) or args.configfile is None:  # foreign models, and ours without -c, bring their shape
         cfg = _with_model_of(cfg, ckpt)
     shards = None if args.skip_val else args.shards or layout.shard_dir(cfg.raw)
     result = evaluate_checkpoint(cfg, ckpt, shards, args.hellaswag, out)
@@ -79,7 +79,8 @@ def _non_negative(text: str) -> int:
 def register(sub) -> None:
     p = add_subcommand(sub, "evaluate", "val loss and HellaSwag of one checkpoint, as JSON", cmd_evaluate)
     p.add_argument("--checkpoint", required=True,
-                   help="model_NNNNNN.pt written by train, an llm.c model .bin, or a Hugging Face GPT-2 directory")
+                   help="model_NNNNNN.pt written by train, an llm.c model .bin, or a Hugging Face GPT-2 directory; "
+                   "the model's shape is read from it (with -c, a .pt must match the config's model section)")
     p.add_argument("--shards", type=Path, help="shard folder with the val shard")
     p.add_argument("--hellaswag", type=Path, help="HellaSwag .bin or .jsonl (omit to skip HellaSwag)")
     p.add_argument("--skip-val", action="store_true", help="no validation loss (no shards needed), e.g. to "
@@ -96,9 +97,11 @@ def register(sub) -> None:
                    "is --max-new-tokens tokens, document ends shown as <|endoftext|>, as llm.c prints them)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding")
     p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (0: all)")
-    p.add_argument("--num-samples", type=int, default=3)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--num-samples", type=int, default=3, help="how many samples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the random sampling "
+                   "(default: %(default)s)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the model runs; auto: a CUDA GPU if there is one (default: %(default)s)")
     p.add_argument("--out", type=Path, help="also write the samples to this text file")
 
     p = add_subcommand(sub, "report", "execute the report notebook with papermill; renders the PNG", cmd_report)

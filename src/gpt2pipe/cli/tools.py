@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from gpt2pipe import Gpt2pipeError
+from gpt2pipe import config as config_mod
 from gpt2pipe import schema
-from gpt2pipe.cli.options import add_subcommand, load_config
+from gpt2pipe.cli.options import add_subcommand
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -16,7 +17,11 @@ def cmd_config(args: argparse.Namespace) -> None:
         return
     import yaml
 
-    print(yaml.safe_dump(load_config(args).raw, sort_keys=False), end="")
+    from gpt2pipe.data.inputs import corpus_problem
+
+    # beyond the schema: the corpus files a text/parquet run reads exist and hold text
+    cfg = config_mod.load(args.configfile, args.overrides, checks=(corpus_problem,))
+    print(yaml.safe_dump(cfg.raw, sort_keys=False), end="")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -117,7 +122,8 @@ def cmd_bench_tokenize(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
-    p = add_subcommand(sub, "config", "print the resolved config (defaults filled in) or describe every key",
+    p = add_subcommand(sub, "config", "check a config (its keys, and that the corpus files exist and hold text) and "
+                       "print it resolved (defaults filled in), or describe every key",
                        cmd_config)
     p.add_argument("--describe", action="store_true", help="list every key with its default and meaning")
 

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import DataConfig
+from gpt2pipe.data.inputs import inputs_problem, parquet_text_batches
 
 DOCS_PER_FILE = 100_000
 
@@ -38,18 +39,6 @@ def text_documents(path: Path, separator: str | None) -> Iterator[str]:
         part = part.strip()
         if part:
             yield part
-
-
-def parquet_text_batches(path: Path, batch_size: int | None = None, column: str = "text") -> Iterator[pa.RecordBatch]:
-    """One text column of a parquet file in record batches (bounded memory), after checking the file."""
-    try:
-        f = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise Gpt2pipeError(f"{path}: not a readable parquet file ({e})") from None
-    if column not in f.schema_arrow.names:
-        raise Gpt2pipeError(f"{path}: parquet file has no {column!r} column (columns: {f.schema_arrow.names}; "
-                            "set data.text_column)")
-    yield from f.iter_batches(**({"batch_size": batch_size} if batch_size else {}), columns=[column])
 
 
 def parquet_documents(path: Path, column: str = "text") -> Iterator[str]:
@@ -86,11 +75,8 @@ def iter_documents(cfg: DataConfig, out_dir: Path) -> tuple[Iterator[str], int |
 
         ds = hf_dataset.load(cfg)
         return hf_dataset.documents(ds, cfg.text_column), hf_dataset.approx_bytes(ds)
-    if not cfg.paths:
-        raise Gpt2pipeError(f"data.paths is empty: source '{cfg.source}' needs input files")
-    for p in map(Path, cfg.paths):
-        if not p.is_file():
-            raise Gpt2pipeError(f"{p}: corpus file not found")
+    if problem := inputs_problem(cfg):
+        raise problem
 
     def local_docs() -> Iterator[str]:
         for p in map(Path, cfg.paths):

@@ -54,7 +54,7 @@ class ArrowChunks:
         self.path, self.n = path, n
 
     def __iter__(self) -> Iterator:
-        from gpt2pipe.data.corpus import parquet_text_batches
+        from gpt2pipe.data.inputs import parquet_text_batches
 
         return (batch.column(0) for batch in parquet_text_batches(self.path, self.n))
 

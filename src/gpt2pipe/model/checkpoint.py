@@ -8,8 +8,13 @@ tensor is used.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import pickle
+import re
+import zipfile
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -75,16 +80,48 @@ def read(path: str | Path, mmap: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise Gpt2pipeError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch.load's errors on others are cryptic
+        unreadable(path, _not_zip(path))
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated, foreign or code-carrying files all end here
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise Gpt2pipeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first[:200]})") from None
+        unreadable(path, _load_error(e))
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise Gpt2pipeError(f"{path}: not a gpt2pipe checkpoint")
+        unreadable(path, "a torch file without gpt2pipe's format tag; `gpt2pipe import` reads Hugging Face and "
+                   "llm.c models")
     if ck.get("version") != VERSION:
-        raise Gpt2pipeError(f"{path}: checkpoint version {ck.get('version')} is not supported (expected {VERSION})")
+        unreadable(path, f"format version {ck.get('version')}, this gpt2pipe reads version {VERSION}")
     return ck
+
+
+def unreadable(path: Path, why: str) -> NoReturn:
+    raise Gpt2pipeError(f"{path}: not a checkpoint gpt2pipe can read ({why})") from None
+
+
+def _not_zip(path: Path) -> str:
+    with path.open("rb") as f:
+        head = f.read(512)
+    if not head:
+        return "an empty file"
+    try:  # incremental: a character cut at byte 512 is not an error
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
+    except UnicodeDecodeError:
+        text = ""
+    if text and all(c.isprintable() or c.isspace() for c in text):
+        return "a text file, not one torch.save wrote"
+    return "not a zip archive as torch.save writes: another format, or cut short"
+
+
+def _load_error(e: Exception) -> str:
+    """torch.load's failure in a few words. Its own message can advise loading with weights_only=False, which
+    would run code from the file: that advice is never passed on."""
+    message = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in message:
+        found = re.search(r"GLOBAL ([\w.]+)", message)
+        what = f" ({found.group(1)})" if found else ""
+        return f"it holds Python objects{what} besides tensors and plain values, which gpt2pipe never unpickles"
+    first = (message.strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
 
 
 def check_shape(path: str | Path, got: ModelConfig, expected: ModelConfig) -> None:
@@ -99,9 +136,12 @@ def check_shape(path: str | Path, got: ModelConfig, expected: ModelConfig) -> No
 
 def model_config(path: str | Path, ck: dict) -> ModelConfig:
     try:
-        return ModelConfig(**ck["model_config"])
+        cfg = ModelConfig(**ck["model_config"])
     except (KeyError, TypeError) as e:
-        raise Gpt2pipeError(f"{path}: checkpoint has no valid model config ({e})") from None
+        unreadable(Path(path), f"no valid model config: {type(e).__name__} {e}")
+    if problem := cfg.problem():  # a shape no model can have: refused before anything is built
+        unreadable(Path(path), f"its model config: {problem}")
+    return cfg
 
 
 def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[GPT, dict]:
@@ -111,5 +151,8 @@ def load_model(path: str | Path, expected: ModelConfig | None = None) -> tuple[G
     if expected is not None:
         check_shape(path, cfg, expected)
     model = GPT(cfg)
-    model.load_state_dict({k: v.float() for k, v in ck["model"].items()})
+    try:
+        model.load_state_dict({k: v.float() for k, v in ck["model"].items()})
+    except (KeyError, AttributeError, RuntimeError) as e:  # load_state_dict's message spans lines: joined, cut
+        unreadable(Path(path), f"its weights do not fit its model config: {' '.join(str(e).split())[:200]}")
     return model, ck

@@ -30,6 +30,16 @@ def foreign_config(path: str | Path) -> ModelConfig:
     return hf_config(path) if path.is_dir() else llmc_config(path)
 
 
+def model_config_of(path: str | Path) -> ModelConfig:
+    """The shape of any model load_any reads, without loading its weights (ours: memory-mapped)."""
+    path = Path(path)
+    if not path.exists():
+        raise Gpt2pipeError(f"{path}: model not found (expected our .pt, an llm.c .bin or a Hugging Face directory)")
+    if is_foreign(path):
+        return foreign_config(path)
+    return checkpoint.model_config(path, checkpoint.read(path, mmap=True))
+
+
 def load_any(path: str | Path, expected: ModelConfig | None = None) -> tuple[GPT, dict]:
     """A model from our checkpoint (.pt), an llm.c model (.bin) or a Hugging Face directory.
 

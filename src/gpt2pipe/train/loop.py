@@ -28,7 +28,7 @@ from gpt2pipe.device import autocast, autocast_dtype, peak_flops, pick_device, s
 from gpt2pipe.distributed import World
 from gpt2pipe.eval.val import val_loss
 from gpt2pipe.model.load import load_any
-from gpt2pipe.files import atomic_path
+from gpt2pipe.files import atomic_path, count_text
 from gpt2pipe.model import checkpoint
 from gpt2pipe.model.gpt import GPT
 from gpt2pipe.ops import kernels_available
@@ -183,7 +183,7 @@ class Trainer:
             say(described)
         log.say(f"gpt2pipe train: {model.num_params() / 1e6:.2f}M parameters on {device} ({amp}), "
                 f"{t.total_batch_tokens:,} tokens/step = {B}x{T} x {grad_accum} accumulation x {world.size} processes, "
-                f"{t.max_steps} steps = {t.max_steps * t.total_batch_tokens / 1e9:.3f}B tokens"
+                f"{t.max_steps} steps = {count_text(t.max_steps * t.total_batch_tokens)} tokens"
                 + (f", resuming at step {state.step}" if resumed else ""))
         return cls(cfg, world, device, paths, state, runner, val_loader, ctx, grad_accum, log, resumed)
 
