@@ -285,7 +285,8 @@ def test_cuda_graphs_sum_accumulated_gradients_in_the_benchs_loop():
 
 
 def test_kernel_switches_set_each_mode_and_are_restored():
-    from gpt2pipe.ops.autograd import FUSIONS, FusedClassifier
+    from gpt2pipe.ops import FUSIONS
+    from gpt2pipe.ops.classifier import FusedClassifier
 
     on = dict(FUSIONS)
     assert FusedClassifier.dw_fp32 is True and all(on.values())

@@ -106,17 +106,18 @@ def kernel_switches(mode: str):
     """The kernels path as `mode` times it: the fused classifier's weight gradient summed in fp32 (bf16 in
     kernels-dw-bf16), and the GELU epilogue and packed-qkv fusions on (off in kernels-unfused, the step as
     it was before them)."""
-    from gpt2pipe.ops import autograd
+    from gpt2pipe.ops import FUSIONS
+    from gpt2pipe.ops.classifier import FusedClassifier
 
-    old = autograd.FusedClassifier.dw_fp32, dict(autograd.FUSIONS)
-    autograd.FusedClassifier.dw_fp32 = mode != "kernels-dw-bf16"
+    old = FusedClassifier.dw_fp32, dict(FUSIONS)
+    FusedClassifier.dw_fp32 = mode != "kernels-dw-bf16"
     if mode == "kernels-unfused":
-        autograd.FUSIONS.update(dict.fromkeys(autograd.FUSIONS, False))
+        FUSIONS.update(dict.fromkeys(FUSIONS, False))
     try:
         yield
     finally:
-        autograd.FusedClassifier.dw_fp32 = old[0]
-        autograd.FUSIONS.update(old[1])
+        FusedClassifier.dw_fp32 = old[0]
+        FUSIONS.update(old[1])
 
 
 class _Step:

@@ -19,9 +19,8 @@ import torch
 import torch.distributed as dist
 
 from gpt2pipe.distributed import World
-from gpt2pipe.ops import reference
+from gpt2pipe.ops import reference, use_kernels
 from gpt2pipe.ops.cuda import launch, sm_count
-from gpt2pipe.ops.autograd import _use_kernels
 
 
 BUCKET_ELEMENTS = 32 * 2**20  # ~64 MB of bf16 gradients per reduce-scatter
@@ -97,7 +96,7 @@ class FlatAdamW:
         self.blocks = sm_count() * 2 if device.type == "cuda" else 1
         self.partials = torch.empty(self.blocks, dtype=torch.float32, device=device)
         self.param_groups = [{"lr": lr}]  # what the training loop's lr setter touches
-        self.kernels = _use_kernels(self.params) and dtype == torch.bfloat16  # our kernels read/write bf16
+        self.kernels = use_kernels(self.params) and dtype == torch.bfloat16  # our kernels read/write bf16
         # overlap: during the backward pass that completes the gradients, each bucket is reduce-scattered
         # as soon as all its parameters have their gradient (post-accumulate hooks)
         self._overlap, self._pending, self._handles = False, [], {}
