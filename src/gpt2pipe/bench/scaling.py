@@ -22,7 +22,8 @@ import torch.distributed as dist
 
 from gpt2pipe import Gpt2pipeError, distributed
 from gpt2pipe.bench.comm import CommTime
-from gpt2pipe.bench.step import MODES, StepResult, bench_device, fit_micro_batch, micro_batch_for, time_training_step
+from gpt2pipe.bench.modes import MODES, micro_batch_for
+from gpt2pipe.bench.step import StepResult, bench_device, fit_micro_batch, time_training_step
 from gpt2pipe.model.gpt import GPT2_SIZES
 
 BENCH_TIMEOUT_S = 3600
