@@ -9,7 +9,8 @@ import torch
 
 from gpt2pipe.config import TrainConfig
 from gpt2pipe.distributed import World
-from gpt2pipe.ops.flat_adamw import FlatAdamW, ordered_params
+from gpt2pipe.ops.flat_adamw import FlatAdamW
+from gpt2pipe.ops.flat_layout import ordered_params
 from gpt2pipe.train.optimizer_protocol import PlainWeights
 
 

@@ -28,7 +28,8 @@ from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import TrainConfig
 from gpt2pipe.distributed import World
 from gpt2pipe.ops import reference
-from gpt2pipe.ops.flat_adamw import FlatAdamW, ordered_params
+from gpt2pipe.ops.flat_adamw import FlatAdamW
+from gpt2pipe.ops.flat_layout import ordered_params
 from gpt2pipe.train.optimizer_protocol import PlainWeights  # every process holds the whole model
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # modded-nanogpt's quintic: fast growth of small singular values
