@@ -70,7 +70,8 @@ def time_compile_cudagraphs(mode: str, cfg: ModelConfig, b: int, seq_len: int, t
         return [r]
     r.note, r.trusted = f"WRONG with CUDA graphs: {problem}", False
     notes.append(f"# {mode}: with CUDA graphs its first step disagrees ({problem}); timed again as {fallback}")
-    again = step.fit_micro_batch(mode, cfg, r.micro_batch, seq_len, total_batch, steps, warmup, profile, notes, fallback)
+    again = step.fit_micro_batch(mode, cfg, r.micro_batch, seq_len, total_batch, steps, warmup, profile, notes,
+                                 fallback)
     again.note = fallback
     return [r, again]
 

@@ -69,16 +69,16 @@ def run(sizes: tuple[str, ...] = ("124M",), seq_len: int = 1024, total_batch: in
             b = micro_batch.get((size, mode), micro_batch.get((None, mode), micro_batch_for(size, mode)))
             try:
                 if mode == "llmc":
-                    results.append(baselines.time_llmc(llmc_binary, size, cfg, b, seq_len, total_batch, steps, warmup,
-                                             list(llmc_args), notes))
+                    results.append(baselines.time_llmc(llmc_binary, size, cfg, b, seq_len, total_batch, steps,
+                                                       warmup, list(llmc_args), notes))
                 elif mode in compiled.RECIPES and compiled.RECIPES[mode].cudagraphs:
-                    reference = next((r for m in baselines.REFERENCE_MODES for r in results if r.mode == m and r.trusted),
-                                     None)
+                    reference = next((r for m in baselines.REFERENCE_MODES for r in results
+                                      if r.mode == m and r.trusted), None)
                     results += baselines.time_compile_cudagraphs(mode, cfg, b, seq_len, total_batch, steps, warmup,
-                                                       mode in profile, notes, reference)
+                                                                 mode in profile, notes, reference)
                 else:
                     results.append(step.fit_micro_batch(mode, cfg, b, seq_len, total_batch, steps, warmup,
-                                                   mode in profile, notes))
+                                                        mode in profile, notes))
             except Exception as e:  # noqa: BLE001 — one GPU call must still report the modes that worked
                 traceback.print_exc()
                 notes.append(f"# {mode} FAILED: {type(e).__name__}: " + str(e).strip().replace("\n", "\n#   "))
