@@ -25,7 +25,7 @@ E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 
 
 def timed(fn) -> float:  # µs
-    from gpt2pipe.bench.kernels import time_us
+    from gpt2pipe.bench.timing import time_us
 
     return time_us(fn, reps=30)
 

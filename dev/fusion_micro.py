@@ -16,13 +16,14 @@ import torch
 
 
 def timed(fn) -> float:  # µs
-    from gpt2pipe.bench.kernels import time_us
+    from gpt2pipe.bench.timing import time_us
 
     return time_us(fn, reps=30)
 
 
 def main() -> None:
-    from gpt2pipe.ops import autograd as K
+    from gpt2pipe.ops.linear import bias_grad
+    from gpt2pipe.ops.mlp import bias_gelu_backward, bias_gelu_forward
     from gpt2pipe.ops import cublaslt
 
     p = argparse.ArgumentParser()
@@ -38,16 +39,16 @@ def main() -> None:
     pre = torch.randn(N, H, **bf)
     rows = []
 
-    rows.append(("mlp fwd: fc GEMM + bias+GELU kernel", timed(lambda: K.bias_gelu_forward(x @ fc_w.t(), fc_b))))
+    rows.append(("mlp fwd: fc GEMM + bias+GELU kernel", timed(lambda: bias_gelu_forward(x @ fc_w.t(), fc_b))))
     rows.append(("mlp fwd: GELU_AUX_BIAS epilogue", timed(lambda: cublaslt.linear_gelu(x, fc_w, fc_b))))
     zero = torch.zeros_like(fc_b)
     rows.append(("mlp bwd: dact GEMM + bias+GELU bwd kernel",
-                 timed(lambda: K.bias_gelu_backward(dy @ proj_w, pre, zero))))
+                 timed(lambda: bias_gelu_backward(dy @ proj_w, pre, zero))))
 
     def dgelu_then_bias():
         dpre = torch.empty(N, H, **bf)
         cublaslt._matmul(dpre, proj_w, dy, H, N, C, False, False, "dgelu", aux=pre)
-        return dpre, K.bias_grad(dpre)
+        return dpre, bias_grad(dpre)
 
     rows.append(("mlp bwd: DGELU epilogue + bias_grad kernel", timed(dgelu_then_bias)))
 
@@ -62,7 +63,7 @@ def main() -> None:
 
     def packed():
         dqkv = torch.cat(parts, dim=1)
-        return dqkv.t() @ x, dqkv @ w, K.bias_grad(dqkv)
+        return dqkv.t() @ x, dqkv @ w, bias_grad(dqkv)
 
     def three():
         dw = torch.empty_like(w)
@@ -71,14 +72,14 @@ def main() -> None:
         dx = torch.mm(parts[0], w[:C])
         for g, wp in zip(parts[1:], w.split(C)[1:]):
             dx.addmm_(g, wp)
-        return dw, dx, torch.cat([K.bias_grad(g) for g in parts])
+        return dw, dx, torch.cat([bias_grad(g) for g in parts])
 
     def three_dx_cat_dw():  # dx without the cat, dW through it
         dqkv = torch.cat(parts, dim=1)
         dx = torch.mm(parts[0], w[:C])
         for g, wp in zip(parts[1:], w.split(C)[1:]):
             dx.addmm_(g, wp)
-        return dqkv.t() @ x, dx, K.bias_grad(dqkv)
+        return dqkv.t() @ x, dx, bias_grad(dqkv)
 
     rows.append(("qkv bwd: cat + dW + dx + bias_grad (packed)", timed(packed)))
     rows.append(("qkv bwd: 3 dW + 3 dx (accumulating) + 3 bias_grad", timed(three)))

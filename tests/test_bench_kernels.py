@@ -13,6 +13,7 @@ def test_the_kernel_table_launches_every_kernel_we_own(monkeypatch):
     """Every extern "C" kernel of every .cu file in ops/kernels (a new file too) is launched while the table
     is made (the `_vecV` instances of one templated kernel count as one: a GPT-2 width picks one of them)."""
     from gpt2pipe.bench import kernels as table
+    from gpt2pipe.bench import timing
     from gpt2pipe.config import ModelConfig
     from gpt2pipe.ops import cuda
 
@@ -29,7 +30,7 @@ def test_the_kernel_table_launches_every_kernel_we_own(monkeypatch):
         return original(name, kernel)
 
     monkeypatch.setattr(cuda, "function", recording)
-    monkeypatch.setattr(table, "time_ms", lambda fn, reps=1, warmup=0: (fn(), torch.cuda.synchronize(), 1.0)[-1])
+    monkeypatch.setattr(timing, "time_ms", lambda fn, reps=1, warmup=0: (fn(), torch.cuda.synchronize(), 1.0)[-1])
     rows = table.kernel_table(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=64), tokens=2048)
     owned = {(path.stem, family(k)) for path in cuda.sources() for k in cuda.signatures(path.stem)}
     assert owned - launched == set()

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from gpt2pipe import Gpt2pipeError
-from gpt2pipe.bench import compiled, llmc
-from gpt2pipe.bench import step as bench
+from gpt2pipe.bench import baselines, compiled, llmc, modes, step, step_table
 from gpt2pipe.bench.step import StepResult
 from gpt2pipe.config import ModelConfig
+from gpt2pipe.distributed import World
 from gpt2pipe.model.gpt import GPT, GPT2_SIZES
 
 TINY = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16)
@@ -88,16 +88,16 @@ def test_loss_only_graphs_compute_the_models_loss():
 
 
 def test_micro_batch_defaults_per_size_and_overrides():
-    assert bench.micro_batch_for("124M", "compile-max") == 64
-    assert bench.micro_batch_for("350M", "compile-sliced") == 32
-    assert bench.micro_batch_for("774M", "kernels-fp8") == 32
-    assert bench.micro_batch_for("774M", "llmc") == 32
-    assert bench.micro_batch_for("tiny", "eager") == 32  # unknown sizes take 124M's
-    assert bench.parse_micro_batch(["compile=32", "350M:kernels=16"]) == {(None, "compile"): 32,
+    assert modes.micro_batch_for("124M", "compile-max") == 64
+    assert modes.micro_batch_for("350M", "compile-sliced") == 32
+    assert modes.micro_batch_for("774M", "kernels-fp8") == 32
+    assert modes.micro_batch_for("774M", "llmc") == 32
+    assert modes.micro_batch_for("tiny", "eager") == 32  # unknown sizes take 124M's
+    assert modes.parse_micro_batch(["compile=32", "350M:kernels=16"]) == {(None, "compile"): 32,
                                                                          ("350M", "kernels"): 16}
     for bad in ("compile", "compile=x", ":kernels=3", "kernels=0", "kernal=32", "350m:kernels=16"):
         with pytest.raises(Gpt2pipeError, match="--micro-batch"):
-            bench.parse_micro_batch([bad])
+            modes.parse_micro_batch([bad])
 
 
 def test_llmc_line_parser_reads_real_output():
@@ -120,7 +120,7 @@ def test_llmc_line_parser_reads_real_output():
 def test_llmc_runs_on_shards_it_writes_and_reports_timed_steps(fake_llmc, monkeypatch):
     monkeypatch.setenv("FAKE_MS", "900,100,120,110,500")
     notes = []
-    r = bench.time_llmc(str(fake_llmc), "124M", GPT2_SIZES["124M"], 8, 64, 8 * 64 * 2, steps=3, warmup=2,
+    r = baselines.time_llmc(str(fake_llmc), "124M", GPT2_SIZES["124M"], 8, 64, 8 * 64 * 2, steps=3, warmup=2,
                         extra=[], notes=notes)
     assert r.mode == "llmc" and r.micro_batch == 8 and not notes
     assert r.ms == pytest.approx(120.0)  # median of steps 3-5: the warm-up steps are left out
@@ -128,19 +128,19 @@ def test_llmc_runs_on_shards_it_writes_and_reports_timed_steps(fake_llmc, monkey
     assert r.peak_gb == pytest.approx(42080 / 1024)
     assert r.losses[0] == pytest.approx(11.0) and r.norms[0] == pytest.approx(17.1324)
     monkeypatch.setenv("FAKE_DEPTH", "d24")
-    assert bench.time_llmc(str(fake_llmc), "350M", GPT2_SIZES["350M"], 8, 64, 8 * 64, 1, 0, [], []).ms == 900.0
+    assert baselines.time_llmc(str(fake_llmc), "350M", GPT2_SIZES["350M"], 8, 64, 8 * 64, 1, 0, [], []).ms == 900.0
 
 
 def test_llmc_out_of_memory_halves_the_micro_batch_and_other_failures_stop(fake_llmc, monkeypatch):
     monkeypatch.setenv("FAKE_MS", "100,100,100")
     monkeypatch.setenv("FAKE_OOM_ABOVE", "2")
     notes = []
-    r = bench.time_llmc(str(fake_llmc), "124M", GPT2_SIZES["124M"], 8, 64, 8 * 64, 2, 1, [], notes)
+    r = baselines.time_llmc(str(fake_llmc), "124M", GPT2_SIZES["124M"], 8, 64, 8 * 64, 2, 1, [], notes)
     assert r.micro_batch == 2
     assert notes == ["# llmc: micro-batch 8 ran out of memory, trying 4",
                      "# llmc: micro-batch 4 ran out of memory, trying 2"]
     with pytest.raises(llmc.LlmcFailed, match="exit status"):  # an unknown argument: llm.c's usage, exit 1
-        bench.time_llmc(str(fake_llmc), "124M", GPT2_SIZES["124M"], 2, 64, 2 * 64, 2, 1, ["-q"], [])
+        baselines.time_llmc(str(fake_llmc), "124M", GPT2_SIZES["124M"], 2, 64, 2 * 64, 2, 1, ["-q"], [])
     with pytest.raises(Gpt2pipeError, match="not an executable"):
         llmc.run(fake_llmc.parent / "missing", "124M", 2, 64, 128, 1, 0)
     with pytest.raises(Gpt2pipeError, match="no llm.c model"):
@@ -156,7 +156,7 @@ def test_table_ratios_are_against_the_fastest_trusted_baseline(monkeypatch):
             result("compile-max", 800.0, trusted=False, note="WRONG with CUDA graphs"),
             result("compile-max", 950.0, note="max-autotune-no-cudagraphs"), result("llmc", 980.0),
             result("eager", 700.0)]  # eager is not a baseline, however fast
-    text = bench.format_section("124M", 1024, 524288, 5, 2, rows, ["# a note"])
+    text = step_table.format_section("124M", 1024, 524288, 5, 2, rows, ["# a note"])
     assert "fastest baseline measured here: compile-max (950.0 ms/step)" in text
     table = {}
     for line in text.splitlines():
@@ -173,9 +173,9 @@ def test_table_ratios_are_against_the_fastest_trusted_baseline(monkeypatch):
 
 def test_cuda_graph_check_and_fallback(monkeypatch):
     ref = result("compile", 1000.0, losses=(11.0, 10.9), norms=(2.0,))
-    assert bench.check_against(result("compile-max", 900.0, losses=(11.001, 10.901), norms=(2.01,)), ref) is None
-    assert "gradient norm" in bench.check_against(result("compile-max", 900.0, norms=(0.25,)), ref)
-    assert "step-2 loss" in bench.check_against(result("compile-max", 900.0, losses=(11.0, 10.0)), ref)
+    assert baselines.check_against(result("compile-max", 900.0, losses=(11.001, 10.901), norms=(2.01,)), ref) is None
+    assert "gradient norm" in baselines.check_against(result("compile-max", 900.0, norms=(0.25,)), ref)
+    assert "step-2 loss" in baselines.check_against(result("compile-max", 900.0, losses=(11.0, 10.0)), ref)
     calls = []
 
     def fake_fit(mode, cfg, b, seq_len, total_batch, steps, warmup, profile, notes, compile_mode=None):
@@ -185,23 +185,23 @@ def test_cuda_graph_check_and_fallback(monkeypatch):
         norms = (0.5,) if compile_mode is None and fail == "wrong" else (2.0,)
         return result(mode, 900.0 if compile_mode is None else 950.0, norms=norms)
 
-    monkeypatch.setattr(bench, "fit_micro_batch", fake_fit)
-    monkeypatch.setattr(bench, "_release", lambda cuda: None)
+    monkeypatch.setattr(step, "fit_micro_batch", fake_fit)
+    monkeypatch.setattr(step, "release", lambda cuda: None)
     monkeypatch.setattr(compiled, "cudagraph_accumulation_problem", lambda device: None)
     fail, notes = "raise", []
-    (r,) = bench.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, notes, ref)
+    (r,) = baselines.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, notes, ref)
     assert calls == [None, compiled.CUDAGRAPH_FALLBACK] and r.trusted and "CUDA graphs failed" in r.note
     assert "RuntimeError: accessing tensor output of CUDAGraphs" in notes[0]
     fail, calls = "wrong", []
-    wrong, again = bench.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, [], ref)
+    wrong, again = baselines.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, [], ref)
     assert not wrong.trusted and "WRONG" in wrong.note and again.trusted and again.ms == 950.0
     fail, calls = "none", []
-    (ok,) = bench.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, [], None)
+    (ok,) = baselines.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, [], None)
     assert calls == [None] and "unchecked" in ok.note
     # the tiny-model probe found CUDA graphs broken: straight to the fallback, max-autotune compiled once
     monkeypatch.setattr(compiled, "cudagraph_accumulation_problem", lambda device: "RuntimeError: overwritten")
     fail, calls, notes = "raise", [], []
-    (r,) = bench.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, notes, ref)
+    (r,) = baselines.time_compile_cudagraphs("compile-max", TINY, 64, 1024, 524288, 5, 2, False, notes, ref)
     assert calls == [compiled.CUDAGRAPH_FALLBACK] and "fail with accumulation" in r.note
     assert "tiny model (RuntimeError: overwritten)" in notes[0]
 
@@ -223,12 +223,12 @@ def test_a_lost_cuda_context_stops_the_bench_and_keeps_the_modes_before_it(monke
         if failing in ran:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(bench, "fit_micro_batch", fake_fit)
-    monkeypatch.setattr(bench, "_release", fake_release)
+    monkeypatch.setattr(step, "fit_micro_batch", fake_fit)
+    monkeypatch.setattr(step, "release", fake_release)
     monkeypatch.setattr(compiled, "cudagraph_accumulation_problem", lambda device: None)
     partials = []
     with pytest.raises(Gpt2pipeError, match=f"{failing} left the CUDA context unusable"):
-        bench.run(("124M", "350M"), modes=("kernels", failing, "compile"), kernels=False,
+        step_table.run(("124M", "350M"), modes=("kernels", failing, "compile"), kernels=False,
                   on_partial=partials.append)
     assert ran == ["kernels", failing]
     report = partials[-1]
@@ -267,11 +267,11 @@ def test_cudagraph_steps_accumulate_into_buffers_of_their_own():
     assert params[0].grad is buffer and not buffer.any()
     import torch._inductor.config as inductor_config
 
-    world = bench.World()
+    world = World()
     with inductor_config.patch(autotune_in_subproc=False):  # building compile-max sets it; restored on exit
-        assert bench._Step("compile-max", TINY, 2, 16, 64, world).cudagraphs
-        assert not bench._Step("compile-max", TINY, 2, 16, 64, world, compiled.CUDAGRAPH_FALLBACK).cudagraphs
-        assert not bench._Step("compile", TINY, 2, 16, 64, world).cudagraphs
+        assert step._Step("compile-max", TINY, 2, 16, 64, world).cudagraphs
+        assert not step._Step("compile-max", TINY, 2, 16, 64, world, compiled.CUDAGRAPH_FALLBACK).cudagraphs
+        assert not step._Step("compile", TINY, 2, 16, 64, world).cudagraphs
 
 
 @pytest.mark.gpu
@@ -285,14 +285,15 @@ def test_cuda_graphs_sum_accumulated_gradients_in_the_benchs_loop():
 
 
 def test_kernel_switches_set_each_mode_and_are_restored():
-    from gpt2pipe.ops.autograd import FUSIONS, FusedClassifier
+    from gpt2pipe.ops import FUSIONS
+    from gpt2pipe.ops.classifier import FusedClassifier
 
     on = dict(FUSIONS)
     assert FusedClassifier.dw_fp32 is True and all(on.values())
     for mode, dw_fp32, fused in (("kernels-dw-bf16", False, True), ("kernels-unfused", True, False),
                                  ("kernels", True, True)):
         with pytest.raises(KeyError):
-            with bench.kernel_switches(mode):
+            with step.kernel_switches(mode):
                 assert FusedClassifier.dw_fp32 is dw_fp32
                 assert all(v is fused for v in FUSIONS.values())
                 raise KeyError
@@ -310,7 +311,7 @@ def test_bench_cli_checks_sizes_and_llmc_before_it_needs_a_gpu(capsys):
     from gpt2pipe.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["bench"]
-    assert tuple(sub.get_default("modes").split(",")) == bench.DEFAULT_MODES
+    assert tuple(sub.get_default("modes").split(",")) == modes.DEFAULT_MODES
     for argv, message in ((["--size", "124M,9M"], "--size: unknown"), (["--modes", "kernels,turbo"], "turbo"),
                           (["--nproc", "2", "--size", "124M,350M"], "one --size")):
         assert main(["bench", *argv]) == 2
@@ -327,7 +328,7 @@ def test_bench_end_to_end_on_cpu(fake_llmc, monkeypatch):
     monkeypatch.setenv("FAKE_MS", "0.5,0.3,0.3")
     modes = ("kernels", "kernels-dw-bf16", "kernels-unfused", "eager", "compile", "compile-sliced")
     partials = []
-    text = bench.run(("tiny",), seq_len=16, total_batch=16 * 4 * 2, modes=modes,
+    text = step_table.run(("tiny",), seq_len=16, total_batch=16 * 4 * 2, modes=modes,
                      micro_batch={(None, m): 4 for m in (*modes, "llmc")}, steps=2, warmup=1, kernels=False,
                      llmc_binary=str(fake_llmc), on_partial=partials.append)
     assert "FAILED" not in text, text

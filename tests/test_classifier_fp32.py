@@ -4,7 +4,8 @@ fp64 reference than the bf16 running sum it replaced, by a margin that grows wit
 import pytest
 import torch
 
-from gpt2pipe.ops import autograd as K
+from gpt2pipe.ops import classifier
+from gpt2pipe.ops.classifier import FusedClassifier
 
 pytest.importorskip("cupy", reason="CuPy is not installed")
 
@@ -26,7 +27,7 @@ def reference_dw(h, w, t, V):
 
 @pytest.mark.gpu
 def test_weight_gradient_sums_its_chunks_in_fp32(monkeypatch):
-    monkeypatch.setattr(K, "CLASSIFIER_CHUNK", 16)  # 256 chunks: the bf16 running sum is rounded 255 times
+    monkeypatch.setattr(classifier, "CLASSIFIER_CHUNK", 16)  # 256 chunks: the bf16 running sum is rounded 255 times
     torch.manual_seed(0)
     N, C, V, Vp = 4096, 64, 1000, 1008
     h = torch.randn(N, C, device="cuda", dtype=torch.bfloat16)
@@ -36,9 +37,9 @@ def test_weight_gradient_sums_its_chunks_in_fp32(monkeypatch):
     ref = reference_dw(h, w, t, V)
 
     def dw(fp32: bool) -> torch.Tensor:
-        monkeypatch.setattr(K.FusedClassifier, "dw_fp32", fp32)
+        monkeypatch.setattr(FusedClassifier, "dw_fp32", fp32)
         weight = w.clone().requires_grad_()
-        loss = K.FusedClassifier.apply(h, weight, t, V, True)
+        loss = FusedClassifier.apply(h, weight, t, V, True)
         (g,) = torch.autograd.grad(loss, weight)
         assert g.dtype == torch.bfloat16 and g.shape == w.shape
         assert g[V:].abs().sum() == 0  # padded rows still get no gradient
@@ -61,7 +62,7 @@ def test_one_chunk_gives_the_same_gradient_either_way(monkeypatch):
     t = torch.randint(0, V, (N,), device="cuda")
     grads = []
     for fp32 in (True, False):
-        monkeypatch.setattr(K.FusedClassifier, "dw_fp32", fp32)
+        monkeypatch.setattr(FusedClassifier, "dw_fp32", fp32)
         weight = w.clone().requires_grad_()
-        grads.append(torch.autograd.grad(K.FusedClassifier.apply(h, weight, t, V, True), weight)[0])
+        grads.append(torch.autograd.grad(FusedClassifier.apply(h, weight, t, V, True), weight)[0])
     assert rel(grads[0], grads[1]) < 4e-3

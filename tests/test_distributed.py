@@ -100,7 +100,7 @@ def test_zero_buckets_match_one_process(tmp_path, zero):
 
     from gpt2pipe.config import ModelConfig
     from gpt2pipe.model.gpt import GPT
-    from gpt2pipe.ops.flat_adamw import ordered_params
+    from gpt2pipe.ops.flat_layout import ordered_params
 
     mp.spawn(_zero_worker, args=(2, str(tmp_path / "init"), str(tmp_path), zero), nprocs=2, join=True)
     got = torch.load(tmp_path / "zero_0.pt", weights_only=True)

@@ -14,7 +14,17 @@ import torch
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import ModelConfig
 from gpt2pipe.model.gpt import GPT
-from gpt2pipe.ops import autograd as K
+from gpt2pipe.model import kernels_path
+from gpt2pipe.ops import FUSIONS
+from gpt2pipe.ops import attention as attention_ops
+from gpt2pipe.ops import classifier as classifier_ops
+from gpt2pipe.ops import linear as linear_ops
+from gpt2pipe.ops.attention import qkv_attention
+from gpt2pipe.ops.classifier import FusedClassifier, fused_classifier
+from gpt2pipe.ops.encoder import Encoder
+from gpt2pipe.ops.layernorm import LayerNorm, ResidualLayerNorm, residual_layernorm
+from gpt2pipe.ops.linear import LinearBias
+from gpt2pipe.ops.mlp import BiasGelu, mlp
 from gpt2pipe.ops import reference as R
 
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
@@ -163,12 +173,12 @@ def test_kernels_are_unavailable_when_a_source_is_missing(tmp_path, monkeypatch)
 
 
 def test_kernel_ops_and_the_model_have_no_import_cycle():
-    """No cycle among ops/ and the model, counting imports inside functions: ops/autograd.py never imports
-    ops/fp8 (fp8 builds on it), and ops/ never imports the model."""
+    """No cycle among ops/ and the model, counting imports inside functions: the op modules never import
+    ops/fp8 (fp8 builds on them), and ops/ never imports the model."""
     import gpt2pipe
 
     root = Path(gpt2pipe.__file__).parent
-    files = [*sorted((root / "ops").rglob("*.py")), root / "model" / "gpt.py"]
+    files = [*sorted((root / "ops").rglob("*.py")), root / "model" / "gpt.py", root / "model" / "kernels_path.py"]
 
     def name_of(path: Path) -> str:
         parts = path.relative_to(root.parent).with_suffix("").parts
@@ -202,7 +212,11 @@ def test_kernel_ops_and_the_model_have_no_import_cycle():
 
     for name in graph:
         assert cycle_from(name, name, [name]) is None, " -> ".join(cycle_from(name, name, [name]))
-    assert not any(m.startswith("gpt2pipe.ops.fp8") for m in graph["gpt2pipe.ops.autograd"])
+    for name, imported in graph.items():
+        if name.startswith("gpt2pipe.ops"):
+            assert not any(m.startswith("gpt2pipe.model") for m in imported), name
+            if not name.startswith("gpt2pipe.ops.fp8"):
+                assert not any(m.startswith("gpt2pipe.ops.fp8") for m in imported), name
 
 
 def test_fp8_conversion_swaps_modules_and_keeps_the_model():
@@ -336,7 +350,7 @@ def test_encoder(B, T, C, V):
     idx = torch.randint(0, V, (B, T), device="cuda")
     idx[0, :3] = 5  # repeated tokens exercise the per-token sums
     wte, wpe = leaf(V, C), leaf(T + 3, C)
-    out = K.Encoder.apply(idx, wte, wpe)
+    out = Encoder.apply(idx, wte, wpe)
     ref = R.encoder(idx, wte.float(), wpe.float())
     assert rel(out, ref) < 1e-2
     g = torch.randn_like(out)
@@ -344,7 +358,7 @@ def test_encoder(B, T, C, V):
     d_ref = grads_of(ref, (wte, wpe), g.float())
     for a, b in zip(d_ours, d_ref):
         assert rel(a, b) < 1e-2
-    again = grads_of(K.Encoder.apply(idx, wte, wpe), (wte, wpe), g)
+    again = grads_of(Encoder.apply(idx, wte, wpe), (wte, wpe), g)
     assert all(torch.equal(a, b) for a, b in zip(d_ours, again))  # deterministic backward
 
 
@@ -354,13 +368,13 @@ def test_layernorm_with_and_without_residual(N, C):
     torch.manual_seed(0)
     x, r = leaf(N, C), leaf(N, C, scale=3.0)
     w, b = leaf(C, scale=0.5), leaf(C, scale=0.5)
-    out = K.LayerNorm.apply(x, w, b)
+    out = LayerNorm.apply(x, w, b)
     ref = R.layernorm(x.float(), w.float(), b.float())
     assert rel(out, ref) < 1e-2
     g = torch.randn_like(out)
     for a, c in zip(grads_of(out, (x, w, b), g), grads_of(ref, (x, w, b), g.float())):
         assert rel(a, c) < 2e-2
-    res, out = K.ResidualLayerNorm.apply(r, x, w, b)
+    res, out = ResidualLayerNorm.apply(r, x, w, b)
     res_ref, out_ref = R.residual_layernorm(r.float(), x.float(), w.float(), b.float())
     assert rel(res, res_ref) < 1e-2 and rel(out, out_ref) < 1e-2
     g1, g2 = torch.randn_like(res), torch.randn_like(out)
@@ -375,7 +389,7 @@ def test_layernorm_with_and_without_residual(N, C):
 def test_bias_gelu(N, C):
     torch.manual_seed(0)
     h, bias = leaf(N, C, scale=2.0), leaf(C)
-    out = K.BiasGelu.apply(h, bias)
+    out = BiasGelu.apply(h, bias)
     ref = R.bias_gelu(h.float(), bias.float())
     assert rel(out, ref) < 1e-2
     g = torch.randn_like(out)
@@ -388,7 +402,7 @@ def test_bias_gelu(N, C):
 def test_linear_bias_grad(N, C_in, C):
     torch.manual_seed(0)
     x, w, b = leaf(N, C_in), leaf(C, C_in, scale=0.1), leaf(C)
-    out = K.LinearBias.apply(x, w, b)
+    out = LinearBias.apply(x, w, b)
     ref = torch.nn.functional.linear(x.float(), w.float(), b.float())
     assert rel(out, ref) < 1e-2
     g = torch.randn_like(out)
@@ -401,8 +415,9 @@ def test_packed_qkv_attention_autograd_without_a_gpu(monkeypatch):
     dW GEMMs and accumulating dx) in float64 on the CPU, against autograd of linear -> split -> SDPA; it is
     left out without gradients and for packed=False (activation checkpointing), and the fp8 projection's
     stand-in keeps its weight gradients on that unpacked path."""
-    monkeypatch.setattr(K, "_use_kernels", lambda *t: True)
-    monkeypatch.setattr(K, "bias_grad", lambda dy: dy.sum(0))  # the column-sum kernel's reference
+    for ops in (attention_ops, linear_ops):
+        monkeypatch.setattr(ops, "use_kernels", lambda *t: True)
+        monkeypatch.setattr(ops, "bias_grad", lambda dy: dy.sum(0))  # the column-sum kernel's reference
     torch.manual_seed(0)
     B, T, C, H = 2, 16, 32, 4
     x = torch.randn(B, T, C, dtype=torch.float64, requires_grad=True)
@@ -418,16 +433,16 @@ def test_packed_qkv_attention_autograd_without_a_gpu(monkeypatch):
     ref = reference()
     g = torch.randn_like(ref)
     want = torch.autograd.grad(ref, (x, w, b), g)
-    out = K.qkv_attention(x, w, b, H)
+    out = qkv_attention(x, w, b, H)
     assert type(out.grad_fn).__name__ == "QkvAttentionBackward"
     torch.testing.assert_close(out, ref)
     for got, exp in zip(torch.autograd.grad(out, (x, w, b), g), want):
         torch.testing.assert_close(got, exp)
-    unpacked = K.qkv_attention(x, w, b, H, packed=False)
+    unpacked = qkv_attention(x, w, b, H, packed=False)
     assert "QkvAttention" not in type(unpacked.grad_fn).__name__
     with torch.no_grad():
-        assert K.qkv_attention(x, w, b, H).grad_fn is None
-    projected = K.qkv_attention(x, w, b, H, lambda: torch.nn.functional.linear(x, w, b).detach(), packed=False)
+        assert qkv_attention(x, w, b, H).grad_fn is None
+    projected = qkv_attention(x, w, b, H, lambda: torch.nn.functional.linear(x, w, b).detach(), packed=False)
     for got, exp in zip(torch.autograd.grad(projected, (x, w, b), g), want):
         torch.testing.assert_close(got, exp)
 
@@ -437,13 +452,12 @@ def test_recompute_keeps_the_packed_qkv_attention_out(monkeypatch, recompute):
     """Under activation checkpointing (train.recompute) the model asks for the unpacked attention: the
     packed one's inner autograd graph would be recomputed twice and its tensors kept (see qkv_attention)."""
     asked = []
-    real = K.qkv_attention
 
     def spy(*args, **kwargs):
         asked.append(args[5] if len(args) > 5 else kwargs.get("packed", True))
-        return real(*args, **kwargs)
+        return qkv_attention(*args, **kwargs)
 
-    monkeypatch.setattr(K, "qkv_attention", spy)
+    monkeypatch.setattr(kernels_path, "qkv_attention", spy)
     cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16)
     model = GPT(cfg, ops="kernels", recompute=recompute)
     x = torch.randint(0, cfg.vocab_size, (2, 16))
@@ -463,7 +477,7 @@ def test_mlp_with_gelu_in_the_gemm_epilogues(N, C, H):
     torch.manual_seed(0)
     x = leaf(N, C)
     fc_w, fc_b, proj_w, proj_b = leaf(H, C, scale=0.05), leaf(H, scale=0.5), leaf(C, H, scale=0.05), leaf(C)
-    out = K.mlp(x, fc_w, fc_b, proj_w, proj_b)
+    out = mlp(x, fc_w, fc_b, proj_w, proj_b)
     assert type(out.grad_fn).__name__ == "EpilogueMlpBackward"  # the fused path ran, not the fallback
     params = (x, fc_w, fc_b, proj_w, proj_b)
     ref = torch.nn.functional.linear(torch.nn.functional.gelu(
@@ -489,7 +503,7 @@ def test_packed_qkv_attention(B, T, C, n_head, cudnn_first):
     torch.manual_seed(0)
     x, w, b = leaf(B, T, C), leaf(3 * C, C, scale=0.05), leaf(3 * C, scale=0.1)
     with sdpa_fastest_first() if cudnn_first else contextlib.nullcontext():
-        out = K.qkv_attention(x, w, b, n_head)
+        out = qkv_attention(x, w, b, n_head)
     assert type(out.grad_fn).__name__ == "QkvAttentionBackward"
     qkv = torch.nn.functional.linear(x.float(), w.float(), b.float())
     q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
@@ -503,11 +517,11 @@ def test_packed_qkv_attention(B, T, C, n_head, cudnn_first):
 @gpu
 @pytest.mark.parametrize("N,C,V,Vp", [(4096, 768, 50257, 50304), (37, 64, 1001, 1008), (1, 16, 8, 8)])
 def test_fused_classifier(N, C, V, Vp, monkeypatch):
-    monkeypatch.setattr(K, "CLASSIFIER_CHUNK", 1024)  # several chunks even at test sizes
+    monkeypatch.setattr(classifier_ops, "CLASSIFIER_CHUNK", 1024)  # several chunks even at test sizes
     torch.manual_seed(0)
     h, w = leaf(N, C), leaf(Vp, C, scale=0.1)
     t = torch.randint(0, V, (N,), device="cuda")
-    loss = K.FusedClassifier.apply(h, w, t, V, True)
+    loss = FusedClassifier.apply(h, w, t, V, True)
     ref = R.classifier(h.float(), w.float(), t, V)
     assert abs(loss.item() - ref.item()) / ref.item() < 5e-3
     ours = torch.autograd.grad(loss * 0.5, (h, w))
@@ -516,7 +530,7 @@ def test_fused_classifier(N, C, V, Vp, monkeypatch):
         assert rel(a, c) < 3e-2
     assert ours[1][V:].abs().sum() == 0  # padded rows get no gradient
     with torch.no_grad():
-        assert K.fused_classifier(h, w, t, V).item() == pytest.approx(loss.item(), rel=1e-6)
+        assert fused_classifier(h, w, t, V).item() == pytest.approx(loss.item(), rel=1e-6)
 
 
 @gpu
@@ -598,7 +612,7 @@ def test_recompute_gives_the_same_gradients(monkeypatch):
     x = torch.randint(0, 50257, (4, 64), device="cuda")
 
     def grads(model, packed_qkv: bool):
-        monkeypatch.setitem(K.FUSIONS, "packed_qkv", packed_qkv)
+        monkeypatch.setitem(FUSIONS, "packed_qkv", packed_qkv)
         model.zero_grad(set_to_none=True)
         loss = model(x, x)[1]
         loss.backward()
@@ -678,7 +692,7 @@ def test_fp8_casts_scale_by_powers_of_two_and_record_amax():
     ln_w, ln_b = leaf(768), leaf(768)
     qkv_input = state.target(0, Slot.QKV_INPUT)
     state.amax_previous[0, Slot.QKV_INPUT] = 4.0
-    _, out, out8 = K.residual_layernorm(res, xin, ln_w, ln_b, qkv_input)
+    _, out, out8 = residual_layernorm(res, xin, ln_w, ln_b, qkv_input)
     assert rel(out8.float() * qkv_input.inv_scale.item(), out.float()) < 0.05
     assert qkv_input.amax_current.item() == pytest.approx(out.float().abs().max().item(), rel=1e-2)
 
@@ -702,8 +716,8 @@ def test_fp8_head_logits_track_the_bf16_classifier():
     head.weight = torch.nn.Parameter(w.detach())  # the same storage: the head casts what the classifier reads
     logits_of = head.projection(h)
     assert logits_of is not None
-    loss8 = K.fused_classifier(h, w, targets, V, logits_of)
-    loss = K.fused_classifier(h, w, targets, V)
+    loss8 = fused_classifier(h, w, targets, V, logits_of)
+    loss = fused_classifier(h, w, targets, V)
     assert loss8.item() == pytest.approx(loss.item(), rel=2e-3)
     for a, b in zip(grads_of(loss8, (h, w), None), grads_of(loss, (h, w), None)):
         assert rel(a, b) < 0.05

@@ -10,7 +10,7 @@ from gpt2pipe import Gpt2pipeError, config
 from gpt2pipe.cli import main
 from gpt2pipe.model import checkpoint
 from gpt2pipe.ops import fp8
-from gpt2pipe.ops.flat_adamw import ordered_params
+from gpt2pipe.ops.flat_layout import ordered_params
 from gpt2pipe.train import loop as train_mod
 from gpt2pipe.train import state as state_mod
 

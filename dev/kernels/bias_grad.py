@@ -14,7 +14,7 @@ from gpt2pipe.ops.cuda import launch, sm_count
 
 
 def bias_grad(dout, row_groups: int | None = None):
-    """The kernel with gridDim.y row groups (None: as ops/autograd.py picks, sm_count * 16 / column tiles)."""
+    """The kernel with gridDim.y row groups (None: as ops/linear.py picks, sm_count * 16 / column tiles)."""
     N, C = dout.shape
     threads = 128
     cols = (C // 8 + threads - 1) // threads

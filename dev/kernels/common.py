@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from gpt2pipe.bench.kernels import time_ms  # noqa: E402  (after the path to this checkout's package)
+from gpt2pipe.bench.timing import time_ms  # noqa: E402  (after the path to this checkout's package)
 
 FAILURES: list[str] = []
 BF16 = dict(device="cuda", dtype=torch.bfloat16)

@@ -13,7 +13,8 @@ import sys
 import common
 import torch
 
-from gpt2pipe.ops import autograd as K
+from gpt2pipe.ops import layernorm as LN
+from gpt2pipe.ops import mlp as M
 from gpt2pipe.ops.fp8 import E4M3, E5M2, Fp8State, Slot
 
 FORMAT_MAX = {E4M3: 448.0, E5M2: 57344.0}
@@ -72,17 +73,17 @@ def validate(N: int, C: int) -> None:
         target = state.target(0, Slot.QKV_INPUT)
         state.amax_previous[0, Slot.QKV_INPUT] = 4.0
         state.amax_current.zero_()
-        _, out, out8 = K.residual_layernorm(residual, x, w_ln, b_ln, target)
+        _, out, out8 = LN.residual_layernorm(residual, x, w_ln, b_ln, target)
         common.check("layernorm fp8 copy", out8.float() * target.inv_scale.item(), out.float(), 5e-2)
         common.check("layernorm records amax", target.amax_current, out.float().abs().max(), 1e-2)
         bias = torch.randn(C, **common.BF16)
         gelu = state.target(0, Slot.GELU_OUTPUT)
         state.amax_previous[0, Slot.GELU_OUTPUT] = 8.0
-        g, g8 = K.bias_gelu_forward(x, bias, gelu)
+        g, g8 = M.bias_gelu_forward(x, bias, gelu)
         common.check("bias+gelu fp8 copy", g8.float() * gelu.inv_scale.item(), g.float(), 5e-2)
         grad = state.target(0, Slot.PRE_GELU_GRAD)
         state.amax_previous[0, Slot.PRE_GELU_GRAD] = 16.0
-        dh, _, dh8 = K.bias_gelu_backward(torch.randn(N, C, **common.BF16), x, bias, grad)
+        dh, _, dh8 = M.bias_gelu_backward(torch.randn(N, C, **common.BF16), x, bias, grad)
         common.check_equal("bias+gelu bwd e5m2 copy = torch's conversion of dh", dh8.view(torch.uint8),
                            torch_cast(dh, E5M2, 1 / grad.inv_scale.item()).view(torch.uint8))
 
@@ -106,14 +107,14 @@ def benchmark(N: int = 65536, C: int = 768) -> None:
          2 * w.numel() + 2 * w.numel())])
     bias = torch.randn(4 * C, **common.BF16)
     common.print_table(f"bias+gelu forward with and without the fp8 copy, {N}x{4 * C}", [
-        ("bf16 only (vec)", common.time_us(lambda: K.bias_gelu_forward(h, bias)), 4 * n),
-        ("bf16 + e4m3 copy (fp8)", common.time_us(lambda: K.bias_gelu_forward(h, bias, target)), 5 * n)])
+        ("bf16 only (vec)", common.time_us(lambda: M.bias_gelu_forward(h, bias)), 4 * n),
+        ("bf16 + e4m3 copy (fp8)", common.time_us(lambda: M.bias_gelu_forward(h, bias, target)), 5 * n)])
     x, r = torch.randn(N, C, **common.BF16), torch.randn(N, C, **common.BF16)
     w_ln, b_ln = torch.randn(C, **common.BF16), torch.randn(C, **common.BF16)
     ln = state.target(0, Slot.MLP_INPUT)
     common.print_table(f"residual+layernorm forward with and without the fp8 copy, {N}x{C}", [
-        ("bf16 only (vec)", common.time_us(lambda: K.residual_layernorm(r, x, w_ln, b_ln)), 8 * N * C),
-        ("bf16 + e4m3 copy", common.time_us(lambda: K.residual_layernorm(r, x, w_ln, b_ln, ln)), 9 * N * C)])
+        ("bf16 only (vec)", common.time_us(lambda: LN.residual_layernorm(r, x, w_ln, b_ln)), 8 * N * C),
+        ("bf16 + e4m3 copy", common.time_us(lambda: LN.residual_layernorm(r, x, w_ln, b_ln, ln)), 9 * N * C)])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import common
 import torch
 import torch.nn.functional as F
 
-from gpt2pipe.ops.cuda import aligned, launch, sm_count
+from gpt2pipe.ops.cuda import aligned, launch
+from gpt2pipe.ops.linear import column_grid
 
 
 def versions(C: int) -> list[str]:
@@ -19,10 +20,8 @@ def versions(C: int) -> list[str]:
 
 
 def grid(version: str, N: int, C: int) -> tuple[tuple[int, int], int]:
-    """(grid, threads) as ops/autograd.py lays them out: x tiles the columns, y strides the rows."""
-    threads = 128 if version == "vec" else 256
-    cols = (C // (8 if version == "vec" else 1) + threads - 1) // threads
-    return (cols, max(1, min(N, sm_count() * 16 // cols))), threads
+    """(grid, threads) as the model lays them out: x tiles the columns, y strides the rows."""
+    return column_grid(N, C, version == "vec")
 
 
 def forward(version: str, h, bias):

@@ -22,7 +22,8 @@ import torch.distributed as dist
 
 from gpt2pipe import Gpt2pipeError, distributed
 from gpt2pipe.bench.comm import CommTime
-from gpt2pipe.bench.step import MODES, StepResult, bench_device, fit_micro_batch, micro_batch_for, time_training_step
+from gpt2pipe.bench.modes import MODES, micro_batch_for
+from gpt2pipe.bench.step import StepResult, bench_device, device_name, fit_micro_batch, time_training_step
 from gpt2pipe.model.gpt import GPT2_SIZES
 
 BENCH_TIMEOUT_S = 3600
@@ -98,8 +99,7 @@ def max_rel_diff(a: list[float], b: list[float]) -> float:
 
 def format_report(size: str, seq_len: int, total_batch: int, steps: int, warmup: int, n: int,
                   base: dict[str, StepResult], multi: dict[str, StepResult], notes: list[str]) -> str:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    lines = [f"# gpt2pipe bench, data-parallel: 1 vs {n} GPUs ({device}), torch "
+    lines = [f"# gpt2pipe bench, data-parallel: 1 vs {n} GPUs ({device_name()}), torch "
              f"{torch.__version__}, GPT-2 {size}, T={seq_len}, {total_batch:,} tokens/step (same global batch "
              f"on both), median of {steps} steps after {warmup} warm-up", *notes, "",
              "| mode | GPUs | micro-batch | ms/step | tokens/s | MFU per GPU | scaling | peak GiB per GPU | "

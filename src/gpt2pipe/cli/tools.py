@@ -63,15 +63,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     import torch
 
-    from gpt2pipe.bench import scaling
-    from gpt2pipe.bench import step as bench
+    from gpt2pipe.bench import scaling, step_table
+    from gpt2pipe.bench.modes import parse_micro_batch
     from gpt2pipe.model.gpt import GPT2_SIZES
 
     sizes = tuple(args.size.split(","))
     unknown = [s for s in sizes if s not in GPT2_SIZES]
     if unknown:
         raise Gpt2pipeError(f"--size: unknown {unknown}; choose from {', '.join(GPT2_SIZES)}")
-    micro = bench.parse_micro_batch(args.micro_batch)
+    micro = parse_micro_batch(args.micro_batch)
     modes = tuple(m for m in args.modes.split(",") if m)
     scaling.check_modes(tuple(m for m in modes if m != "llmc"))
     if args.nproc > 1 or scaling.launched_by_torchrun():
@@ -99,9 +99,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         if table is None:  # processes other than 0 report nothing
             return
     else:
-        table = bench.run(sizes, args.seq_len, args.total_batch, modes, micro, args.steps, args.warmup,
-                          not args.no_kernel_table, tuple(args.profile.split(",")) if args.profile else (),
-                          args.llmc, tuple(shlex.split(args.llmc_args)), _write)
+        table = step_table.run(sizes, args.seq_len, args.total_batch, modes, micro, args.steps, args.warmup,
+                               not args.no_kernel_table, tuple(args.profile.split(",")) if args.profile else (),
+                               args.llmc, tuple(shlex.split(args.llmc_args)), _write)
     print(table)
     _write(table)
 
@@ -161,7 +161,7 @@ def register(sub) -> None:
                    "(default: %(default)s)")
     p.add_argument("--micro-batch", nargs="*", default=[], metavar="[SIZE:]MODE=B",
                    help="micro-batch of a mode, for every size or one (compile=32 350M:kernels=32); defaults "
-                   "per size in bench/step.py's MICRO_BATCH; halves on out-of-memory")
+                   "per size in bench/modes.py's MICRO_BATCH; halves on out-of-memory")
     p.add_argument("--llmc", metavar="PATH", help="also time llm.c: a built train_gpt2cu, run on the same shape "
                    "over random-token shards it is given (mode llmc, before compile-max)")
     p.add_argument("--llmc-args", default="", metavar="ARGS",

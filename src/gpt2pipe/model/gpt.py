@@ -1,7 +1,7 @@
 """GPT-2 in plain PyTorch (nanoGPT's shape, llm.c's initialisation and padded vocabulary), with the model.arch
 options beside it: rotary positions, RMSNorm, SwiGLU / ReLU² MLPs, QK-norm, grouped-query attention, an
 untied head and bias-free linears (rope + rmsnorm + swiglu + bias false is LLaMA's block). The GPT-2 defaults
-build exactly GPT-2 and take GPT-2's kernels path; any other option takes `_forward_arch_kernels`."""
+build exactly GPT-2. `ops="kernels"` runs the same parameters through our CUDA kernels (model/kernels_path.py)."""
 
 from __future__ import annotations
 
@@ -10,36 +10,13 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
 
 from gpt2pipe.config import ModelConfig
+from gpt2pipe.model import kernels_path
 from gpt2pipe.ops import reference
 
 RMS_EPS = 1e-6
 _SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa came in torch 2.5
-
-
-def _kernel_ops():
-    from gpt2pipe.ops import autograd
-
-    return autograd
-
-
-def _arch_ops():
-    """ops/arch.py: our kernels of the LLaMA-style pieces on the GPU; the same signatures as reference.py's,
-    which the torch path calls (plain torch, so torch.compile sees through it)."""
-    from gpt2pipe.ops import arch
-
-    return arch
-
-
-def _same_attention_backend():
-    """Checkpointing's (forward, recompute) contexts: the recompute runs in backward, outside the caller's
-    SDPA backend choice, and another backend saves other tensors (cuDNN's [B, H, T, 1] fp32 statistics, flash's
-    [B, H, T]), which checkpointing refuses. Both run under the training loop's order."""
-    from gpt2pipe.device import sdpa_fastest_first
-
-    return sdpa_fastest_first(), sdpa_fastest_first()
 
 
 class RMSNorm(nn.Module):
@@ -48,27 +25,14 @@ class RMSNorm(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = RMS_EPS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return reference.rmsnorm(x, self.weight, RMS_EPS)
+        return reference.rmsnorm(x, self.weight, self.eps)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     return RMSNorm(cfg.n_embd) if cfg.norm == "rmsnorm" else nn.LayerNorm(cfg.n_embd)
-
-
-def norm_kernels(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """The norm module's function on the kernels path (LayerNorm or RMSNorm kernel)."""
-    if isinstance(norm, RMSNorm):
-        return _arch_ops().rmsnorm(x, norm.weight, RMS_EPS)
-    return _kernel_ops().layernorm(x, norm.weight, norm.bias)
-
-
-def residual_norm_kernels(residual: torch.Tensor, x: torch.Tensor, norm: nn.Module):
-    """(residual + x, norm of it) in one kernel: the add fused into the norm that follows it."""
-    if isinstance(norm, RMSNorm):
-        return _arch_ops().residual_rmsnorm(residual, x, norm.weight, RMS_EPS)
-    return _kernel_ops().residual_layernorm(residual, x, norm.weight, norm.bias)[:2]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -82,20 +46,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
                                           is_causal=True)
 
 
-def fp8_input_target(module: nn.Module, x: torch.Tensor):
-    """Where the LayerNorm that feeds `module` should also write an e4m3 copy of its output (LayerNorm of
-    x): what a module swapped in by ops/fp8's converter asks for; None for every other module."""
-    target = getattr(module, "fp8_input_target", None)
-    return None if target is None else target(x)
-
-
-def fp8_projection(linear: nn.Module, x: torch.Tensor, x_fp8: torch.Tensor | None):
-    """The fp8 forward GEMM of a linear swapped in by ops/fp8's converter, as a zero-argument callable (see
-    ops.autograd.qkv_attention); None for every other module, or where it runs in bf16."""
-    projection = getattr(linear, "projection", None)
-    return None if projection is None else projection(x, x_fp8)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -106,20 +56,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj.residual = True
 
     def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
-        return self.c_proj(self._attend(self.c_attn(x), rope, reference))
+        return self.c_proj(self.attend(self.c_attn(x), rope, reference))
 
-    def forward_kernels(self, x: torch.Tensor, x_fp8: torch.Tensor | None = None, rope=None,
-                        packed: bool = True) -> torch.Tensor:
-        """packed=False: not ops.autograd's QkvAttention (under activation checkpointing; see qkv_attention)."""
-        K = _kernel_ops()
-        if rope is None and not self.qk_norm and self.n_kv_head == self.n_head:  # GPT-2's: packed, no copies
-            y = K.qkv_attention(x, self.c_attn.weight, self.c_attn.bias, self.n_head,
-                                fp8_projection(self.c_attn, x, x_fp8), packed)
-        else:
-            y = self._attend(K.linear(x, self.c_attn.weight, self.c_attn.bias), rope, _arch_ops())
-        return K.linear(y, self.c_proj.weight, self.c_proj.bias)
-
-    def _attend(self, qkv: torch.Tensor, rope, ops) -> torch.Tensor:
+    def attend(self, qkv: torch.Tensor, rope, ops) -> torch.Tensor:
         """Causal attention of the packed q, k, v projections [B, T, (H + 2G) D] -> [B, T, H D]; rope: the
         (cos, sin) tables, or None for learned positions; ops: reference.py or ops/arch.py (same functions)."""
         B, T, _ = qkv.shape
@@ -147,16 +86,9 @@ class MLP(nn.Module):
         self.c_proj.residual = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self._activation(self.c_fc(x), reference))
+        return self.c_proj(self.activation(self.c_fc(x), reference))
 
-    def forward_kernels(self, x: torch.Tensor, x_fp8: torch.Tensor | None = None) -> torch.Tensor:
-        K = _kernel_ops()
-        if self.act == "gelu" and self.c_fc.bias is not None:  # GPT-2's: bias+GELU fused in one kernel
-            return K.mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias)
-        h = self._activation(K.linear(x, self.c_fc.weight, self.c_fc.bias), _arch_ops())
-        return K.linear(h, self.c_proj.weight, self.c_proj.bias)
-
-    def _activation(self, h: torch.Tensor, ops) -> torch.Tensor:
+    def activation(self, h: torch.Tensor, ops) -> torch.Tensor:
         if self.act == "swiglu":
             return ops.swiglu(h)
         return ops.relu2(h) if self.act == "relu2" else F.gelu(h, approximate="tanh")
@@ -174,34 +106,12 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), rope)
         return x + self.mlp(self.ln_2(x))
 
-    def forward_kernels(self, x, h, h_fp8, next_norm: nn.LayerNorm, next_linear: nn.Module | None,
-                        packed: bool = True):
-        """The block with each residual add fused into the LayerNorm after it. In: the residual stream x and
-        h = ln_1(x) (h_fp8: its e4m3 copy, if the qkv linear asked for one). Out: the same triple for what
-        follows, x + attn + mlp and next_norm of it (with the copy next_linear asks for). packed: see
-        CausalSelfAttention.forward_kernels."""
-        K = _kernel_ops()
-        attn = self.attn.forward_kernels(h, h_fp8, packed=packed)
-        x, h, h_fp8 = K.residual_layernorm(x, attn, self.ln_2.weight, self.ln_2.bias, fp8_input_target(self.mlp, x))
-        mlp = self.mlp.forward_kernels(h, h_fp8)
-        return K.residual_layernorm(x, mlp, next_norm.weight, next_norm.bias,
-                                    None if next_linear is None else fp8_input_target(next_linear, x))
-
-    def forward_arch_kernels(self, x, h, rope, next_norm: nn.Module, packed: bool = True):
-        """forward_kernels for the model.arch options (no fp8): in x and h = ln_1(x), out x + attn + mlp and
-        next_norm of it, each residual add fused into the norm after it (LayerNorm or RMSNorm)."""
-        attn = self.attn.forward_kernels(h, None, rope, packed)
-        x, h = residual_norm_kernels(x, attn, self.ln_2)
-        return residual_norm_kernels(x, self.mlp.forward_kernels(h), next_norm)
-
-
 class GPT(nn.Module):
     """GPT-2 and its model.arch variants. `ops` picks how forward runs: "torch" (plain modules) or "kernels"
-    (our CUDA kernels for the embedding, residual+norm, the activations, RoPE and the fused classifier; cuBLAS
-    matmuls and cuDNN attention). Both use the same parameters, so checkpoints move freely between them. fp8
-    GEMMs (GPT-2's blocks only) are applied by `gpt2pipe.ops.fp8.convert_to_fp8(model)` (what `fp8=True`
-    calls), a module swap this file knows only through the `forward_kernels` / `projection` /
-    `fp8_input_target` methods the swapped modules have."""
+    (model/kernels_path.py: our CUDA kernels for the embedding, residual+norm, the activations, RoPE and the
+    fused classifier; cuBLAS matmuls and cuDNN attention). Both use the same parameters, so checkpoints move
+    freely between them. fp8 GEMMs (GPT-2's blocks only) are applied by `gpt2pipe.ops.fp8.convert_to_fp8(model)`
+    (what `fp8=True` calls), a module swap that only the kernels path sees."""
 
     def __init__(self, cfg: ModelConfig, ops: str = "torch", recompute: bool = False, fp8: bool = False):
         super().__init__()
@@ -246,11 +156,7 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
         if self.ops == "kernels" and reduction == "mean":
-            h = self._hidden_kernels(idx) if self.gpt2 else self._hidden_arch_kernels(idx)
-            if targets is None:
-                return F.linear(h, self.lm_head.weight)[..., : self.config.vocab_size], None
-            return None, _kernel_ops().fused_classifier(h, self.lm_head.weight, targets, self.config.vocab_size,
-                                                        fp8_projection(self.lm_head, h, None) if self.gpt2 else None)
+            return kernels_path.forward(self, idx, targets)
         logits = self.lm_head(self._hidden_torch(idx))[..., : self.config.vocab_size]
         if targets is None:
             return logits, None
@@ -261,7 +167,7 @@ class GPT(nn.Module):
         """The final norm's output [B, T, n_embd] on this model's ops path: what the head reads (the LM head
         for logits, a value head in RL)."""
         if self.ops == "kernels":
-            return self._hidden_kernels(idx) if self.gpt2 else self._hidden_arch_kernels(idx)
+            return kernels_path.hidden(self, idx)
         return self._hidden_torch(idx)
 
     def _hidden_torch(self, idx: torch.Tensor) -> torch.Tensor:
@@ -272,45 +178,6 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, rope)
         return self.transformer.ln_f(x)
-
-    def _hidden_kernels(self, idx: torch.Tensor) -> torch.Tensor:
-        """The same network through our kernels, each block's residual add fused into the next LayerNorm."""
-        K = _kernel_ops()
-        tr = self.transformer
-        x = K.encoder(idx, tr.wte.weight, tr.wpe.weight)
-        h = K.layernorm(x, tr.h[0].ln_1.weight, tr.h[0].ln_1.bias)
-        h_fp8 = None  # the first LayerNorm writes no fp8 copy: block 0's qkv GEMM stays bf16
-        for i, block in enumerate(tr.h):
-            last = i + 1 == len(tr.h)
-            next_norm = tr.ln_f if last else tr.h[i + 1].ln_1
-            next_linear = None if last else tr.h[i + 1].attn.c_attn
-            if self.recompute and torch.is_grad_enabled():
-                x, h, h_fp8 = torch.utils.checkpoint.checkpoint(block.forward_kernels, x, h, h_fp8, next_norm,
-                                                                next_linear, False, use_reentrant=False,
-                                                                context_fn=_same_attention_backend)
-            else:
-                x, h, h_fp8 = block.forward_kernels(x, h, h_fp8, next_norm, next_linear)
-        return h
-
-    def _hidden_arch_kernels(self, idx: torch.Tensor) -> torch.Tensor:
-        """The kernels path of the model.arch options: as _forward_kernels, with ops/arch.py's RMSNorm, RoPE
-        and activations where the options ask for them, and no fp8."""
-        K = _kernel_ops()
-        tr = self.transformer
-        if "wpe" in tr:
-            x = K.encoder(idx, tr.wte.weight, tr.wpe.weight)
-        else:
-            x = F.embedding(idx, tr.wte.weight)
-        rope = self.rope_tables(idx.shape[1], idx.device)
-        h = norm_kernels(x, tr.h[0].ln_1)
-        for i, block in enumerate(tr.h):
-            next_norm = tr.ln_f if i + 1 == len(tr.h) else tr.h[i + 1].ln_1
-            if self.recompute and torch.is_grad_enabled():
-                x, h = torch.utils.checkpoint.checkpoint(block.forward_arch_kernels, x, h, rope, next_norm, False,
-                                                         use_reentrant=False, context_fn=_same_attention_backend)
-            else:
-                x, h = block.forward_arch_kernels(x, h, rope, next_norm)
-        return h
 
     def rope_tables(self, T: int, device: torch.device):
         """RoPE's (cos, sin) [T, head_dim / 2], fp32 (also under autocast, and with bf16 weights), or None

@@ -1,11 +1,26 @@
 """The model's operations two ways: our CUDA kernels (through CuPy) and plain-torch references.
 
 `ops: kernels` in the config runs the kernels on a CUDA device; everywhere else the torch references run.
+One module per op family (encoder, layernorm, linear, mlp, attention, classifier; arch.py for the LLaMA-style
+pieces), each with its torch.autograd.Functions and a public function per op that runs the kernel on CUDA
+tensors when kernels are available and the reference from reference.py otherwise.
+
+Kernels that also write an fp8 copy of their output for the next GEMM (LayerNorm forward, bias+GELU
+forward and backward) take an `fp8_target`: any object with `inv_scale`, `amax_current`, `amax_previous`
+(0-d float32 CUDA tensors: where the kernel writes 1/scale, where it records this call's amax, and the
+amax the scale comes from) and `cast(x, dtype)` (a separate cast, for kernels without an fp8 output).
+ops/fp8 makes them; the op modules never import it, so there is no import cycle.
 """
 
 from __future__ import annotations
 
 import functools
+
+# The fusions of the GPT-2 kernels path that have an unfused way beside them, on unless switched off here
+# (module-wide, so `gpt2pipe bench` can time both in one run: mode kernels-unfused). gelu_epilogue: the MLP's
+# bias+GELU inside its GEMMs (mlp.EpilogueMlp; our bias+GELU kernel otherwise); packed_qkv:
+# attention.QkvAttention (autograd through split views and SDPA otherwise).
+FUSIONS = {"gelu_epilogue": True, "packed_qkv": True}
 
 
 @functools.cache
@@ -23,3 +38,8 @@ def kernels_available() -> bool:
     from gpt2pipe.ops.cuda import missing_sources
 
     return not missing_sources()
+
+
+def use_kernels(*tensors) -> bool:
+    """Our kernels for these tensors: all on CUDA, and kernels available."""
+    return all(t.is_cuda for t in tensors) and kernels_available()

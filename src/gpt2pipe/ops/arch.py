@@ -1,6 +1,6 @@
 """The LLaMA-style architecture's operations (model.arch options): our kernels on CUDA, the torch
-references in reference.py everywhere else. Same contract as ops/autograd.py: each public function runs
-its kernel on CUDA tensors when kernels are available and the reference otherwise.
+references in reference.py everywhere else. Same contract as GPT-2's op modules (ops/__init__.py): each
+public function runs its kernel on CUDA tensors when kernels are available and the reference otherwise.
 
 The kernels (kernels/rmsnorm.cu, rope.cu, activation.cu) take bf16 or fp32 tensors and compute in fp32;
 other dtypes (fp16, fp64) run the reference. RMSNorm gains are handed to the kernels in fp32, as the

@@ -138,5 +138,10 @@ def ptx_entries(ptx: str) -> dict[str, list[int]]:
     return entries
 
 
+def blocks(n: int, threads: int = 256, cap: int = 65535 * 8) -> int:
+    """Blocks of `threads` for n elements, one per thread, at most `cap` (the kernels then stride)."""
+    return max(1, min((n + threads - 1) // threads, cap))
+
+
 def sm_count() -> int:
     return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count

@@ -19,26 +19,13 @@ import torch
 import torch.distributed as dist
 
 from gpt2pipe.distributed import World
-from gpt2pipe.ops import reference
+from gpt2pipe.ops import reference, use_kernels
 from gpt2pipe.ops.cuda import launch, sm_count
-from gpt2pipe.ops.autograd import _use_kernels
+from gpt2pipe.ops.flat_layout import BUCKET_ELEMENTS, Bucket, make_buckets, ordered_params
 
-
-BUCKET_ELEMENTS = 32 * 2**20  # ~64 MB of bf16 gradients per reduce-scatter
 # torch >= 2.12 renames the flat-tensor collectives (same arguments); older releases have only the old names
 _reduce_scatter = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
 _all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
-
-
-class _Bucket:
-    """Whole parameters sharing one reduce-scatter: [start, start + size) of the flat buffer (size padded
-    to a multiple of the process count); this process owns slice `rank` of it, at `local` in its shard."""
-
-    def __init__(self, params: list, start: int, size: int, world: World, local: int, decay: bool):
-        self.params, self.start, self.size, self.decay = params, start, size, decay
-        self.slice = size // world.size
-        self.own = start + world.rank * self.slice  # where this process's slice sits in the flat buffer
-        self.local = local
 
 
 class FlatAdamW:
@@ -50,20 +37,9 @@ class FlatAdamW:
         self.sharded_grads = zero >= 2 and world.distributed  # ZeRO-2: no full gradient buffer
         self.n = sum(p.numel() for p in params)
         self.world = world
-        # buckets of whole parameters, decayed and not-decayed kept apart so a bucket is all one kind
-        groups: list[tuple[list, bool]] = []
-        for p in params:
-            decay = p.dim() >= 2
-            if not groups or groups[-1][1] != decay or sum(q.numel() for q in groups[-1][0]) + p.numel() > bucket_elements:
-                groups.append(([], decay))
-            groups[-1][0].append(p)
-        self.buckets: list[_Bucket] = []
-        start = local = 0
-        for members, decay in groups:
-            size = -(-sum(q.numel() for q in members) // world.size) * world.size
-            self.buckets.append(_Bucket(members, start, size, world, local, decay))
-            start += size
-            local += size // world.size
+        self.buckets = make_buckets(params, world, bucket_elements)
+        start = sum(b.size for b in self.buckets)  # the padded flat length
+        local = start // world.size  # this process's shard
         device = params[0].device
         full = torch.zeros(start, dtype=torch.float32, device=device)
         self.params = torch.zeros(start, dtype=dtype, device=device)
@@ -97,7 +73,7 @@ class FlatAdamW:
         self.blocks = sm_count() * 2 if device.type == "cuda" else 1
         self.partials = torch.empty(self.blocks, dtype=torch.float32, device=device)
         self.param_groups = [{"lr": lr}]  # what the training loop's lr setter touches
-        self.kernels = _use_kernels(self.params) and dtype == torch.bfloat16  # our kernels read/write bf16
+        self.kernels = use_kernels(self.params) and dtype == torch.bfloat16  # our kernels read/write bf16
         # overlap: during the backward pass that completes the gradients, each bucket is reduce-scattered
         # as soon as all its parameters have their gradient (post-accumulate hooks)
         self._overlap, self._pending, self._handles = False, [], {}
@@ -135,7 +111,7 @@ class FlatAdamW:
             else:
                 self._handles[i] = self._reduce(self.buckets[i], async_op=True)
 
-    def _reduce_sharded(self, b: _Bucket) -> None:
+    def _reduce_sharded(self, b: Bucket) -> None:
         """ZeRO-2: pack the bucket's gradients (missing ones count as zero) into the next slot, free them, and
         reduce-scatter the pack asynchronously; the buckets launched before it are finished (added to the
         accumulator) now, so at most two buckets are in flight while the backward pass goes on. The slot was
@@ -165,7 +141,7 @@ class FlatAdamW:
             self.grad_shard[b.local : b.local + b.slice] += out
         self._in_flight = []
 
-    def _reduce(self, b: _Bucket, async_op: bool = False):
+    def _reduce(self, b: Bucket, async_op: bool = False):
         return _reduce_scatter(self.grad_shard[b.local : b.local + b.slice],
                                           self.grads[b.start : b.start + b.size], async_op=async_op)
 
@@ -297,10 +273,3 @@ class FlatAdamW:
 
     def shard_size(self) -> int:
         return self.master.numel()
-
-
-def ordered_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Trainable parameters in the flat buffer's order: decayed (2-D) first, each group in model order —
-    the same order as the two parameter groups of the training loop's torch AdamW."""
-    params = list(dict.fromkeys(p for p in model.parameters() if p.requires_grad))
-    return sorted(params, key=lambda p: p.dim() < 2)

@@ -23,7 +23,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from gpt2pipe.config import TrainConfig
 from gpt2pipe.distributed import World
-from gpt2pipe.train.optim import TorchAdamW
+from gpt2pipe.train.adamw import TorchAdamW
 
 
 # GPT.forward returns logits as a view (padding columns dropped); nothing modifies them in place

@@ -28,8 +28,9 @@ from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import TrainConfig
 from gpt2pipe.distributed import World
 from gpt2pipe.ops import reference
-from gpt2pipe.ops.flat_adamw import FlatAdamW, ordered_params
-from gpt2pipe.train.optim import _PlainWeights  # every process holds the whole model: process 0 copies it out
+from gpt2pipe.ops.flat_adamw import FlatAdamW
+from gpt2pipe.ops.flat_layout import ordered_params
+from gpt2pipe.train.optimizer_protocol import PlainWeights  # every process holds the whole model
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # modded-nanogpt's quintic: fast growth of small singular values
 
@@ -94,8 +95,8 @@ def owners(sizes: list[int], world_size: int) -> list[int]:
     return out
 
 
-class MuonAdamW(_PlainWeights):
-    """Muon + FlatAdamW behind the training loop's Optimizer protocol (train/optim.py), on the torch path
+class MuonAdamW(PlainWeights):
+    """Muon + FlatAdamW behind the training loop's Optimizer protocol (train/optimizer_protocol.py), on the torch path
     (fp32 weights) and the kernels path (bf16 weights, fp32 master weights), one or several processes."""
 
     def __init__(self, model: nn.Module, t: TrainConfig, world: World = World(),

@@ -26,7 +26,7 @@ from gpt2pipe.model import checkpoint
 from gpt2pipe.model.gpt import GPT
 from gpt2pipe.ops import fp8
 from gpt2pipe.train.guards import UpdateGuard
-from gpt2pipe.train.optim import Optimizer
+from gpt2pipe.train.optimizer_protocol import Optimizer
 
 STATE_NAME = re.compile(r"state_(\d{6})\.pt")
 

@@ -8,7 +8,7 @@ to a model by `convert_to_fp8(model, gemms)` (a module swap; see convert.py).
 
 Scaling is per tensor with power-of-two scales (kernels/fp8.cuh); activations (e4m3) and gradients (e5m2)
 use delayed scaling, weights (and the LM head's input) current scaling. Nothing here is imported by
-ops/autograd.py or by the model.
+the op modules (ops/layernorm.py, mlp.py, ...) or by the model.
 """
 
 from gpt2pipe.ops.fp8.casts import E4M3, E5M2

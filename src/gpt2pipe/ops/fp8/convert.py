@@ -7,11 +7,11 @@ same model; the model file itself knows nothing of fp8. On the torch path they c
 modules they replace did; on the kernels path (`forward_kernels`, `projection`) they run the fp8 GEMMs of
 gemms.py where the GPU and the shapes allow, and bf16 kernels elsewhere.
 
-The model's kernels forward asks each module that follows a LayerNorm for an `fp8_input_target(x)`: the
-(state, layer, slot) into which that LayerNorm writes an e4m3 copy of its output, so the GEMM reads fp8
-without a separate cast. One `Fp8Scaling` per model holds the scaling state; a forward pre-hook rolls it
-at the start of each training forward. Forwards in eval mode or under torch.no_grad() (validation,
-HellaSwag, sampling) read the scales through a read-only view and never change them.
+The model's kernels forward (model/kernels_path.py) asks each module that follows a LayerNorm for an
+`fp8_input_target(x)`: the (state, layer, slot) into which that LayerNorm writes an e4m3 copy of its output,
+so the GEMM reads fp8 without a separate cast. One `Fp8Scaling` per model holds the scaling state; a forward
+pre-hook rolls it at the start of each training forward. Forwards in eval mode or under torch.no_grad()
+(validation, HellaSwag, sampling) read the scales through a read-only view and never change them.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt2pipe import Gpt2pipeError
-from gpt2pipe.ops import autograd as K
 from gpt2pipe.ops import kernels_available
+from gpt2pipe.ops import mlp as bf16_mlp  # the kernels path where fp8 cannot run
 from gpt2pipe.ops.cuda import aligned
 from gpt2pipe.ops.fp8.casts import E4M3, cast_current, scaled_mm
 from gpt2pipe.ops.fp8.gemms import Fp8MlpFunction, qkv_forward
@@ -104,7 +104,7 @@ class Fp8MLP(nn.Module):
     def forward_kernels(self, x: torch.Tensor, x_fp8: torch.Tensor | None = None) -> torch.Tensor:
         fc, proj = self.c_fc, self.c_proj
         if not self._usable(x):
-            return K.mlp(x, fc.weight, fc.bias, proj.weight, proj.bias)
+            return bf16_mlp.mlp(x, fc.weight, fc.bias, proj.weight, proj.bias)
         state = self.scaling.for_forward(x.device, self.training)
         return Fp8MlpFunction.apply(x, x_fp8, fc.weight, fc.bias, proj.weight, proj.bias, state, self.layer)
 
@@ -157,7 +157,7 @@ class Fp8Head(_SameLinear):
 
     def projection(self, h: torch.Tensor, _x_fp8=None):
         """logits_of(start, end): the logits of rows start:end of h (flattened) from the fp8 copies, for
-        ops.autograd.fused_classifier; None where fp8 cannot run (then the classifier's bf16 GEMM does)."""
+        ops.classifier.fused_classifier; None where fp8 cannot run (then the classifier's bf16 GEMM does)."""
         if not (self.training and torch.is_grad_enabled() and usable(h, self.weight)):
             return None
         if h.device not in self._scales:  # [inv_scale x 2 (16-byte aligned each), amax x 2, scratch x 2]

@@ -1,5 +1,5 @@
 """The fp8 GEMMs as autograd Functions: the MLP (both GEMMs forward and their input-gradient GEMMs) and
-the attention's qkv projection (forward only; its backward is ops.autograd.QkvAttention's).
+the attention's qkv projection (forward only; its backward is ops.attention.QkvAttention's).
 
 `torch._scaled_mm` on e4m3 activations/weights and e5m2 gradients runs about 1.4-1.8x the bf16 rate on
 the H100 at GPT-2 shapes. Weight gradients stay bf16 (they would need transposed fp8 copies of the
@@ -14,14 +14,15 @@ import functools
 
 import torch
 
-from gpt2pipe.ops.autograd import bias_gelu_backward, bias_gelu_forward, bias_grad
+from gpt2pipe.ops.linear import bias_grad
+from gpt2pipe.ops.mlp import bias_gelu_backward, bias_gelu_forward
 from gpt2pipe.ops.fp8.casts import E4M3, E5M2, scaled_mm
 from gpt2pipe.ops.fp8.state import Fp8State, Slot
 
 
 def qkv_forward(x, x_fp8, weight, bias, state: Fp8State, layer: int) -> torch.Tensor:
     """x @ W.T + b with the GEMM in fp8 from x_fp8, the e4m3 copy x's LayerNorm wrote (bf16 until the forward
-    direction is calibrated). No autograd: ops.autograd.QkvAttention calls it and does the (bf16) backward.
+    direction is calibrated). No autograd: ops.attention.QkvAttention calls it and does the (bf16) backward.
     The LayerNorm that wrote x_fp8 recorded x's amax, so this micro-step counts as measured: without it a
     model whose only fp8 GEMM is qkv (fp8_gemms: [qkv]) never left calibration and ran bf16 throughout."""
     state.measured["forward"] = True

@@ -109,7 +109,7 @@ class Fp8State:
 
 @dataclass(frozen=True)
 class Fp8Target:
-    """One (layer, slot) of a state: what a kernel that writes an fp8 copy needs (ops/autograd.py's
+    """One (layer, slot) of a state: what a kernel that writes an fp8 copy needs (ops/__init__.py's
     `fp8_target` interface)."""
 
     state: Fp8State
