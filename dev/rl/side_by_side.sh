@@ -12,9 +12,11 @@ export PYTHONUNBUFFERED=1
 cfg=dev/rl/gpt2_124M_local.yaml
 ck=results/rl124m/train/model_000200.pt
 set -x
-[ -n "${SKIP_TESTS:-}" ] || timeout 80 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rl.py 2>&1 | tail -8
+[ -n "${SKIP_TESTS:-}" ] || timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -x tests/test_rl.py \
+    tests/test_kernels.py tests/test_classifier_fp32.py tests/test_arch_ops.py ${EXTRA_TESTS:-} 2>&1 | tail -8
 python3 -m gpt2pipe corpus -c $cfg && python3 -m gpt2pipe tokenize -c $cfg
-timeout 200 python3 -m gpt2pipe train -c $cfg --no-progress --restart 2>&1 | grep -E "step +(1|100|200)/|val|gpt2pipe"
+timeout 200 python3 -m gpt2pipe train -c $cfg --no-progress --restart 2>&1 | grep -E "step +(1|100|200)/|val|gpt2pipe|Error"
+[ -f $ck ] || timeout 200 python3 -m gpt2pipe train -c $cfg --no-progress --restart --set train.ops=torch 2>&1 | grep -E "step +(1|100|200)/|val|gpt2pipe|Error"
 timeout 100 python3 dev/rl/sampler_bench.py $ck ${BENCH_ARGS:---profile}
 python3 dev/rl/trl_grpo.py prompts results/data/local_prose/shards /tmp/prompts.jsonl
 timeout 100 python3 -m gpt2pipe rl -c $cfg --no-progress --run-dir results/grpo_side --restart \
