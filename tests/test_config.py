@@ -195,3 +195,14 @@ def test_fp8_gemms_is_compared_as_a_set():
     old["train"]["fp8_gemms"] = ["mlp", "head"]
     assert identity_diff(with_new_defaults(old), with_new_defaults(training_identity(fp8(["head", "mlp"])))) == []
     assert identity_diff(with_new_defaults(old), with_new_defaults(training_identity(fp8(["head"])))) != []
+
+
+def test_exponent_numbers_are_numbers_in_files_and_overrides(tmp_path):
+    """`1e-5` is a float in YAML 1.2 but a string to PyYAML's YAML 1.1: a rate written the usual way was refused
+    as "not of type number" (found when `--set rl.learning_rate=1e-5` stopped a run)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  learning_rate: 6e-4\n  weight_decay: 1E-1\n")
+    cfg = config.load(path, ["train.warmup_steps=1e2"])
+    assert cfg.train.learning_rate == 6e-4 and cfg.train.weight_decay == 0.1
+    assert cfg.train.warmup_steps == 100 and isinstance(cfg.train.warmup_steps, (int, float))
+    assert config.load(path, ["run_name=1e5x"]).run_name == "1e5x"  # not a number: still a string

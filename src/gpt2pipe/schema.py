@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 from importlib import resources
 
 import jsonschema
@@ -16,6 +17,26 @@ import yaml
 from gpt2pipe import Gpt2pipeError
 
 SCHEMA_PATH = resources.files("gpt2pipe") / "schemas" / "config.schema.yaml"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: `1e-5` and `3E4` are numbers (YAML 1.1, PyYAML's default,
+    reads them as strings, and `learning_rate: 1e-5` would be refused as "not of type number")."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """Parse YAML text (safe: plain data only) with YAML 1.2's numbers."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 def schema() -> dict:
@@ -115,7 +136,7 @@ def typed_strings(values, schema_node: dict):
     types = [types] if isinstance(types, str) else types
     if isinstance(values, str) and "string" not in types and "enum" not in schema_node:
         try:
-            parsed = yaml.safe_load(values)
+            parsed = load_yaml(values)
         except yaml.YAMLError:
             return values  # validation then names the key
         kinds = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}

@@ -14,7 +14,7 @@ from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config.rules import validated
 from gpt2pipe.config.sections import (Config, DataConfig, EvalConfig, ModelConfig, ReportConfig, RLConfig,
                                       TrainConfig)
-from gpt2pipe.schema import Problem
+from gpt2pipe.schema import Problem, load_yaml
 
 
 Layer = tuple[str, dict]  # (the name a problem is reported under, what it set), in the order merged
@@ -80,7 +80,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise Gpt2pipeError(f"{path}: config file not found")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)  # where the parser gave up, as editors and compilers say it
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
@@ -97,7 +97,7 @@ def _apply_override(raw: dict, item: str) -> dict:
     if not sep or not key:
         raise Gpt2pipeError(f"--set {item}: expected section.key=value")
     try:
-        parsed = yaml.safe_load(value)
+        parsed = load_yaml(value)
     except yaml.YAMLError as e:
         raise Gpt2pipeError(f"--set {item}: value is not valid YAML: {getattr(e, 'problem', e)}") from None
     node = raw

@@ -10,6 +10,7 @@ kernels, whose launches cost more than their work when run one by one from Pytho
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -117,16 +118,21 @@ def positions(valid: torch.Tensor) -> torch.Tensor:
 
 def choose(logits: torch.Tensor, temperature: float, top_k: int | None, noise: torch.Tensor | None) -> torch.Tensor:
     """One token per row from logits [B, V] (fp32): greedy at temperature 0, else a draw from softmax(logits /
-    T) over the top_k likeliest (all: None or 0), made as argmax(p / E) with E ~ Exp(1) in `noise` [B, V]
-    (the exponential race: the same distribution as torch.multinomial, in two kernels that a CUDA graph can
-    hold, since the noise is drawn outside it)."""
+    T) over the top_k likeliest (all: None or 0), made as argmax(p / E) = argmax(logits / T - log E) with
+    E ~ Exp(1) in `noise` [B, V] (the exponential race: the same distribution as torch.multinomial, in
+    kernels that a CUDA graph can hold, since the noise is drawn outside it)."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits / temperature
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return (torch.softmax(logits, -1) / noise).argmax(-1)
+    return (logits - noise.log()).argmax(-1)  # = argmax(softmax / E), without the softmax's passes
+
+
+def _logits(h: torch.Tensor, head: torch.Tensor, vocab: int) -> torch.Tensor:
+    """fp32 logits [B, vocab] of the last hidden states h [B, C] under the (padded) head."""
+    return F.linear(h, head)[:, :vocab].float()
 
 
 def pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> torch.Tensor:
@@ -186,13 +192,16 @@ def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperatur
     net.key_valid.zero_()
     net.key_valid[:, :P] = valid  # padding slots stay False for good
     pos = positions(valid)
-    head = model.lm_head.weight[: model.config.vocab_size]
+    # the whole padded head (50304 rows): its GEMM runs on aligned tiles; the 50257 rows alone fell to a
+    # slow unaligned kernel on the H200 (214 of 1,770 us a decode step). Padding columns are cut in _logits
+    head = model.lm_head.weight
     h = net.forward(idx, pos, torch.zeros((), dtype=torch.long, device=device))
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
-    out[:, 0] = pick(F.linear(h[:, -1], head).float(), temperature, top_k, gen)
+    out[:, 0] = pick(_logits(h[:, -1], head, model.config.vocab_size), temperature, top_k, gen)
     if max_new_tokens > 1:
         if net.decoder is None:
-            net.decoder = Decoder(net, head, temperature, top_k, out[:, :1], pos[:, -1:] + 1, P, compiled)
+            net.decoder = Decoder(net, head, model.config.vocab_size, temperature, top_k, out[:, :1],
+                                  pos[:, -1:] + 1, P, compiled)
         else:
             net.decoder.reset(out[:, :1], pos[:, -1:] + 1, P)
         step = net.decoder
@@ -213,14 +222,14 @@ class Decoder:
     cache slot move on by one. Every step is the same kernels on the same memory, so on CUDA it is recorded
     once as a graph and replayed (the noise of each draw is filled in before)."""
 
-    def __init__(self, net: CachedGPT, head, temperature: float, top_k: int | None, first: torch.Tensor,
-                 pos: torch.Tensor, slot: int, compiled: bool = False):
-        self.net, self.head, self.temperature, self.top_k = net, head, temperature, top_k
+    def __init__(self, net: CachedGPT, head, vocab: int, temperature: float, top_k: int | None,
+                 first: torch.Tensor, pos: torch.Tensor, slot: int, compiled: bool = False):
+        self.net, self.head, self.vocab, self.temperature, self.top_k = net, head, vocab, temperature, top_k
         # compiled: the step's elementwise work fused by torch.compile (inductor) before the graph records it
         self._step = torch.compile(self._next, dynamic=False) if compiled else self._next
         self.tok, self.pos = first.clone(), pos.clone()
         self.slot = torch.tensor(slot, device=first.device)
-        self.noise = torch.empty(first.shape[0], head.shape[0], device=first.device)
+        self.noise = torch.empty(first.shape[0], vocab, device=first.device)
         self.graph = None
 
     def reset(self, first: torch.Tensor, pos: torch.Tensor, slot: int) -> None:
@@ -232,7 +241,7 @@ class Decoder:
     def _next(self) -> torch.Tensor:
         self.net.key_valid.index_fill_(1, self.slot.view(1), True)
         h = self.net.forward(self.tok, self.pos, self.slot)
-        return choose(F.linear(h[:, -1], self.head).float(), self.temperature, self.top_k, self.noise)
+        return choose(_logits(h[:, -1], self.head, self.vocab), self.temperature, self.top_k, self.noise)
 
     def eager(self) -> torch.Tensor:
         nxt = self._step()
@@ -249,7 +258,15 @@ class Decoder:
             side = torch.cuda.Stream(self.tok.device)
             side.wait_stream(torch.cuda.current_stream(self.tok.device))
             with torch.cuda.stream(side):
-                self.eager()
+                try:
+                    self.eager()  # compiles the step when it is to be compiled
+                except Exception as e:  # noqa: BLE001 - inductor cannot build it here: the plain step still can
+                    if self._step == self._next:
+                        raise
+                    warnings.warn(f"sampler: the compiled decode step failed ({type(e).__name__}: {e}); "
+                                  "recording the plain one")
+                    self._step = self._next
+                    self.eager()
             torch.cuda.current_stream(self.tok.device).wait_stream(side)
             for buf, saved in zip((self.tok, self.pos, self.slot, self.net.key_valid), state):
                 buf.copy_(saved)  # the warm-up's cache writes are rewritten by the same step

@@ -55,7 +55,10 @@ def collect(policy: GPT, ref: GPT, prompts: list[list[int]], rl, reward_fn, gen:
     log-probabilities of policy and reference and (given the value model) the values (rl: the RLConfig)."""
     device = next(policy.parameters()).device
     sampler = sampler or sampling_copy(policy)
-    out = sample(sampler, prompts, rl.max_new_tokens, rl.temperature, None, gen, EOT, pad=EOT)
+    # on CUDA the decode step is fused by torch.compile once per shape (train and held-out batches), then
+    # replayed as a CUDA graph: 1.2x the plain recorded step on the H200 (docs/rl.md)
+    out = sample(sampler, prompts, rl.max_new_tokens, rl.temperature, None, gen, EOT, pad=EOT,
+                 attention="matmul", compiled=device.type == "cuda")
     P, R = out.prompts.shape[1], rl.max_new_tokens
     seq = torch.cat([out.prompts, out.tokens], 1)
     valid = None
