@@ -86,6 +86,20 @@ def rl_outputs(raw: dict) -> list[Path]:
     return [out / "rl.log", out / f"model_{raw['rl']['steps']:06d}.pt"]
 
 
+def reward_model_dir(raw: dict) -> Path:
+    return run_dir(raw) / "reward_model"
+
+
+def reward_model_checkpoint(raw: dict) -> Path:
+    return reward_model_dir(raw) / "model.pt"
+
+
+def reward_model_outputs(raw: dict) -> list[Path]:
+    """What the reward_model stage declares: the model, its held-out pair accuracy and its step log."""
+    out = reward_model_dir(raw)
+    return [out / "model.pt", out / "eval.json", out / "reward_model.log"]
+
+
 def samples(raw: dict, step: int) -> Path:
     return run_dir(raw) / "samples" / f"step_{step:06d}.txt"
 
@@ -175,7 +189,8 @@ def compared_runs_signature(runs: list[dict]) -> str:
 __all__ = ["NOT_IDENTITY", "checkpoint", "compared_runs_signature", "runs_named",
            "report_notebook", "checkpoint_steps", "corpus_dir", "data_dir", "data_fingerprint",
            "eval_result", "fineweb_dir", "hellaswag_bin", "hellaswag_name", "run_dir", "samples", "shard_dir",
-           "stage_config", "stage_config_text", "token_count", "training_fingerprint", "rl_outputs"]
+           "stage_config", "stage_config_text", "token_count", "training_fingerprint", "rl_outputs",
+           "reward_model_checkpoint", "reward_model_dir", "reward_model_outputs"]
 
 
 def report_notebook() -> Path:
