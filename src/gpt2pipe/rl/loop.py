@@ -38,9 +38,10 @@ def default_init(cfg: Config) -> Path:
     return layout.checkpoint(cfg.raw, cfg.train.max_steps)
 
 
-def reward_model_path(cfg: Config) -> Path:
-    """The reward model of rl.reward reward_model / rl.value_from_reward_model: rl.reward_model, else the run's."""
-    return Path(cfg.rl.reward_model) if cfg.rl.reward_model else layout.reward_model_checkpoint(cfg.raw)
+def reward_model_path(cfg: Config, run_dir: Path) -> Path:
+    """The reward model of rl.reward reward_model / rl.value_from_reward_model: rl.reward_model, else the run's
+    (<run_dir>/reward_model/model.pt, where `gpt2pipe reward-model` writes it)."""
+    return Path(cfg.rl.reward_model) if cfg.rl.reward_model else Path(run_dir) / "reward_model" / "model.pt"
 
 
 def load_prompts(cfg: Config, shards_dir: Path | None) -> tuple[list[list[int]], list[list[int]]]:
@@ -60,7 +61,7 @@ def run(cfg: Config, run_dir: Path, shards_dir: Path | None = None, resume: bool
         raise Gpt2pipeError("the config has no rl section: add `rl: {}` (see `gpt2pipe config --describe`)")
     rl = cfg.rl
     # --- inputs first: reward function, prompts, the starting model, saved states -------------------------
-    reward_fn = rewards.build(rl.reward, reward_model_path(cfg))
+    reward_fn = rewards.build(rl.reward, reward_model_path(cfg, run_dir))
     train_prompts, eval_prompts = load_prompts(cfg, shards_dir)
     init = Path(rl.init_from) if rl.init_from else default_init(cfg)
     if not init.exists():
@@ -69,7 +70,7 @@ def run(cfg: Config, run_dir: Path, shards_dir: Path | None = None, resume: bool
     if rl.value_from_reward_model and rl.algorithm == "ppo":
         from gpt2pipe.reward_model.model import Scorer
 
-        value_rm = (reward_fn if isinstance(reward_fn, Scorer) else Scorer(reward_model_path(cfg))).model
+        value_rm = (reward_fn if isinstance(reward_fn, Scorer) else Scorer(reward_model_path(cfg, run_dir))).model
     device = pick_device(cfg.train.device)
     world = distributed.setup(device.type)
     try:
