@@ -248,6 +248,7 @@ class RewardModelConfig:
     init_from: str | None
     pairs: str
     num_prompts: int
+    pairs_per_prompt: int
     prompt_tokens: int
     response_tokens: int
     temperature: float

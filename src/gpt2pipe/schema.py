@@ -5,10 +5,10 @@ cross-field rules a schema cannot say, typing of strings that arrive from comman
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from importlib import resources
 
-import jsonschema
 import yaml
 
 from gpt2pipe import Gpt2pipeError
@@ -23,6 +23,8 @@ def schema() -> dict:
 
 def _with_defaults(validator_class):
     """Extend a jsonschema validator so that validating also fills in each property's default."""
+    import jsonschema
+
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -35,7 +37,13 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft7Validator)
+@functools.cache
+def _validator():
+    """The validator class, made on first use: jsonschema is imported only to validate a config, so the
+    models and stages import (and dev scripts run on a bare GPU machine) without it."""
+    import jsonschema
+
+    return _with_defaults(jsonschema.Draft7Validator)
 
 
 class Problem(Gpt2pipeError):
@@ -46,7 +54,7 @@ class Problem(Gpt2pipeError):
         self.keys = keys
 
 
-def _schema_problem(e: jsonschema.ValidationError) -> Problem:
+def _schema_problem(e) -> Problem:  # e: a jsonschema.ValidationError
     where = ".".join(str(p) for p in e.absolute_path)
     keys: tuple[str, ...] = (where,) if where else ()
     if e.validator == "additionalProperties" and isinstance(e.instance, dict):
@@ -120,7 +128,7 @@ def validated(raw: dict | None) -> dict:
     cfg = copy.deepcopy(raw) if raw else {}
     if not isinstance(cfg, dict):
         raise Problem(f"a config must be a mapping, got {type(cfg).__name__}", ())
-    errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: list(e.path))
+    errors = sorted(_validator()(schema()).iter_errors(cfg), key=lambda e: list(e.path))
     if errors:
         raise _schema_problem(errors[0])
     problem = _cross_field_problem(cfg)

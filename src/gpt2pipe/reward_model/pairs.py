@@ -2,8 +2,9 @@
 
 - `read(path)`: a .jsonl file the user gives; every row is checked before any model exists and a bad one is
   named by file and line (a row without "rejected" ends the stage in one line, nothing written).
-- `from_samples(...)`: the issue's check without a download or a human: two continuations of each prompt
-  sampled from the starting model, the more positive by VADER chosen, pairs closer than `margin` dropped.
+- `from_samples(...)`: the issue's check without a download or a human: pairs of continuations of each
+  prompt sampled from the starting model, the more positive by VADER chosen, ties and pairs closer than
+  `margin` dropped.
 - `from_text(...)`: a known preference taken from text alone: a line of a corpus with its next line as the
   continuation, against a line of the opposite sentiment from elsewhere (VADER-positive chosen over
   VADER-negative); half the pairs have the natural continuation rejected, so "the next line" is not the label.
@@ -65,9 +66,23 @@ def write(path: str | Path, pairs: list[Pair]) -> None:
 
 
 def split(pairs: list[Pair], n_eval: int) -> tuple[list[Pair], list[Pair]]:
-    """(train, held out): the first n_eval are held out, but never more than half."""
+    """(train, held out): about n_eval pairs held out (never more than half), whole prompts at a time taken in
+    the order they first appear, so no held-out prompt is trained on (a prompt may have several pairs)."""
     k = min(n_eval, len(pairs) // 2)
-    return pairs[k:], pairs[:k]
+    counts: dict[str, int] = {}
+    for p in pairs:
+        counts[p.prompt] = counts.get(p.prompt, 0) + 1
+    held, n = set(), 0
+    for p in pairs:
+        if n >= k:
+            break
+        if p.prompt not in held:
+            held.add(p.prompt)
+            n += counts[p.prompt]
+    train, out = [p for p in pairs if p.prompt not in held], [p for p in pairs if p.prompt in held]
+    if not train or not out:  # one prompt for every pair: hold out pairs, not prompts
+        return pairs[k:], pairs[:k]
+    return train, out
 
 
 def vader():
@@ -84,12 +99,13 @@ def label(prompts: list[str], a: list[str], b: list[str], margin: float, score=N
     score = score or vader()
     sa, sb = score(a), score(b)
     return [Pair(p, x, y) if s >= t else Pair(p, y, x)
-            for p, x, y, s, t in zip(prompts, a, b, sa, sb) if abs(s - t) >= margin and x != y]
+            for p, x, y, s, t in zip(prompts, a, b, sa, sb) if abs(s - t) >= margin and s != t and x != y]
 
 
 def from_samples(model, prompts: list[list[int]], response_tokens: int, temperature: float, margin: float,
-                 seed: int, batch: int = 256) -> list[Pair]:
-    """Two sampled continuations per prompt (token lists starting with <|endoftext|>), labelled by VADER."""
+                 seed: int, per_prompt: int = 1, batch: int = 512) -> list[Pair]:
+    """2 x per_prompt sampled continuations of each prompt (token lists starting with <|endoftext|>), paired
+    two by two and labelled by VADER."""
     import torch
 
     from gpt2pipe.data.tokenizer import EOT, gpt2
@@ -99,14 +115,12 @@ def from_samples(model, prompts: list[list[int]], response_tokens: int, temperat
     device = next(model.parameters()).device
     gen = torch.Generator(device).manual_seed(seed)
     text = lambda toks: enc.decode([t for t in toks if t != EOT])  # noqa: E731
-    a, b = [], []
-    for i in range(0, len(prompts), batch):
-        chunk = prompts[i : i + batch]
-        out = sample(model, chunk + chunk, response_tokens, temperature, None, gen, EOT, pad=EOT)
-        rows = [text(r[:n]) for r, n in zip(out.tokens.tolist(), out.lengths.tolist())]
-        a += rows[: len(chunk)]
-        b += rows[len(chunk) :]
-    return label([text(p) for p in prompts], a, b, margin)
+    rows = [p for p in prompts for _ in range(2 * per_prompt)]
+    out_texts = []
+    for i in range(0, len(rows), batch):
+        out = sample(model, rows[i : i + batch], response_tokens, temperature, None, gen, EOT, pad=EOT)
+        out_texts += [text(r[:n]) for r, n in zip(out.tokens.tolist(), out.lengths.tolist())]
+    return label([text(p) for p in rows[0::2]], out_texts[0::2], out_texts[1::2], margin)
 
 
 def from_text(text: str, n: int, seed: int, min_score: float = 0.5, max_chars: int = 200) -> list[Pair]:

@@ -95,13 +95,13 @@ def run(cfg: Config, run_dir: Path, shards_dir: Path | None = None, progress: bo
 
         t0 = time.perf_counter()
         given = pairs_mod.from_samples(sampling_copy(trunk.eval()), prompts, c.response_tokens, c.temperature,
-                                       c.margin, c.seed)
-        print(f"gpt2pipe reward-model: {len(given)} pairs from {len(prompts)} prompts x 2 samples "
+                                       c.margin, c.seed, c.pairs_per_prompt)
+        print(f"gpt2pipe reward-model: {len(given)} pairs from {len(prompts)} prompts x {2 * c.pairs_per_prompt} samples "
               f"(VADER margin {c.margin}) in {time.perf_counter() - t0:.1f} s", flush=True)
         if len(given) < 4:
-            raise Gpt2pipeError(f"reward_model: only {len(given)} of {len(prompts)} prompts gave two continuations "
-                                "whose VADER scores differ by reward_model.margin: raise reward_model.num_prompts "
-                                "or lower reward_model.margin")
+            raise Gpt2pipeError(f"reward_model: only {len(given)} pairs of continuations of {len(prompts)} prompts "
+                                "differ in VADER score by reward_model.margin: raise reward_model.num_prompts or "
+                                "reward_model.pairs_per_prompt, or lower reward_model.margin")
         pairs_mod.write(out / "pairs.jsonl", given)
     shuffled = list(given)
     random.Random(c.seed).shuffle(shuffled)
