@@ -175,14 +175,17 @@ def _samples(path: Path) -> tuple[list[str], list[str]]:
     return [strip(p) for p in parts[0::2]], [strip(r) for r in parts[1::2]]
 
 
-def test_ppo_against_the_reward_model_runs_and_scores_with_it(tmp_path):
+@pytest.mark.parametrize("train", [{}, pytest.param({"device": "cuda", "ops": "kernels"}, marks=pytest.mark.gpu)],
+                         ids=["cpu", "cuda-kernels"])
+def test_ppo_against_the_reward_model_runs_and_scores_with_it(tmp_path, train):
     """rl.reward reward_model: the held-out reward at step 0 is the reward model's score of the step-0
     samples (recomputed here from the samples file), PPO runs with its value model started from the reward
-    model, and the whole chain goes through the CLI."""
+    model, and the whole chain goes through the CLI (on a GPU: the policy and value model on the kernels
+    path, the reward model in bf16 autocast)."""
     from test_rl import peaked_policy, rl_log
 
     init = peaked_policy(tmp_path / "policy.pt")
-    raw = tiny_config(tmp_path, model={"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64})
+    raw = tiny_config(tmp_path, model={"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64}, train=train)
     pairs = pairs_mod.read(PAIRS)[:64]
     pairs_mod.write(tmp_path / "pairs.jsonl", pairs)
     prompts = [p.prompt for p in pairs[:16]]
@@ -203,5 +206,7 @@ def test_ppo_against_the_reward_model_runs_and_scores_with_it(tmp_path):
     p, r = _samples(run_dir / "rl" / "samples_000000.txt")
     assert len(r) == 8
     held = json.loads((run_dir / "rl" / "eval_000000.json").read_text())["reward"]
-    assert held["mean"] == pytest.approx(scorer(p, r).mean().item(), abs=1e-4)
+    if train:
+        scorer.to(torch.device("cuda"))
+    assert held["mean"] == pytest.approx(scorer(p, r).mean().item(), abs=1e-4 if not train else 2e-2)
     assert held["n"] == 8 and held["ci95"] > 0  # the reward model tells these responses apart
