@@ -101,7 +101,8 @@ def load(path: str | Path) -> tuple[RewardModel, dict]:
 
 
 @torch.no_grad()
-def scores(rm: RewardModel, prompts: list[str], responses: list[str], max_tokens: int, batch: int, ctx=None) -> torch.Tensor:
+def scores(rm: RewardModel, prompts: list[str], responses: list[str], max_tokens: int, batch: int,
+           ctx=None) -> torch.Tensor:
     """The model's scores [B] (fp32, on the model's device), in batches of `batch` rows."""
     import contextlib
 

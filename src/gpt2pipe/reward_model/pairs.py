@@ -103,7 +103,7 @@ def label(prompts: list[str], a: list[str], b: list[str], margin: float, score=N
 
 
 def from_samples(model, prompts: list[list[int]], response_tokens: int, temperature: float, margin: float,
-                 seed: int, per_prompt: int = 1, batch: int = 512) -> list[Pair]:
+                 seed: int, per_prompt: int = 1, batch: int = 512, score=None) -> list[Pair]:
     """2 x per_prompt sampled continuations of each prompt (token lists starting with <|endoftext|>), paired
     two by two and labelled by VADER."""
     import torch
@@ -120,7 +120,7 @@ def from_samples(model, prompts: list[list[int]], response_tokens: int, temperat
     for i in range(0, len(rows), batch):
         out = sample(model, rows[i : i + batch], response_tokens, temperature, None, gen, EOT, pad=EOT)
         out_texts += [text(r[:n]) for r, n in zip(out.tokens.tolist(), out.lengths.tolist())]
-    return label([text(p) for p in rows[0::2]], out_texts[0::2], out_texts[1::2], margin)
+    return label([text(p) for p in rows[0::2]], out_texts[0::2], out_texts[1::2], margin, score)
 
 
 def from_text(text: str, n: int, seed: int, min_score: float = 0.5, max_chars: int = 200) -> list[Pair]:

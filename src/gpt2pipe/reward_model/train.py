@@ -11,6 +11,7 @@ Every output is written whole or not at all, and the stale ones of an earlier ru
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -79,11 +80,12 @@ def run(cfg: Config, run_dir: Path, shards_dir: Path | None = None, progress: bo
         raise Gpt2pipeError(f"{init}: no model to start the reward model from (train the run first, or set "
                             "reward_model.init_from)")
     prompts = _prompts(cfg, shards_dir) if given is None else None
+    vader = pairs_mod.vader() if given is None else None  # the labeller loads before any model
     device = pick_device(cfg.train.device)
     seed_everything(c.seed)
     trunk, _ = load_any(init)
     max_tokens = min(c.max_tokens, trunk.config.block_size)
-    c = type(c)(**{**c.__dict__, "max_tokens": max_tokens})
+    c = dataclasses.replace(c, max_tokens=max_tokens)
     out = Path(run_dir) / "reward_model"
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("model.pt", "eval.json", "reward_model.log", "pairs.jsonl"):
@@ -95,8 +97,9 @@ def run(cfg: Config, run_dir: Path, shards_dir: Path | None = None, progress: bo
 
         t0 = time.perf_counter()
         given = pairs_mod.from_samples(sampling_copy(trunk.eval()), prompts, c.response_tokens, c.temperature,
-                                       c.margin, c.seed, c.pairs_per_prompt)
-        print(f"gpt2pipe reward-model: {len(given)} pairs from {len(prompts)} prompts x {2 * c.pairs_per_prompt} samples "
+                                       c.margin, c.seed, c.pairs_per_prompt, score=vader)
+        print(f"gpt2pipe reward-model: {len(given)} pairs from {len(prompts)} prompts x "
+              f"{2 * c.pairs_per_prompt} samples "
               f"(VADER margin {c.margin}) in {time.perf_counter() - t0:.1f} s", flush=True)
         if len(given) < 4:
             raise Gpt2pipeError(f"reward_model: only {len(given)} pairs of continuations of {len(prompts)} prompts "
