@@ -47,8 +47,10 @@ def test_the_pairs_file_is_the_one_documented():
     assert min(score([p.chosen for p in pairs[:50]])) >= 0.5 and max(score([p.rejected for p in pairs[:50]])) <= -0.5
 
 
-def test_bradley_terry_loss_falls_and_held_out_pair_accuracy_rises(rm_setup):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_bradley_terry_loss_falls_and_held_out_pair_accuracy_rises(rm_setup, device):
     raw, run_dir = rm_setup
+    raw["train"]["device"] = device  # on CUDA: bf16 autocast, fp32 weights and AdamW
     out = train_rm(config.from_dict(raw), run_dir, progress=False)
     folder = run_dir / "reward_model"
     result = json.loads((folder / "eval.json").read_text())
@@ -211,3 +213,28 @@ def test_ppo_against_the_reward_model_runs_and_scores_with_it(tmp_path, train):
         scorer.to(torch.device("cuda"))
     assert held["mean"] == pytest.approx(scorer(p, r).mean().item(), abs=1e-4 if not train else 2e-2)
     assert held["n"] == 8 and held["ci95"] > 0  # the reward model tells these responses apart
+
+
+def test_rl_does_not_resume_against_a_retrained_reward_model(tmp_path):
+    """The reward model's path is the same after `gpt2pipe reward-model` runs again, its weights are not: a
+    saved RL state is refused in one line instead of resumed against another reward."""
+    from test_rl import peaked_policy
+
+    init = peaked_policy(tmp_path / "policy.pt")
+    rm = rm_mod.from_trunk(GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64)))
+    torch.nn.init.normal_(rm.head.weight)
+    rm_mod.save(tmp_path / "rm.pt", rm, 1, max_tokens=32)
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"line {i}"}) + "\n" for i in range(8)))
+    raw = tiny_config(tmp_path, model={"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64})
+    raw["rl"] = {"init_from": str(init), "prompts": str(tmp_path / "prompts.jsonl"), "reward": "reward_model",
+                 "reward_model": str(tmp_path / "rm.pt"), "steps": 1, "batch_size": 4, "mini_batch_size": 4,
+                 "forward_batch": 4, "max_new_tokens": 4, "prompt_tokens": 8, "eval_prompts": 0, "checkpoint_every": 1}
+    from gpt2pipe.rl.loop import run as rl_run
+
+    cfg = config.from_dict(raw)
+    rl_run(cfg, tmp_path / "run", progress=False)
+    assert rl_run(cfg, tmp_path / "run", resume=True, progress=False)["final_step"] == 1  # same model: resumes
+    torch.nn.init.normal_(rm.head.weight)
+    rm_mod.save(tmp_path / "rm.pt", rm, 1, max_tokens=32)
+    with pytest.raises(Gpt2pipeError, match=r"other settings \(reward_model_weights\)"):
+        rl_run(cfg, tmp_path / "run", resume=True, progress=False)

@@ -76,6 +76,16 @@ def bradley_terry(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Ten
     return -F.logsigmoid(r_chosen - r_rejected).mean()
 
 
+def fingerprint(rm: RewardModel) -> str:
+    """A digest of the head and normalisation: a retrained reward model has another (RL's resume checks it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (rm.head.weight, rm.head.bias, rm.gain, rm.bias):
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def save(path: str | Path, rm: RewardModel, step: int, **extra) -> None:
     checkpoint.save(path, rm.trunk, step, kind=KIND,
                     head={"weight": rm.head.weight.detach().float().cpu(), "bias": rm.head.bias.detach().float().cpu()},

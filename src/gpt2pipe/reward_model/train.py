@@ -106,6 +106,7 @@ def run(cfg: Config, run_dir: Path, shards_dir: Path | None = None, progress: bo
                                 "differ in VADER score by reward_model.margin: raise reward_model.num_prompts or "
                                 "reward_model.pairs_per_prompt, or lower reward_model.margin")
         pairs_mod.write(out / "pairs.jsonl", given)
+        trunk.__dict__.pop("_decoders", None)  # the sampler's KV caches (on a CPU it samples with the trunk itself)
     shuffled = list(given)
     random.Random(c.seed).shuffle(shuffled)
     train_pairs, eval_pairs = pairs_mod.split(shuffled, c.eval_pairs)

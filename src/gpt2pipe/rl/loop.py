@@ -94,6 +94,11 @@ class _Run:
         self.paths = rl_state.RLPaths.of(run_dir)
         source, _ = load_any(init)
         self.ident = rl_state.identity(cfg.raw["rl"], init, dataclasses.asdict(source.config))
+        rm = getattr(reward_fn, "model", None) if cfg.rl.reward == "reward_model" else value_rm
+        if rm is not None:  # a retrained reward model is another run, though its path is the same
+            from gpt2pipe.reward_model.model import fingerprint
+
+            self.ident["rl"]["reward_model_weights"] = fingerprint(rm)
         saved = None if restart else newest_or_refuse(self.paths.state, self.say, kind="rl-state")
         if saved is not None:
             rl_state.check_resumable(saved, self.ident)
