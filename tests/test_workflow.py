@@ -259,7 +259,7 @@ def test_layout_stage_configs_hold_what_decides_each_stage(tmp_path):
         assert not changed("train", section, key, value), key
     assert changed("evaluate", "eval", "batch_size", 2) and not changed("evaluate", "eval", "sample_top_k", 3)
     assert not changed("evaluate", "data", "max_tokens", 4096)
-    with_rm = config.validate({**raw, "reward_model": {}})  # a reward model never retrains or re-evaluates
+    with_rm = config.validate({**raw, "reward_model": {"prompt_tokens": 4, "response_tokens": 4}})  # never retrains
     assert all(layout.stage_config(with_rm, s) == layout.stage_config(raw, s) for s in ("train", "evaluate"))
     assert layout.stage_config(with_rm, "reward_model")["reward_model"] == with_rm["reward_model"]
     assert layout.checkpoint_steps(raw) == config.from_dict(raw).train.checkpoint_steps() == [3, 6]
