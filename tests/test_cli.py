@@ -27,6 +27,7 @@ OPTIONS = {
     "hellaswag": ["--source", "--out"],
     "train": ["--shards", "--run-dir", "--resume", "--restart", "--no-progress", "--set KEY=VALUE"],
     "rl": ["--shards", "--run-dir", "--resume", "--restart", "--no-progress", "--set KEY=VALUE"],
+    "reward-model": ["--shards", "--run-dir", "--no-progress", "--set KEY=VALUE"],
     "evaluate": ["--checkpoint", "--shards", "--hellaswag", "--skip-val", "--out"],
     "sample": ["--checkpoint", "--prompt", "--max-new-tokens", "--min-tokens N", "--temperature", "--top-k",
                "--num-samples", "--seed", "--device", "--out"],

@@ -259,6 +259,9 @@ def test_layout_stage_configs_hold_what_decides_each_stage(tmp_path):
         assert not changed("train", section, key, value), key
     assert changed("evaluate", "eval", "batch_size", 2) and not changed("evaluate", "eval", "sample_top_k", 3)
     assert not changed("evaluate", "data", "max_tokens", 4096)
+    with_rm = config.validate({**raw, "reward_model": {"prompt_tokens": 4, "response_tokens": 4}})  # never retrains
+    assert all(layout.stage_config(with_rm, s) == layout.stage_config(raw, s) for s in ("train", "evaluate"))
+    assert layout.stage_config(with_rm, "reward_model")["reward_model"] == with_rm["reward_model"]
     assert layout.checkpoint_steps(raw) == config.from_dict(raw).train.checkpoint_steps() == [3, 6]
     assert layout.hellaswag_bin(raw).name == "hellaswag_demo.bin"
     assert layout.hellaswag_name("some/dir/val.jsonl") == "val" and layout.hellaswag_name("full") == "full"
@@ -289,3 +292,34 @@ def test_an_rl_section_adds_the_rl_stage_and_only_it(workdir):
     (workdir / "rl.yaml").write_text(yaml.safe_dump(cfg))
     assert planned_jobs(workdir, configfile="rl.yaml") == rl_jobs
     assert "train" not in planned_jobs(workdir)  # back without RL: nothing is retrained
+
+
+def test_a_reward_model_section_trains_it_and_rl_scores_with_it(workdir):
+    """A reward_model: section adds `gpt2pipe reward-model` (pairs: sentiment, made from the run's own
+    continuations), and rl.reward reward_model makes RL wait for it and score with it; training is not redone,
+    and a reward-model setting reruns the reward model and RL alone."""
+    import shutil
+
+    snakemake(workdir)
+    shutil.rmtree(workdir / RESULTS / "tiny" / "rl_state", ignore_errors=True)  # another rl section's state
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg["reward_model"] = {"pairs": "sentiment", "num_prompts": 64, "prompt_tokens": 4, "response_tokens": 8,
+                           "margin": 0.0, "eval_pairs": 4, "batch_size": 4, "forward_batch": 4, "max_tokens": 16}
+    cfg["rl"] = {"reward": "reward_model", "value_from_reward_model": True, "steps": 2, "batch_size": 4,
+                 "mini_batch_size": 4, "forward_batch": 4, "max_new_tokens": 4, "prompt_tokens": 4, "num_prompts": 8,
+                 "eval_prompts": 2, "checkpoint_every": 2, "ppo_epochs": 1}
+    (workdir / "rm.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = {"stage_config": 2, "reward_model": 1, "rl": 1, "run_config": 1, "report": 1}
+    assert planned_jobs(workdir, configfile="rm.yaml") == jobs
+    snakemake(workdir, configfile="rm.yaml")
+    run = workdir / RESULTS / "tiny"
+    result = json.loads((run / "reward_model" / "eval.json").read_text())
+    assert result["held_out"]["n"] >= 1 and result["steps"] >= 1
+    assert len((run / "reward_model" / "reward_model.log").read_text().splitlines()) == result["steps"] + 1
+    assert (run / "reward_model" / "pairs.jsonl").exists()
+    assert "reward reward_model" in (run / "logs" / "rl.log").read_text()
+    assert planned_jobs(workdir, configfile="rm.yaml") == {}
+    cfg["reward_model"]["learning_rate"] = 1e-3
+    (workdir / "rm.yaml").write_text(yaml.safe_dump(cfg))
+    assert set(planned_jobs(workdir, configfile="rm.yaml")) == {"stage_config", "reward_model", "rl", "run_config",
+                                                                 "report"}

@@ -13,6 +13,8 @@ output name, the checkpoint steps and the per-checkpoint eval/sample paths.
     <results_dir>/<run_name>/config/<stage>.yaml   the part of it a stage depends on (train, evaluate)
     <results_dir>/<run_name>/train/model_NNNNNN.pt, train.log
     <results_dir>/<run_name>/eval/step_NNNNNN.json, samples/step_NNNNNN.txt
+    <results_dir>/<run_name>/reward_model/model.pt, eval.json, reward_model.log   (a reward_model section)
+    <results_dir>/<run_name>/rl/model_NNNNNN.pt, rl.log, eval_NNNNNN.json       (an rl section)
     <results_dir>/<run_name>/output.png, metrics.tsv, report.ipynb
 
 Datasets are shared by runs: the data stages depend on the data section alone (`stage_config(raw, "data")`),
@@ -86,6 +88,20 @@ def rl_outputs(raw: dict) -> list[Path]:
     return [out / "rl.log", out / f"model_{raw['rl']['steps']:06d}.pt"]
 
 
+def reward_model_dir(raw: dict) -> Path:
+    return run_dir(raw) / "reward_model"
+
+
+def reward_model_checkpoint(raw: dict) -> Path:
+    return reward_model_dir(raw) / "model.pt"
+
+
+def reward_model_outputs(raw: dict) -> list[Path]:
+    """What the reward_model stage declares: the model, its held-out pair accuracy and its step log."""
+    out = reward_model_dir(raw)
+    return [out / "model.pt", out / "eval.json", out / "reward_model.log"]
+
+
 def samples(raw: dict, step: int) -> Path:
     return run_dir(raw) / "samples" / f"step_{step:06d}.txt"
 
@@ -105,21 +121,25 @@ def stage_config(raw: dict, stage: str) -> dict:
 
     data      the data section alone (not data.workers: the job sets it to its threads): corpus, tokenize,
               FineWeb shards. Runs with the same data section share one dataset and never rebuild it.
-    train     all but the report, the cluster resources, the rl section and the eval section but
-              eval.val_tokens (the budget of training's periodic validation loss)
-    rl        train's, and the rl section
-    evaluate  all but the rl and the data section (the shards come as a path), the report, the resources and the
+    train     all but the report, the cluster resources, the rl and reward_model sections and the eval
+              section but eval.val_tokens (the budget of training's periodic validation loss)
+    rl        train's, the rl section and (if there is one) the reward_model section
+    reward_model  train's, and the reward_model section
+    evaluate  all but the rl, reward_model and data sections (the shards come as a path), the report, the resources and the
               sample keys (the sample rule passes those itself)
     report    the whole resolved config but the resources (what results/<run>/config.yaml records)
     """
     data = {k: v for k, v in raw["data"].items() if k != "workers"}
     if stage == "data":
         return {"data": data}
-    drop = {"resources", "report", "rl"}  # RL comes after training: its settings never retrain or re-evaluate
-    if stage in ("train", "rl"):
+    # RL and the reward model come after training: their settings never retrain or re-evaluate
+    drop = {"resources", "report", "rl", "reward_model"}
+    if stage in ("train", "rl", "reward_model"):
         kept = {k: v for k, v in raw.items() if k not in drop}
         return {**kept, "data": data, "eval": {"val_tokens": raw["eval"]["val_tokens"]},
-                **({"rl": raw["rl"]} if stage == "rl" else {})}
+                **({stage: raw[stage]} if stage != "train" else {}),
+                # rl with rl.reward reward_model reads the reward model the run's reward_model section trains
+                **({"reward_model": raw["reward_model"]} if stage == "rl" and "reward_model" in raw else {})}
     if stage == "evaluate":
         return {**{k: v for k, v in raw.items() if k not in drop | {"data"}},
                 "eval": {k: v for k, v in raw["eval"].items() if k not in SAMPLE_KEYS}}
@@ -175,7 +195,8 @@ def compared_runs_signature(runs: list[dict]) -> str:
 __all__ = ["NOT_IDENTITY", "checkpoint", "compared_runs_signature", "runs_named",
            "report_notebook", "checkpoint_steps", "corpus_dir", "data_dir", "data_fingerprint",
            "eval_result", "fineweb_dir", "hellaswag_bin", "hellaswag_name", "run_dir", "samples", "shard_dir",
-           "stage_config", "stage_config_text", "token_count", "training_fingerprint", "rl_outputs"]
+           "stage_config", "stage_config_text", "token_count", "training_fingerprint", "rl_outputs",
+           "reward_model_checkpoint", "reward_model_dir", "reward_model_outputs"]
 
 
 def report_notebook() -> Path:

@@ -40,7 +40,7 @@ rule run_config:
 
 
 rule stage_config:
-    """The part of the run config that the train, evaluate or rl stage depends on."""
+    """The part of the run config that the train, evaluate, rl or reward_model stage depends on."""
     output:
         f"{RUN}/config/{{stage}}.yaml",
     params:
@@ -50,7 +50,7 @@ rule stage_config:
     benchmark:
         f"{RUN}/benchmarks/{{stage}}_config.tsv"
     wildcard_constraints:
-        stage="train|evaluate|rl",
+        stage="train|evaluate|rl|reward_model",
     localrule: True
     conda:
         CONDA_ENV

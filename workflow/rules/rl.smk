@@ -7,6 +7,10 @@ rule rl:
         init=config["rl"]["init_from"] or str(layout.checkpoint(config, STEPS[-1])),
         shards=rules.tokenize.output[0],  # the val shard's prefixes are the prompts unless rl.prompts names a file
         prompts=config["rl"]["prompts"] or [],
+        # rl.reward reward_model (or a value model started from it): rl.reward_model, or this run's, trained first
+        reward_model=(config["rl"]["reward_model"] or str(layout.reward_model_checkpoint(config)))
+        if config["rl"]["reward"] == "reward_model" or config["rl"]["value_from_reward_model"]
+        else [],
     output:
         [str(p) for p in layout.rl_outputs(config)],
     params:

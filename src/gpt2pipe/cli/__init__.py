@@ -12,7 +12,7 @@ import os
 import sys
 
 from gpt2pipe import Gpt2pipeError, __version__
-from gpt2pipe.cli import data, evaluate, rl, tools, train
+from gpt2pipe.cli import data, evaluate, reward_model, rl, tools, train
 
 DESCRIPTION = """\
 Pre-train GPT-2 the way llm.c does: FineWeb or any text -> GPT-2 BPE -> llm.c .bin shards -> training ->
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"gpt2pipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for area in (data, train, evaluate, rl, tools):  # pipeline order in `gpt2pipe --help`
+    for area in (data, train, evaluate, reward_model, rl, tools):  # pipeline order in `gpt2pipe --help`
         area.register(sub)
     return parser
 

@@ -16,9 +16,9 @@ from gpt2pipe.config.fingerprint import (LATER_TRAIN_KEYS, NOT_IDENTITY, SET_KEY
                                          identity, training_identity, with_sets)
 from gpt2pipe.config.loading import blame, from_dict, load, validate
 from gpt2pipe.config.model import ARCH_KEYS, ModelConfig
-from gpt2pipe.config.sections import (Config, DataConfig, EvalConfig, ReportConfig, RLConfig, TrainConfig,
-                                      checkpoint_steps)
+from gpt2pipe.config.sections import (Config, DataConfig, EvalConfig, ReportConfig, RewardModelConfig, RLConfig,
+                                      TrainConfig, checkpoint_steps)
 
 __all__ = ["ARCH_KEYS", "LATER_TRAIN_KEYS", "NOT_IDENTITY", "SET_KEYS", "Config", "DataConfig", "EvalConfig",
-           "ModelConfig", "RLConfig", "ReportConfig", "TrainConfig", "blame", "checkpoint_steps", "data_identity",
+           "ModelConfig", "RLConfig", "RewardModelConfig", "ReportConfig", "TrainConfig", "blame", "checkpoint_steps", "data_identity",
            "digest", "from_dict", "identity", "load", "training_identity", "validate", "with_sets"]

@@ -12,8 +12,8 @@ import yaml
 
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config.rules import validated
-from gpt2pipe.config.sections import (Config, DataConfig, EvalConfig, ModelConfig, ReportConfig, RLConfig,
-                                      TrainConfig)
+from gpt2pipe.config.sections import (Config, DataConfig, EvalConfig, ModelConfig, ReportConfig, RewardModelConfig,
+                                      RLConfig, TrainConfig)
 from gpt2pipe.schema import Problem, load_yaml
 
 
@@ -72,6 +72,7 @@ def _config(cfg: dict) -> Config:
         eval=EvalConfig(**cfg["eval"]),
         report=ReportConfig(**cfg["report"]),
         rl=RLConfig(**cfg["rl"]) if "rl" in cfg else None,
+        reward_model=RewardModelConfig(**cfg["reward_model"]) if "reward_model" in cfg else None,
         raw=cfg,  # cfg["resources"] is Snakemake's alone: read there, not by the stages
     )
 

@@ -31,6 +31,7 @@ def _cross_field_problem(cfg: dict) -> Problem | None:
     ]
     if "rl" in cfg:
         checks += _rl_checks(cfg["rl"], m)
+    checks += _reward_model_checks(cfg, m)
     for ok, msg, keys in checks:
         if not ok:
             return Problem(msg, keys)
@@ -50,6 +51,21 @@ def _rl_checks(rl: dict, m: dict) -> list:
          f"rl.mini_batch_size must be <= rl.batch_size ({rl['mini_batch_size']} > {rl['batch_size']})",
          ("rl.mini_batch_size", "rl.batch_size")),
     ]
+
+
+def _reward_model_checks(cfg: dict, m: dict) -> list:
+    rl, rm = cfg.get("rl"), cfg.get("reward_model")
+    checks = []
+    if rl and (rl["reward"] == "reward_model" or rl["value_from_reward_model"]) and not rl["reward_model"]:
+        checks.append((rm is not None, "rl.reward_model is null and the config has no reward_model section: add "
+                       "`reward_model: {}` to train one, or set rl.reward_model to a trained model.pt",
+                       ("rl.reward", "rl.reward_model", "rl.value_from_reward_model")))
+    if rm is not None and rm["pairs"] == "sentiment":
+        checks.append((rm["prompt_tokens"] + 1 + rm["response_tokens"] <= m["block_size"],
+                       f"reward_model.prompt_tokens + 1 + reward_model.response_tokens must fit model.block_size "
+                       f"({rm['prompt_tokens']} + 1 + {rm['response_tokens']} > {m['block_size']})",
+                       ("reward_model.prompt_tokens", "reward_model.response_tokens")))
+    return checks
 
 
 def validated(raw: dict | None) -> dict:

@@ -142,9 +142,34 @@ class RLConfig:
     grpo_iterations: int
     checkpoint_every: int
     seed: int
+    reward_model: str | None = None  # rl.reward reward_model: its file (None: the run's reward_model stage's)
+    value_from_reward_model: bool = False
 
     def checkpoint_steps(self) -> list[int]:
         return checkpoint_steps(self.checkpoint_every, self.steps)
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    """The reward_model section, validated (the schema holds every default and description)."""
+    init_from: str | None
+    pairs: str
+    num_prompts: int
+    pairs_per_prompt: int
+    prompt_tokens: int
+    response_tokens: int
+    temperature: float
+    margin: float
+    eval_pairs: int
+    epochs: int
+    batch_size: int
+    forward_batch: int
+    learning_rate: float
+    weight_decay: float
+    grad_clip: float
+    max_tokens: int
+    normalize: bool
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -157,6 +182,7 @@ class Config:
     eval: EvalConfig
     report: ReportConfig
     rl: RLConfig | None = None  # None: no rl section, no RL stage
+    reward_model: RewardModelConfig | None = None  # None: no reward_model section, no reward-model stage
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     # The folders layout.data_dir / layout.run_dir name (tested equal): layout builds on config, so config

@@ -38,6 +38,12 @@ def default_init(cfg: Config) -> Path:
     return layout.checkpoint(cfg.raw, cfg.train.max_steps)
 
 
+def reward_model_path(cfg: Config, run_dir: Path) -> Path:
+    """The reward model of rl.reward reward_model / rl.value_from_reward_model: rl.reward_model, else the run's
+    (<run_dir>/reward_model/model.pt, where `gpt2pipe reward-model` writes it)."""
+    return Path(cfg.rl.reward_model) if cfg.rl.reward_model else Path(run_dir) / "reward_model" / "model.pt"
+
+
 def load_prompts(cfg: Config, shards_dir: Path | None) -> tuple[list[list[int]], list[list[int]]]:
     rl = cfg.rl
     if rl.prompts:
@@ -55,25 +61,32 @@ def run(cfg: Config, run_dir: Path, shards_dir: Path | None = None, resume: bool
         raise Gpt2pipeError("the config has no rl section: add `rl: {}` (see `gpt2pipe config --describe`)")
     rl = cfg.rl
     # --- inputs first: reward function, prompts, the starting model, saved states -------------------------
-    reward_fn = rewards.build(rl.reward)
+    reward_fn = rewards.build(rl.reward, reward_model_path(cfg, run_dir))
     train_prompts, eval_prompts = load_prompts(cfg, shards_dir)
     init = Path(rl.init_from) if rl.init_from else default_init(cfg)
     if not init.exists():
         raise Gpt2pipeError(f"{init}: no model to start RL from (train the run first, or set rl.init_from)")
+    value_rm = None  # rl.value_from_reward_model: the reward model the value model starts from
+    if rl.value_from_reward_model and rl.algorithm == "ppo":
+        from gpt2pipe.reward_model.model import Scorer
+
+        value_rm = (reward_fn if isinstance(reward_fn, Scorer) else Scorer(reward_model_path(cfg, run_dir))).model
     device = pick_device(cfg.train.device)
     world = distributed.setup(device.type)
     try:
         if device.type == "cuda" and world.distributed:
             device = torch.device("cuda", world.local_rank)
+        if hasattr(reward_fn, "to"):  # a reward model runs where the policy does
+            reward_fn = reward_fn.to(device)
         return _Run(cfg, world, device, run_dir, init, reward_fn, train_prompts, eval_prompts, resume, restart,
-                    progress).loop()
+                    progress, value_rm).loop()
     finally:
         distributed.teardown(world)
 
 
 class _Run:
     def __init__(self, cfg, world, device, run_dir, init, reward_fn, train_prompts, eval_prompts, resume, restart,
-                 progress):
+                 progress, value_rm=None):
         rl, t = cfg.rl, cfg.train
         self.cfg, self.rl, self.world, self.device, self.reward_fn = cfg, rl, world, device, reward_fn
         self.train_prompts, self.eval_prompts, self.progress = train_prompts, eval_prompts, progress
@@ -81,6 +94,11 @@ class _Run:
         self.paths = rl_state.RLPaths.of(run_dir)
         source, _ = load_any(init)
         self.ident = rl_state.identity(cfg.raw["rl"], init, dataclasses.asdict(source.config))
+        rm = getattr(reward_fn, "model", None) if cfg.rl.reward == "reward_model" else value_rm
+        if rm is not None:  # a retrained reward model is another run, though its path is the same
+            from gpt2pipe.reward_model.model import fingerprint
+
+            self.ident["rl"]["reward_model_weights"] = fingerprint(rm)
         saved = None if restart else newest_or_refuse(self.paths.state, self.say, kind="rl-state")
         if saved is not None:
             rl_state.check_resumable(saved, self.ident)
@@ -95,7 +113,9 @@ class _Run:
         self.policy.load_state_dict(source.state_dict())
         self.policy.to(device)
         self.ref = frozen_copy(self.policy).to(torch.bfloat16 if use_kernels else torch.float32)
-        self.value = value_model_from(self.policy).to(device) if rl.algorithm == "ppo" else None
+        self.value = None
+        if rl.algorithm == "ppo":
+            self.value = value_model_from(self.policy, value_rm).to(device)
         opt_cfg = dataclasses.replace(t, learning_rate=rl.learning_rate, eps=rl.adam_eps, weight_decay=rl.weight_decay,
                                       grad_clip=rl.grad_clip, optimizer="adamw", zero=min(t.zero, 2))
         self.opt_policy = build_optimizer(self.policy, opt_cfg, world, device, use_kernels)

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpt2pipe import Gpt2pipeError
 from gpt2pipe.model.decode import CachedGPT, plain_copy, positions
 from gpt2pipe.model.gpt import GPT
 
@@ -56,11 +57,28 @@ class ValueModel(nn.Module):
         return F.linear(h.float(), self.head.weight.float(), self.head.bias.float()).squeeze(-1)
 
 
-def value_model_from(policy: GPT) -> ValueModel:
-    trunk = plain_copy(policy)
-    if not policy.config.tie_embeddings:  # an untied LM head plays no part in a value: not trained
+def value_model_from(policy: GPT, reward_model=None) -> ValueModel:
+    """A copy of the policy's trunk with a zero head, or (given a reward_model.model.RewardModel) a copy of
+    the reward model's trunk and head, its normalisation folded into the head: V starts as the reward model's
+    score of each prefix (lm-human-preferences initialises its value function from the reward model)."""
+    source = policy if reward_model is None else reward_model.trunk
+    if source.config.vocab_size != policy.config.vocab_size:
+        raise Gpt2pipeError(f"the reward model's vocabulary ({source.config.vocab_size}) is not the policy's "
+                            f"({policy.config.vocab_size}): it cannot start the value model")
+    if source.config.block_size < policy.config.block_size:
+        raise Gpt2pipeError(f"the reward model reads {source.config.block_size} tokens, the policy "
+                            f"{policy.config.block_size}: it cannot start the value model")
+    trunk = plain_copy(source)
+    trunk.ops = policy.ops  # the policy's path (kernels or torch), which its optimizer expects
+    if not trunk.config.tie_embeddings:  # an untied LM head plays no part in a value: not trained
         trunk.lm_head.requires_grad_(False)
-    return ValueModel(trunk)
+    value = ValueModel(trunk)
+    if reward_model is not None:
+        with torch.no_grad():
+            gain, bias = reward_model.gain.float(), reward_model.bias.float()
+            value.head.weight.copy_(gain * reward_model.head.weight.float())
+            value.head.bias.copy_(gain * reward_model.head.bias.float() + bias)
+    return value
 
 
 def frozen_copy(model: GPT) -> GPT:

@@ -2,6 +2,8 @@
 
 - `sentiment`: VADER's compound score of the response (-1 .. 1; the vaderSentiment lexicon, nothing to
   download): lm-human-preferences' sentiment task with a lexicon instead of human labels.
+- `reward_model`: the score of a reward model trained by `gpt2pipe reward-model` (reward_model/model.py's
+  Scorer: moved to the stage's device by the loop, scores normalised on its training prompts' responses).
 - `module:function` or `path/to/file.py:function`: a Python function of the user's, imported from the working
   directory (the workflow's folder) and called as function(prompts, responses). It is the user's own code and
   it runs with the user's rights: only name functions you trust.
@@ -41,7 +43,7 @@ def user_function(spec: str) -> RewardFn:
     """The function `module:function` (importable from the working directory) or `file.py:function`."""
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise Gpt2pipeError(f"rl.reward {spec!r}: expected 'sentiment', 'module:function' or 'file.py:function'")
+        raise Gpt2pipeError(f"rl.reward {spec!r}: expected 'sentiment', 'reward_model', 'module:function' or 'file.py:function'")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
@@ -64,7 +66,12 @@ def user_function(spec: str) -> RewardFn:
     return fn
 
 
-def build(spec: str) -> RewardFn:
+def build(spec: str, reward_model: str | Path | None = None) -> RewardFn:
+    """The reward function `spec` names; `reward_model` is the model file of spec 'reward_model'."""
+    if spec == "reward_model":
+        from gpt2pipe.reward_model.model import Scorer
+
+        return Scorer(reward_model)
     return sentiment() if spec == "sentiment" else user_function(spec)
 
 
