@@ -12,8 +12,8 @@ export PYTHONUNBUFFERED=1
 cfg=dev/rl/gpt2_124M_local.yaml
 ck=results/rl124m/train/model_000200.pt
 set -x
-[ -n "${SKIP_TESTS:-}" ] || timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -x tests/test_rl.py \
-    tests/test_kernels.py tests/test_classifier_fp32.py tests/test_arch_ops.py ${EXTRA_TESTS:-} 2>&1 | tail -8
+[ -n "${SKIP_TESTS:-}" ] || timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -x ${TESTS:-tests/test_rl.py \
+    tests/test_kernels.py tests/test_classifier_fp32.py tests/test_arch_ops.py} 2>&1 | tail -8
 python3 -m gpt2pipe corpus -c $cfg && python3 -m gpt2pipe tokenize -c $cfg
 timeout 200 python3 -m gpt2pipe train -c $cfg --no-progress --restart 2>&1 | grep -E "step +(1|100|200)/|val|gpt2pipe|Error"
 [ -f $ck ] || timeout 200 python3 -m gpt2pipe train -c $cfg --no-progress --restart --set train.ops=torch 2>&1 | grep -E "step +(1|100|200)/|val|gpt2pipe|Error"
@@ -23,6 +23,9 @@ timeout 100 python3 -m gpt2pipe rl -c $cfg --no-progress --run-dir results/grpo_
     --set rl.algorithm=grpo --set rl.prompts=/tmp/prompts.jsonl --set rl.learning_rate=1e-5 \
     --set rl.steps=$STEPS --set rl.checkpoint_every=1000
 cp results/grpo_side/rl/rl.log "$OUT/ours_grpo.log"
+# the reward-model path: pairs of the model's own continuations labelled by VADER -> reward model -> PPO
+[ -z "${RM:-}" ] || timeout 240 python3 dev/rl/reward_model_gpu.py $ck results/data/local_prose/shards "$OUT" 2>&1 | tail -30
+[ "${TRL_SECONDS:-150}" = 0 ] && exit 0
 python3 -m gpt2pipe export --checkpoint $ck --format hf --out /tmp/hf
 timeout ${TRL_SECONDS:-150} python3 dev/rl/trl_grpo.py trl /tmp/hf /tmp/prompts.jsonl "$OUT/trl_grpo.tsv" --steps $STEPS \
     2>&1 | grep -vi warn | tail -40
