@@ -65,6 +65,7 @@ def filled(raw: dict) -> dict:
 def main() -> None:
     ensure_vader()
     from gpt2pipe import config
+    from gpt2pipe.config import loading as config_loading
     from gpt2pipe.device import autocast, autocast_dtype
     from gpt2pipe.model.load import load_any
     from gpt2pipe.rl import evaluate, rewards
@@ -88,7 +89,7 @@ def main() -> None:
                                    eval_pairs=8, epochs=1, batch_size=8, forward_batch=8, max_tokens=16)
         raw["rl"].update(steps=2, checkpoint_every=2, eval_prompts=4, batch_size=8, mini_batch_size=8, forward_batch=8,
                          prompt_tokens=4, max_new_tokens=8, num_prompts=32)
-    cfg = config._config(filled(raw))
+    cfg = config_loading._config(filled(raw))
     summary = {"checkpoint": str(ckpt)}
     t0 = time.perf_counter()
     rm = rm_run(cfg, run_dir, shards, progress=False)
