@@ -5,12 +5,12 @@ one process without accumulation (forward_batch 8).
 
 Tolerance: everything is fp32 and the runs differ only in summation order (matmuls over other batch shapes,
 gradients summed over two processes then averaged, micro-batch parts of a loss added in another order), each
-~1e-7 relative (fp32's epsilon). Over the 24 AdamW steps here they grew to at most 8e-6 in a weight (AdamW's
+~1e-7 relative (fp32's epsilon). Over the 12 optimizer steps of a run here they grew to at most 8e-6 in a weight (AdamW's
 normalisation magnifies them where a gradient is small) and 1e-6 relative in a logged value (measured);
 rl.log prints 6 significant digits, so a logged value may differ by a unit of its 6th digit (1e-5 relative).
-Hence 5e-5 on weights and 1e-4 relative on logged values. Anything that differs for real (one other sample, prompt, mini-batch, normalisation) moves the logged
-losses by ~1e-2 and weights by ~1e-3 (before processes shared their sampling noise: policy_loss 0.0052 vs
-0.0272 at step 0).
+Hence 5e-5 on weights and 1e-4 relative on logged values. Anything that differs for real (one other sample,
+prompt, mini-batch, normalisation) moves the logged losses by ~1e-2 and weights by ~1e-3 (before processes
+shared their sampling noise: policy_loss 0.0052 vs 0.0272 at step 0).
 """
 
 import os
@@ -79,21 +79,37 @@ def test_two_processes_equal_one_with_accumulation(tmp_path, algorithm):
             assert torch.allclose(wa[k], wb[k], rtol=0, atol=WTOL), (name, k, (wa[k] - wb[k]).abs().max().item())
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("temperature", [1.0, 0.0])
-def test_a_row_samples_alike_in_any_share_of_the_batch(temperature):
+def test_a_row_samples_alike_in_any_share_of_the_batch(temperature, device):
     """sample(rows=, global_batch=): the halves of a batch sampled apart (as two processes do) give the
-    tokens of the whole batch sampled at once."""
+    tokens of the whole batch sampled at once (on CUDA through the recorded decode graph, whose noise buffer
+    gets its rows of the whole batch's noise before each replay)."""
     from gpt2pipe.config import ModelConfig
     from gpt2pipe.model.decode import sample
     from gpt2pipe.model.gpt import GPT
 
     torch.manual_seed(0)
-    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32)).eval()
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32)).to(device).eval()
     prompts = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10], [11], [12, 13]]
-    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    gen = lambda: torch.Generator(device).manual_seed(7)  # noqa: E731
     whole = sample(model, prompts, 6, temperature, None, gen())
     parts = [sample(model, prompts[r], 6, temperature, None, gen(), rows=r, global_batch=6)
              for r in (slice(0, 3), slice(3, 6))]
     assert torch.equal(torch.cat([p.tokens for p in parts]), whole.tokens)
     with pytest.raises(ValueError, match="rows"):
         sample(model, prompts[:2], 6, 1.0, None, gen(), rows=slice(0, 3), global_batch=6)
+
+
+def test_shares_cover_the_batch_and_every_process_gets_rows():
+    from types import SimpleNamespace
+
+    from gpt2pipe import Gpt2pipeError
+    from gpt2pipe.distributed import World
+    from gpt2pipe.rl.shard import check, share
+
+    rows = [list(range(10))[share(10, World(r, 3))] for r in range(3)]
+    assert rows == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+    check(SimpleNamespace(batch_size=16, mini_batch_size=8), World(0, 8))
+    with pytest.raises(Gpt2pipeError, match="a mini-batch of 2 responses .* cannot be shared by 4 processes"):
+        check(SimpleNamespace(batch_size=18, mini_batch_size=8), World(0, 4))  # the last mini-batch: 2 rows
