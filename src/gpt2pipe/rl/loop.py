@@ -138,8 +138,9 @@ class _Run:
 
     def generator(self, step: int, device=None) -> torch.Generator:
         """The step's random stream, the same on every process (sampling noise of the whole batch on the model's
-        device; mini-batch order on the CPU)."""
-        return torch.Generator(device or self.device).manual_seed(hash((self.rl.seed, step)) % 2**63)
+        device; mini-batch order on the CPU). Seeded as process 0's stream was when each process drew its own,
+        so runs of one process sample and shuffle as they did."""
+        return torch.Generator(device or self.device).manual_seed(hash((self.rl.seed, step, 0)) % 2**63)
 
     # --- one step ------------------------------------------------------------------------------------------
     def rl_step(self, step: int) -> dict:
