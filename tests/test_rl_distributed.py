@@ -5,12 +5,13 @@ one process without accumulation (forward_batch 8).
 
 Tolerance: everything is fp32 and the runs differ only in summation order (matmuls over other batch shapes,
 gradients summed over two processes then averaged, micro-batch parts of a loss added in another order), each
-~1e-7 relative (fp32's epsilon). Over the 12 optimizer steps of a run here they grew to at most 8e-6 in a weight (AdamW's
-normalisation magnifies them where a gradient is small) and 1e-6 relative in a logged value (measured);
-rl.log prints 6 significant digits, so a logged value may differ by a unit of its 6th digit (1e-5 relative).
-Hence 5e-5 on weights and 1e-4 relative on logged values. Anything that differs for real (one other sample,
-prompt, mini-batch, normalisation) moves the logged losses by ~1e-2 and weights by ~1e-3 (before processes
-shared their sampling noise: policy_loss 0.0052 vs 0.0272 at step 0).
+~1e-7 relative (fp32's epsilon). The samples, hence the rewards and response lengths, are the same (1e-5:
+rl.log's 6 digits). Training then magnifies the round-off: AdamW's normalisation turns a gradient's relative
+error (large where its terms cancel) into a weight's, and each step builds on the last. Measured here, with
+1 process with and without accumulation as far apart as 1 and 2 processes: step 0's logged values within
+1e-6 relative, later steps' within 4e-4, weights within 2e-5 (of a movement of 0.035). Hence 1e-4 at step 0,
+2e-3 later, 1e-4 on weights. Anything that differs for real moves more: before processes shared their noise
+and batch, step 0's policy loss was 0.0052 vs 0.0272, approx-KL 0.054 vs 0.045, reward std 0.79 vs 0.61.
 """
 
 import os
@@ -28,9 +29,9 @@ from conftest import tiny_config
 pytestmark = pytest.mark.slow
 
 STEPS = 3
-TOL, WTOL = 1e-4, 5e-5
-# the column of samples/s and the timings differ; everything else is a function of the seed
-TIMED = {"rollout_s", "update_s", "samples_per_s"}
+FIRST, LATER, WTOL = 1e-4, 2e-3, 1e-4
+TIMED = {"rollout_s", "update_s", "samples_per_s"}  # everything else is a function of the seed
+SAMPLED = {"step", "reward_mean", "reward_std", "response_length", "kl_coef"}  # of the samples alone
 
 
 def _rl(cfg_path, run_dir, nproc, sets=()):
@@ -73,7 +74,8 @@ def test_two_processes_equal_one_with_accumulation(tmp_path, algorithm):
         assert [r["step"] for r in one] == list(range(STEPS))
         for a, b in zip(one, two):
             for key in a.keys() - TIMED:
-                assert abs(a[key] - b[key]) <= TOL * max(1.0, abs(a[key])), (name, a["step"], key, a[key], b[key])
+                tol = 1e-5 if key in SAMPLED else FIRST if a["step"] == 0 else LATER
+                assert abs(a[key] - b[key]) <= tol * max(1.0, abs(a[key])), (name, a["step"], key, a[key], b[key])
         wa = checkpoint.read(tmp_path / name / "rl" / f"model_{STEPS:06d}.pt")["model"]
         for k in wa:
             assert torch.allclose(wa[k], wb[k], rtol=0, atol=WTOL), (name, k, (wa[k] - wb[k]).abs().max().item())
