@@ -171,9 +171,13 @@ def plain_copy(model: GPT) -> GPT:
 @torch.no_grad()
 def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, gen: torch.Generator | None = None, stop_token: int | None = None,
-           pad: int = 0, cuda_graph: bool = True, attention: str = "sdpa", compiled: bool = False) -> Rollout:
+           pad: int = 0, cuda_graph: bool = True, attention: str = "sdpa", compiled: bool = False,
+           rows: slice | None = None, global_batch: int | None = None) -> Rollout:
     """Continue each prompt (token lists, any lengths, at least one token each) by max_new_tokens tokens.
-    Rows that emitted stop_token keep running (fixed shapes) and are cut by `lengths`."""
+    Rows that emitted stop_token keep running (fixed shapes) and are cut by `lengths`.
+    rows, global_batch: these prompts are rows `rows` of a batch of global_batch spread over processes; each
+    step's noise is drawn for the whole batch from gen (seeded alike everywhere) and these rows' kept, so a
+    row's tokens do not depend on how the batch is split (an Exp(1) fill of 256 x 50304 is ~20 us on a GPU)."""
     device = next(model.parameters()).device
     if any(len(p) == 0 for p in prompts):
         raise ValueError("sample: every prompt needs at least one token")
@@ -182,6 +186,18 @@ def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperatur
     if P + max_new_tokens > model.config.block_size:
         raise ValueError(f"sample: {P} prompt + {max_new_tokens} new tokens exceed block_size {model.config.block_size}")
     gen = gen or torch.Generator(device).manual_seed(0)
+    V = model.config.vocab_size
+    whole = None
+    if global_batch is not None and temperature:
+        if len(range(global_batch)[rows]) != B:
+            raise ValueError(f"sample: rows {rows} of {global_batch} are not the {B} prompts given")
+        whole = torch.empty(global_batch, V, device=device)
+
+    def fill(noise: torch.Tensor) -> torch.Tensor:  # the step's Exp(1) noise, in place (outside any graph)
+        if whole is None:
+            return noise.exponential_(generator=gen)
+        return noise.copy_(whole.exponential_(generator=gen)[rows])
+
     # a model keeps its last few caches and recorded decode steps: the next call of the same shape (the next
     # RL rollout, a benchmark's repeat) replays the graph instead of recording it again
     cached = model.__dict__.setdefault("_decoders", {})
@@ -197,7 +213,8 @@ def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperatur
     head = model.lm_head.weight
     h = net.forward(idx, pos, torch.zeros((), dtype=torch.long, device=device))
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
-    out[:, 0] = pick(_logits(h[:, -1], head, model.config.vocab_size), temperature, top_k, gen)
+    logits = _logits(h[:, -1], head, model.config.vocab_size)
+    out[:, 0] = choose(logits, temperature, top_k, fill(torch.empty_like(logits)) if temperature else None)
     if max_new_tokens > 1:
         if net.decoder is None:
             net.decoder = Decoder(net, head, model.config.vocab_size, temperature, top_k, out[:, :1],
@@ -208,7 +225,7 @@ def sample(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperatur
         run = step.replay if cuda_graph and device.type == "cuda" else step.eager
         for i in range(1, max_new_tokens):
             if temperature:
-                step.noise.exponential_(generator=gen)
+                fill(step.noise)
             out[:, i] = run()
     lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
     if stop_token is not None:

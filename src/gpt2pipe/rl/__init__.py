@@ -7,5 +7,7 @@
   policy.py    the policy, its frozen reference and the value model: log-probabilities, entropies, values
   rollout.py   one batch of experience: sample (model/decode.py's KV-cache sampler), score, KL-shaped rewards
   update.py    PPO's and GRPO's optimisation epochs over one batch of experience
+  shard.py     a step's batch over processes (shares of rows, the experience gathered): any process count
+               gives the same run
   loop.py      the stage: setup (bad input fails before any model exists), steps, log, checkpoints, resume
 """

@@ -1,7 +1,8 @@
 """The RL stage: set up (every input checked before any model exists), then steps of collect -> optimise ->
 log, with checkpoints scored on held-out prompts, saved states, and an exact resume after a kill or a
 preemption signal. One process, or one of several (torchrun / srun): each samples its own share of every
-batch, the optimizers average gradients, statistics and the KL controller see the whole batch."""
+batch, the experience is gathered, and each optimises on its share of every mini-batch (shard.py), so a run's
+result does not depend on the number of processes (within fp32 summation order)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from gpt2pipe.model.decode import sampling_copy
 from gpt2pipe.model.gpt import GPT
 from gpt2pipe.model.load import load_any
 from gpt2pipe.ops import kernels_available
-from gpt2pipe.rl import evaluate, losses, prompts as prompts_mod, rewards, state as rl_state, update
+from gpt2pipe.data.tokenizer import EOT
+from gpt2pipe.rl import evaluate, losses, prompts as prompts_mod, rewards, shard, state as rl_state, update
 from gpt2pipe.rl.policy import frozen_copy, value_model_from
 from gpt2pipe.rl.rollout import collect, shape_rewards
 from gpt2pipe.train.guards import Preempted, stop_signals
@@ -74,6 +76,7 @@ def run(cfg: Config, run_dir: Path, shards_dir: Path | None = None, resume: bool
     device = pick_device(cfg.train.device)
     world = distributed.setup(device.type)
     try:
+        shard.check(rl, world)
         if device.type == "cuda" and world.distributed:
             device = torch.device("cuda", world.local_rank)
         if hasattr(reward_fn, "to"):  # a reward model runs where the policy does
@@ -146,20 +149,18 @@ class _Run:
                  + (f", resuming at step {self.step}" if saved is not None else ""))
 
     # --- the whole batch over processes ---------------------------------------------------------------------
-    def total(self, x: torch.Tensor) -> torch.Tensor:
-        return distributed.total(x, self.world)
-
-    def my_prompts(self, step: int) -> list[list[int]]:
-        """This process's prompts of the step (GRPO: whole groups of grpo_group_size copies)."""
-        rl, w = self.rl, self.world
+    def step_prompts(self, step: int) -> list[list[int]]:
+        """The whole batch's prompts of the step (GRPO: grpo_group_size consecutive copies of each)."""
+        rl = self.rl
         k = rl.grpo_group_size if rl.algorithm == "grpo" else 1
         batch = prompts_mod.batch_of(self.train_prompts, step, rl.batch_size // k, rl.seed)
-        mine = batch[w.rank :: w.size]
-        return [p for p in mine for _ in range(k)]
+        return [p for p in batch for _ in range(k)]
 
     def generator(self, step: int, device=None) -> torch.Generator:
-        """The step's own random stream (sampling on the model's device; mini-batch order on the CPU)."""
-        return torch.Generator(device or self.device).manual_seed(hash((self.rl.seed, step, self.world.rank)) % 2**63)
+        """The step's random stream, the same on every process (sampling noise of the whole batch on the model's
+        device; mini-batch order on the CPU). Seeded as process 0's stream was when each process drew its own,
+        so runs of one process sample and shuffle as they did."""
+        return torch.Generator(device or self.device).manual_seed(hash((self.rl.seed, step, 0)) % 2**63)
 
     # --- one step ------------------------------------------------------------------------------------------
     def rl_step(self, step: int) -> dict:
@@ -168,14 +169,18 @@ class _Run:
         gen = self.generator(step)
         self.policy.eval()
         self.sampler = sampling_copy(self.policy, self.sampler)
-        exp = collect(self.policy, self.ref, self.my_prompts(step), rl, self.reward_fn, gen, self.ctx,
-                      rl.forward_batch, self.sampler, self.value)
+        prompts = self.step_prompts(step)
+        rows = shard.share(len(prompts), self.world)
+        exp = collect(self.policy, self.ref, prompts[rows], rl, self.reward_fn, gen, self.ctx, rl.forward_batch,
+                      self.sampler, self.value, rows=rows, global_batch=len(prompts))
+        # from here on every process holds the whole batch: whitening, groups and statistics see all of it
+        exp = shard.gather(exp, len(prompts), EOT, self.world)
         rewards, kl = shape_rewards(exp, self.kl.value)
         if rl.algorithm == "ppo":
             if rl.whiten_rewards:
-                rewards = losses.masked_whiten(rewards, exp.mask, shift_mean=False, total=self.total)
+                rewards = losses.masked_whiten(rewards, exp.mask, shift_mean=False)
             adv, exp.returns = losses.gae(rewards, exp.values, exp.mask, rl.gamma, rl.lam)
-            exp.advantages = losses.masked_whiten(adv, exp.mask, total=self.total)
+            exp.advantages = losses.masked_whiten(adv, exp.mask)
         else:
             exp.advantages = losses.group_advantages(exp.scores, rl.grpo_group_size)
         if self.device.type == "cuda":
@@ -185,13 +190,14 @@ class _Run:
         order = self.generator(step, "cpu")
         if rl.algorithm == "ppo":
             stats = update.ppo(exp, self.policy, self.value, self.opt_policy, self.opt_value, rl, self.ctx, order,
-                               rl.learning_rate, self.device)
+                               rl.learning_rate, self.device, self.world)
         else:
-            stats = update.grpo(exp, self.policy, self.opt_policy, rl, self.ctx, order, rl.learning_rate, self.device)
-        n = self.total(torch.tensor(float(len(exp.scores)), device=self.device))
-        sums = self.total(torch.stack([exp.scores.sum(), (exp.scores ** 2).sum(), kl.sum(), exp.mask.sum()]))
+            stats = update.grpo(exp, self.policy, self.opt_policy, rl, self.ctx, order, rl.learning_rate, self.device,
+                                self.world)
+        n = torch.tensor(float(len(exp.scores)))
+        sums = torch.stack([exp.scores.sum(), (exp.scores ** 2).sum(), kl.sum(), exp.mask.sum()]).cpu()
         mean = sums[0] / n
-        stats = dict(zip(stats, distributed.mean(torch.stack(list(stats.values())), self.world).tolist()))
+        stats = {k: v.item() for k, v in stats.items()}
         t2 = time.perf_counter()
         row = {"step": step, "reward_mean": mean.item(), "reward_std": (sums[1] / n - mean ** 2).clamp(min=0).sqrt().item(),
                "kl": (sums[2] / n).item(), "kl_coef": self.kl.value, "entropy": stats.get("objective/entropy", 0.0),

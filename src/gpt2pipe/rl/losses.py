@@ -1,7 +1,8 @@
 """The arithmetic of PPO and GRPO on [B, R] response tensors with a mask of real tokens, as plain functions.
 
-Means and variances over the mask can be taken across processes: `total` sums a tensor over every process
-(identity on one), so whitening and loss normalisation see the whole batch, not one process's share.
+Means and variances over the mask take a `total`: by default the tensor's own sums; part_of(count) makes a
+micro-batch's mean its part of a larger mini-batch's (its sum over the mini-batch's count), so losses do not
+depend on how a mini-batch is split over micro-batches and processes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ def _local(x: torch.Tensor) -> torch.Tensor:
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, total: Total = _local) -> torch.Tensor:
     sums = total(torch.stack([(x * mask).sum(), mask.sum().to(x.dtype)]))
     return sums[0] / sums[1].clamp(min=1)
+
+
+def part_of(count: torch.Tensor) -> Total:
+    """A `total` for one micro-batch of a mini-batch of `count` masked entries (spread over micro-batches and
+    processes): the sum stays the micro-batch's, the count is the mini-batch's, so the micro-batches' masked
+    means add up to the mini-batch's, as one pass over it would give."""
+    return lambda sums: torch.stack([sums[0], count.to(sums.dtype)])
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, total: Total = _local) -> torch.Tensor:

@@ -50,15 +50,17 @@ def _texts(tokens: list[list[int]]) -> list[str]:
 
 @torch.no_grad()
 def collect(policy: GPT, ref: GPT, prompts: list[list[int]], rl, reward_fn, gen: torch.Generator, ctx,
-            forward_batch: int, sampler: GPT | None = None, value=None) -> Experience:
+            forward_batch: int, sampler: GPT | None = None, value=None, rows: slice | None = None,
+            global_batch: int | None = None) -> Experience:
     """Sample (with `sampler`, the policy's sampling_copy, default a new one), score, and compute the
-    log-probabilities of policy and reference and (given the value model) the values (rl: the RLConfig)."""
+    log-probabilities of policy and reference and (given the value model) the values (rl: the RLConfig).
+    rows, global_batch: the prompts are these rows of a batch spread over processes (sample()'s noise)."""
     device = next(policy.parameters()).device
     sampler = sampler or sampling_copy(policy)
     # on CUDA the decode step is fused by torch.compile once per shape (train and held-out batches), then
-    # replayed as a CUDA graph: 1.2x the plain recorded step on the H200 (docs/rl.md)
-    out = sample(sampler, prompts, rl.max_new_tokens, rl.temperature, None, gen, EOT, pad=EOT,
-                 attention="matmul", compiled=device.type == "cuda")
+    # replayed as a CUDA graph: 1.3x the plain recorded step on the H200 (docs/rl.md)
+    out = sample(sampler, prompts, rl.max_new_tokens, rl.temperature, None, gen, EOT, pad=EOT, rows=rows,
+                 global_batch=global_batch, attention="matmul", compiled=device.type == "cuda")
     P, R = out.prompts.shape[1], rl.max_new_tokens
     seq = torch.cat([out.prompts, out.tokens], 1)
     valid = None

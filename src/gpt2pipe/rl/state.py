@@ -6,7 +6,8 @@
 
 A state holds the optimizers' whole states (fp32 master weights and moments: the weights come back from them
 on any ops path and process count), the KL coefficient and the step; sampling, prompt order and mini-batch
-order follow from (rl.seed, step), so nothing else is needed for an exact resume.
+order follow from (rl.seed, step), on any number of processes, so nothing else is needed for an exact resume
+(on another process count: within fp32 summation order).
 """
 
 from __future__ import annotations
