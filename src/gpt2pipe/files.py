@@ -9,6 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from gpt2pipe import Gpt2pipeError
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -67,3 +69,19 @@ def count_text(n: int) -> str:
 
 def free_bytes(folder: str | Path) -> int:
     return shutil.disk_usage(folder).free
+
+
+def jsonl_objects(path: Path, expected: str):
+    """(line number, object) of each non-blank line of a UTF-8 jsonl file; a line that is not JSON, or not an
+    object, ends in one line naming file:line (`expected` says what a row should be)."""
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise Gpt2pipeError(f"{path}:{n}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise Gpt2pipeError(f"{path}:{n}: expected {expected}")
+            yield n, row

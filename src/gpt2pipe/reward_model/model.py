@@ -20,6 +20,7 @@ from gpt2pipe.data.tokenizer import EOT, gpt2
 from gpt2pipe.model import checkpoint
 from gpt2pipe.model.decode import plain_copy
 from gpt2pipe.model.gpt import GPT
+from gpt2pipe.rl.policy import zero_head
 
 KIND = "reward-model"
 
@@ -31,9 +32,7 @@ class RewardModel(nn.Module):
     def __init__(self, trunk: GPT):
         super().__init__()
         self.trunk = trunk
-        self.head = nn.Linear(trunk.config.n_embd, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head = zero_head(trunk.config.n_embd)
         if not trunk.config.tie_embeddings:  # an untied LM head plays no part in a score: not trained
             trunk.lm_head.requires_grad_(False)
         self.register_buffer("gain", torch.ones(()))

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from gpt2pipe import Gpt2pipeError
+from gpt2pipe.files import jsonl_objects
 
 FIELDS = ("prompt", "chosen", "rejected")
 
@@ -36,21 +37,12 @@ def read(path: str | Path) -> list[Pair]:
         raise Gpt2pipeError(f"{path}: preference pair file not found")
     pairs = []
     try:
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise Gpt2pipeError(f"{path}:{n}: not JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise Gpt2pipeError(f"{path}:{n}: expected an object with prompt, chosen and rejected strings")
-                missing = [k for k in FIELDS if not isinstance(row.get(k), str)]
-                if missing:
-                    raise Gpt2pipeError(f"{path}:{n}: no {' / '.join(missing)} string (a pair is "
-                                        "{\"prompt\", \"chosen\", \"rejected\"})")
-                pairs.append(Pair(row["prompt"], row["chosen"], row["rejected"]))
+        for n, row in jsonl_objects(path, "an object with prompt, chosen and rejected strings"):
+            missing = [k for k in FIELDS if not isinstance(row.get(k), str)]
+            if missing:
+                raise Gpt2pipeError(f"{path}:{n}: no {' / '.join(missing)} string (a pair is "
+                                    "{\"prompt\", \"chosen\", \"rejected\"})")
+            pairs.append(Pair(row["prompt"], row["chosen"], row["rejected"]))
     except UnicodeDecodeError as e:
         raise Gpt2pipeError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if len(pairs) < 2:

@@ -40,6 +40,14 @@ def response_logprobs(model: GPT, seq: torch.Tensor, valid: torch.Tensor | None,
     return logp, -(logp_all.exp() * logp_all).sum(-1)
 
 
+def zero_head(width: int) -> nn.Linear:
+    """A scalar head on a trunk's hidden states, at zero: every first output is 0."""
+    head = nn.Linear(width, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class ValueModel(nn.Module):
     """V(state) for each position: a GPT trunk (initialised as the policy's) and a linear scalar head,
     initialised to zero so the first values are 0 and the first advantages the rewards themselves."""
@@ -47,9 +55,7 @@ class ValueModel(nn.Module):
     def __init__(self, trunk: GPT):
         super().__init__()
         self.trunk = trunk
-        self.head = nn.Linear(trunk.config.n_embd, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head = zero_head(trunk.config.n_embd)
 
     def forward(self, seq: torch.Tensor, valid: torch.Tensor | None, P: int) -> torch.Tensor:
         """Values [B, R] fp32 of the states before each response token."""

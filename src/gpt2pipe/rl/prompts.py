@@ -9,12 +9,12 @@ saw every document begin):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from gpt2pipe import Gpt2pipeError
+from gpt2pipe.files import jsonl_objects
 from gpt2pipe.data.tokenizer import EOT, gpt2
 
 
@@ -32,17 +32,10 @@ def from_file(path: str | Path, max_tokens: int) -> list[list[int]]:
 
 def _read_jsonl(path: Path) -> list[str]:
     texts = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise Gpt2pipeError(f"{path}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise Gpt2pipeError(f"{path}:{n}: expected an object with a \"prompt\" string")
-            texts.append(row["prompt"])
+    for n, row in jsonl_objects(path, 'an object with a "prompt" string'):
+        if not isinstance(row.get("prompt"), str):
+            raise Gpt2pipeError(f"{path}:{n}: expected an object with a \"prompt\" string")
+        texts.append(row["prompt"])
     return texts
 
 
