@@ -133,7 +133,7 @@ def test_second_run_shares_the_dataset(workdir):
     # keys a stage does not read never rerun it: a new eval batch size re-evaluates, it does not retrain
     cfg["eval"]["batch_size"] = 4
     (workdir / "config2.yaml").write_text(yaml.safe_dump(cfg))
-    assert planned_jobs(workdir, configfile="config2.yaml") == {"stage_config": 1, "run_config": 1, "evaluate": 2,
+    assert planned_jobs(workdir, configfile="config2.yaml") == {"evaluate_config": 1, "run_config": 1, "evaluate": 2,
                                                                 "report": 1}
     # the data section changes: the dataset is rebuilt, and only for the run that asks for it
     cfg["data"]["val_tokens"] = 2048
@@ -277,7 +277,7 @@ def test_an_rl_section_adds_the_rl_stage_and_only_it(workdir):
     cfg["rl"] = {"steps": 2, "batch_size": 4, "mini_batch_size": 4, "forward_batch": 4, "max_new_tokens": 4,
                  "prompt_tokens": 4, "num_prompts": 8, "eval_prompts": 2, "checkpoint_every": 2, "ppo_epochs": 1}
     (workdir / "rl.yaml").write_text(yaml.safe_dump(cfg))
-    rl_jobs = {"stage_config": 1, "rl": 1, "run_config": 1, "report": 1}
+    rl_jobs = {"rl_config": 1, "rl": 1, "run_config": 1, "report": 1}
     assert planned_jobs(workdir, configfile="rl.yaml") == rl_jobs
     snakemake(workdir, configfile="rl.yaml")
     out = workdir / RESULTS / "tiny" / "rl"

@@ -104,3 +104,59 @@ def compared_runs_signature():
             print(f"report.compare_runs: {r['name']} has no {r['log']} or {r['config']} yet: the report is drawn "
                   "without it", file=sys.stderr)
     return layout.compared_runs_signature(runs)
+
+
+def write_stage_config(path, stage):
+    """The config rules' job (rules/config.smk): the part of the config a stage reads, as YAML."""
+    Path(path).write_text(layout.stage_config_text(config, stage))
+
+
+def run_products():
+    """What this run builds per checkpoint, and its report: checkpoints, train.log, eval results, samples."""
+    steps = [f"{s:06d}" for s in STEPS]
+    return ([str(layout.checkpoint(config, s)) for s in STEPS] + [f"{RUN}/train/train.log"]
+            + [str(layout.eval_result(config, s)) for s in STEPS]
+            + ([str(layout.samples(config, s)) for s in STEPS] if config["eval"]["samples"] else [])
+            + [f"{RUN}/{name}" for name in ("output.png", "report.ipynb", "metrics.tsv")])
+
+
+def wanted_again():
+    """Deleted outputs of this run, asked for again when its report is a target. Snakemake leaves a missing
+    intermediate file alone while the files made from it are up to date (as if it were temp()), so a deleted
+    eval result or checkpoint would never come back through results/output.png: as targets of their own (what
+    the default target `all` does) they are rebuilt, and the report and results/output.png redrawn after."""
+    import os
+
+    if workflow.dag_settings is None:  # --lint, --report: no DAG is built
+        return []
+    asked = {os.path.abspath(t) for t in workflow.dag_settings.targets}
+    reports = [f"{RESULTS}/output.png", f"{RESULTS}/report.ipynb", *run_products()[-3:]]
+    if not any(os.path.abspath(r) in asked and os.path.exists(r) for r in reports):
+        return []
+    return [f for f in run_products() if not os.path.exists(f)]
+
+
+def announce_changed_settings():
+    """One line per stage config that is out of date, naming the settings that changed (before Snakemake's
+    own job list, where the same shows as each config rule's "params have changed" reason)."""
+    files = {"data": f"{DATA}/config.yaml", "train": f"{RUN}/config/train.yaml",
+             "evaluate": f"{RUN}/config/evaluate.yaml", **({"rl": f"{RUN}/config/rl.yaml"} if "rl" in config else {})}
+    for stage, path in files.items():
+        if changed := layout.changed_settings(path, config, stage):
+            print(f"{stage} settings changed since {path} was written: {'; '.join(changed)}", file=sys.stderr)
+
+
+def latest_is_this_run():
+    """Whether results/output.png is this run's report (or there is none yet): then the default target keeps it
+    up to date; a copy drawn from another run is left to that run."""
+    try:
+        with open(f"{RESULTS}/report.ipynb") as f:
+            drawn = json.load(f)["metadata"]["papermill"]["parameters"]["output_png"]
+    except (OSError, ValueError, KeyError):
+        return not Path(f"{RESULTS}/output.png").exists()
+    return drawn == f"{RUN}/output.png"
+
+
+if missing := wanted_again():
+    workflow.dag_settings.targets = frozenset(workflow.dag_settings.targets) | set(missing)
+announce_changed_settings()
