@@ -229,7 +229,7 @@ class _Run:
             self.evaluate(0)  # the pre-trained model's level, for the curve and the report
         else:
             self.truncate_log(self.step)
-        from tqdm import tqdm
+        from gpt2pipe.progress import tqdm
 
         bar = tqdm(total=rl.steps, initial=self.step, disable=not (self.progress and self.world.main), desc="rl",
                    unit="step", dynamic_ncols=True)

@@ -46,7 +46,7 @@ def keep_aside(state_dir: Path, log: str, kind: str, differences: Callable[[dict
         dest = _free_folder(state_dir / OTHER / digest(saved.get("identity", {})))
         _move(_files(state_dir, log), dest)
         say(f"the saved run at step {saved['step']} has other settings ({'; '.join(diff)}): "
-            f"kept in {dest}, training these settings from step 0")
+            f"kept in {dest}")
     if saved_states(state_dir) or not (state_dir / OTHER).is_dir():
         return  # states of these settings (or unreadable ones, refused by the caller) are in place
     for folder in sorted(p for p in (state_dir / OTHER).iterdir() if p.is_dir()):
