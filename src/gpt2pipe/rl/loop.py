@@ -26,6 +26,7 @@ from gpt2pipe.rl.rollout import collect, shape_rewards
 from gpt2pipe.train.guards import Preempted, stop_signals
 from gpt2pipe.train.logs import say_for
 from gpt2pipe.train.optim import build_optimizer
+from gpt2pipe.train.aside import keep_aside
 from gpt2pipe.train.state import newest_or_refuse
 
 COLUMNS = ["step", "reward_mean", "reward_std", "kl", "kl_coef", "entropy", "policy_loss", "value_loss",
@@ -50,7 +51,7 @@ def load_prompts(cfg: Config, shards_dir: Path | None) -> tuple[list[list[int]],
 
 
 def run(cfg: Config, run_dir: Path, shards_dir: Path | None = None, resume: bool = False, restart: bool = False,
-        progress: bool = True) -> dict:
+        progress: bool = True, retrain_on_change: bool = False) -> dict:
     if cfg.rl is None:
         raise Gpt2pipeError("the config has no rl section: add `rl: {}` (see `gpt2pipe config --describe`)")
     rl = cfg.rl
@@ -66,14 +67,14 @@ def run(cfg: Config, run_dir: Path, shards_dir: Path | None = None, resume: bool
         if device.type == "cuda" and world.distributed:
             device = torch.device("cuda", world.local_rank)
         return _Run(cfg, world, device, run_dir, init, reward_fn, train_prompts, eval_prompts, resume, restart,
-                    progress).loop()
+                    progress, retrain_on_change).loop()
     finally:
         distributed.teardown(world)
 
 
 class _Run:
     def __init__(self, cfg, world, device, run_dir, init, reward_fn, train_prompts, eval_prompts, resume, restart,
-                 progress):
+                 progress, retrain_on_change=False):
         rl, t = cfg.rl, cfg.train
         self.cfg, self.rl, self.world, self.device, self.reward_fn = cfg, rl, world, device, reward_fn
         self.train_prompts, self.eval_prompts, self.progress = train_prompts, eval_prompts, progress
@@ -81,6 +82,10 @@ class _Run:
         self.paths = rl_state.RLPaths.of(run_dir)
         source, _ = load_any(init)
         self.ident = rl_state.identity(cfg.raw["rl"], init, dataclasses.asdict(source.config))
+        if retrain_on_change and resume and world.main:  # other settings' states kept aside (train/aside.py)
+            keep_aside(self.paths.state, self.paths.log, "rl-state", lambda s: rl_state.differences(s, self.ident),
+                       self.say)
+        distributed.barrier(world)
         saved = None if restart else newest_or_refuse(self.paths.state, self.say, kind="rl-state")
         if saved is not None:
             rl_state.check_resumable(saved, self.ident)

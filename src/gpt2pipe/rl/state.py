@@ -24,8 +24,14 @@ NOT_IDENTITY = {"checkpoint_every", "forward_batch", "eval_prompts", "steps"}  #
 
 
 def identity(rl_raw: dict, init: str, model_raw: dict) -> dict:
+    """What decides the RL run, with a digest of the starting weights: a retrained run's final checkpoint has
+    the same path and shape, and RL from it must not resume a state trained from the earlier weights."""
+    import hashlib
+
+    with open(init, "rb") as f:
+        weights = hashlib.file_digest(f, "sha256").hexdigest()[:16]
     return {"rl": {k: v for k, v in rl_raw.items() if k not in NOT_IDENTITY}, "init": str(init),
-            "model": digest(model_raw)}
+            "model": digest(model_raw), "weights": weights}
 
 
 class RLPaths(RunPaths):
@@ -51,13 +57,23 @@ def save(paths: RLPaths, policy, step: int, weights: dict, kl_coef: float, opt_p
         old.unlink()
 
 
-def check_resumable(saved: dict, ident: dict) -> None:
-    diff = sorted(k for k in set(saved.get("identity", {}).get("rl", {})) | set(ident["rl"])
-                  if saved["identity"]["rl"].get(k) != ident["rl"].get(k))
-    if saved.get("identity", {}).get("init") != ident["init"]:
-        diff.append(f"init {saved['identity'].get('init')} -> {ident['init']}")
-    if saved.get("identity", {}).get("model") != ident["model"]:
+def differences(saved: dict, ident: dict) -> list[str]:
+    """What differs between a saved RL state and this run (empty: it resumes). A state saved before the
+    starting weights' digest was recorded is taken at its word on them."""
+    old = saved.get("identity", {})
+    diff = sorted(f"rl.{k}" for k in set(old.get("rl", {})) | set(ident["rl"])
+                  if old.get("rl", {}).get(k) != ident["rl"].get(k))
+    if old.get("init") != ident["init"]:
+        diff.append(f"init {old.get('init')} -> {ident['init']}")
+    if old.get("model") != ident["model"]:
         diff.append("model")
-    if diff:
+    if old.get("weights", ident["weights"]) != ident["weights"]:
+        diff.append(f"the weights of {ident['init']} (retrained)")
+    return diff
+
+
+def check_resumable(saved: dict, ident: dict) -> None:
+    if diff := differences(saved, ident):
         raise Gpt2pipeError(f"{saved['path']}: saved by an RL run with other settings ({', '.join(diff)}): restore "
-                            "them to resume, or pass --restart to start over")
+                            "them to resume it, set another run_name to run these beside it, or pass --restart to "
+                            "delete it and start over")
