@@ -160,3 +160,24 @@ def latest_is_this_run():
 if missing := wanted_again():
     workflow.dag_settings.targets = frozenset(workflow.dag_settings.targets) | set(missing)
 announce_changed_settings()
+
+
+def say_failed_jobs(snakemake_logs):
+    """After a failure: one line per failed job, its rule and the last line of its log (gpt2pipe's one-line
+    error), so the cause ends the output rather than scrolling away above the other jobs' messages. Read from
+    Snakemake's own log, whose "Error in rule" blocks name each failed job's log."""
+    import re
+
+    for path in snakemake_logs if isinstance(snakemake_logs, list) else [snakemake_logs]:
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        for rule, logs in re.findall(r"^Error in rule (\S+):\n(?:    .*\n)*?    log: (.+) \(check log", text, re.M):
+            for log in logs.split(", "):
+                try:
+                    lines = [ln for ln in Path(log).read_text().splitlines() if ln.strip()]
+                except OSError:
+                    lines = []
+                print(f"{rule} failed: {lines[-1] if lines else '(its log is empty)'} (log: {log})",
+                      file=sys.stderr)
