@@ -289,3 +289,97 @@ def test_an_rl_section_adds_the_rl_stage_and_only_it(workdir):
     (workdir / "rl.yaml").write_text(yaml.safe_dump(cfg))
     assert planned_jobs(workdir, configfile="rl.yaml") == rl_jobs
     assert "train" not in planned_jobs(workdir)  # back without RL: nothing is retrained
+
+
+# --- everyday use of the .test run: changed settings, deleted outputs, the plan, failures, the report -------
+
+@pytest.fixture(scope="module")
+def dot_test(tmp_path_factory):
+    """.test/ copied as it is (its config/config.yaml is the workflow's default config there), built through
+    the quick start's target."""
+    import shutil
+
+    wd = tmp_path_factory.mktemp("dot") / "t"
+    shutil.copytree(ROOT / ".test", wd)
+    snakemake(wd, "results/output.png", configfile="config/config.yaml")
+    return wd
+
+
+def set_learning_rate(wd, value):
+    path = wd / "config" / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"]["learning_rate"] = value
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def test_deleted_outputs_come_back_through_the_plot(dot_test):
+    """Snakemake leaves a deleted intermediate alone while what is made from it is up to date: asked for through
+    results/output.png, a deleted eval result and a deleted checkpoint are rebuilt and the plot redrawn."""
+    run, png = dot_test / "results" / "tiny", dot_test / "results" / "output.png"
+    before = png.stat().st_mtime_ns
+    (run / "eval" / "step_000003.json").unlink()
+    assert planned_jobs(dot_test, "results/output.png", configfile="config/config.yaml") == {
+        "evaluate": 1, "report": 1, "latest": 1}
+    snakemake(dot_test, "results/output.png", configfile="config/config.yaml")
+    assert json.loads((run / "eval" / "step_000003.json").read_text())["step"] == 3
+    assert png.stat().st_mtime_ns != before
+    before = png.stat().st_mtime_ns
+    (run / "train" / "model_000003.pt").unlink()
+    assert {"train", "evaluate", "report", "latest"} <= set(
+        planned_jobs(dot_test, "results/output.png", configfile="config/config.yaml"))
+    snakemake(dot_test, "results/output.png", configfile="config/config.yaml")
+    assert (run / "train" / "model_000003.pt").exists() and png.stat().st_mtime_ns != before
+    assert "nothing trained" in (run / "logs" / "train.log").read_text()  # the finished run republished it
+    assert planned_jobs(dot_test, "results/output.png", configfile="config/config.yaml") == {}
+    assert planned_jobs(dot_test, configfile="config/config.yaml") == {}
+
+
+def test_a_changed_setting_retrains_by_itself_and_going_back_resumes(dot_test):
+    """train.learning_rate changed: the plan names it in a screen, the next run retrains from step 0 with rc 0
+    and keeps the first run's states; the old value back resumes them (nothing trained, the first log back)."""
+    run = dot_test / "results" / "tiny"
+    first = (run / "train" / "train.log").read_text()
+    set_learning_rate(dot_test, 0.002)
+    plan = snakemake(dot_test, "--dry-run", configfile="config/config.yaml")
+    assert "before: 'train.learning_rate=0.003' now: 'train.learning_rate=0.002'" in plan
+    assert "run_name: tiny" not in plan and max(len(ln) for ln in plan.splitlines()) < 400  # no YAML in params
+    compact = snakemake(dot_test, "--dry-run", "--quiet", "rules", "host", configfile="config/config.yaml")
+    assert len(compact.splitlines()) < 60, compact
+    assert "train settings changed since results/tiny/config/train.yaml was written: " \
+           "train.learning_rate: 0.003 -> 0.002" in compact
+    snakemake(dot_test, configfile="config/config.yaml")
+    second = (run / "train" / "train.log").read_text()
+    assert second != first and [ln for ln in second.splitlines() if " trl:" in ln][0].startswith("s:0 ")
+    log = (run / "logs" / "train.log").read_text()
+    assert "has other settings (train.learning_rate: 0.003 -> 0.002): kept in" in log
+    assert "\r" not in log and "\r" not in (run / "logs" / "evaluate_000003.log").read_text()  # lines, no redraws
+    set_learning_rate(dot_test, 0.003)
+    snakemake(dot_test, configfile="config/config.yaml")
+    assert (run / "train" / "train.log").read_text() == first
+    log = (run / "logs" / "train.log").read_text()
+    assert "resuming it" in log and "nothing trained" in log
+    kept = list((run / "train_state" / "other").iterdir())
+    assert len(kept) == 1 and (kept[0] / "train.log").read_text() == second
+    assert planned_jobs(dot_test, configfile="config/config.yaml") == {}
+
+
+def test_the_report_command_as_documented_works_for_your_own_run(dot_test):
+    """`snakemake --report report.html --configfile=FILE`, with the config the run was built with, reports that
+    run; without it Snakemake reports the run of the default config."""
+    cfg = yaml.safe_load((dot_test / "config" / "config.yaml").read_text())
+    cfg["run_name"] = "mine"
+    (dot_test / "my-run.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(dot_test, "results/output.png", configfile="my-run.yaml")
+    snakemake(dot_test, "--report", "report.html", configfile="my-run.yaml")
+    html = (dot_test / "report.html").read_text(errors="replace")
+    assert "results/mine/output.png" in html and "results/tiny/output.png" not in html
+
+
+def test_a_failed_job_ends_the_output_with_its_error_line(tmp_path):
+    cfg = tiny_config(tmp_path)
+    (tmp_path / "corpus.txt").write_text("")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(tmp_path, check=False)
+    tail = out.strip().splitlines()[-6:]
+    assert any(ln.startswith("corpus failed: gpt2pipe corpus: error:") and "the corpus has no documents" in ln
+               for ln in tail), tail
