@@ -112,28 +112,29 @@ def write_stage_config(path, stage):
 
 
 def run_products():
-    """What this run builds per checkpoint, and its report: checkpoints, train.log, eval results, samples."""
-    steps = [f"{s:06d}" for s in STEPS]
+    """What this run builds per checkpoint: checkpoints, train.log, eval results and samples."""
     return ([str(layout.checkpoint(config, s)) for s in STEPS] + [f"{RUN}/train/train.log"]
             + [str(layout.eval_result(config, s)) for s in STEPS]
-            + ([str(layout.samples(config, s)) for s in STEPS] if config["eval"]["samples"] else [])
-            + [f"{RUN}/{name}" for name in ("output.png", "report.ipynb", "metrics.tsv")])
+            + ([str(layout.samples(config, s)) for s in STEPS] if config["eval"]["samples"] else []))
 
 
-def wanted_again():
-    """Deleted outputs of this run, asked for again when its report is a target. Snakemake leaves a missing
-    intermediate file alone while the files made from it are up to date (as if it were temp()), so a deleted
-    eval result or checkpoint would never come back through results/output.png: as targets of their own (what
-    the default target `all` does) they are rebuilt, and the report and results/output.png redrawn after."""
+def redraw_number():
+    """The latest rule's parameter, so that a deleted output of this run comes back through
+    results/output.png. Snakemake leaves a missing intermediate file alone while the files made from it are up
+    to date, so while one of the run's outputs (or its report) is missing this number is one more than the one
+    the latest job last wrote to its log: the changed parameter reruns that job, which lists every output as its
+    input, so the missing ones are rebuilt and the report redrawn before it. Once rebuilt, the number is the one
+    logged again, so nothing reruns twice."""
     import os
+    import re
 
-    if workflow.dag_settings is None:  # --lint, --report: no DAG is built
-        return []
-    asked = {os.path.abspath(t) for t in workflow.dag_settings.targets}
-    reports = [f"{RESULTS}/output.png", f"{RESULTS}/report.ipynb", *run_products()[-3:]]
-    if not any(os.path.abspath(r) in asked and os.path.exists(r) for r in reports):
-        return []
-    return [f for f in run_products() if not os.path.exists(f)]
+    try:
+        logged = re.findall(r"^redraw (\d+)$", Path(f"{RUN}/logs/latest.log").read_text(), re.M)
+    except OSError:
+        logged = []
+    drawn = int(logged[-1]) if logged else 0
+    reports = [f"{RUN}/{name}" for name in ("output.png", "report.ipynb", "metrics.tsv")]
+    return drawn + 1 if any(not os.path.exists(f) for f in run_products() + reports) else drawn
 
 
 def announce_changed_settings():
@@ -157,8 +158,6 @@ def latest_is_this_run():
     return drawn == f"{RUN}/output.png"
 
 
-if missing := wanted_again():
-    workflow.dag_settings.targets = frozenset(workflow.dag_settings.targets) | set(missing)
 announce_changed_settings()
 
 
@@ -173,7 +172,7 @@ def say_failed_jobs(snakemake_logs):
             text = Path(path).read_text()
         except OSError:
             continue
-        for rule, logs in re.findall(r"^Error in rule (\S+):\n(?:    .*\n)*?    log: (.+) \(check log", text, re.M):
+        for rule, logs in re.findall(r"^Error in rule[ ](\S+):\n(?:    .*\n)*?    log: (.+) \(check log", text, re.M):
             for log in logs.split(", "):
                 try:
                     lines = [ln for ln in Path(log).read_text().splitlines() if ln.strip()]
