@@ -203,7 +203,8 @@ def compared_runs_signature(runs: list[dict]) -> str:
 __all__ = ["NOT_IDENTITY", "checkpoint", "compared_runs_signature", "runs_named",
            "report_notebook", "checkpoint_steps", "corpus_dir", "data_dir", "data_fingerprint",
            "eval_result", "fineweb_dir", "hellaswag_bin", "hellaswag_name", "run_dir", "samples", "shard_dir",
-           "settings", "changed_settings", "stage_config", "stage_config_text", "token_count", "training_fingerprint", "rl_outputs"]
+           "settings", "changed_settings", "stage_config", "stage_config_text", "token_count",
+           "training_fingerprint", "rl_outputs"]
 
 
 def report_notebook() -> Path:

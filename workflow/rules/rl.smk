@@ -1,8 +1,8 @@
 rule rl:
     """RL fine-tuning (PPO or GRPO) of the run's final checkpoint, or of rl.init_from: the policy's
     checkpoints, rl.log, held-out reward and KL (eval_NNNNNN.json) and samples under <run>/rl/. Included when
-    the config has an rl section. A failed or interrupted job resumes from <run>/rl_state/ when rerun; states of other settings, or from
-    other starting weights, are kept in <run>/rl_state/other/ (as train's)."""
+    the config has an rl section. A failed or interrupted job resumes from <run>/rl_state/ when rerun; states
+    of other settings, or from other starting weights, are kept in <run>/rl_state/other/ (as train's)."""
     input:
         config=f"{RUN}/config/rl.yaml",
         init=config["rl"]["init_from"] or str(layout.checkpoint(config, STEPS[-1])),
