@@ -157,7 +157,7 @@ def test_config_values_never_run_as_commands(tmp_path):
 
 def test_forcerun_evaluate_reuses_checkpoints(workdir):
     jobs = planned_jobs(workdir, "--forcerun", "evaluate")
-    assert jobs == {"evaluate": 2, "report": 1}
+    assert jobs == {"evaluate": 2, "report": 1, "latest": 1}  # results/output.png is this run's: redrawn too
     ckpt = workdir / RESULTS / "tiny" / "train" / "model_000006.pt"
     before = ckpt.stat().st_mtime_ns
     snakemake(workdir, "--forcerun", "evaluate")
@@ -167,7 +167,7 @@ def test_forcerun_evaluate_reuses_checkpoints(workdir):
 
 def test_deleting_one_eval_reruns_only_it(workdir):
     (workdir / RESULTS / "tiny" / "eval" / "step_000003.json").unlink()
-    assert planned_jobs(workdir) == {"evaluate": 1, "report": 1}
+    assert planned_jobs(workdir) == {"evaluate": 1, "report": 1, "latest": 1}
 
 
 def test_bad_config_fails_before_any_job(workdir, tmp_path):
@@ -277,7 +277,7 @@ def test_an_rl_section_adds_the_rl_stage_and_only_it(workdir):
     cfg["rl"] = {"steps": 2, "batch_size": 4, "mini_batch_size": 4, "forward_batch": 4, "max_new_tokens": 4,
                  "prompt_tokens": 4, "num_prompts": 8, "eval_prompts": 2, "checkpoint_every": 2, "ppo_epochs": 1}
     (workdir / "rl.yaml").write_text(yaml.safe_dump(cfg))
-    rl_jobs = {"rl_config": 1, "rl": 1, "run_config": 1, "report": 1}
+    rl_jobs = {"rl_config": 1, "rl": 1, "run_config": 1, "report": 1, "latest": 1}
     assert planned_jobs(workdir, configfile="rl.yaml") == rl_jobs
     snakemake(workdir, configfile="rl.yaml")
     out = workdir / RESULTS / "tiny" / "rl"
