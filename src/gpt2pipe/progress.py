@@ -18,17 +18,18 @@ def terminal(stream=None) -> bool:
 
 
 class _Lines:
-    """A stream for tqdm that writes each status as a line of its own, once (a refresh after tqdm.write
-    repeats the same status), and drops the blanks tqdm writes to clear a line."""
+    """A stream for tqdm that writes each status as a line of its own, once (a refresh after tqdm.write or the
+    close repeats the same count), and drops the blanks tqdm writes to clear a line."""
 
     def __init__(self, stream):
         self.stream, self.last = stream, None
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").strip()
-        if line and line != self.last:
+        count = line.split(" [")[0]  # the same count again (a refresh, or close at 100%): not a new line
+        if line and count != self.last:
             self.stream.write(line + "\n")
-            self.last = line
+            self.last = count
 
     def flush(self) -> None:
         self.stream.flush()
