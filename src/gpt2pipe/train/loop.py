@@ -34,11 +34,11 @@ from gpt2pipe.model import checkpoint
 from gpt2pipe.model.gpt import GPT
 from gpt2pipe.ops import kernels_available
 from gpt2pipe.ops.fp8 import convert_to_fp8
+from gpt2pipe.train.aside import keep_aside
 from gpt2pipe.train.guards import Preempted, UpdateGuard, stop_signals
 from gpt2pipe.train.logs import RunLog, check_sinks, say_for
 from gpt2pipe.train.optim import build_optimizer, check_optimizer
 from gpt2pipe.train.schedule import lr_at
-from gpt2pipe.train.aside import keep_aside
 from gpt2pipe.train.state import TrainState, check_resumable, newest_or_refuse, saved_states, settings_changed
 
 # test seam: behave as if a preemption signal arrived at this step (GPT2PIPE_PREEMPT_AT_STEP=N)
