@@ -23,10 +23,10 @@ from gpt2pipe.ops import kernels_available
 from gpt2pipe.rl import evaluate, losses, prompts as prompts_mod, rewards, state as rl_state, update
 from gpt2pipe.rl.policy import frozen_copy, value_model_from
 from gpt2pipe.rl.rollout import collect, shape_rewards
+from gpt2pipe.train.aside import keep_aside
 from gpt2pipe.train.guards import Preempted, stop_signals
 from gpt2pipe.train.logs import say_for
 from gpt2pipe.train.optim import build_optimizer
-from gpt2pipe.train.aside import keep_aside
 from gpt2pipe.train.state import newest_or_refuse
 
 COLUMNS = ["step", "reward_mean", "reward_std", "kl", "kl_coef", "entropy", "policy_loss", "value_loss",
