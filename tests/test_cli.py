@@ -25,8 +25,10 @@ OPTIONS = {
     "encode": ["--input", "--out", "--max-tokens"],
     "shard": ["tokens", "--out"],
     "hellaswag": ["--source", "--out"],
-    "train": ["--shards", "--run-dir", "--resume", "--restart", "--no-progress", "--set KEY=VALUE"],
-    "rl": ["--shards", "--run-dir", "--resume", "--restart", "--no-progress", "--set KEY=VALUE"],
+    "train": ["--shards", "--run-dir", "--resume", "--restart", "--retrain-on-change", "--no-progress",
+              "--set KEY=VALUE"],
+    "rl": ["--shards", "--run-dir", "--resume", "--restart", "--retrain-on-change", "--no-progress",
+           "--set KEY=VALUE"],
     "reward-model": ["--shards", "--run-dir", "--no-progress", "--set KEY=VALUE"],
     "evaluate": ["--checkpoint", "--shards", "--hellaswag", "--skip-val", "--out"],
     "sample": ["--checkpoint", "--prompt", "--max-new-tokens", "--min-tokens N", "--temperature", "--top-k",
@@ -87,7 +89,7 @@ def test_train_restart_reaches_the_training_loop(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(gpt2pipe.train.loop, "train", lambda cfg, shards, run_dir, **kw: seen.update(kw))
     assert main(["train", "--restart", "--shards", str(tmp_path), "--run-dir", str(tmp_path)]) == 0
-    assert seen == {"resume": False, "restart": True, "progress": True}
+    assert seen == {"resume": False, "restart": True, "progress": True, "retrain_on_change": False}
 
 
 def test_describe_into_a_closed_pipe_is_quiet():

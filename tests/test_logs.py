@@ -48,3 +48,20 @@ def test_without_a_progress_bar_a_step_line_is_printed_now_and_then(tmp_path, ca
     assert "loss 4.9100" in lines[3] and "5,243 tok/s" in lines[3] and "40.0%" in lines[3]
     assert len((tmp_path / "train.log").read_text().splitlines()) == 25  # the llm.c log keeps every step
 
+
+
+def test_progress_in_a_log_file_is_a_line_per_tenth_not_redraws(tmp_path):
+    """gpt2pipe.progress.tqdm writing to a file (a Snakemake job's log): plain lines, no carriage returns, a
+    tqdm.write in between not repeating the status; on a terminal it stays tqdm's bar."""
+    from gpt2pipe.progress import tqdm
+
+    path = tmp_path / "job.log"
+    with open(path, "w") as f:
+        for i in tqdm(range(100), desc="hellaswag", file=f):
+            if i == 50:
+                tqdm.write("a message", file=f)
+    text = path.read_text()
+    lines = text.splitlines()
+    assert "\r" not in text and "a message" in lines
+    status = [ln for ln in lines if ln.startswith("hellaswag: ")]
+    assert [ln.split()[1] for ln in status] == [f"{p}%" for p in range(0, 101, 10)]

@@ -214,7 +214,8 @@ def test_two_nodes_run_the_rules_srun_command_and_equal_one_process(wf):
     # the rule's command: one srun of 2 nodes x 2 tasks, each task the gpt2pipe CLI with --resume
     (call,) = wf.srun_calls()
     assert call[:4] == ["--kill-on-bad-exit=1", "--nodes=2", "--ntasks=4", "--ntasks-per-node=2"], call
-    assert call[4:8] == [sys.executable, "-m", "gpt2pipe", "train"] and call[-1] == "--resume", call
+    assert call[4:8] == [sys.executable, "-m", "gpt2pipe", "train"], call
+    assert call[-2:] == ["--resume", "--retrain-on-change"], call
     run_dir = wf.root / "results" / "two_nodes"
     _only_rank_0_wrote(wf.writes_by_task(run_dir), {
         "train_state/state_000004.pt", "train_state/state_000008.pt", "train_state/model_000004.pt",

@@ -70,6 +70,25 @@ def test_plot_draws_baselines_interval_and_a_fixed_scale(tmp_path):
     assert bottom <= 0.25 and top >= 0.337 + 0.01
 
 
+def test_baselines_only_where_they_mean_something(tmp_path):
+    """auto: the baselines of a GPT-2 size and none for another shape; GPT-2's val loss (measured by llm.c on
+    FineWeb) only on FineWeb data, the HellaSwag lines on any."""
+    from gpt2pipe import config
+    from gpt2pipe.report import resolve_baseline
+
+    from conftest import tiny_config
+
+    assert resolve_baseline(config.from_dict(tiny_config(tmp_path))) is None
+    gpt2 = tiny_config(tmp_path, model={"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024})
+    assert resolve_baseline(config.from_dict(gpt2)) == "124M"
+    assert resolve_baseline(config.from_dict(tiny_config(tmp_path, report={"baseline": "350M"}))) == "350M"
+    evals = load_evals(_run_files(tmp_path))
+    fig = plot(tmp_path / "train.log", evals, tmp_path / "out.png", tokens_per_step=2048, baseline="124M",
+               fineweb=False)
+    labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
+    assert "OpenAI GPT-2 124M val (FineWeb)" not in labels and "OpenAI GPT-2 124M" in labels
+
+
 def test_report_runs_outside_the_repo_with_the_packaged_notebook(tmp_path, monkeypatch):
     """`gpt2pipe report` from another folder, to an output folder that does not exist yet: the notebook
     shipped in the package is executed and holds the figure as an image output."""

@@ -266,3 +266,25 @@ def test_a_state_saved_before_a_key_existed_resumes_at_that_keys_default(tiny, t
         run_train(with_train(tiny, lr_schedule="wsd"), tiny_shards, tmp_path / "run", resume=True)
     run_train(tiny, tiny_shards, tmp_path / "run", resume=True)
     assert trl_lines(tmp_path / "run") == trl_lines(tmp_path / "full")
+
+
+def test_the_workflow_keeps_states_of_other_settings_aside_and_resumes_them_on_return(tiny, tiny_shards, tmp_path):
+    """--retrain-on-change (what the workflow passes): a changed setting trains from step 0 beside the kept
+    states, and going back resumes those (a finished run republishes its outputs, nothing is trained)."""
+    run_dir = tmp_path / "run"
+    run_train(tiny, tiny_shards, run_dir)
+    first = log_of(run_dir)
+    changed = with_train(tiny, learning_rate=0.001)
+    run_train(changed, tiny_shards, run_dir, resume=True, retrain_on_change=True)
+    second = log_of(run_dir)
+    assert second != first and trl_lines(run_dir)[0].startswith("s:0 ")
+    kept = list((run_dir / "train_state" / "other").iterdir())
+    assert len(kept) == 1 and (kept[0] / "state_000006.pt").exists() and (kept[0] / "train.log").read_text() == first
+    assert run_train(tiny, tiny_shards, run_dir, resume=True, retrain_on_change=True)["train_losses"] == []
+    assert log_of(run_dir) == first  # the first run is back, its log and snapshots republished
+    assert (run_dir / "train" / "model_000006.pt").exists()
+    assert [(p / "train.log").read_text() for p in (run_dir / "train_state" / "other").iterdir()] == [second]
+    # by hand (no --retrain-on-change) a changed setting is refused, naming every way out
+    with pytest.raises(Gpt2pipeError, match=r"learning_rate: 0.003 -> 0.001\): restore them to resume it, set "
+                                            r"another run_name .*--restart"):
+        run_train(changed, tiny_shards, run_dir, resume=True)

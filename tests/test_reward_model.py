@@ -5,6 +5,7 @@ model as its reward and its value model's start."""
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -215,9 +216,10 @@ def test_ppo_against_the_reward_model_runs_and_scores_with_it(tmp_path, train):
     assert held["n"] == 8 and held["ci95"] > 0  # the reward model tells these responses apart
 
 
-def test_rl_does_not_resume_against_a_retrained_reward_model(tmp_path):
+def test_rl_does_not_resume_against_a_retrained_reward_model(tmp_path, capsys):
     """The reward model's path is the same after `gpt2pipe reward-model` runs again, its weights are not: a
-    saved RL state is refused in one line instead of resumed against another reward."""
+    saved RL state is refused in one line instead of resumed against another reward, or (--retrain-on-change,
+    as the workflow runs it) kept aside and resumed when that reward model is back."""
     from test_rl import peaked_policy
 
     init = peaked_policy(tmp_path / "policy.pt")
@@ -234,7 +236,20 @@ def test_rl_does_not_resume_against_a_retrained_reward_model(tmp_path):
     cfg = config.from_dict(raw)
     rl_run(cfg, tmp_path / "run", progress=False)
     assert rl_run(cfg, tmp_path / "run", resume=True, progress=False)["final_step"] == 1  # same model: resumes
+    shutil.copy(tmp_path / "rm.pt", tmp_path / "rm_first.pt")
     torch.nn.init.normal_(rm.head.weight)
     rm_mod.save(tmp_path / "rm.pt", rm, 1, max_tokens=32)
-    with pytest.raises(Gpt2pipeError, match=r"other settings \(reward_model_weights\)"):
+    with pytest.raises(Gpt2pipeError, match=r"other settings \(the reward model's weights \(retrained\)\)"):
         rl_run(cfg, tmp_path / "run", resume=True, progress=False)
+    # what the workflow passes (--retrain-on-change): the state against the earlier reward model is kept aside
+    # and RL starts over against the new one; with the earlier reward model back, its state resumes
+    capsys.readouterr()
+    assert rl_run(cfg, tmp_path / "run", resume=True, retrain_on_change=True, progress=False)["final_step"] == 1
+    assert "other settings (the reward model's weights (retrained)): kept in" in capsys.readouterr().out
+    (kept,) = (tmp_path / "run" / "rl_state" / "other").iterdir()
+    assert list(kept.glob("state_*.pt"))
+    shutil.copy(tmp_path / "rm_first.pt", tmp_path / "rm.pt")
+    rl_run(cfg, tmp_path / "run", resume=True, retrain_on_change=True, progress=False)
+    assert f"{kept} holds a run of these settings at step 1: resuming it" in capsys.readouterr().out
+    (again,) = (tmp_path / "run" / "rl_state" / "other").iterdir()  # the second reward model's state, kept
+    assert again != kept

@@ -133,7 +133,7 @@ def test_second_run_shares_the_dataset(workdir):
     # keys a stage does not read never rerun it: a new eval batch size re-evaluates, it does not retrain
     cfg["eval"]["batch_size"] = 4
     (workdir / "config2.yaml").write_text(yaml.safe_dump(cfg))
-    assert planned_jobs(workdir, configfile="config2.yaml") == {"stage_config": 1, "run_config": 1, "evaluate": 2,
+    assert planned_jobs(workdir, configfile="config2.yaml") == {"evaluate_config": 1, "run_config": 1, "evaluate": 2,
                                                                 "report": 1}
     # the data section changes: the dataset is rebuilt, and only for the run that asks for it
     cfg["data"]["val_tokens"] = 2048
@@ -157,7 +157,7 @@ def test_config_values_never_run_as_commands(tmp_path):
 
 def test_forcerun_evaluate_reuses_checkpoints(workdir):
     jobs = planned_jobs(workdir, "--forcerun", "evaluate")
-    assert jobs == {"evaluate": 2, "report": 1}
+    assert jobs == {"evaluate": 2, "report": 1, "latest": 1}  # results/output.png is this run's: redrawn too
     ckpt = workdir / RESULTS / "tiny" / "train" / "model_000006.pt"
     before = ckpt.stat().st_mtime_ns
     snakemake(workdir, "--forcerun", "evaluate")
@@ -167,7 +167,7 @@ def test_forcerun_evaluate_reuses_checkpoints(workdir):
 
 def test_deleting_one_eval_reruns_only_it(workdir):
     (workdir / RESULTS / "tiny" / "eval" / "step_000003.json").unlink()
-    assert planned_jobs(workdir) == {"evaluate": 1, "report": 1}
+    assert planned_jobs(workdir) == {"evaluate": 1, "report": 1, "latest": 1}
 
 
 def test_bad_config_fails_before_any_job(workdir, tmp_path):
@@ -280,7 +280,7 @@ def test_an_rl_section_adds_the_rl_stage_and_only_it(workdir):
     cfg["rl"] = {"steps": 2, "batch_size": 4, "mini_batch_size": 4, "forward_batch": 4, "max_new_tokens": 4,
                  "prompt_tokens": 4, "num_prompts": 8, "eval_prompts": 2, "checkpoint_every": 2, "ppo_epochs": 1}
     (workdir / "rl.yaml").write_text(yaml.safe_dump(cfg))
-    rl_jobs = {"stage_config": 1, "rl": 1, "run_config": 1, "report": 1}
+    rl_jobs = {"rl_config": 1, "rl": 1, "run_config": 1, "report": 1, "latest": 1}
     assert planned_jobs(workdir, configfile="rl.yaml") == rl_jobs
     snakemake(workdir, configfile="rl.yaml")
     out = workdir / RESULTS / "tiny" / "rl"
@@ -297,11 +297,8 @@ def test_an_rl_section_adds_the_rl_stage_and_only_it(workdir):
 def test_a_reward_model_section_trains_it_and_rl_scores_with_it(workdir):
     """A reward_model: section adds `gpt2pipe reward-model` (pairs: sentiment, made from the run's own
     continuations), and rl.reward reward_model makes RL wait for it and score with it; training is not redone,
-    and a reward-model setting reruns the reward model and RL alone."""
-    import shutil
-
-    snakemake(workdir)
-    shutil.rmtree(workdir / RESULTS / "tiny" / "rl_state", ignore_errors=True)  # another rl section's state
+    and a reward-model setting reruns the reward model and RL alone (each stage's config rule names it)."""
+    snakemake(workdir)  # a finished run; rl_state/ keeps the previous test's RL state, which RL sets aside
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())
     cfg["reward_model"] = {"pairs": "sentiment", "num_prompts": 64, "prompt_tokens": 4, "response_tokens": 8,
                            "margin": 0.0, "eval_pairs": 4, "batch_size": 4, "forward_batch": 4, "max_tokens": 16}
@@ -309,7 +306,8 @@ def test_a_reward_model_section_trains_it_and_rl_scores_with_it(workdir):
                  "mini_batch_size": 4, "forward_batch": 4, "max_new_tokens": 4, "prompt_tokens": 4, "num_prompts": 8,
                  "eval_prompts": 2, "checkpoint_every": 2, "ppo_epochs": 1}
     (workdir / "rm.yaml").write_text(yaml.safe_dump(cfg))
-    jobs = {"stage_config": 2, "reward_model": 1, "rl": 1, "run_config": 1, "report": 1}
+    jobs = {"reward_model_config": 1, "rl_config": 1, "reward_model": 1, "rl": 1, "run_config": 1, "report": 1,
+            "latest": 1}
     assert planned_jobs(workdir, configfile="rm.yaml") == jobs
     snakemake(workdir, configfile="rm.yaml")
     run = workdir / RESULTS / "tiny"
@@ -317,9 +315,105 @@ def test_a_reward_model_section_trains_it_and_rl_scores_with_it(workdir):
     assert result["held_out"]["n"] >= 1 and result["steps"] >= 1
     assert len((run / "reward_model" / "reward_model.log").read_text().splitlines()) == result["steps"] + 1
     assert (run / "reward_model" / "pairs.jsonl").exists()
-    assert "reward reward_model" in (run / "logs" / "rl.log").read_text()
+    rl_log = (run / "logs" / "rl.log").read_text()
+    assert "reward reward_model" in rl_log and "has other settings" in rl_log and "kept in" in rl_log
     assert planned_jobs(workdir, configfile="rm.yaml") == {}
     cfg["reward_model"]["learning_rate"] = 1e-3
     (workdir / "rm.yaml").write_text(yaml.safe_dump(cfg))
-    assert set(planned_jobs(workdir, configfile="rm.yaml")) == {"stage_config", "reward_model", "rl", "run_config",
-                                                                 "report"}
+    plan = snakemake(workdir, "--dry-run", configfile="rm.yaml")
+    assert "reward_model settings changed since" in plan and "reward_model.learning_rate: " in plan
+    assert set(planned_jobs(workdir, configfile="rm.yaml")) == set(jobs)
+
+
+# --- everyday use of the .test run: changed settings, deleted outputs, the plan, failures, the report -------
+
+@pytest.fixture(scope="module")
+def dot_test(tmp_path_factory):
+    """.test/ copied as it is (its config/config.yaml is the workflow's default config there), built through
+    the quick start's target."""
+    import shutil
+
+    wd = tmp_path_factory.mktemp("dot") / "t"
+    shutil.copytree(ROOT / ".test", wd)
+    snakemake(wd, "results/output.png", configfile="config/config.yaml")
+    return wd
+
+
+def set_learning_rate(wd, value):
+    path = wd / "config" / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"]["learning_rate"] = value
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def test_deleted_outputs_come_back_through_the_plot(dot_test):
+    """Snakemake leaves a deleted intermediate alone while what is made from it is up to date: asked for through
+    results/output.png, a deleted eval result and a deleted checkpoint are rebuilt and the plot redrawn."""
+    run, png = dot_test / "results" / "tiny", dot_test / "results" / "output.png"
+    before = png.stat().st_mtime_ns
+    (run / "eval" / "step_000003.json").unlink()
+    assert planned_jobs(dot_test, "results/output.png", configfile="config/config.yaml") == {
+        "evaluate": 1, "report": 1, "latest": 1}
+    snakemake(dot_test, "results/output.png", configfile="config/config.yaml")
+    assert json.loads((run / "eval" / "step_000003.json").read_text())["step"] == 3
+    assert png.stat().st_mtime_ns != before
+    before = png.stat().st_mtime_ns
+    (run / "train" / "model_000003.pt").unlink()
+    assert {"train", "evaluate", "report", "latest"} <= set(
+        planned_jobs(dot_test, "results/output.png", configfile="config/config.yaml"))
+    snakemake(dot_test, "results/output.png", configfile="config/config.yaml")
+    assert (run / "train" / "model_000003.pt").exists() and png.stat().st_mtime_ns != before
+    assert "nothing trained" in (run / "logs" / "train.log").read_text()  # the finished run republished it
+    assert planned_jobs(dot_test, "results/output.png", configfile="config/config.yaml") == {}
+    assert planned_jobs(dot_test, configfile="config/config.yaml") == {}
+
+
+def test_a_changed_setting_retrains_by_itself_and_going_back_resumes(dot_test):
+    """train.learning_rate changed: the plan names it in a screen, the next run retrains from step 0 with rc 0
+    and keeps the first run's states; the old value back resumes them (nothing trained, the first log back)."""
+    run = dot_test / "results" / "tiny"
+    first = (run / "train" / "train.log").read_text()
+    set_learning_rate(dot_test, 0.002)
+    plan = snakemake(dot_test, "--dry-run", configfile="config/config.yaml")
+    assert "before: 'train.learning_rate=0.003' now: 'train.learning_rate=0.002'" in plan
+    assert "run_name: tiny" not in plan and "written by the workflow" not in plan  # no YAML document in params
+    compact = snakemake(dot_test, "--dry-run", "--quiet", "rules", "host", configfile="config/config.yaml")
+    assert len(compact.splitlines()) < 60, compact
+    assert "train settings changed since results/tiny/config/train.yaml was written: " \
+           "train.learning_rate: 0.003 -> 0.002" in compact
+    snakemake(dot_test, configfile="config/config.yaml")
+    second = (run / "train" / "train.log").read_text()
+    assert second != first and [ln for ln in second.splitlines() if " trl:" in ln][0].startswith("s:0 ")
+    log = (run / "logs" / "train.log").read_text()
+    assert "has other settings (train.learning_rate: 0.003 -> 0.002): kept in" in log
+    assert "\r" not in log and "\r" not in (run / "logs" / "evaluate_000003.log").read_text()  # lines, no redraws
+    set_learning_rate(dot_test, 0.003)
+    snakemake(dot_test, configfile="config/config.yaml")
+    assert (run / "train" / "train.log").read_text() == first
+    log = (run / "logs" / "train.log").read_text()
+    assert "resuming it" in log and "nothing trained" in log
+    kept = list((run / "train_state" / "other").iterdir())
+    assert len(kept) == 1 and (kept[0] / "train.log").read_text() == second
+    assert planned_jobs(dot_test, configfile="config/config.yaml") == {}
+
+
+def test_the_report_command_as_documented_works_for_your_own_run(dot_test):
+    """`snakemake --report report.html --configfile=FILE`, with the config the run was built with, reports that
+    run; without it Snakemake reports the run of the default config."""
+    cfg = yaml.safe_load((dot_test / "config" / "config.yaml").read_text())
+    cfg["run_name"] = "mine"
+    (dot_test / "my-run.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(dot_test, "results/output.png", configfile="my-run.yaml")
+    snakemake(dot_test, "--report", "report.html", configfile="my-run.yaml")
+    html = (dot_test / "report.html").read_text(errors="replace")
+    assert "results/mine/output.png" in html and "results/tiny/output.png" not in html
+
+
+def test_a_failed_job_ends_the_output_with_its_error_line(tmp_path):
+    cfg = tiny_config(tmp_path)
+    (tmp_path / "corpus.txt").write_text("")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(tmp_path, check=False)
+    tail = out.strip().splitlines()[-6:]
+    assert any(ln.startswith("corpus failed: gpt2pipe corpus: error: data.paths: ") and "holds no text" in ln
+               for ln in tail), tail

@@ -155,6 +155,34 @@ def stage_config_text(raw: dict, stage: str) -> str:
     return head + yaml.safe_dump(stage_config(raw, stage), sort_keys=False)
 
 
+def settings(tree: dict, prefix: str = "") -> list[str]:
+    """`section.key=value` (JSON value) for every leaf of a config: a rule's params, one per setting, so that
+    Snakemake's "params have changed" reason names the settings that changed, and only them."""
+    import json
+
+    out = []
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out += settings(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}={json.dumps(v, sort_keys=True)}")
+    return out
+
+
+def changed_settings(path: Path, raw: dict, stage: str) -> list[str]:
+    """The settings that differ between a stage's config file on disk and the config now (empty when the file
+    is missing or unreadable): `key: old -> new`, what the workflow prints before it reruns that stage."""
+    import yaml
+
+    try:
+        old = dict(s.split("=", 1) for s in settings(yaml.safe_load(Path(path).read_text()) or {}))
+    except (OSError, ValueError, yaml.YAMLError):
+        return []
+    new = dict(s.split("=", 1) for s in settings(stage_config(raw, stage)))
+    return [f"{k}: {old.get(k, '(none)')} -> {new.get(k, '(none)')}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)]
+
+
 def data_fingerprint(raw: dict) -> str:
     """Hash of what decides a dataset's contents (config.data_identity)."""
     return digest(data_identity(raw))
@@ -195,8 +223,9 @@ def compared_runs_signature(runs: list[dict]) -> str:
 __all__ = ["NOT_IDENTITY", "checkpoint", "compared_runs_signature", "runs_named",
            "report_notebook", "checkpoint_steps", "corpus_dir", "data_dir", "data_fingerprint",
            "eval_result", "fineweb_dir", "hellaswag_bin", "hellaswag_name", "run_dir", "samples", "shard_dir",
-           "stage_config", "stage_config_text", "token_count", "training_fingerprint", "rl_outputs",
-           "reward_model_checkpoint", "reward_model_dir", "reward_model_outputs"]
+           "settings", "changed_settings", "stage_config", "stage_config_text", "token_count",
+           "training_fingerprint", "rl_outputs", "reward_model_checkpoint", "reward_model_dir",
+           "reward_model_outputs"]
 
 
 def report_notebook() -> Path:

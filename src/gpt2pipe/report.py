@@ -77,12 +77,12 @@ def write_metrics(evals: list[dict], tokens_per_step: int, path: str | Path) -> 
 
 
 def resolve_baseline(cfg) -> str | None:
-    """report.baseline: auto draws the GPT-2 size of the model's shape, and GPT-2 124M / GPT-3 125M for a
-    model of no GPT-2 size (such as the demo's), so every run is drawn against the same yardstick."""
+    """report.baseline: auto draws the baselines of the model's GPT-2 size, and none for a model of no GPT-2
+    size (such as the demo's): a 124M line would only stretch the axes of a model it says nothing about."""
     from gpt2pipe.model.gpt import gpt2_size_name
 
     if cfg.report.baseline == "auto":
-        return gpt2_size_name(cfg.model) or "124M"
+        return gpt2_size_name(cfg.model)
     return None if cfg.report.baseline == "none" else cfg.report.baseline
 
 
@@ -145,8 +145,9 @@ COMPARE_COLORS = ["tab:purple", "tab:orange", "tab:brown", "tab:olive", "tab:cya
 def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, tokens_per_step: int,
          baseline: str | None = None, reference_log: str | Path | None = None,
          reference_tokens_per_step: int = 524288, log_scale: bool = False, title: str = "",
-         compare: list[dict] = (), name: str = "") -> plt.Figure:
-    """Two panels against tokens seen: train/val loss, and HellaSwag acc_norm; baselines as lines.
+         compare: list[dict] = (), name: str = "", fineweb: bool = True) -> plt.Figure:
+    """Two panels against tokens seen: train/val loss, and HellaSwag acc_norm; baselines as lines (GPT-2's val
+    loss only with `fineweb`: llm.c measured it on FineWeb's val split, and on other text it means nothing).
     compare: other runs (load_compared) drawn on the same axes, each at its own tokens per step."""
     run = parse_log(train_log)
     ref = parse_log(reference_log) if reference_log else {}
@@ -208,7 +209,9 @@ def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, token
         top = max(top, *ys(ref["eval"]))
     if baseline:
         gpt3 = GPT3_NAME[baseline]
-        ax_loss.axhline(GPT2_VAL_LOSS[baseline], color="tab:red", ls=":", label=f"OpenAI GPT-2 {baseline} val (FineWeb)")
+        if fineweb:
+            ax_loss.axhline(GPT2_VAL_LOSS[baseline], color="tab:red", ls=":",
+                            label=f"OpenAI GPT-2 {baseline} val (FineWeb)")
         ax_hs.axhline(GPT2_HELLASWAG[baseline], color="tab:red", ls=":", label=f"OpenAI GPT-2 {baseline}")
         ax_hs.axhline(GPT3_HELLASWAG[baseline], color="tab:green", ls=":", label=f"OpenAI GPT-3 {gpt3}")
         top = max(top, GPT3_HELLASWAG[baseline])

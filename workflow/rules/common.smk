@@ -117,3 +117,80 @@ def compared_runs_signature():
             print(f"report.compare_runs: {r['name']} has no {r['log']} or {r['config']} yet: the report is drawn "
                   "without it", file=sys.stderr)
     return layout.compared_runs_signature(runs)
+
+
+def write_stage_config(path, stage):
+    """The config rules' job (rules/config.smk): the part of the config a stage reads, as YAML."""
+    Path(path).write_text(layout.stage_config_text(config, stage))
+
+
+def run_products():
+    """What this run builds per checkpoint: checkpoints, train.log, eval results and samples."""
+    return ([str(layout.checkpoint(config, s)) for s in STEPS] + [f"{RUN}/train/train.log"]
+            + [str(layout.eval_result(config, s)) for s in STEPS]
+            + ([str(layout.samples(config, s)) for s in STEPS] if config["eval"]["samples"] else []))
+
+
+def redraw_number():
+    """The latest rule's parameter, so that a deleted output of this run comes back through
+    results/output.png. Snakemake leaves a missing intermediate file alone while the files made from it are up
+    to date, so while one of the run's outputs (or its report) is missing this number is one more than the one
+    the latest job last wrote to its log: the changed parameter reruns that job, which lists every output as its
+    input, so the missing ones are rebuilt and the report redrawn before it. Once rebuilt, the number is the one
+    logged again, so nothing reruns twice."""
+    import os
+    import re
+
+    try:
+        logged = re.findall(r"^redraw (\d+)$", Path(f"{RUN}/logs/latest.log").read_text(), re.M)
+    except OSError:
+        logged = []
+    drawn = int(logged[-1]) if logged else 0
+    reports = [f"{RUN}/{name}" for name in ("output.png", "report.ipynb", "metrics.tsv")]
+    return drawn + 1 if any(not os.path.exists(f) for f in run_products() + reports) else drawn
+
+
+def announce_changed_settings():
+    """One line per stage config that is out of date, naming the settings that changed (before Snakemake's
+    own job list, where the same shows as each config rule's "params have changed" reason)."""
+    files = {"data": f"{DATA}/config.yaml", "train": f"{RUN}/config/train.yaml",
+             "evaluate": f"{RUN}/config/evaluate.yaml",
+             **{stage: f"{RUN}/config/{stage}.yaml" for stage in ("reward_model", "rl") if stage in config}}
+    for stage, path in files.items():
+        if changed := layout.changed_settings(path, config, stage):
+            print(f"{stage} settings changed since {path} was written: {'; '.join(changed)}", file=sys.stderr)
+
+
+def latest_is_this_run():
+    """Whether results/output.png is this run's report (or there is none yet): then the default target keeps it
+    up to date; a copy drawn from another run is left to that run."""
+    try:
+        with open(f"{RESULTS}/report.ipynb") as f:
+            drawn = json.load(f)["metadata"]["papermill"]["parameters"]["output_png"]
+    except (OSError, ValueError, KeyError):
+        return not Path(f"{RESULTS}/output.png").exists()
+    return drawn == f"{RUN}/output.png"
+
+
+announce_changed_settings()
+
+
+def say_failed_jobs(snakemake_logs):
+    """After a failure: one line per failed job, its rule and the last line of its log (gpt2pipe's one-line
+    error), so the cause ends the output rather than scrolling away above the other jobs' messages. Read from
+    Snakemake's own log, whose "Error in rule" blocks name each failed job's log."""
+    import re
+
+    for path in snakemake_logs if isinstance(snakemake_logs, list) else [snakemake_logs]:
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        for rule, logs in re.findall(r"^Error in rule[ ](\S+):\n(?:    .*\n)*?    log: (.+) \(check log", text, re.M):
+            for log in logs.split(", "):
+                try:
+                    lines = [ln for ln in Path(log).read_text().splitlines() if ln.strip()]
+                except OSError:
+                    lines = []
+                print(f"{rule} failed: {lines[-1] if lines else '(its log is empty)'} (log: {log})",
+                      file=sys.stderr)

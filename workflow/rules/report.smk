@@ -30,14 +30,18 @@ rule report:
 
 rule latest:
     """results/output.png (and the executed notebook beside it) are the configured run's report. The
-    samples come along, so that `snakemake --report` works right after `snakemake results/output.png`."""
+    samples come along, so that `snakemake --report` works right after `snakemake results/output.png`, and so
+    does every other output of the run: a deleted one is rebuilt through this target (common.redraw_number)."""
     input:
         png=rules.report.output.png,
         notebook=rules.report.output.notebook,
         samples=expand(rules.sample.output[0], step=[f"{s:06d}" for s in STEPS]) if config["eval"]["samples"] else [],
+        outputs=run_products(),
     output:
         png=f"{RESULTS}/output.png",
         notebook=f"{RESULTS}/report.ipynb",
+    params:
+        redraw=redraw_number(),
     log:
         f"{RUN}/logs/latest.log",
     benchmark:
@@ -46,4 +50,5 @@ rule latest:
     conda:
         CONDA_ENV
     shell:
-        "(cp {input.png:q} {output.png:q} && cp {input.notebook:q} {output.notebook:q}) > {log:q} 2>&1"
+        "(cp {input.png:q} {output.png:q} && cp {input.notebook:q} {output.notebook:q}"
+        " && echo 'redraw {params.redraw}') > {log:q} 2>&1"

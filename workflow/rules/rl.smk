@@ -1,7 +1,9 @@
 rule rl:
     """RL fine-tuning (PPO or GRPO) of the run's final checkpoint, or of rl.init_from: the policy's
     checkpoints, rl.log, held-out reward and KL (eval_NNNNNN.json) and samples under <run>/rl/. Included when
-    the config has an rl section. A failed or interrupted job resumes from <run>/rl_state/ when rerun."""
+    the config has an rl section. A failed or interrupted job resumes from <run>/rl_state/ when rerun; states
+    of other settings, or from other starting weights or another reward model, are kept in
+    <run>/rl_state/other/ (as train's)."""
     input:
         config=f"{RUN}/config/rl.yaml",
         init=config["rl"]["init_from"] or str(layout.checkpoint(config, STEPS[-1])),
@@ -28,5 +30,6 @@ rule rl:
     conda:
         CONDA_ENV
     shell:
-        "{params.cli} rl -c {input.config:q} --shards {input.shards:q} --run-dir {params.run_dir:q} --resume --no-progress"
+        "{params.cli} rl -c {input.config:q} --shards {input.shards:q} --run-dir {params.run_dir:q} --resume"
+        " --retrain-on-change --no-progress"
         " > {log:q} 2>&1"

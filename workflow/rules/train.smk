@@ -1,6 +1,8 @@
 rule train:
     """Train; writes a model snapshot at every checkpoint step and the llm.c-format log.
-    A failed or interrupted job resumes from <run>/train_state/ when rerun."""
+    A failed or interrupted job resumes from <run>/train_state/ when rerun. After a change of a setting that
+    changes the trained weights, the old states are kept in <run>/train_state/other/ and training starts from
+    step 0; changing the setting back resumes them (--retrain-on-change, gpt2pipe.train.aside)."""
     input:
         config=f"{RUN}/config/train.yaml",
         shards=rules.tokenize.output[0],
@@ -36,4 +38,4 @@ rule train:
         CONDA_ENV
     shell:
         "{params.cli} train -c {input.config:q} --shards {input.shards:q} --run-dir {params.run_dir:q} --resume"
-        " > {log:q} 2>&1"
+        " --retrain-on-change > {log:q} 2>&1"

@@ -13,7 +13,7 @@ def cmd_rl(args: argparse.Namespace) -> None:
 
     cfg = load_config(args)
     run(cfg, args.run_dir or cfg.run_dir, args.shards, resume=args.resume, restart=args.restart,
-        progress=not args.no_progress)
+        progress=not args.no_progress, retrain_on_change=args.retrain_on_change)
 
 
 def register(sub) -> None:
@@ -25,4 +25,8 @@ def register(sub) -> None:
     start = p.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue from the newest saved RL state in <run-dir>")
     start.add_argument("--restart", action="store_true", help="start over even when a saved RL state exists")
+    p.add_argument("--retrain-on-change", action="store_true",
+                   help="with --resume: a state saved under other settings (or from other starting weights) is kept "
+                   "in <run-dir>/rl_state/other/ and RL starts over (or resumes its own kept state); what the "
+                   "workflow passes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (rl.log lines still written)")

@@ -14,7 +14,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = load_config(args)
     train(cfg, args.shards or layout.shard_dir(cfg.raw), args.run_dir or cfg.run_dir, resume=args.resume,
-          restart=args.restart, progress=not args.no_progress)
+          restart=args.restart, progress=not args.no_progress, retrain_on_change=args.retrain_on_change)
 
 
 def register(sub) -> None:
@@ -27,4 +27,8 @@ def register(sub) -> None:
                        "under settings that change the trained weights (a finished run republishes its outputs)")
     start.add_argument("--restart", action="store_true",
                        help="start over from step 0 even when a saved training state exists")
+    p.add_argument("--retrain-on-change", action="store_true",
+                   help="with --resume: a state saved under settings that change the trained weights is kept in "
+                   "<run-dir>/train_state/other/ and these settings train from step 0 (or resume their own kept "
+                   "state); what the workflow passes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines still written)")

@@ -20,10 +20,9 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.files import atomic_path, write_json
+from gpt2pipe.progress import tqdm
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

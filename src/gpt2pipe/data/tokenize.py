@@ -14,12 +14,12 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import DataConfig
 from gpt2pipe.data.llmc_format import MAX_TOKENS_PER_FILE, ShardWriter, TokenFile, read_shard
 from gpt2pipe.data.tokenizer import encode_document
+from gpt2pipe.progress import tqdm
 
 DOCS_PER_TASK = 256  # documents per worker task: large enough to amortise IPC, small enough to stream
 

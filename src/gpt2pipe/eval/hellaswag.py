@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.files import atomic_path
 from gpt2pipe.data.tokenizer import gpt2
+from gpt2pipe.progress import tqdm
 
 MAGIC, VERSION = 20240522, 1
 HEADER_INTS = 256

@@ -135,7 +135,7 @@ def train(rm, pairs: list[Pair], c, ctx, device, log_path: Path, progress: bool)
     """c.epochs passes over pairs in seeded shuffled batches of c.batch_size, one AdamW step each (micro-
     batches of c.forward_batch pairs, chosen and rejected in one forward), the rate decaying linearly to 0
     (lm-human-preferences). Writes the log whole at the end."""
-    from tqdm import tqdm
+    from gpt2pipe.progress import tqdm
 
     params = [p for p in rm.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]

@@ -25,6 +25,7 @@ from gpt2pipe.data.tokenizer import EOT
 from gpt2pipe.rl import evaluate, losses, prompts as prompts_mod, rewards, shard, state as rl_state, update
 from gpt2pipe.rl.policy import frozen_copy, value_model_from
 from gpt2pipe.rl.rollout import collect, shape_rewards
+from gpt2pipe.train.aside import keep_aside
 from gpt2pipe.train.guards import Preempted, stop_signals
 from gpt2pipe.train.logs import say_for
 from gpt2pipe.train.optim import build_optimizer
@@ -58,7 +59,7 @@ def load_prompts(cfg: Config, shards_dir: Path | None) -> tuple[list[list[int]],
 
 
 def run(cfg: Config, run_dir: Path, shards_dir: Path | None = None, resume: bool = False, restart: bool = False,
-        progress: bool = True) -> dict:
+        progress: bool = True, retrain_on_change: bool = False) -> dict:
     if cfg.rl is None:
         raise Gpt2pipeError("the config has no rl section: add `rl: {}` (see `gpt2pipe config --describe`)")
     rl = cfg.rl
@@ -82,14 +83,14 @@ def run(cfg: Config, run_dir: Path, shards_dir: Path | None = None, resume: bool
         if hasattr(reward_fn, "to"):  # a reward model runs where the policy does
             reward_fn = reward_fn.to(device)
         return _Run(cfg, world, device, run_dir, init, reward_fn, train_prompts, eval_prompts, resume, restart,
-                    progress, value_rm).loop()
+                    progress, value_rm, retrain_on_change).loop()
     finally:
         distributed.teardown(world)
 
 
 class _Run:
     def __init__(self, cfg, world, device, run_dir, init, reward_fn, train_prompts, eval_prompts, resume, restart,
-                 progress, value_rm=None):
+                 progress, value_rm=None, retrain_on_change=False):
         rl, t = cfg.rl, cfg.train
         self.cfg, self.rl, self.world, self.device, self.reward_fn = cfg, rl, world, device, reward_fn
         self.train_prompts, self.eval_prompts, self.progress = train_prompts, eval_prompts, progress
@@ -101,7 +102,13 @@ class _Run:
         if rm is not None:  # a retrained reward model is another run, though its path is the same
             from gpt2pipe.reward_model.model import fingerprint
 
-            self.ident["rl"]["reward_model_weights"] = fingerprint(rm)
+            self.ident["rl"][rl_state.RM_WEIGHTS] = fingerprint(rm)
+        # after the reward model's digest joined the identity: a state trained against a retrained reward model
+        # is set aside too (and comes back when that reward model does)
+        if retrain_on_change and resume and world.main:  # other settings' states kept aside (train/aside.py)
+            keep_aside(self.paths.state, self.paths.log, "rl-state", lambda s: rl_state.differences(s, self.ident),
+                       self.say)
+        distributed.barrier(world)
         saved = None if restart else newest_or_refuse(self.paths.state, self.say, kind="rl-state")
         if saved is not None:
             rl_state.check_resumable(saved, self.ident)
@@ -255,7 +262,7 @@ class _Run:
             self.evaluate(0)  # the pre-trained model's level, for the curve and the report
         else:
             self.truncate_log(self.step)
-        from tqdm import tqdm
+        from gpt2pipe.progress import tqdm
 
         bar = tqdm(total=rl.steps, initial=self.step, disable=not (self.progress and self.world.main), desc="rl",
                    unit="step", dynamic_ncols=True)

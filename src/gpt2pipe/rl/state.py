@@ -20,13 +20,21 @@ from gpt2pipe.model import checkpoint
 from gpt2pipe.train.loop import RunPaths
 from gpt2pipe.train.state import saved_states
 
+# the identity's digest of the reward model RL scores with or starts its value model from (rl/loop.py adds it)
+RM_WEIGHTS = "reward_model_weights"
 # rl keys that change how a run goes, not what it computes: a run resumes across changes to them
 NOT_IDENTITY = {"checkpoint_every", "forward_batch", "eval_prompts", "steps"}  # steps: a finished run extends
 
 
 def identity(rl_raw: dict, init: str, model_raw: dict) -> dict:
+    """What decides the RL run, with a digest of the starting weights: a retrained run's final checkpoint has
+    the same path and shape, and RL from it must not resume a state trained from the earlier weights."""
+    import hashlib
+
+    with open(init, "rb") as f:
+        weights = hashlib.file_digest(f, "sha256").hexdigest()[:16]
     return {"rl": {k: v for k, v in rl_raw.items() if k not in NOT_IDENTITY}, "init": str(init),
-            "model": digest(model_raw)}
+            "model": digest(model_raw), "weights": weights}
 
 
 class RLPaths(RunPaths):
@@ -52,13 +60,26 @@ def save(paths: RLPaths, policy, step: int, weights: dict, kl_coef: float, opt_p
         old.unlink()
 
 
-def check_resumable(saved: dict, ident: dict) -> None:
-    diff = sorted(k for k in set(saved.get("identity", {}).get("rl", {})) | set(ident["rl"])
-                  if saved["identity"]["rl"].get(k) != ident["rl"].get(k))
-    if saved.get("identity", {}).get("init") != ident["init"]:
-        diff.append(f"init {saved['identity'].get('init')} -> {ident['init']}")
-    if saved.get("identity", {}).get("model") != ident["model"]:
+def differences(saved: dict, ident: dict) -> list[str]:
+    """What differs between a saved RL state and this run (empty: it resumes). A state saved before the
+    starting weights' digest was recorded is taken at its word on them."""
+    old = saved.get("identity", {})
+    keys = set(old.get("rl", {})) | set(ident["rl"])
+    diff = sorted(f"rl.{k}" for k in keys - {RM_WEIGHTS} if old.get("rl", {}).get(k) != ident["rl"].get(k))
+    if old.get("rl", {}).get(RM_WEIGHTS) != ident["rl"].get(RM_WEIGHTS):  # the loop adds it (a reward model)
+        both = RM_WEIGHTS in old.get("rl", {}) and RM_WEIGHTS in ident["rl"]
+        diff.append("the reward model's weights (retrained)" if both else "the reward model")
+    if old.get("init") != ident["init"]:
+        diff.append(f"init {old.get('init')} -> {ident['init']}")
+    if old.get("model") != ident["model"]:
         diff.append("model")
-    if diff:
+    if old.get("weights", ident["weights"]) != ident["weights"]:
+        diff.append(f"the weights of {ident['init']} (retrained)")
+    return diff
+
+
+def check_resumable(saved: dict, ident: dict) -> None:
+    if diff := differences(saved, ident):
         raise Gpt2pipeError(f"{saved['path']}: saved by an RL run with other settings ({', '.join(diff)}): restore "
-                            "them to resume, or pass --restart to start over")
+                            "them to resume it, set another run_name to run these beside it, or pass --restart to "
+                            "delete it and start over")

@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gpt2pipe import Gpt2pipeError
+from gpt2pipe.progress import terminal
 
 
 def say_for(world) -> Callable[[str], None]:
@@ -44,7 +45,7 @@ class RunLog:
             self.sinks = [_sink(name, run_dir, config) for name in log_to]
         self.max_steps = max_steps
         self.bar = tqdm(total=max_steps, initial=resume_step or 0, desc="train", unit="step",
-                        disable=not (progress and path is not None), dynamic_ncols=True)
+                        disable=not (progress and path is not None and terminal()), dynamic_ncols=True)
 
     @property
     def main(self) -> bool:

@@ -5,6 +5,7 @@ Files under the run folder:
   train/train.log, train/model_NNNNNN.pt   — the stage's outputs (snapshots are hard links into train_state/)
   train_state/state_NNNNNN.pt               — the newest full training states (state.py), for --resume
   train_state/model_NNNNNN.pt, train.log    — survive a failed job, whose outputs Snakemake deletes
+  train_state/other/<digest>/               — the same, of earlier settings, set aside (aside.py)
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ from gpt2pipe.model import checkpoint
 from gpt2pipe.model.gpt import GPT
 from gpt2pipe.ops import kernels_available
 from gpt2pipe.ops.fp8 import convert_to_fp8
+from gpt2pipe.train.aside import keep_aside
 from gpt2pipe.train.guards import Preempted, UpdateGuard, stop_signals
 from gpt2pipe.train.logs import RunLog, check_sinks, say_for
 from gpt2pipe.train.optim import build_optimizer, check_optimizer
 from gpt2pipe.train.schedule import lr_at
-from gpt2pipe.train.state import TrainState, check_resumable, newest_or_refuse, saved_states
+from gpt2pipe.train.state import TrainState, check_resumable, newest_or_refuse, saved_states, settings_changed
 
 # test seam: behave as if a preemption signal arrived at this step (GPT2PIPE_PREEMPT_AT_STEP=N)
 _PREEMPT_AT = int(os.environ.get("GPT2PIPE_PREEMPT_AT_STEP", "-1"))
@@ -78,17 +80,19 @@ class RunPaths:
 
 
 def train(cfg: Config, shards_dir: Path, run_dir: Path, resume: bool = False, restart: bool = False,
-          progress: bool = True) -> dict:
+          progress: bool = True, retrain_on_change: bool = False) -> dict:
     """Train on one process, or as one of several (torchrun / srun): each reads its own part of every batch
     and the optimizer is ZeRO-sharded (train.zero); process 0 writes logs and checkpoints.
 
     resume: continue from the newest saved state in run_dir (a finished run only republishes its outputs);
     restart: discard any saved state and start from step 0. Without either, a folder holding a saved state
-    is refused rather than overwritten."""
+    is refused rather than overwritten. retrain_on_change (with resume): states saved under other settings are
+    set aside and these settings train from step 0, or resume their own states kept aside (train/aside.py)."""
     device = pick_device(cfg.train.device)
     world = distributed.setup(device.type)
     try:
-        trainer = Trainer.setup(cfg, Path(shards_dir), Path(run_dir), resume, restart, progress, world, device)
+        trainer = Trainer.setup(cfg, Path(shards_dir), Path(run_dir), resume, restart, progress, world, device,
+                                retrain_on_change)
         return trainer.run()
     finally:
         distributed.teardown(world)
@@ -110,7 +114,7 @@ class Trainer:
 
     @classmethod
     def setup(cls, cfg: Config, shards_dir: Path, run_dir: Path, resume: bool, restart: bool, progress: bool,
-              world: World, device: torch.device) -> Trainer:
+              world: World, device: torch.device, retrain_on_change: bool = False) -> Trainer:
         t = cfg.train
         # --- everything that can fail on bad input happens before the model exists ---------------------
         shards = ShardSet.open(shards_dir, vocab_size=cfg.model.vocab_size)
@@ -131,6 +135,9 @@ class Trainer:
         val_loader = ShardLoader(shards.val, B, T, world.rank, world.size, vocab_size=cfg.model.vocab_size)
         paths = RunPaths.of(run_dir)
         identity = training_identity(cfg.raw)
+        if retrain_on_change and resume and world.main:
+            keep_aside(paths.state, paths.log, "train-state", lambda s: settings_changed(s, identity), say)
+        distributed.barrier(world)
         saved = None if restart else newest_or_refuse(paths.state, say)
         found = distributed.gather_objects(None if saved is None else int(saved["step"]), world)
         if len(set(found)) > 1:  # e.g. nodes with a run folder each: resuming would train diverged replicas

@@ -162,7 +162,12 @@ def check_resumable(saved: dict, model: ModelConfig, identity: dict) -> None:
     """Refuse, in one line, a state of another model shape, or one saved under settings that change what is
     trained (naming each key that differs); settings that don't (device, threads, cadences) may change."""
     checkpoint.check_shape(saved["path"], checkpoint.model_config(saved["path"], saved), model)
-    diff = identity_diff(with_new_defaults(saved.get("identity", {})), with_new_defaults(identity))
-    if diff:
-        raise Gpt2pipeError(f"{saved['path']}: saved by a run with other settings ({'; '.join(diff)}): "
-                            "restore them to resume, or pass --restart to start over")
+    if diff := settings_changed(saved, identity):
+        raise Gpt2pipeError(f"{saved['path']}: saved by a run with other settings ({'; '.join(diff)}): restore "
+                            "them to resume it, set another run_name to train these beside it, or pass --restart to "
+                            "delete it and start over")
+
+
+def settings_changed(saved: dict, identity: dict) -> list[str]:
+    """`key: saved -> current` for each setting that changes the trained weights (empty: it resumes)."""
+    return identity_diff(with_new_defaults(saved.get("identity", {})), with_new_defaults(identity))
