@@ -20,9 +20,17 @@ from gpt2pipe.data.tokenizer import EOT, gpt2
 from gpt2pipe.model import checkpoint
 from gpt2pipe.model.decode import plain_copy
 from gpt2pipe.model.gpt import GPT
-from gpt2pipe.rl.policy import zero_head
 
 KIND = "reward-model"
+
+
+def zero_head(width: int) -> nn.Linear:
+    """A scalar head on a trunk's hidden states, at zero: every first output is 0 (the value model's
+    head too)."""
+    head = nn.Linear(width, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
 
 
 class RewardModel(nn.Module):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.model.decode import CachedGPT, plain_copy, positions
 from gpt2pipe.model.gpt import GPT
+from gpt2pipe.reward_model.model import zero_head
 
 
 def hidden(model: GPT, seq: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -38,14 +39,6 @@ def response_logprobs(model: GPT, seq: torch.Tensor, valid: torch.Tensor | None,
     if not entropy:
         return logp
     return logp, -(logp_all.exp() * logp_all).sum(-1)
-
-
-def zero_head(width: int) -> nn.Linear:
-    """A scalar head on a trunk's hidden states, at zero: every first output is 0."""
-    head = nn.Linear(width, 1)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
-    return head
 
 
 class ValueModel(nn.Module):
