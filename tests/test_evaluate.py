@@ -17,3 +17,27 @@ def test_evaluate_a_checkpoint(tiny, tiny_shards, tmp_path):
     # the in-training val loss at step 6 used the same budget and the same tokens
     log = (tmp_path / "run" / "train" / "train.log").read_text()
     assert f"s:6 tel:{result['val_loss']:.4f}" in log
+
+
+def test_val_budget_past_the_split_scores_it_once(tiny, tiny_shards):
+    """A val budget larger than the val split (the default 10M tokens on a small corpus) reads the split once,
+    as llm.c caps its val batches, instead of scoring the same tokens again and again (found: hours of CPU)."""
+    import torch
+
+    from gpt2pipe.data.loader import ShardLoader
+    from gpt2pipe.eval.val import val_loss
+    from gpt2pipe.model.gpt import GPT
+
+    val = sorted(tiny_shards.glob("*_val_*.bin"))
+    loader = ShardLoader(val, 2, tiny.train.seq_len)
+    model = GPT(tiny.model)
+    calls = []
+    real = loader.next_batch
+    loader.next_batch = lambda: calls.append(1) or real()
+    three_passes = 3 * loader.per_epoch * 2 * tiny.train.seq_len
+    whole = val_loss(model, loader, three_passes, torch.device("cpu"), torch.autocast("cpu", enabled=False))
+    assert len(calls) == loader.per_epoch
+    calls.clear()
+    exact = val_loss(model, loader, loader.per_epoch * 2 * tiny.train.seq_len, torch.device("cpu"),
+                     torch.autocast("cpu", enabled=False))
+    assert len(calls) == loader.per_epoch and exact == whole

@@ -12,11 +12,14 @@ from gpt2pipe.distributed import World, mean
 @torch.no_grad()
 def val_loss(model, loader: ShardLoader, tokens: int, device: torch.device, autocast_ctx,
              world: World = World()) -> float:
-    """Mean loss over the first `tokens` tokens of the val split (at least one batch), always the same ones;
+    """Mean loss over the first `tokens` tokens of the val split (at least one batch, at most the whole split),
+    always the same ones;
     with several processes each scores its part of every batch and the means are averaged."""
     model.eval()
     loader.reset()
-    steps = max(1, tokens // (loader.B * loader.T * loader.world))
+    # at most one pass over the split, as llm.c caps its val batches: a budget past a small val shard would
+    # score the same tokens again (hours of CPU for the default budget over a 20K-token split)
+    steps = max(1, min(tokens // (loader.B * loader.T * loader.world), loader.per_epoch // loader.world))
     total = torch.zeros((), device=device)
     for _ in range(steps):
         x, y = loader.next_batch()
