@@ -51,4 +51,4 @@ rule latest:
         CONDA_ENV
     shell:
         "(cp {input.png:q} {output.png:q} && cp {input.notebook:q} {output.notebook:q}"
-        " && echo 'redraw {params.redraw}') > {log:q} 2>&1"
+        " && echo redraw {params.redraw:q}) > {log:q} 2>&1"
