@@ -82,7 +82,7 @@ LLAMA = dict(pos_embedding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, n
 
 
 @pytest.mark.parametrize("arch", [{}, LLAMA], ids=["gpt2", "llama"])
-@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+@pytest.mark.parametrize("attention", ["sdpa", "matmul", "reduce"])
 def test_kv_cache_sampler_equals_the_plain_forward_with_left_padding(arch, attention):
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, **arch)).eval()
@@ -294,7 +294,7 @@ def test_cuda_graph_decode_equals_eager_decode(arch):
     a = sample(model, prompts, 16, temperature=0, cuda_graph=True)
     b = sample(model, prompts, 16, temperature=0, cuda_graph=False)
     assert torch.equal(a.tokens, b.tokens)
-    for attention in ("sdpa", "matmul"):  # the decode step fused by torch.compile, then recorded
+    for attention in ("sdpa", "matmul", "reduce"):  # the decode step fused by torch.compile, then recorded
         e = sample(model, prompts, 16, temperature=0, attention=attention, compiled=True)
         assert torch.equal(a.tokens, e.tokens), attention
     gen = lambda: torch.Generator("cuda").manual_seed(1)  # noqa: E731

@@ -35,6 +35,9 @@ RM = {"pairs": "sentiment", "num_prompts": 4096, "pairs_per_prompt": 8, "prompt_
 RL = {"reward": "reward_model", "value_from_reward_model": True, "steps": 40, "checkpoint_every": 20,
       "eval_prompts": 256}
 SMOKE = bool(int(__import__("os").environ.get("RM_SMOKE", "0")))
+# RM_SET='{"pairs_per_prompt": 32}' changes the reward model's settings; RM_ONLY=1 stops after it (no PPO)
+RM.update(json.loads(__import__("os").environ.get("RM_SET", "{}")))
+RM_ONLY = bool(int(__import__("os").environ.get("RM_ONLY", "0")))
 
 
 def ensure_vader() -> None:
@@ -77,9 +80,10 @@ def main() -> None:
     shards = Path(sys.argv[2] if len(sys.argv) > 2 else "results/data/local_prose/shards")
     out = Path(sys.argv[3] if len(sys.argv) > 3 else "dev/rl/out")
     out.mkdir(parents=True, exist_ok=True)
-    run_dir = Path("results/rm124m")
+    name = __import__("os").environ.get("RM_RUN", "rm124m")  # variants side by side: one folder each
+    run_dir = Path("results") / name
     raw = yaml.safe_load((Path(__file__).parent / "gpt2_124M_local.yaml").read_text())
-    raw["run_name"] = "rm124m"
+    raw["run_name"] = name
     raw["train"]["ops"] = "kernels"
     raw["reward_model"] = {"init_from": str(ckpt), **RM}
     raw["rl"].update(init_from=str(ckpt), reward_model=str(run_dir / "reward_model" / "model.pt"), **RL)
@@ -96,6 +100,12 @@ def main() -> None:
     summary["reward_model"] = {k: rm[k] for k in ("held_out", "before", "train_pairs", "steps", "normalisation")}
     summary["reward_model"]["seconds"] = time.perf_counter() - t0
     print(json.dumps(summary["reward_model"]), flush=True)
+    if RM_ONLY:
+        acc, last = summary["reward_model"]["held_out"], rm["history"][-50:]
+        fit = sum(r["accuracy"] for r in last) / len(last)  # train accuracy at the end: under- or over-fitting
+        print(f"reward model {json.dumps(RM)}: held-out pair accuracy {acc['accuracy']:.4f} ± {acc['ci95']:.4f} "
+              f"over {acc['n']} pairs; training batches' accuracy over the last 50 steps {fit:.4f}", flush=True)
+        return
 
     t0 = time.perf_counter()
     rl = rl_run(cfg, run_dir, shards, restart=True, progress=False)

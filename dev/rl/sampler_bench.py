@@ -24,12 +24,16 @@ def timed(fn, reps=3):
     return best
 
 
-def profile_step(twin, prompts, new):
-    """Where one decode step's GPU time goes: the kernels of 8 eager steps, by total CUDA time."""
+def profile_step(twin, prompts, new, attention="sdpa", compiled=False):
+    """Where one decode step's GPU time goes: the kernels of 8 steps run outside the graph (compiled: the
+    inductor-fused step RL uses), by total CUDA time; then one whole sample() call (graph replays), its wall
+    time against the GPU time of its kernels (a gap is launch or host time)."""
     from torch.profiler import ProfilerActivity, profile
 
-    sample(twin, prompts, new, 1.0, None, torch.Generator("cuda").manual_seed(0))
-    step = next(reversed(twin._decoders.values())).decoder
+    run = lambda: sample(twin, prompts, new, 1.0, None, torch.Generator("cuda").manual_seed(0),  # noqa: E731
+                         attention=attention, compiled=compiled)
+    run()
+    step = twin._decoders[next(k for k in reversed(twin._decoders) if k[-2:] == (attention, compiled))].decoder
     P = len(prompts[0])  # the bench's prompts are all one length: back to the first decode slot
     step.slot.fill_(P)
     step.pos.fill_(P)
@@ -39,7 +43,18 @@ def profile_step(twin, prompts, new):
         for _ in range(8):
             step.eager()
         torch.cuda.synchronize()
+    print(f"--- one decode step ({attention}{', compiled' if compiled else ''}), 8 steps' kernels:")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    gpu = sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
+    print(f"--- one sample() call ({attention}{', compiled' if compiled else ''}): wall {wall * 1e3:.1f} ms "
+          f"(profiled), GPU kernels {gpu:.1f} ms")
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=70))
 
 
 def main():
@@ -48,7 +63,9 @@ def main():
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--prompt", type=int, default=20)
     p.add_argument("--new", type=int, default=48)
-    p.add_argument("--profile", action="store_true", help="also print the GPU kernels of one eager decode step")
+    p.add_argument("--variants", default="sdpa,matmul+c,reduce+c",
+                   help="attention kinds of the recorded decode step, +c: compiled")
+    p.add_argument("--profile", action="store_true", help="also print the GPU kernels of RL's decode step (reduce, compiled)")
     a = p.parse_args()
     model, _ = load_any(a.checkpoint)
     model = model.cuda().eval()
@@ -58,22 +75,22 @@ def main():
     twin = sampling_copy(model)
     gen = torch.Generator("cuda").manual_seed(0)
     rows = {}
-    for attention in ("sdpa", "matmul"):
-        for compiled in (False, True):
-            name = f"gpt2pipe sampler (bf16, CUDA graph, {attention} attention{', compiled' if compiled else ''})"
-            try:
-                rows[name] = timed(lambda: sample(twin, prompts, a.new, 1.0, None, gen, attention=attention,
-                                                  compiled=compiled))
-            except Exception as e:  # noqa: BLE001 - a variant that fails is reported, the others still run
-                print(f"{name}: {type(e).__name__}: {str(e)[:300]}")
+    for variant in a.variants.split(","):
+        attention, compiled = variant.removesuffix("+c"), variant.endswith("+c")
+        name = f"gpt2pipe sampler (bf16, CUDA graph, {attention} attention{', compiled' if compiled else ''})"
+        try:
+            rows[name] = timed(lambda: sample(twin, prompts, a.new, 1.0, None, gen, attention=attention,
+                                              compiled=compiled))
+        except Exception as e:  # noqa: BLE001 - a variant that fails is reported, the others still run
+            print(f"{name}: {type(e).__name__}: {str(e)[:300]}")
     rows["gpt2pipe sampler (bf16, eager)"] = timed(lambda: sample(twin, prompts, a.new, 1.0, None, gen,
                                                                   cuda_graph=False))
-    same = [sample(twin, prompts, a.new, 0.0, None, None, attention=v, compiled=c).tokens
-            for v, c in (("sdpa", False), ("matmul", False), ("matmul", True))]
-    print("greedy tokens equal to sdpa's: matmul", (same[1] == same[0]).float().mean().item(),
-          "matmul compiled", (same[2] == same[0]).float().mean().item())
     if a.profile:
-        profile_step(twin, prompts, a.new)
+        for variant in (("reduce", True),):
+            try:
+                profile_step(twin, prompts, a.new, *variant)
+            except Exception as e:  # noqa: BLE001 - a profile that fails leaves the timings standing
+                print(f"profile {variant}: {type(e).__name__}: {e}")
     from transformers import GPT2LMHeadModel
 
     from gpt2pipe.model.formats.hf import to_hf

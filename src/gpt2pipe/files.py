@@ -85,3 +85,18 @@ def jsonl_objects(path: Path, expected: str):
             if not isinstance(row, dict):
                 raise Gpt2pipeError(f"{path}:{n}: expected {expected}")
             yield n, row
+
+
+def content_digest(path: str | Path) -> str:
+    """sha256 (16 hex digits) of a file, or of a folder's files (names and contents, in name order): a
+    starting model may be one .pt/.bin file or a Hugging Face folder."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_dir():
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    h = hashlib.sha256()
+    for p in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{p.relative_to(path)}\0{content_digest(p)}\0".encode())
+    return h.hexdigest()[:16]

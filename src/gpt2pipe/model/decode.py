@@ -33,7 +33,9 @@ class CachedGPT:
 
     def __init__(self, model: GPT, batch: int, slots: int, attention: str = "sdpa"):
         cfg = model.config
-        self.attention = attention  # "sdpa", or "matmul": one query a row, written out (decode steps)
+        # "sdpa"; "matmul": written out; "reduce": decode steps as broadcast products summed (for the compiled
+        # step), a prefill as "matmul"
+        self.attention = attention
         p = next(model.parameters())
         self.model, self.cfg, self.slots = model, cfg, slots
         self.decoder: Decoder | None = None  # sample()'s recorded decode step over this cache, kept with it
@@ -80,7 +82,14 @@ class CachedGPT:
         K, V = self.k[layer], self.v[layer]
         if G != H:
             K, V = K.repeat_interleave(H // G, 1), V.repeat_interleave(H // G, 1)
-        if self.attention == "matmul":
+        if self.attention == "reduce" and T == 1:
+            # one query a row: q.K and p.V as broadcast products summed over D and over the slots, which the
+            # compiled step fuses into one pass over each cache tensor (batched matmuls of one row ran as
+            # slow small-GEMM and GEMV kernels: 40% of a decode step's GPU time on the H200)
+            att = (q.float() * K.float()).sum(-1).unsqueeze(2) * D ** -0.5  # [B, H, 1, slots]
+            p = att.masked_fill(~mask, float("-inf")).softmax(-1)
+            y = (p.transpose(-2, -1) * V.float()).sum(-2, keepdim=True).to(q.dtype)  # [B, H, 1, D]
+        elif self.attention in ("matmul", "reduce"):
             att = (q @ K.transpose(-2, -1)).float() * D ** -0.5
             y = (att.masked_fill(~mask, float("-inf")).softmax(-1).to(V.dtype) @ V)
         else:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gpt2pipe import Gpt2pipeError
 from gpt2pipe.config import digest
+from gpt2pipe.files import content_digest
 from gpt2pipe.model import checkpoint
 from gpt2pipe.train.loop import RunPaths
 from gpt2pipe.train.state import saved_states
@@ -29,12 +30,8 @@ NOT_IDENTITY = {"checkpoint_every", "forward_batch", "eval_prompts", "steps"}  #
 def identity(rl_raw: dict, init: str, model_raw: dict) -> dict:
     """What decides the RL run, with a digest of the starting weights: a retrained run's final checkpoint has
     the same path and shape, and RL from it must not resume a state trained from the earlier weights."""
-    import hashlib
-
-    with open(init, "rb") as f:
-        weights = hashlib.file_digest(f, "sha256").hexdigest()[:16]
     return {"rl": {k: v for k, v in rl_raw.items() if k not in NOT_IDENTITY}, "init": str(init),
-            "model": digest(model_raw), "weights": weights}
+            "model": digest(model_raw), "weights": content_digest(init)}
 
 
 class RLPaths(RunPaths):
