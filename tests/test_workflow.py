@@ -300,7 +300,7 @@ def test_a_reward_model_section_trains_it_and_rl_scores_with_it(workdir):
     and a reward-model setting reruns the reward model and RL alone (each stage's config rule names it)."""
     snakemake(workdir)  # a finished run; rl_state/ keeps the previous test's RL state, which RL sets aside
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())
-    cfg["reward_model"] = {"pairs": "sentiment", "num_prompts": 64, "prompt_tokens": 4, "response_tokens": 8,
+    cfg["reward_model"] = {"pairs": "sentiment", "num_prompts": 64, "pairs_per_prompt": 1, "prompt_tokens": 4, "response_tokens": 8,
                            "margin": 0.0, "eval_pairs": 4, "batch_size": 4, "forward_batch": 4, "max_tokens": 16}
     cfg["rl"] = {"reward": "reward_model", "value_from_reward_model": True, "steps": 2, "batch_size": 4,
                  "mini_batch_size": 4, "forward_batch": 4, "max_new_tokens": 4, "prompt_tokens": 4, "num_prompts": 8,

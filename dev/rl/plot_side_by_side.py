@@ -1,7 +1,12 @@
-"""The GRPO side-by-side figure of docs/rl.md: reward per step and reward against KL per token, ours
-(`gpt2pipe rl` rl.log) and TRL's GRPOTrainer (dev/rl/trl_grpo.py's tsv).
+"""The side-by-side figures of docs/rl.md: reward per step and reward against KL, ours (`gpt2pipe rl`'s rl.log)
+and TRL's (dev/rl/trl_grpo.py's or dev/rl/trl_ppo.py's tsv).
 
-    python dev/rl/plot_side_by_side.py docs/rl_124m_grpo_side_by_side.log docs/rl_124m_grpo_trl.tsv docs/rl_124m_grpo_vs_trl.png
+    python dev/rl/plot_side_by_side.py grpo docs/rl_124m_grpo_side_by_side.log docs/rl_124m_grpo_trl.tsv docs/rl_124m_grpo_vs_trl.png
+    python dev/rl/plot_side_by_side.py ppo docs/rl_124m_ppo_side_by_side.log docs/rl_124m_ppo_trl.tsv docs/rl_124m_ppo_vs_trl.png
+
+KL: GRPO per token (TRL logs the mean k3 estimate per token; ours the summed log-ratio per response, divided
+here by the response length); PPO per response (both log the summed log-ratio of each response, TRL's without
+the <|endoftext|> token: GPT-2's pad token is its end token, and TRL masks padding).
 """
 
 import csv
@@ -12,23 +17,25 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+TRAINER = {"grpo": "TRL GRPOTrainer (1.16.0)", "ppo": "TRL PPOTrainer (0.29.1)"}
+
 
 def rows(path):
     with open(path) as f:
         return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f, delimiter="\t")]
 
 
-def main(ours_path, trl_path, out):
+def main(algorithm, ours_path, trl_path, out):
     ours, trl = rows(ours_path), rows(trl_path)
-    # ours logs the summed log-ratio per response; TRL the mean k3 estimate per token: both per token here
-    ours_kl = [r["kl"] / r["response_length"] for r in ours]
+    per_token = algorithm == "grpo"
+    ours_kl = [r["kl"] / r["response_length"] if per_token else r["kl"] for r in ours]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot([r["step"] for r in ours], [r["reward_mean"] for r in ours], label="gpt2pipe rl (grpo)")
-    a.plot([r["step"] for r in trl], [r["reward_mean"] for r in trl], label="TRL GRPOTrainer")
+    for kl, data, label in ((ours_kl, ours, f"gpt2pipe rl ({algorithm})"), ([r["kl"] for r in trl], trl, TRAINER[algorithm])):
+        a.plot([r["step"] for r in data], [r["reward_mean"] for r in data], label=label)
+        b.plot(kl, [r["reward_mean"] for r in data], "o-", ms=3, label=label)
     a.set(xlabel="step (256 responses)", ylabel="mean VADER reward of the step's samples", title="reward")
-    b.plot(ours_kl, [r["reward_mean"] for r in ours], "o-", ms=3, label="gpt2pipe rl (grpo)")
-    b.plot([r["kl"] for r in trl], [r["reward_mean"] for r in trl], "o-", ms=3, label="TRL GRPOTrainer")
-    b.set(xlabel="KL to the reference, nats per token", ylabel="mean reward", title="reward against KL")
+    b.set(xlabel=f"KL to the reference, nats per {'token' if per_token else 'response'}", ylabel="mean reward",
+          title="reward against KL")
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -37,4 +44,4 @@ def main(ours_path, trl_path, out):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

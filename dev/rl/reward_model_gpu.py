@@ -25,13 +25,12 @@ import torch
 import yaml
 
 
-# The reward model: pairs of the 124M model's own continuations of its val shard's ~1,350 document starts (8
-# pairs a prompt, ties and VADER differences under 0.2 dropped), 2 epochs at lm-human-preferences' rate;
-# ~3 s sampling, ~15 s training on an H200. Then PPO as dev/rl/gpt2_124M_local.yaml's sentiment run (whose
-# VADER reward rose 0.16 -> 0.37 in 25 steps), the reward model scoring and starting the value model.
-RM = {"pairs": "sentiment", "num_prompts": 4096, "pairs_per_prompt": 8, "prompt_tokens": 32, "response_tokens": 24,
-      "temperature": 0.7, "margin": 0.2, "eval_pairs": 512, "epochs": 2, "batch_size": 32, "forward_batch": 64,
-      "learning_rate": 5e-5, "max_tokens": 64}
+# The reward model: the stage's defaults (64 pairs of the 124M model's own continuations of each of its val
+# shard's ~1,350 document starts, ties and VADER differences under 0.2 dropped, one epoch at 1e-4 in batches of
+# 64; ~10 s sampling, ~60 s training on an H200), on 32-token prefixes and 24-token continuations. Then PPO as
+# dev/rl/gpt2_124M_local.yaml's sentiment run, the reward model scoring and starting the value model.
+RM = {"pairs": "sentiment", "num_prompts": 4096, "prompt_tokens": 32, "response_tokens": 24, "temperature": 0.7,
+      "eval_pairs": 512, "forward_batch": 64, "max_tokens": 64}
 RL = {"reward": "reward_model", "value_from_reward_model": True, "steps": 40, "checkpoint_every": 20,
       "eval_prompts": 256}
 SMOKE = bool(int(__import__("os").environ.get("RM_SMOKE", "0")))
