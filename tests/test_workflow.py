@@ -374,13 +374,16 @@ def test_a_changed_setting_retrains_by_itself_and_going_back_resumes(dot_test):
     run = dot_test / "results" / "tiny"
     first = (run / "train" / "train.log").read_text()
     set_learning_rate(dot_test, 0.002)
-    plan = snakemake(dot_test, "--dry-run", configfile="config/config.yaml")
-    assert "before: 'train.learning_rate=0.003' now: 'train.learning_rate=0.002'" in plan
-    assert "run_name: tiny" not in plan and "written by the workflow" not in plan  # no YAML document in params
-    compact = snakemake(dot_test, "--dry-run", "--quiet", "rules", "host", configfile="config/config.yaml")
-    assert len(compact.splitlines()) < 60, compact
+    plan = snakemake(dot_test, "--dry-run", configfile="config/config.yaml")  # as typed: the default profile
+    assert len(plan.splitlines()) < 60, plan
     assert "train settings changed since results/tiny/config/train.yaml was written: " \
-           "train.learning_rate: 0.003 -> 0.002" in compact
+           "train.learning_rate: 0.003 -> 0.002" in plan
+    assert re.search(r"^train\s+1$", plan, re.M) and re.search(r"^evaluate\s+2$", plan, re.M)  # which jobs
+    assert re.search(r"params have changed since last execution:\n\s+.*\btrain_config\b", plan), plan  # and why
+    jobs = snakemake(dot_test, "--dry-run", "--quiet", "host", configfile="config/config.yaml")  # job by job
+    assert "before: 'train.learning_rate=0.003' now: 'train.learning_rate=0.002'" in jobs
+    assert "run_name: tiny" not in jobs and "written by the workflow" not in jobs  # no YAML document in params
+    assert "rule train:" in jobs and "rule train:" not in plan
     snakemake(dot_test, configfile="config/config.yaml")
     second = (run / "train" / "train.log").read_text()
     assert second != first and [ln for ln in second.splitlines() if " trl:" in ln][0].startswith("s:0 ")
