@@ -249,6 +249,27 @@ def test_resume_after_a_crash_is_exact(rl_setup, monkeypatch):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_rl_starts_from_a_hugging_face_folder(rl_setup):
+    """rl.init_from may be an exported Hugging Face folder (it crashed hashing a folder as a file): the run's
+    identity digests the folder's files, so new weights there are another run, not a resume."""
+    from gpt2pipe.files import content_digest
+    from gpt2pipe.model.formats.hf import to_hf
+    from gpt2pipe.model.load import load_any
+
+    raw, run_dir = rl_setup
+    hf = run_dir.parent / "hf"
+    to_hf(load_any(raw["rl"]["init_from"])[0], hf)
+    raw["rl"].update(init_from=str(hf), steps=2, checkpoint_every=2, batch_size=16, mini_batch_size=8)
+    out = run(config.from_dict(raw), run_dir, progress=False)
+    assert out["final_step"] == 2 and len(rl_log(run_dir)) == 2
+    before = content_digest(hf)
+    weights = next(hf.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    assert content_digest(hf) != before
+    with pytest.raises(Gpt2pipeError, match=r"other settings \(the weights of .*hf \(retrained\)\)"):
+        run(config.from_dict(raw), run_dir, resume=True, progress=False)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"reward": "{tmp}/rewards.py:nan_reward"}, "nan_reward returned nan for response 0"),
     ({"reward": "{tmp}/rewards.py:short_reward"}, "short_reward returned 7 values for 8 responses"),
