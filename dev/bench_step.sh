@@ -46,7 +46,7 @@ if [ "${DIAG:-0}" = 1 ]; then
   MODES=${MODES:-compile-padded,compile,compile-sliced,compile-cudnn,compile-model}
   EXTRA=(--no-kernel-table --steps 3 --warmup 1)
 else
-  MODES=${MODES:-kernels,kernels-fp8,kernels-fp8-head,kernels-unfused,compile,compile-max}
+  MODES=${MODES:-kernels,kernels-fp8,kernels-fp8-head,kernels-unfused,nanogpt,compile,compile-max}
   EXTRA=(--steps 5 --warmup 2)
 fi
 timeout -k 10 "$(left)" $PY -m gpt2pipe bench --size "$SIZE" --modes "$MODES" \

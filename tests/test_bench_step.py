@@ -326,7 +326,7 @@ def test_bench_end_to_end_on_cpu(fake_llmc, monkeypatch):
     monkeypatch.setitem(GPT2_SIZES, "tiny", TINY)
     monkeypatch.setattr(llmc, "DEPTH", {**llmc.DEPTH, "tiny": "d12"})
     monkeypatch.setenv("FAKE_MS", "0.5,0.3,0.3")
-    modes = ("kernels", "kernels-dw-bf16", "kernels-unfused", "eager", "compile", "compile-sliced")
+    modes = ("kernels", "kernels-dw-bf16", "kernels-unfused", "eager", "nanogpt", "compile", "compile-sliced")
     partials = []
     text = step_table.run(("tiny",), seq_len=16, total_batch=16 * 4 * 2, modes=modes,
                      micro_batch={(None, m): 4 for m in (*modes, "llmc")}, steps=2, warmup=1, kernels=False,
@@ -334,14 +334,17 @@ def test_bench_end_to_end_on_cpu(fake_llmc, monkeypatch):
     assert "FAILED" not in text, text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and
             not line.startswith("| mode")}
-    assert list(rows) == ["kernels", "kernels-dw-bf16", "kernels-unfused", "eager", "compile (baseline)",
-                          "compile-sliced (baseline)", "llmc (baseline)"]
+    assert list(rows) == ["kernels", "kernels-dw-bf16", "kernels-unfused", "eager", "nanogpt (baseline)",
+                          "compile (baseline)", "compile-sliced (baseline)", "llmc (baseline)"]
     assert "fastest baseline measured here: llmc (0.3 ms/step)" in text  # the stand-in's timed steps
     losses = {m: [float(x) for x in re.findall(r"[0-9.]+", re.search(rf"- {m}: losses \[([^\]]*)\]", text)[1])]
               for m in ("kernels", "kernels-dw-bf16", "kernels-unfused", "eager", "compile", "compile-sliced")}
     assert losses["compile"][0] == pytest.approx(losses["eager"][0], rel=1e-3)
     assert losses["compile-sliced"][0] == pytest.approx(losses["eager"][0], rel=1e-3)
     assert losses["kernels"] == losses["kernels-dw-bf16"] == losses["kernels-unfused"]  # CPU: nothing to switch
+    # the reference recipe: its own model (torch's default init) and optimizer, learning on the same tokens
+    nano = [float(x) for x in re.findall(r"[0-9.]+", re.search(r"- nanogpt: losses \[([^\]]*)\]", text)[1])]
+    assert len(nano) == 3 and nano[-1] < nano[0]
     assert len(partials) == len(modes) + 2 and "| llmc" in partials[-1]
 
 

@@ -1,8 +1,9 @@
 """The modes `gpt2pipe bench` times a training step in, and each one's default micro-batch per GPT-2 size.
 
 Our kernels (bf16, fp8, with recompute, with the classifier's weight gradient summed in bf16, without the
-fusions), torch eager, the torch.compile recipes (bench/compiled.py) and llm.c (with --llmc). The baselines,
-which the ratios are against, are the compile* modes and llm.c.
+fusions), torch eager, the torch.compile recipes (bench/compiled.py), the reference nanoGPT step
+(bench/nanogpt_ref.py) and llm.c (with --llmc). The baselines, which the ratios are against, are nanogpt, the
+compile* modes and llm.c.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ KERNEL_MODES = ("kernels", "kernels-fp8", "kernels-fp8-qkv", "kernels-fp8-head",
                 "kernels-dw-bf16", "kernels-unfused")
 # the GEMMs each fp8 mode runs in fp8: kernels-fp8 is what train.fp8 runs by default (train.fp8_gemms)
 FP8_MODES = {"kernels-fp8": ("mlp",), "kernels-fp8-qkv": ("mlp", "qkv"), "kernels-fp8-head": ("mlp", "head")}
-MODES = (*KERNEL_MODES, "eager", *compiled.RECIPES)  # what --modes takes (and "llmc" with --llmc)
+MODES = (*KERNEL_MODES, "eager", "nanogpt", *compiled.RECIPES)  # what --modes takes (and "llmc" with --llmc)
 # compile-max last: it takes longest, and its CUDA-graph check compares it with compile (run before it)
-DEFAULT_MODES = ("kernels", "kernels-fp8", "kernels-fp8-head", "kernels-unfused", "compile", "compile-max")
+DEFAULT_MODES = ("kernels", "kernels-fp8", "kernels-fp8-head", "kernels-unfused", "nanogpt", "compile",
+                 "compile-max")
 # micro-batch per size and mode family (kernels*, eager, compile*, llmc): what fits 80 GB with room to spare
 # (a compiled mode that runs out of memory is recompiled at half the size, which costs minutes)
 MICRO_BATCH = {
@@ -31,12 +33,12 @@ MICRO_BATCH = {
 def micro_batch_for(size: str, mode: str) -> int:
     """The default micro-batch of a mode at a GPT-2 size (other sizes: 124M's)."""
     table = MICRO_BATCH.get(size, MICRO_BATCH["124M"])
-    family = mode if mode in table else "compile" if mode.startswith("compile") else "kernels"
+    family = mode if mode in table else "compile" if is_baseline(mode) else "kernels"  # nanogpt: compile's
     return table[family]
 
 
 def is_baseline(mode: str) -> bool:
-    return mode.startswith("compile") or mode == "llmc"
+    return mode.startswith("compile") or mode in ("nanogpt", "llmc")
 
 
 def parse_micro_batch(items: list[str]) -> dict[tuple[str | None, str], int]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from gpt2pipe import Gpt2pipeError, distributed
-from gpt2pipe.bench import compiled
+from gpt2pipe.bench import compiled, nanogpt_ref
 from gpt2pipe.bench.comm import CommTime, comm_time_of_trace
 from gpt2pipe.bench.modes import FP8_MODES, KERNEL_MODES, MODES
 from gpt2pipe.config import ModelConfig
@@ -88,7 +88,8 @@ def kernel_switches(mode: str):
 class _Step:
     """One optimizer step of `total_batch` tokens on this process's share of the micro-batches: our flat
     ZeRO-1 AdamW on the kernels paths, torch's fused AdamW under DDP (bucketed all-reduce, synchronised only
-    on the last micro-batch) on the torch paths — what the training loop uses for each."""
+    on the last micro-batch) on the torch paths — what the training loop uses for each; `nanogpt` the
+    reference recipe's own model and optimizer (bench/nanogpt_ref.py)."""
 
     def __init__(self, mode: str, cfg: ModelConfig, micro_batch: int, seq_len: int, total_batch: int,
                  world: World, compile_mode: str | None = None):
@@ -101,16 +102,22 @@ class _Step:
         self.world, self.mode = world, mode
         torch.manual_seed(0)  # same weights and data on every process and in every mode
         self.t = from_dict({}).train  # the 124M recipe's optimizer: lr 6e-4, betas 0.9/0.95, decay 0.1, clip 1
-        self.kernels = mode in KERNEL_MODES
-        model = GPT(cfg, ops="kernels" if self.kernels else "torch", recompute=mode == "kernels-recompute")
-        model = model.to(self.device)
-        if mode in FP8_MODES:
-            from gpt2pipe.ops.fp8 import convert_to_fp8
+        self.kernels, self.nanogpt = mode in KERNEL_MODES, mode == "nanogpt"
+        with torch.device("meta"):
+            self.flops = GPT(cfg).flops_per_token(seq_len) * total_batch  # our count for every mode
+        if self.nanogpt:  # the reference recipe: its own model and optimizer (bench/nanogpt_ref.py)
+            model = nanogpt_ref.NanoGPT(cfg).to(self.device)
+            self.opt = nanogpt_ref.optimizer(model, self.t.learning_rate)
+        else:
+            model = GPT(cfg, ops="kernels" if self.kernels else "torch", recompute=mode == "kernels-recompute")
+            model = model.to(self.device)
+            if mode in FP8_MODES:
+                from gpt2pipe.ops.fp8 import convert_to_fp8
 
-            convert_to_fp8(model, FP8_MODES[mode])
+                convert_to_fp8(model, FP8_MODES[mode])
+            self.opt = make_flat_optimizer(model, self.t, world) if self.kernels else make_optimizer(
+                model, self.t, self.device)
         self.model = model
-        self.opt = make_flat_optimizer(model, self.t, world) if self.kernels else make_optimizer(model, self.t,
-                                                                                                  self.device)
         self.amp = contextlib.nullcontext() if self.kernels else torch.autocast(self.device.type, dtype=torch.bfloat16)
         self.ddp = None
 
@@ -124,7 +131,9 @@ class _Step:
             return self.ddp
 
         recipe = compiled.RECIPES.get(mode)
-        if recipe is not None:
+        if self.nanogpt:
+            self.runner, self.returns_logits, self.hold_logits = torch.compile(wrap(model)), False, False
+        elif recipe is not None:
             self.runner, self.returns_logits = compiled.build(model, recipe, wrap, compile_mode)
             self.hold_logits = recipe.hold_logits
         else:  # kernels (which return no logits with a loss) and eager
@@ -142,7 +151,6 @@ class _Step:
                              device=self.device)
         self.data = data[world.rank * self.accum : (world.rank + 1) * self.accum].clone()
         del data
-        self.flops = model.flops_per_token(seq_len) * total_batch
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean loss over the step, pre-clip gradient norm), both on the device."""
@@ -170,7 +178,8 @@ class _Step:
                     loss = out
                 (loss / self.accum).backward()
                 total += loss.detach()
-            norm = optimizer_step(self.opt, self.t.learning_rate)
+            norm = nanogpt_ref.update(self.opt, self.model) if self.nanogpt else optimizer_step(self.opt,
+                                                                                                 self.t.learning_rate)
         return distributed.mean(total / self.accum, self.world), norm
 
 

@@ -149,15 +149,17 @@ def register(sub) -> None:
                    "%(default)s)")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--total-batch", type=int, default=524288, help="tokens per optimizer step (default: %(default)s)")
-    p.add_argument("--modes", default="kernels,kernels-fp8,kernels-fp8-head,kernels-unfused,compile,compile-max",
+    p.add_argument("--modes", default="kernels,kernels-fp8,kernels-fp8-head,kernels-unfused,nanogpt,compile,compile-max",
                    help="comma-separated, in order: kernels, kernels-fp8, kernels-recompute, kernels-dw-bf16 "
                    "(classifier weight gradient summed in bf16, to show what fp32 costs), kernels-fp8-qkv and "
                    "kernels-fp8-head (fp8 also for the qkv GEMM's forward / the LM head's logits), kernels-unfused "
-                   "(without the GELU epilogue and packed-qkv fusions), eager, compile (nanoGPT's recipe: one "
+                   "(without the GELU epilogue and packed-qkv fusions), eager, nanogpt (the project's reference "
+                   "nanoGPT step: its own model and fused AdamW, bench/nanogpt_ref.py), compile (nanoGPT's "
+                   "recipe on our model: one "
                    "compiled graph from tokens to the loss), compile-max (mode max-autotune; without CUDA "
                    "graphs if they fail), compile-max-nocg, and the diagnostic variants compile-cudnn, "
                    "compile-sliced, compile-padded, compile-model, compile-model-drop "
-                   "(bench/compiled.py). Ratios are against the fastest compile* or llmc row "
+                   "(bench/compiled.py). Ratios are against the fastest nanogpt, compile* or llmc row "
                    "(default: %(default)s)")
     p.add_argument("--micro-batch", nargs="*", default=[], metavar="[SIZE:]MODE=B",
                    help="micro-batch of a mode, for every size or one (compile=32 350M:kernels=32); defaults "
