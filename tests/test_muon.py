@@ -61,6 +61,23 @@ def test_packed_matrices_are_orthogonalised_as_their_parts():
         assert 0.6 <= s.min() and s.max() <= 1.25
 
 
+def test_batched_newton_schulz_equals_each_matrix_on_its_own():
+    """orthogonal_updates stacks the blocks of one shape (tall ones transposed to wide) into one batched
+    iteration: each result is the block's own orthogonal_update, to bf16 rounding, in its own orientation and
+    with its own shape's scale."""
+    from gpt2pipe.train.muon import orthogonal_update, orthogonal_updates
+
+    torch.manual_seed(0)
+    gs = [torch.randn(96, 32), torch.randn(32, 96), torch.randn(32, 32), torch.randn(64, 32), torch.randn(32, 96)]
+    blocks = [[32, 32, 32], None, None, None, None]  # a packed qkv, a wide, a square, a tall, another wide
+    batched = orthogonal_updates(gs, blocks)
+    for g, b, u in zip(gs, blocks, batched):
+        alone = orthogonal_update(g, b)
+        assert u.shape == g.shape and u.dtype == torch.float32
+        torch.testing.assert_close(u, alone, rtol=0, atol=2e-2 * alone.abs().max().item())
+    assert batched[3].norm() > batched[4].norm() * 1.2  # the tall block's scale sqrt(2) survived the transpose
+
+
 def test_owners_balance_the_matrices_by_size():
     sizes = [300, 100, 100, 100, 50, 50]
     own = owners(sizes, 2)
