@@ -1,4 +1,4 @@
-"""Where an RL step's time goes: `gpt2pipe rl` with its usual arguments, one step (PROFILE_STEP, default 4)
+"""Where an RL step's time goes (`PART=profile dev/rl/side_by_side.sh` on the GPU): `gpt2pipe rl` with its usual arguments, one step (PROFILE_STEP, default 4)
 under torch.profiler with the parts labelled (sampling, texts, reward, log-probabilities, values, each update
 pass's forward and optimizer steps), then the table of labelled parts (wall and GPU time) and the top GPU
 kernels. Nothing of the package changes: the labels wrap its functions from here.

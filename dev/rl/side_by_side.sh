@@ -8,6 +8,8 @@
 #              ($RM_VARIANTS: JSON objects separated by ';', trained side by side, no PPO)
 #   PART=ppo:  GPU tests of rl -> `gpt2pipe rl` PPO and TRL's PPOTrainer, $STEPS steps each (dev/rl/trl_ppo.py's
 #              settings) -> the reward-model path with $RM_SET (reward model, PPO against it, VADER held out)
+#   PART=profile: where the time goes: the sampler's kernels (--profile), then one profiled GRPO step and one
+#              PPO step with the settings above (dev/rl/profile_rl.py)
 set -uo pipefail
 OUT=${OUT:-dev/rl/out}; STEPS=${STEPS:-30}; PART=${PART:-grpo}
 mkdir -p "$OUT"
@@ -22,9 +24,16 @@ python3 -m gpt2pipe corpus -c $cfg && python3 -m gpt2pipe tokenize -c $cfg
 timeout 200 python3 -m gpt2pipe train -c $cfg --no-progress --restart 2>&1 | grep -E "step +(1|100|200)/|val|gpt2pipe|Error"
 python3 dev/rl/trl_grpo.py prompts $shards /tmp/prompts.jsonl
 python3 -m gpt2pipe export --checkpoint $ck --format hf --out /tmp/hf
-ours="python3 -m gpt2pipe rl -c $cfg --no-progress --restart --set rl.prompts=/tmp/prompts.jsonl --set rl.steps=$STEPS
-      --set rl.checkpoint_every=1000"
-if [ "$PART" = grpo ]; then
+opts="--no-progress --restart --set rl.prompts=/tmp/prompts.jsonl --set rl.checkpoint_every=1000"
+ours="python3 -m gpt2pipe rl -c $cfg $opts --set rl.steps=$STEPS"
+if [ "$PART" = profile ]; then
+    timeout 150 python3 dev/rl/sampler_bench.py $ck --profile 2>&1 | grep -v -i warn
+    prof="python3 dev/rl/profile_rl.py -c $cfg $opts --set rl.steps=6"  # the profiled step: 4 (PROFILE_STEP)
+    timeout 80 $prof --run-dir results/prof_grpo \
+        --set rl.algorithm=grpo --set rl.learning_rate=1e-5 2>&1 | grep -v -i warn
+    timeout 80 $prof --run-dir results/prof_ppo \
+        --set rl.kl_target=null --set rl.grad_clip=0 --set rl.learning_rate=3e-5 2>&1 | grep -v -i warn
+elif [ "$PART" = grpo ]; then
     timeout 150 python3 dev/rl/sampler_bench.py $ck ${BENCH_ARGS:---profile} 2>&1 | grep -v -i warn
     timeout 100 $ours --run-dir results/grpo_side --set rl.algorithm=grpo --set rl.learning_rate=1e-5
     cp results/grpo_side/rl/rl.log "$OUT/ours_grpo.log"
