@@ -41,3 +41,29 @@ def test_val_budget_past_the_split_scores_it_once(tiny, tiny_shards):
     exact = val_loss(model, loader, loader.per_epoch * 2 * tiny.train.seq_len, torch.device("cpu"),
                      torch.autocast("cpu", enabled=False))
     assert len(calls) == loader.per_epoch and exact == whole
+
+
+def test_an_rl_checkpoint_of_another_shape_is_evaluated_with_its_own(tiny, tiny_shards, tmp_path, capsys):
+    """The workflow's rl_evaluate: an RL policy has rl.init_from's shape, which need not be the run's model
+    section; --own-shape takes it from the checkpoint (without it, the shape check refuses the file)."""
+    import dataclasses
+
+    import yaml
+
+    from gpt2pipe.cli import main
+    from gpt2pipe.model import checkpoint
+    from gpt2pipe.model.gpt import GPT
+
+    other = GPT(dataclasses.replace(tiny.model, n_layer=1))
+    ck = tmp_path / "rl" / "model_000002.pt"
+    checkpoint.save(ck, other, 2, rl_step=2)  # as the rl stage writes its checkpoints
+    hs = tmp_path / "hs.bin"
+    hellaswag.write_bin(hs, hellaswag.read_jsonl(hellaswag.demo_jsonl(), max_examples=8))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny.raw))
+    args = ["evaluate", "-c", str(cfg), "--checkpoint", str(ck), "--shards", str(tiny_shards), "--hellaswag", str(hs),
+            "--out", str(tmp_path / "rl" / "evaluate_000002.json")]
+    assert main(args) == 2 and "checkpoint is for another model shape" in capsys.readouterr().err
+    assert main([*args, "--own-shape"]) == 0
+    result = json.loads((tmp_path / "rl" / "evaluate_000002.json").read_text())
+    assert result["step"] == 2 and result["val_loss"] > 0 and result["hellaswag_examples"] == 8

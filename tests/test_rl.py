@@ -240,10 +240,16 @@ def test_resume_after_a_crash_is_exact(rl_setup, monkeypatch):
     a, b = rl_log(straight), rl_log(run_dir)
     keys = [k for k in a[0] if not k.endswith("_s")]  # everything but the timings
     assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
-    (run_dir / "rl" / "model_000004.pt").unlink()  # as Snakemake deletes a failed job's outputs
-    (run_dir / "rl" / "rl.log").unlink()
+    held = [f"{kind}_{s:06d}.{ext}" for s in (0, 4) for kind, ext in (("eval", "json"), ("samples", "txt"))]
+    assert all((run_dir / "rl" / name).read_text() == (straight / "rl" / name).read_text() for name in held)
+    # as Snakemake deletes a job's declared outputs before it reruns it (layout.rl_outputs)
+    for name in ["model_000004.pt", "rl.log", *held]:
+        (run_dir / "rl" / name).unlink()
     run(cfg, run_dir, resume=True, progress=False)  # finished: republishes, trains nothing
     assert rl_log(run_dir) == b
+    # the held-out results made again, step 0's from the reference: the same as the straight run's
+    assert all((run_dir / "rl" / name).read_text() == (straight / "rl" / name).read_text() for name in held)
+    assert json.loads((run_dir / "rl" / "eval_000004.json").read_text())["samples"][0]["prompt"]
     wa = checkpoint.read(straight / "rl" / "model_000004.pt")["model"]
     wb = checkpoint.read(run_dir / "rl" / "model_000004.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -30,7 +30,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = load_config(args)
     ckpt = Path(args.checkpoint)
     out = args.out or cfg.run_dir / "eval" / f"{ckpt.stem.replace('model', 'step')}.json"
-    if is_foreign(ckpt) or args.configfile is None:  # foreign models, and ours without -c, bring their shape
+    # foreign models, ours without -c, and with --own-shape (an RL policy, shaped as rl.init_from) bring their shape
+    if is_foreign(ckpt) or args.configfile is None or args.own_shape:
         cfg = _with_model_of(cfg, ckpt)
     shards = None if args.skip_val else args.shards or layout.shard_dir(cfg.raw)
     result = evaluate_checkpoint(cfg, ckpt, shards, args.hellaswag, out)
@@ -60,13 +61,14 @@ def cmd_report(args: argparse.Namespace) -> None:
     from gpt2pipe.report import run
 
     cfg = load_config(args)
-    for path in (args.out, args.notebook_out, args.metrics):
+    for path in (args.out, args.notebook_out, args.metrics, args.rl_samples):
         if path is not None:  # papermill refuses a missing output folder with a traceback: make it, as make would
             if path.parent.exists() and not path.parent.is_dir():
                 raise Gpt2pipeError(f"{path.parent}: not a folder, cannot write {path.name} there")
             path.parent.mkdir(parents=True, exist_ok=True)
     run(cfg, evals=args.evals, out=args.out, notebook=args.notebook, notebook_out=args.notebook_out,
-        metrics=args.metrics, train_log=args.train_log, configfile=args.configfile, overrides=list(args.overrides))
+        metrics=args.metrics, train_log=args.train_log, configfile=args.configfile, overrides=list(args.overrides),
+        rl_log=args.rl_log, rl_evaluated=args.rl_evaluated, rl_samples=args.rl_samples)
 
 
 def _non_negative(text: str) -> int:
@@ -85,6 +87,8 @@ def register(sub) -> None:
     p.add_argument("--hellaswag", type=Path, help="HellaSwag .bin or .jsonl (omit to skip HellaSwag)")
     p.add_argument("--skip-val", action="store_true", help="no validation loss (no shards needed), e.g. to "
                    "score a downloaded GPT-2 on HellaSwag alone")
+    p.add_argument("--own-shape", action="store_true", help="take the model's shape from the checkpoint, not "
+                   "the config's model section (an RL checkpoint: shaped as rl.init_from)")
     p.add_argument("--out", type=Path, help="result JSON (default: <results>/<run>/eval/step_NNNNNN.json)")
 
     p = add_subcommand(sub, "sample", "generate text from a checkpoint", cmd_sample, config=False)
@@ -113,3 +117,12 @@ def register(sub) -> None:
                    "created if missing")
     p.add_argument("--notebook-out", type=Path, help="executed notebook (default: next to the PNG)")
     p.add_argument("--metrics", type=Path, help="metrics table, TSV (default: metrics.tsv next to the PNG)")
+    p.add_argument("--rl-log", type=Path, help="with an rl section: the RL stage's rl.log, its held-out results "
+                   "(eval_NNNNNN.json) beside it (default: <results>/<run>/rl/rl.log, left out while it does not "
+                   "exist)")
+    p.add_argument("--rl-evaluated", nargs=2, type=Path, metavar=("START", "FINAL"),
+                   help="evaluate results (val loss, HellaSwag) of the model RL started from and of its final policy "
+                   "(default: the workflow's, <run>/eval/step_NNNNNN.json or rl/evaluate_000000.json, and "
+                   "rl/evaluate_NNNNNN.json)")
+    p.add_argument("--rl-samples", type=Path, help="with an rl section: the responses of the pre-trained model and "
+                   "of the final policy side by side, markdown (default: rl_samples.md next to the PNG)")

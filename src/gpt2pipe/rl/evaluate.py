@@ -1,5 +1,6 @@
 """Score a policy on the held-out prompts: reward and KL to the reference (mean with a 95% interval), and a
-few of its responses as text, each file named by step (step 0: the pre-trained model itself)."""
+few of its responses (as text, and in the JSON with their rewards), each file named by step (step 0: the
+pre-trained model itself)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ def held_out(policy, ref, prompts, rl, reward_fn, ctx, step: int, out_dir, seed:
         kls.append(((exp.old_logp - exp.ref_logp) * exp.mask).sum(1).cpu())
         if i == 0:
             texts = [(p, r) for p, r in zip(exp.prompts[:shown], exp.responses[:shown])]
+            rewards = exp.scores[:shown].tolist()
     result["reward"], result["kl"] = _mean_ci(torch.cat(scores)), _mean_ci(torch.cat(kls))
+    # the shown responses with their rewards, for the report to set each step's beside step 0's (same prompts)
+    result["samples"] = [{"prompt": p, "response": r, "reward": s} for (p, r), s in zip(texts, rewards)]
     with atomic_path(out_dir / f"eval_{step:06d}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     body = "".join(f"--- prompt {k}\n{p}\n--- response (step {step})\n{r}\n" for k, (p, r) in enumerate(texts))

@@ -245,15 +245,34 @@ class _Run:
             self.paths.publish_log()
         distributed.barrier(self.world)
 
-    def evaluate(self, step: int) -> None:
+    def evaluate(self, step: int, model: GPT | None = None) -> None:
+        """The held-out results of `step`, of the policy (or of `model`: the reference, for step 0)."""
         if self.world.main and self.eval_prompts:
-            self.policy.eval()
-            self.sampler = sampling_copy(self.policy, self.sampler)
-            r = evaluate.held_out(self.policy, self.ref, self.eval_prompts, self.rl, self.reward_fn, self.ctx, step,
-                                  self.paths.out, self.rl.seed + 1, self.sampler)
+            if model is None:
+                self.policy.eval()
+                model = self.policy
+                self.sampler = sampler = sampling_copy(self.policy, self.sampler)
+            else:
+                sampler = sampling_copy(model)
+            r = evaluate.held_out(model, self.ref, self.eval_prompts, self.rl, self.reward_fn, self.ctx, step,
+                                  self.paths.out, self.rl.seed + 1, sampler)
             self.say(f"rl step {step}: held-out reward {r['reward']['mean']:.4f} ± {r['reward']['ci95']:.4f}, "
                      f"KL {r['kl']['mean']:.3f} ± {r['kl']['ci95']:.3f} ({r['reward']['n']} prompts)")
         distributed.barrier(self.world)
+
+    def remake_held_out(self) -> None:
+        """A resumed run makes again the held-out results the workflow declares that are missing (Snakemake
+        deletes a job's outputs before it reruns it): step 0's from the reference (the starting weights,
+        frozen), the resumed step's from the policy, with the same prompts and seeded draws."""
+        def missing(step: int) -> bool:  # process 0 writes them, and decides for all (each waits on a barrier)
+            gone = self.world.main and not all((self.paths.out / f"{kind}_{step:06d}.{ext}").exists()
+                                               for kind, ext in (("eval", "json"), ("samples", "txt")))
+            return distributed.any_rank(gone, self.world, self.device)
+
+        if missing(0):
+            self.evaluate(0, model=self.ref)
+        if self.step in self.rl.checkpoint_steps() and missing(self.step):
+            self.evaluate(self.step)
 
     def loop(self) -> dict:
         rl = self.rl
@@ -262,6 +281,7 @@ class _Run:
             self.evaluate(0)  # the pre-trained model's level, for the curve and the report
         else:
             self.truncate_log(self.step)
+            self.remake_held_out()
         from gpt2pipe.progress import tqdm
 
         bar = tqdm(total=rl.steps, initial=self.step, disable=not (self.progress and self.world.main), desc="rl",
