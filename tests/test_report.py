@@ -265,3 +265,159 @@ def test_a_compared_run_with_only_its_step_0_val_loss_is_compared_without_dividi
     lines = comparison_lines("mine", mine, [], 100, [{"name": "gpt2", "log": theirs, "evals": [],
                                                         "tokens_per_step": 1000}])
     assert lines == ["gpt2: final val loss 10.9000 at 0 tokens; mine reaches it at 1,000 tokens"]
+
+
+# --- the RL panel, table and samples (an rl section) ------------------------------------------------------
+
+RL_HEADER = ("step\treward_mean\treward_std\tkl\tkl_coef\tentropy\tpolicy_loss\tvalue_loss\tpolicy_clipfrac\t"
+             "value_clipfrac\tapproxkl\tresponse_length\trollout_s\tupdate_s\tsamples_per_s")
+
+
+def _rl_files(tmp_path) -> tuple[Path, list[Path]]:
+    """What the rl stage and the evaluate rules write for a 4-step run with checkpoints every 2 steps: rl.log,
+    held-out results of steps 0, 2, 4 (two responses each), and the evaluate results of start and final."""
+    rl = tmp_path / "run" / "rl"
+    rl.mkdir(parents=True)
+    rows = [(0, 0.10, 0.0), (1, 0.20, 1.5), (2, 0.30, 2.5), (3, 0.45, 3.5)]
+    (rl / "rl.log").write_text(RL_HEADER + "\n" + "".join(
+        f"{s}\t{r}\t0.2\t{k}\t0.05\t3.1\t0.01\t0.1\t0.1\t0.0\t0.01\t16\t0.5\t1.2\t20\n" for s, r, k in rows))
+    prompts = ["ROMEO:\nO, she doth", "JULIET | nurse"]
+    for step, reward, kl, responses in ((0, 0.05, 0.0, ["<b>not</b> here", "ill, ill"]),
+                                        (2, 0.25, 2.0, ["fair", "good"]),
+                                        (4, 0.55, 4.0, [" teach the torches\nto burn bright", "sweet love"])):
+        (rl / f"eval_{step:06d}.json").write_text(json.dumps({
+            "step": step, "reward": {"mean": reward, "ci95": 0.04, "n": 256}, "kl": {"mean": kl, "ci95": 0.3, "n": 256},
+            "samples": [{"prompt": p, "response": r, "reward": reward + i / 10}
+                        for i, (p, r) in enumerate(zip(prompts, responses))]}))
+    start, final = tmp_path / "run" / "eval" / "step_000020.json", rl / "evaluate_000004.json"
+    start.parent.mkdir()
+    start.write_text(json.dumps({"step": 20, "val_loss": 5.25, "hellaswag_acc_norm": 0.27, "hellaswag_acc": 0.26,
+                                 "hellaswag_examples": 200}))
+    final.write_text(json.dumps({"step": 4, "val_loss": 5.75, "hellaswag_acc_norm": 0.255, "hellaswag_acc": 0.25,
+                                 "hellaswag_examples": 200}))
+    return rl / "rl.log", [start, final]
+
+
+def _rl_config(tmp_path, **rl):
+    from gpt2pipe import config
+
+    from conftest import tiny_config
+
+    raw = tiny_config(tmp_path)
+    raw["rl"] = {"steps": 4, "checkpoint_every": 2, "kl_target": 3.0, "prompt_tokens": 8, "max_new_tokens": 8, **rl}
+    return config.from_dict(raw)
+
+
+def test_rl_panels_table_and_samples_from_the_rl_stage_outputs(tmp_path):
+    """Reward and KL per step (rl.log's batch means, the held-out means with their 95% intervals), reward against
+    KL, the start beside the final policy, and their responses to the same prompts side by side."""
+    from gpt2pipe import report_rl
+
+    rl_log, evaluated = _rl_files(tmp_path)
+    rl = report_rl.load(rl_log, evaluated, _rl_config(tmp_path).rl)
+    assert [r["step"] for r in rl["held_out"]] == [0, 2, 4] and rl["final_step"] == 4 and rl["kl_target"] == 3.0
+    evals = load_evals(_run_files(tmp_path))
+    fig = plot(tmp_path / "train.log", evals, tmp_path / "out.png", tokens_per_step=2048, rl=rl)
+    assert len(fig.axes) == 5
+    ax_reward, ax_kl, ax_both = fig.axes[2:]
+    assert list(ax_reward.lines[0].get_ydata()) == [0.10, 0.20, 0.30, 0.45]
+    assert list(ax_kl.lines[0].get_ydata()) == [0.0, 1.5, 2.5, 3.5]
+    bars = [c for c in ax_reward.containers if c.has_yerr][0]
+    assert list(bars.lines[0].get_ydata()) == [0.05, 0.25, 0.55]
+    assert bars.lines[2][0].get_segments()[2][:, 1] == pytest.approx([0.51, 0.59])  # 0.55 +- 0.04
+    assert "KL target (3)" in [t.get_text() for t in ax_kl.get_legend().get_texts()]
+    trade = [c for c in ax_both.containers if c.has_yerr][0]
+    assert list(trade.lines[0].get_xdata()) == [0.0, 2.0, 4.0]
+    assert list(trade.lines[0].get_ydata()) == [0.05, 0.25, 0.55]
+    # the table: what RL bought and what it gave up
+    table = report_rl.table_markdown(rl)
+    assert "| pre-trained (RL step 0) | 5.2500 | 0.2700 | 0.0500 ± 0.0400 | 0.0000 ± 0.3000 |" in table
+    assert "| RL step 4 | 5.7500 | 0.2550 | 0.5500 ± 0.0400 | 4.0000 ± 0.3000 |" in table
+    assert "256 prompts" in table
+    rows = report_rl.metrics_rows(rl)
+    assert [(r["step"], r["val_loss"], r["reward"], r["kl"]) for r in rows] == [
+        (0, 5.25, 0.05, 0.0), (2, None, 0.25, 2.0), (4, 5.75, 0.55, 4.0)]
+    # side by side: the same prompt, step 0's response and the final one's, escaped as table cells
+    pairs = report_rl.side_by_side(rl)
+    assert [(p["before"], p["after"]) for p in pairs] == [("<b>not</b> here", " teach the torches\nto burn bright"),
+                                                          ("ill, ill", "sweet love")]
+    md = report_rl.samples_markdown(rl).splitlines()
+    assert md[-2] == ("| ROMEO:<br>O, she doth | &lt;b&gt;not&lt;/b&gt; here (0.050) | "
+                      " teach the torches<br>to burn bright (0.550) |")
+    assert md[-1] == "| JULIET \\| nurse | ill, ill (0.150) | sweet love (0.650) |"
+
+
+def test_the_report_has_the_rl_panel_only_with_an_rl_section(tmp_path):
+    """`gpt2pipe report` on the same pre-training results, with and without an rl section: with it the figure
+    gains a row (twice the height), metrics.tsv a stage column and the rl rows, the notebook the RL table and
+    samples, and rl_samples.md is written; without it none of that."""
+    import yaml
+
+    from gpt2pipe.cli import main
+
+    evals = _run_files(tmp_path)
+    rl_log, evaluated = _rl_files(tmp_path)
+    outputs = {}
+    for name, rl in (("with", True), ("without", False)):
+        raw = _rl_config(tmp_path).raw if rl else {k: v for k, v in _rl_config(tmp_path).raw.items() if k != "rl"}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+        out = tmp_path / name / "output.png"
+        args = ["report", "-c", str(tmp_path / f"{name}.yaml"), "--train-log", str(tmp_path / "train.log"),
+                "--evals", *map(str, evals), "--out", str(out)]
+        assert main(args + (["--rl-log", str(rl_log), "--rl-evaluated", *map(str, evaluated)] if rl else [])) == 0
+        png = out.read_bytes()
+        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        nb = json.loads((out.parent / "report.ipynb").read_text())
+        shown = json.dumps([c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"], ensure_ascii=False)
+        outputs[name] = (width, height, (out.parent / "metrics.tsv").read_text().splitlines(), shown)
+    (w1, h1, with_rl, shown1), (w0, h0, without, shown0) = outputs["with"], outputs["without"]
+    assert w1 == w0 and h1 == 2 * h0  # a second row of panels: 14 x 10 inches instead of 14 x 5
+    assert without[0].split("\t") == ["step", "tokens", "val_loss", "hellaswag_acc_norm", "hellaswag_acc"]
+    assert len(without) == 3 and not (tmp_path / "without" / "rl_samples.md").exists()
+    assert "RL: the pre-trained model" not in shown0 and "RL step" not in shown0
+    assert with_rl[0].split("\t") == ["stage", "step", "tokens", "val_loss", "hellaswag_acc_norm", "hellaswag_acc",
+                                      "reward", "reward_ci95", "kl", "kl_ci95", "held_out_prompts"]
+    assert with_rl[1].split("\t")[:4] == ["train", "10", "2560", "9.0"]  # 256 tokens a step
+    assert with_rl[3:] == ["rl\t0\t\t5.25\t0.27\t0.26\t0.05\t0.04\t0.0\t0.3\t256",
+                           "rl\t2\t\t\t\t\t0.25\t0.04\t2.0\t0.3\t256",
+                           "rl\t4\t\t5.75\t0.255\t0.25\t0.55\t0.04\t4.0\t0.3\t256"]
+    assert "| RL step 4 | 5.7500 | 0.2550 | 0.5500 ± 0.0400 |" in shown1 and "sweet love (0.650)" in shown1
+    assert "sweet love (0.650)" in (tmp_path / "with" / "rl_samples.md").read_text()
+
+
+def test_an_rl_section_before_rl_has_run_draws_the_report_without_it(tmp_path, capsys):
+    """By hand, RL not run yet: the report is drawn as without RL and says why; an rl.log named but missing,
+    or RL results for a config without an rl section, are refused."""
+    from gpt2pipe.report import run
+
+    cfg = _rl_config(tmp_path)
+    evals = _run_files(tmp_path)
+    run(cfg, evals=evals, train_log=tmp_path / "train.log", out=tmp_path / "a" / "output.png")
+    assert "no RL results yet" in capsys.readouterr().out
+    assert (tmp_path / "a" / "metrics.tsv").read_text().startswith("step\t")
+    with pytest.raises(Gpt2pipeError, match="nope/rl.log: not found"):
+        run(cfg, evals=evals, train_log=tmp_path / "train.log", rl_log=tmp_path / "nope" / "rl.log")
+    from gpt2pipe import config
+
+    with pytest.raises(Gpt2pipeError, match="the config has no rl section"):
+        run(config.from_dict({"results_dir": str(tmp_path)}), evals=evals, train_log=tmp_path / "train.log",
+            rl_log=tmp_path / "rl.log")
+
+
+def test_rl_without_held_out_prompts_shows_the_evaluations_alone(tmp_path):
+    """rl.eval_prompts 0: no held-out results; the table and metrics still set val loss and HellaSwag of the
+    start beside the final policy's, and say there is nothing held out to show."""
+    from gpt2pipe import report_rl
+
+    rl_log, evaluated = _rl_files(tmp_path)
+    for p in rl_log.parent.glob("eval_*.json"):
+        p.unlink()
+    rl = report_rl.load(rl_log, evaluated, _rl_config(tmp_path, eval_prompts=0).rl)
+    assert [(r["step"], r["val_loss"], r["reward"]) for r in report_rl.metrics_rows(rl)] == [(0, 5.25, None),
+                                                                                             (4, 5.75, None)]
+    table = report_rl.table_markdown(rl)
+    assert "| RL step 4 | 5.7500 | 0.2550 | - | - |" in table and "rl.eval_prompts is 0" in table
+    assert report_rl.side_by_side(rl) == [] and "rl.eval_prompts is 0" in report_rl.samples_markdown(rl)
+    fig = plot(tmp_path / "train.log", load_evals(_run_files(tmp_path)), tmp_path / "out.png", tokens_per_step=256,
+               rl=rl)
+    assert len(fig.axes) == 5 and list(fig.axes[2].lines[0].get_ydata()) == [0.10, 0.20, 0.30, 0.45]

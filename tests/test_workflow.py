@@ -272,21 +272,63 @@ def test_layout_stage_configs_hold_what_decides_each_stage(tmp_path):
 
 def test_an_rl_section_adds_the_rl_stage_and_only_it(workdir):
     """With an rl: section the default target also runs `gpt2pipe rl` on the final checkpoint, with prompts
-    from the run's val shard; training and evaluation stay done (the rl section is not part of their configs),
-    and changing an rl setting reruns RL alone (and rewrites the run's resolved config, the record the report
-    reads)."""
+    from the run's val shard, and `gpt2pipe evaluate` on its final policy; training and evaluation stay done
+    (the rl section is not part of their configs), the report gains the RL panels, table and samples, deleted RL
+    outputs come back through the plot, and changing an rl setting reruns RL alone (and rewrites the run's
+    resolved config, the record the report reads)."""
     snakemake(workdir)  # the module's earlier tests may leave jobs to do: start from a finished run
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())
     cfg["rl"] = {"steps": 2, "batch_size": 4, "mini_batch_size": 4, "forward_batch": 4, "max_new_tokens": 4,
                  "prompt_tokens": 4, "num_prompts": 8, "eval_prompts": 2, "checkpoint_every": 2, "ppo_epochs": 1}
     (workdir / "rl.yaml").write_text(yaml.safe_dump(cfg))
-    rl_jobs = {"rl_config": 1, "rl": 1, "run_config": 1, "report": 1, "latest": 1}
+    rl_jobs = {"rl_config": 1, "rl": 1, "rl_evaluate": 1, "run_config": 1, "report": 1, "latest": 1}
     assert planned_jobs(workdir, configfile="rl.yaml") == rl_jobs
+    png_height = int.from_bytes((workdir / RESULTS / "output.png").read_bytes()[20:24], "big")
     snakemake(workdir, configfile="rl.yaml")
-    out = workdir / RESULTS / "tiny" / "rl"
+    run = workdir / RESULTS / "tiny"
+    out = run / "rl"
     lines = (out / "rl.log").read_text().splitlines()
     assert lines[0].startswith("step\treward_mean") and [ln.split("\t")[0] for ln in lines[1:]] == ["0", "1"]
     assert (out / "model_000002.pt").exists() and json.loads((out / "eval_000002.json").read_text())["step"] == 2
+    held = {s: json.loads((out / f"eval_{s:06d}.json").read_text()) for s in (0, 2)}
+    # the final policy through evaluate: val loss on the pre-training val shard and HellaSwag, as a checkpoint's
+    final = json.loads((out / "evaluate_000002.json").read_text())
+    pretrained = json.loads((run / "eval" / "step_000006.json").read_text())
+    assert final["step"] == 2 and final["checkpoint"].endswith("rl/model_000002.pt")
+    # two steps at rl.learning_rate 1.41e-5 barely move this tiny policy: the same val shard, budget and sequence
+    # length as the pre-trained checkpoint's evaluation give (nearly) its val loss
+    assert 0 < final["val_loss"] < 11 and final["val_loss"] == pytest.approx(pretrained["val_loss"], abs=1e-3)
+    assert final["hellaswag_examples"] == 8 and 0 <= final["hellaswag_acc_norm"] <= 1
+    # the report: metrics.tsv's rl rows hold those numbers, the figure a second row, the notebook the table and
+    # the samples side by side, rl_samples.md the same prompts' responses before and after
+    header, *rows = (run / "metrics.tsv").read_text().splitlines()
+    metrics = [dict(zip(header.split("\t"), row.split("\t"))) for row in rows]
+    assert [(m["stage"], m["step"]) for m in metrics] == [("train", "3"), ("train", "6"), ("rl", "0"), ("rl", "2")]
+    assert float(metrics[2]["val_loss"]) == pytest.approx(pretrained["val_loss"], abs=1e-6)
+    assert float(metrics[3]["val_loss"]) == pytest.approx(final["val_loss"], abs=1e-6)
+    assert float(metrics[3]["reward"]) == pytest.approx(held[2]["reward"]["mean"], abs=1e-6)
+    assert float(metrics[3]["kl"]) == pytest.approx(held[2]["kl"]["mean"], abs=1e-6)
+    assert metrics[3]["held_out_prompts"] == "2"
+    assert int.from_bytes((run / "output.png").read_bytes()[20:24], "big") == 2 * png_height
+    shown = json.dumps(json.loads((run / "report.ipynb").read_text()), ensure_ascii=False)
+    assert "RL: the pre-trained model and the final policy" in shown and "| RL step 2 | " in shown
+    side = (run / "rl_samples.md").read_text()
+    pairs = list(zip(held[0]["samples"], held[2]["samples"]))
+    assert len(pairs) == 2 and all(b["prompt"] == a["prompt"] for b, a in pairs)
+    assert side.count("\n| ") == 1 + len(pairs) and "| prompt | pre-trained (step 0) | RL step 2 |" in side
+    assert f"({pairs[0][0]['reward']:.3f}) |" in side and f"({pairs[0][1]['reward']:.3f}) |" in side
+    assert planned_jobs(workdir, configfile="rl.yaml") == {}
+    # deleted RL outputs come back through results/output.png: the held-out result of step 0 is made again
+    # (from the reference: the same numbers), the final policy evaluated again, the report redrawn
+    (out / "eval_000000.json").unlink()
+    (out / "evaluate_000002.json").unlink()
+    assert {"rl", "rl_evaluate", "report", "latest"} <= set(
+        planned_jobs(workdir, f"{RESULTS}/output.png", configfile="rl.yaml"))
+    snakemake(workdir, f"{RESULTS}/output.png", configfile="rl.yaml")
+    assert json.loads((out / "eval_000000.json").read_text()) == held[0]
+    assert json.loads((out / "evaluate_000002.json").read_text())["val_loss"] == final["val_loss"]
+    assert "resuming at step 2" in (run / "logs" / "rl.log").read_text()  # nothing trained again
+    assert planned_jobs(workdir, f"{RESULTS}/output.png", configfile="rl.yaml") == {}
     assert planned_jobs(workdir, configfile="rl.yaml") == {}
     cfg["rl"]["temperature"] = 1.0
     (workdir / "rl.yaml").write_text(yaml.safe_dump(cfg))
@@ -297,7 +339,8 @@ def test_an_rl_section_adds_the_rl_stage_and_only_it(workdir):
 def test_a_reward_model_section_trains_it_and_rl_scores_with_it(workdir):
     """A reward_model: section adds `gpt2pipe reward-model` (pairs: sentiment, made from the run's own
     continuations), and rl.reward reward_model makes RL wait for it and score with it; training is not redone,
-    and a reward-model setting reruns the reward model and RL alone (each stage's config rule names it)."""
+    a deleted reward-model output is rebuilt through the plot, and a reward-model setting reruns the reward
+    model and RL alone (each stage's config rule names it)."""
     snakemake(workdir)  # a finished run; rl_state/ keeps the previous test's RL state, which RL sets aside
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())
     cfg["reward_model"] = {"pairs": "sentiment", "num_prompts": 64, "pairs_per_prompt": 1, "prompt_tokens": 4, "response_tokens": 8,
@@ -306,8 +349,8 @@ def test_a_reward_model_section_trains_it_and_rl_scores_with_it(workdir):
                  "mini_batch_size": 4, "forward_batch": 4, "max_new_tokens": 4, "prompt_tokens": 4, "num_prompts": 8,
                  "eval_prompts": 2, "checkpoint_every": 2, "ppo_epochs": 1}
     (workdir / "rm.yaml").write_text(yaml.safe_dump(cfg))
-    jobs = {"reward_model_config": 1, "rl_config": 1, "reward_model": 1, "rl": 1, "run_config": 1, "report": 1,
-            "latest": 1}
+    jobs = {"reward_model_config": 1, "rl_config": 1, "reward_model": 1, "rl": 1, "rl_evaluate": 1, "run_config": 1,
+            "report": 1, "latest": 1}
     assert planned_jobs(workdir, configfile="rm.yaml") == jobs
     snakemake(workdir, configfile="rm.yaml")
     run = workdir / RESULTS / "tiny"
@@ -318,6 +361,9 @@ def test_a_reward_model_section_trains_it_and_rl_scores_with_it(workdir):
     rl_log = (run / "logs" / "rl.log").read_text()
     assert "reward reward_model" in rl_log and "has other settings" in rl_log and "kept in" in rl_log
     assert planned_jobs(workdir, configfile="rm.yaml") == {}
+    # a deleted reward-model output comes back through the plot too (common.run_products lists it)
+    (run / "reward_model" / "reward_model.log").unlink()
+    assert "reward_model" in planned_jobs(workdir, f"{RESULTS}/output.png", configfile="rm.yaml")
     cfg["reward_model"]["learning_rate"] = 1e-3
     (workdir / "rm.yaml").write_text(yaml.safe_dump(cfg))
     plan = snakemake(workdir, "--dry-run", configfile="rm.yaml")

@@ -14,8 +14,9 @@ output name, the checkpoint steps and the per-checkpoint eval/sample paths.
     <results_dir>/<run_name>/train/model_NNNNNN.pt, train.log
     <results_dir>/<run_name>/eval/step_NNNNNN.json, samples/step_NNNNNN.txt
     <results_dir>/<run_name>/reward_model/model.pt, eval.json, reward_model.log   (a reward_model section)
-    <results_dir>/<run_name>/rl/model_NNNNNN.pt, rl.log, eval_NNNNNN.json       (an rl section)
-    <results_dir>/<run_name>/output.png, metrics.tsv, report.ipynb
+    <results_dir>/<run_name>/rl/model_NNNNNN.pt, rl.log, eval_NNNNNN.json,      (an rl section)
+                                samples_NNNNNN.txt, evaluate_NNNNNN.json
+    <results_dir>/<run_name>/output.png, metrics.tsv, report.ipynb, rl_samples.md (an rl section)
 
 Datasets are shared by runs: the data stages depend on the data section alone (`stage_config(raw, "data")`),
 so a second run over the same data plans no data job and leaves the first run's outputs untouched.
@@ -82,10 +83,36 @@ def eval_result(raw: dict, step: int) -> Path:
     return run_dir(raw) / "eval" / f"step_{step:06d}.json"
 
 
+def rl_dir(raw: dict) -> Path:
+    return run_dir(raw) / "rl"
+
+
+def rl_held_out(raw: dict, step: int) -> tuple[Path, Path]:
+    """The rl stage's held-out reward and KL of one step (eval_NNNNNN.json) and its responses (samples_*.txt)."""
+    return rl_dir(raw) / f"eval_{step:06d}.json", rl_dir(raw) / f"samples_{step:06d}.txt"
+
+
 def rl_outputs(raw: dict) -> list[Path]:
-    """What the rl stage declares: its log and its final policy (rl/model_NNNNNN.pt)."""
-    out = run_dir(raw) / "rl"
-    return [out / "rl.log", out / f"model_{raw['rl']['steps']:06d}.pt"]
+    """What the rl stage declares: its log, its final policy (rl/model_NNNNNN.pt) and, with held-out prompts,
+    the held-out results of step 0 (the starting model) and of the final step, which the report compares. Those
+    of the steps between are written beside them undeclared: after a change of rl.checkpoint_every a finished run
+    resumes with nothing to train, and declared results of the new steps could never be made."""
+    steps = raw["rl"]["steps"]
+    held = [p for s in (0, steps) for p in rl_held_out(raw, s)] if raw["rl"]["eval_prompts"] else []
+    return [rl_dir(raw) / "rl.log", rl_dir(raw) / f"model_{steps:06d}.pt", *held]
+
+
+def rl_evaluation(raw: dict, step: int) -> Path:
+    """`gpt2pipe evaluate` of an RL checkpoint (val loss, HellaSwag): evaluate_NNNNNN.json, not the stage's own
+    held-out eval_NNNNNN.json; step 0 is rl.init_from's."""
+    return rl_dir(raw) / f"evaluate_{step:06d}.json"
+
+
+def rl_evaluations(raw: dict) -> list[Path]:
+    """Val loss and HellaSwag of the model RL starts from and of its final policy. The start's is the run's final
+    checkpoint's eval result (evaluated anyway), or with rl.init_from rl/evaluate_000000.json."""
+    start = rl_evaluation(raw, 0) if raw["rl"]["init_from"] else eval_result(raw, checkpoint_steps(raw)[-1])
+    return [start, rl_evaluation(raw, raw["rl"]["steps"])]
 
 
 def reward_model_dir(raw: dict) -> Path:
@@ -224,8 +251,8 @@ __all__ = ["NOT_IDENTITY", "checkpoint", "compared_runs_signature", "runs_named"
            "report_notebook", "checkpoint_steps", "corpus_dir", "data_dir", "data_fingerprint",
            "eval_result", "fineweb_dir", "hellaswag_bin", "hellaswag_name", "run_dir", "samples", "shard_dir",
            "settings", "changed_settings", "stage_config", "stage_config_text", "token_count",
-           "training_fingerprint", "rl_outputs", "reward_model_checkpoint", "reward_model_dir",
-           "reward_model_outputs"]
+           "training_fingerprint", "rl_dir", "rl_held_out", "rl_outputs", "rl_evaluation", "rl_evaluations",
+           "reward_model_checkpoint", "reward_model_dir", "reward_model_outputs"]
 
 
 def report_notebook() -> Path:

@@ -1,4 +1,5 @@
-"""Stage 5 helpers: read llm.c-format logs and eval results, and draw the loss/HellaSwag figure.
+"""Stage 5 helpers: read llm.c-format logs and eval results, and draw the loss/HellaSwag figure (with an rl
+section, a row of RL panels under it: report_rl.py).
 
 The papermill notebook (gpt2pipe/notebooks/report.ipynb, shipped in the package) calls these, so the
 plotting is unit-tested.
@@ -16,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gpt2pipe import Gpt2pipeError  # noqa: E402
+from gpt2pipe import Gpt2pipeError, report_rl  # noqa: E402
 from gpt2pipe.files import atomic_path  # noqa: E402
 
 # OpenAI GPT-2 val loss on FineWeb as llm.c measures it, and HellaSwag acc_norm (llm.c's dev/vislog.ipynb)
@@ -66,10 +67,15 @@ def metrics_rows(evals: list[dict], tokens_per_step: int) -> list[dict]:
             for r in evals]
 
 
-def write_metrics(evals: list[dict], tokens_per_step: int, path: str | Path) -> None:
+def write_metrics(evals: list[dict], tokens_per_step: int, path: str | Path, rl: dict | None = None) -> None:
+    """metrics.tsv; with RL results (report_rl.load) a `stage` column, the RL columns and the rl rows after the
+    train ones (without, the table is as it always was)."""
     import csv
 
     rows = metrics_rows(evals, tokens_per_step)
+    if rl is not None:
+        rows = ([{"stage": "train", **r, **dict.fromkeys(report_rl.RL_COLUMNS)} for r in rows]
+                + report_rl.metrics_rows(rl))
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step"], delimiter="\t")
         w.writeheader()
@@ -145,14 +151,21 @@ COMPARE_COLORS = ["tab:purple", "tab:orange", "tab:brown", "tab:olive", "tab:cya
 def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, tokens_per_step: int,
          baseline: str | None = None, reference_log: str | Path | None = None,
          reference_tokens_per_step: int = 524288, log_scale: bool = False, title: str = "",
-         compare: list[dict] = (), name: str = "", fineweb: bool = True) -> plt.Figure:
+         compare: list[dict] = (), name: str = "", fineweb: bool = True, rl: dict | None = None) -> plt.Figure:
     """Two panels against tokens seen: train/val loss, and HellaSwag acc_norm; baselines as lines (GPT-2's val
     loss only with `fineweb`: llm.c measured it on FineWeb's val split, and on other text it means nothing).
-    compare: other runs (load_compared) drawn on the same axes, each at its own tokens per step."""
+    compare: other runs (load_compared) drawn on the same axes, each at its own tokens per step.
+    rl: RL results (report_rl.load), drawn as a second row of three panels (report_rl.draw)."""
     run = parse_log(train_log)
     ref = parse_log(reference_log) if reference_log else {}
     others = [(r, parse_log(r["log"]), COMPARE_COLORS[i % len(COMPARE_COLORS)]) for i, r in enumerate(compare)]
-    fig, (ax_loss, ax_hs) = plt.subplots(1, 2, figsize=(14, 5))
+    if rl is None:
+        fig, (ax_loss, ax_hs) = plt.subplots(1, 2, figsize=(14, 5))
+    else:  # one figure still (results/output.png is the run's one picture): pre-training above, RL below
+        fig = plt.figure(figsize=(14, 10))
+        grid = fig.add_gridspec(2, 6)
+        ax_loss, ax_hs = fig.add_subplot(grid[0, :3]), fig.add_subplot(grid[0, 3:])
+        report_rl.draw([fig.add_subplot(grid[1, 2 * i : 2 * i + 2]) for i in range(3)], rl)
     last_tokens = max([s * tokens_per_step for pts in run.values() for s, _ in pts]
                       + [s * reference_tokens_per_step for pts in ref.values() for s, _ in pts]
                       + [s * r["tokens_per_step"] for r, log, _ in others for pts in log.values() for s, _ in pts]
@@ -234,9 +247,12 @@ def plot(train_log: str | Path, evals: list[dict], out_png: str | Path, *, token
 
 
 def run(cfg, evals=None, out=None, notebook=None, notebook_out=None, metrics=None, train_log=None,
-        configfile=None, overrides=()) -> Path:
+        configfile=None, overrides=(), rl_log=None, rl_evaluated=None, rl_samples=None) -> Path:
     """`gpt2pipe report`: execute the report notebook with papermill (it draws the PNG and shows it) and
-    write metrics.tsv. The notebook defaults to the one shipped in the package, so this works anywhere."""
+    write metrics.tsv. The notebook defaults to the one shipped in the package, so this works anywhere.
+    With an rl section, and its rl.log (rl_log, default <run>/rl/rl.log): the RL panels and table, the evaluate
+    results of the model RL started from and of its final policy (rl_evaluated, default the workflow's), and
+    rl_samples.md (rl_samples, default beside the PNG)."""
     import papermill
 
     from gpt2pipe.layout import report_notebook
@@ -250,10 +266,12 @@ def run(cfg, evals=None, out=None, notebook=None, notebook_out=None, metrics=Non
     train_log = Path(train_log or cfg.run_dir / "train" / "train.log")
     if not evals:
         raise Gpt2pipeError(f"no eval results given and none in {cfg.run_dir / 'eval'} (run the evaluate stage)")
-    for p in [notebook, train_log, *evals]:
+    rl_inputs = report_rl.inputs(cfg, rl_log, rl_evaluated)
+    for p in [notebook, train_log, *evals, *([rl_inputs[0], *filter(None, rl_inputs[1])] if rl_inputs else [])]:
         if not Path(p).is_file():
             raise Gpt2pipeError(f"{p}: not found")
-    for p in (out, notebook_out, metrics):
+    rl_samples = Path(rl_samples or out.with_name("rl_samples.md")) if rl_inputs else None
+    for p in (out, notebook_out, metrics, *([rl_samples] if rl_samples else [])):
         p.parent.mkdir(parents=True, exist_ok=True)
     params = {
         "train_log": str(train_log),
@@ -262,14 +280,20 @@ def run(cfg, evals=None, out=None, notebook=None, notebook_out=None, metrics=Non
         "config_file": str(configfile) if configfile else "",
         "overrides": list(overrides),
     }
+    if rl_inputs:  # only then: without RL the notebook is executed exactly as before
+        params.update(rl_log=rl_inputs[0], rl_evaluated=rl_inputs[1])
     try:
         papermill.execute_notebook(str(notebook), str(notebook_out), parameters=params, progress_bar=False,
                                    cwd=str(Path.cwd()))
     except papermill.PapermillExecutionError as e:  # the failing cell's error, not papermill's traceback
         raise Gpt2pipeError(f"report notebook failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
                             f"(executed notebook: {notebook_out})") from None
-    write_metrics(load_evals(evals), cfg.train.total_batch_tokens, metrics)
-    print(f"report: {out} (notebook: {notebook_out}, metrics: {metrics})")
+    rl = report_rl.load(*rl_inputs, cfg.rl) if rl_inputs else None
+    write_metrics(load_evals(evals), cfg.train.total_batch_tokens, metrics, rl)
+    if rl is not None:
+        report_rl.write_samples(rl, rl_samples)
+    print(f"report: {out} (notebook: {notebook_out}, metrics: {metrics}"
+          + (f", RL samples: {rl_samples})" if rl is not None else ")"))
     return out
 
 

@@ -125,10 +125,19 @@ def write_stage_config(path, stage):
 
 
 def run_products():
-    """What this run builds per checkpoint: checkpoints, train.log, eval results and samples."""
+    """What this run builds besides its report: checkpoints, train.log, eval results and samples, and with those
+    sections the reward model's outputs, the rl stage's and the evaluate results of its final policy (and start)."""
     return ([str(layout.checkpoint(config, s)) for s in STEPS] + [f"{RUN}/train/train.log"]
             + [str(layout.eval_result(config, s)) for s in STEPS]
-            + ([str(layout.samples(config, s)) for s in STEPS] if config["eval"]["samples"] else []))
+            + ([str(layout.samples(config, s)) for s in STEPS] if config["eval"]["samples"] else [])
+            + ([str(p) for p in layout.reward_model_outputs(config)] if "reward_model" in config else [])
+            + ([str(p) for p in layout.rl_outputs(config) + layout.rl_evaluations(config)] if "rl" in config else []))
+
+
+def report_outputs():
+    """The report's files: the figure, the executed notebook, metrics.tsv, and with an rl section rl_samples.md."""
+    return [f"{RUN}/{name}" for name in ("output.png", "report.ipynb", "metrics.tsv")
+            + (("rl_samples.md",) if "rl" in config else ())]
 
 
 def redraw_number():
@@ -146,8 +155,7 @@ def redraw_number():
     except OSError:
         logged = []
     drawn = int(logged[-1]) if logged else 0
-    reports = [f"{RUN}/{name}" for name in ("output.png", "report.ipynb", "metrics.tsv")]
-    return drawn + 1 if any(not os.path.exists(f) for f in run_products() + reports) else drawn
+    return drawn + 1 if any(not os.path.exists(f) for f in run_products() + report_outputs()) else drawn
 
 
 def announce_changed_settings():
