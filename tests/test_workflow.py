@@ -336,6 +336,23 @@ def test_an_rl_section_adds_the_rl_stage_and_only_it(workdir):
     assert "train" not in planned_jobs(workdir)  # back without RL: nothing is retrained
 
 
+def test_with_rl_init_from_the_start_is_evaluated_as_the_final_policy_is(tmp_path):
+    """rl.init_from: the model RL starts from is not the run's final checkpoint (evaluated anyway), so the report's
+    pre-trained side comes from rl_evaluate's step 0 on it, scored the same way (a plan: nothing runs)."""
+    cfg = tiny_config(tmp_path)
+    cfg["results_dir"] = "results"
+    cfg["rl"] = {"init_from": "results/tiny/train/model_000003.pt", "steps": 2, "batch_size": 4, "mini_batch_size": 4,
+                 "forward_batch": 4, "max_new_tokens": 4, "prompt_tokens": 4, "num_prompts": 8, "eval_prompts": 2,
+                 "checkpoint_every": 2}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert planned_jobs(tmp_path)["rl_evaluate"] == 2
+    plan = snakemake(tmp_path, "--dry-run", "--quiet", "host")  # every job, with its command
+    assert ("evaluate -c results/tiny/config/evaluate.yaml --checkpoint results/tiny/train/model_000003.pt "
+            "--own-shape") in plan and "--out results/tiny/rl/evaluate_000000.json" in plan
+    assert "--rl-evaluated results/tiny/rl/evaluate_000000.json results/tiny/rl/evaluate_000002.json" in plan
+    assert not (tmp_path / "results").exists()
+
+
 def test_a_reward_model_section_trains_it_and_rl_scores_with_it(workdir):
     """A reward_model: section adds `gpt2pipe reward-model` (pairs: sentiment, made from the run's own
     continuations), and rl.reward reward_model makes RL wait for it and score with it; training is not redone,
