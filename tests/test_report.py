@@ -232,7 +232,9 @@ def test_workflow_report_follows_the_compared_runs_without_locking_them(tmp_path
     cfg["results_dir"] = "results"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--cores", "1",
-           "--directory", str(tmp_path), "--dry-run", "results/tiny/output.png", f"--configfile={tmp_path / 'config.yaml'}"]
+           "--directory", str(tmp_path), "--dry-run", "results/tiny/output.png",
+           "--quiet", "host",  # each job's block (a dry run shows the plan on one screen otherwise)
+           f"--configfile={tmp_path / 'config.yaml'}"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "report.compare_runs: other has no results/other/train/train.log" in r.stderr
