@@ -62,20 +62,24 @@ def test_packed_matrices_are_orthogonalised_as_their_parts():
 
 
 def test_batched_newton_schulz_equals_each_matrix_on_its_own():
-    """orthogonal_updates stacks the blocks of one shape (tall ones transposed to wide) into one batched
-    iteration: each result is the block's own orthogonal_update, to bf16 rounding, in its own orientation and
-    with its own shape's scale."""
-    from gpt2pipe.train.muon import orthogonal_update, orthogonal_updates
+    """orthogonal_updates stacks the blocks of one shape (tall ones transposed to wide) into batched iterations:
+    each block's update is its own orthogonal_update's rows, to bf16 rounding, in its own orientation and with
+    its own shape's scale, however many blocks a batch may hold."""
+    from gpt2pipe.train.muon import orthogonal_update, orthogonal_updates, row_blocks
 
     torch.manual_seed(0)
     gs = [torch.randn(96, 32), torch.randn(32, 96), torch.randn(32, 32), torch.randn(64, 32), torch.randn(32, 96)]
     blocks = [[32, 32, 32], None, None, None, None]  # a packed qkv, a wide, a square, a tall, another wide
-    batched = orthogonal_updates(gs, blocks)
-    for g, b, u in zip(gs, blocks, batched):
-        alone = orthogonal_update(g, b)
-        assert u.shape == g.shape and u.dtype == torch.float32
-        torch.testing.assert_close(u, alone, rtol=0, atol=2e-2 * alone.abs().max().item())
-    assert batched[3].norm() > batched[4].norm() * 1.2  # the tall block's scale sqrt(2) survived the transpose
+    items = [(k, rows, shape) for k, (g, b) in enumerate(zip(gs, blocks)) for rows, shape in row_blocks(g.shape, b)]
+    for max_elements in (1 << 26, 32 * 32):  # every block of a shape in one batch; one block a batch
+        got = [torch.full_like(g, float("nan")) for g in gs]
+        for k, rows, u in orthogonal_updates(items, lambda k, rows: gs[k][rows], max_elements):
+            assert u.dtype == torch.float32
+            got[k][rows] = u
+        for g, b, u in zip(gs, blocks, got):
+            alone = orthogonal_update(g, b)
+            torch.testing.assert_close(u, alone, rtol=0, atol=2e-2 * alone.abs().max().item())
+        assert got[3].norm() > got[4].norm() * 1.2  # the tall block's scale sqrt(2) survived the transpose
 
 
 def test_owners_balance_the_matrices_by_size():

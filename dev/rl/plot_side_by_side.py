@@ -2,7 +2,7 @@
 and TRL's (dev/rl/trl_grpo.py's or dev/rl/trl_ppo.py's tsv).
 
     python dev/rl/plot_side_by_side.py grpo docs/rl_124m_grpo_side_by_side.log docs/rl_124m_grpo_trl.tsv docs/rl_124m_grpo_vs_trl.png
-    python dev/rl/plot_side_by_side.py ppo docs/rl_124m_ppo_side_by_side.log docs/rl_124m_ppo_trl.tsv docs/rl_124m_ppo_vs_trl.png
+    python dev/rl/plot_side_by_side.py ppo OURS_PPO.log TRL_PPO.tsv OUT.png
 
 KL: GRPO per token (TRL logs the mean k3 estimate per token; ours the summed log-ratio per response, divided
 here by the response length); PPO per response (both log the summed log-ratio of each response, TRL's without

@@ -22,6 +22,7 @@ shards=results/data/local_prose/shards
 set -x
 python3 -m gpt2pipe corpus -c $cfg && python3 -m gpt2pipe tokenize -c $cfg
 timeout 200 python3 -m gpt2pipe train -c $cfg --no-progress --restart 2>&1 | grep -E "step +(1|100|200)/|val|gpt2pipe|Error"
+[ -f $ck ] || timeout 200 python3 -m gpt2pipe train -c $cfg --no-progress --restart --set train.ops=torch 2>&1 | grep -E "step +(1|100|200)/|val|gpt2pipe|Error"
 python3 dev/rl/trl_grpo.py prompts $shards /tmp/prompts.jsonl
 python3 -m gpt2pipe export --checkpoint $ck --format hf --out /tmp/hf
 opts="--no-progress --restart --set rl.prompts=/tmp/prompts.jsonl --set rl.checkpoint_every=1000"

@@ -7,8 +7,8 @@ truncation after <|endoftext|> first), so both trainers score the same text the 
 
     python dev/rl/trl_ppo.py HF_DIR PROMPTS.jsonl OUT.tsv [--steps 30]    # PROMPTS from trl_grpo.py prompts
 
-Matched settings (ours: dev/rl/side_by_side.sh's PPO line): 256 responses a step, mini-batches of 64 (TRL:
-per_device_train_batch_size 64 x gradient_accumulation_steps 4 a batch, num_mini_batches 4), 4 PPO epochs, 24
+Matched settings (ours: dev/rl/side_by_side.sh's PPO line): 256 responses a step, mini-batches of 64, one
+optimizer step each (TRL: per_device_train_batch_size 256, no accumulation, num_mini_batches 4), 4 PPO epochs, 24
 new tokens at temperature 0.7, a fixed KL coefficient 0.15 (k1, per token, in the reward), GAE gamma 1 lambda
 0.95, advantages whitened, rewards not, clip 0.2, value clip 0.2, vf_coef 0.1, AdamW 3e-5 eps 1e-5 constant, no
 grad-norm clip (TRL's PPO has none), a value model that is the policy's trunk with a zero scalar head, bf16
@@ -61,8 +61,11 @@ def run_trl(a):
         value.score.weight.zero_()  # as ours: the first values are 0
     value.config.pad_token_id = tok.pad_token_id
     args = PPOConfig(
-        output_dir="/tmp/trl_ppo", total_episodes=a.batch * a.steps, per_device_train_batch_size=a.batch // 4,
-        gradient_accumulation_steps=4, num_mini_batches=4, num_ppo_epochs=4, local_rollout_forward_batch_size=a.batch // 4,
+        # the batch is per_device_train_batch_size x gradient_accumulation_steps rows; each mini-batch (a quarter)
+        # is one micro-batch and, with no accumulation in accelerate, one optimizer step: 16 a rollout, as ours
+        # (64 x 4 accumulation made accelerate step once every 4 mini-batches: 4 steps a rollout)
+        output_dir="/tmp/trl_ppo", total_episodes=a.batch * a.steps, per_device_train_batch_size=a.batch,
+        gradient_accumulation_steps=1, num_mini_batches=4, num_ppo_epochs=4, local_rollout_forward_batch_size=a.batch // 4,
         response_length=24, temperature=0.7, stop_token="eos", missing_eos_penalty=None, kl_coef=0.15,
         kl_estimator="k1", whiten_rewards=False, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0,
         lam=0.95, learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, adam_epsilon=1e-5,

@@ -97,6 +97,9 @@ def content_digest(path: str | Path) -> str:
         with open(path, "rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()[:16]
     h = hashlib.sha256()
-    for p in sorted(p for p in path.rglob("*") if p.is_file()):
+    # not dot-paths: a hub download's .cache/ metadata changes when the same weights are fetched again
+    files = (p for p in path.rglob("*")
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    for p in sorted(files):
         h.update(f"{p.relative_to(path)}\0{content_digest(p)}\0".encode())
     return h.hexdigest()[:16]

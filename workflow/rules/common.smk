@@ -184,19 +184,23 @@ def plan_on_one_screen():
     """`snakemake -n` prints the plan on one screen: the lines above, Snakemake's job counts and its reasons
     by rule, as `--quiet rules host` would; not one block per job (its files, reason, resources and command:
     after one changed training setting, 11 jobs and 121 of 185 lines) nor the host banner. Only in a dry run,
-    and only without a --quiet of the user's own: `snakemake -n --quiet host` lists every job. A run that
+    and only without a --quiet or -p of the user's own: `snakemake -np` (or `-n --quiet host`) lists every job
+    with its command. A run that
     executes prints each job as it starts, its command and a failed job's log, as the profile says.
     A filter on Snakemake's logger drops those records by their event (snakemake_interface_logger_plugins'
     LogEvent values)."""
     settings = workflow.output_settings
-    if not settings.dryrun or settings.quiet:
+    # -p asked for by hand (the profile's printshellcmds is always on): the user wants each job's command
+    asked_for_commands = any(a == "--printshellcmds" or (a[:1] == "-" and a[1:2] != "-" and a[1:].isalpha() and "p" in a)
+                             for a in sys.argv[1:])
+    if not settings.dryrun or settings.quiet or asked_for_commands:
         return
     import logging
 
     hidden = {"job_info", "shellcmd", "workflow_started"}
     logging.getLogger("snakemake.logging").addFilter(lambda record: getattr(record, "event", None) not in hidden)
-    print("Dry run: jobs counted by rule (`snakemake -n --quiet host` lists each job, its files, reason and "
-          "command)", file=sys.stderr)
+    print("Dry run: jobs counted by rule (`snakemake -np` lists each job, its files, reason and command)",
+          file=sys.stderr)
 
 
 announce_changed_settings()

@@ -292,6 +292,8 @@ class Decoder:
                     warnings.warn(f"sampler: the compiled decode step failed ({type(e).__name__}: {e}); "
                                   "recording the plain one")
                     self._step = self._next
+                    if self.net.attention == "reduce":  # uncompiled, its broadcast products are fp32 [B, H, S, D]
+                        self.net.attention = "matmul"
                     self.eager()
             torch.cuda.current_stream(self.tok.device).wait_stream(side)
             for buf, saved in zip((self.tok, self.pos, self.slot, self.net.key_valid), state):

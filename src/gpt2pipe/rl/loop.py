@@ -79,7 +79,7 @@ def run(cfg: Config, run_dir: Path, shards_dir: Path | None = None, resume: bool
     try:
         shard.check(rl, world)
         if device.type == "cuda" and world.distributed:
-            device = torch.device("cuda", world.local_rank)
+            device = torch.device("cuda", distributed.cuda_index(world.local_rank, torch.cuda.device_count()))
         if hasattr(reward_fn, "to"):  # a reward model runs where the policy does
             reward_fn = reward_fn.to(device)
         return _Run(cfg, world, device, run_dir, init, reward_fn, train_prompts, eval_prompts, resume, restart,

@@ -57,7 +57,7 @@ def _to_host(*tensors: torch.Tensor):
     for dst, src in zip(pinned, tensors):
         dst.copy_(src, non_blocking=True)
     done = torch.cuda.Event()
-    done.record()
+    done.record(torch.cuda.current_stream(tensors[0].device))  # the stream the copies were queued on
 
     def wait():
         done.synchronize()

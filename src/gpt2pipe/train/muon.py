@@ -83,23 +83,33 @@ def orthogonal_update(g: torch.Tensor, blocks: list[int] | None) -> torch.Tensor
     return torch.cat([newton_schulz(b).float() * muon_scale(b) for b in g.split(blocks, dim=-2)], dim=-2)
 
 
-def orthogonal_updates(gs: list[torch.Tensor], blocks: list[list[int] | None]) -> list[torch.Tensor]:
-    """orthogonal_update of each momentum, with the Newton-Schulz iterations batched over all blocks of one
-    shape (tall blocks transposed to wide first, as newton_schulz would): the speedrun model's 72 blocks are
-    two batches, 768 x 768 and 768 x 3072, instead of 72 chains of small GEMMs (modded-nanogpt batches them
-    the same way)."""
-    pieces = [[g] if b is None else list(g.split(b, dim=-2)) for g, b in zip(gs, blocks)]
-    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for k, parts in enumerate(pieces):
-        for j, x in enumerate(parts):
-            groups.setdefault((min(x.shape[-2:]), max(x.shape[-2:])), []).append((k, j))
-    out = [list(parts) for parts in pieces]
-    for where in groups.values():
-        wide = [pieces[k][j].mT if pieces[k][j].size(-2) > pieces[k][j].size(-1) else pieces[k][j] for k, j in where]
-        for (k, j), x in zip(where, newton_schulz(torch.stack(wide)).float().unbind(0)):
-            block = pieces[k][j]
-            out[k][j] = (x.mT if block.size(-2) > block.size(-1) else x) * muon_scale(block)
-    return [torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0] for parts in out]
+def orthogonal_updates(items, look, max_elements: int = 1 << 26):
+    """Muon's update of row blocks of several matrices, the Newton-Schulz iterations batched over blocks of one
+    shape (tall ones transposed to wide, as newton_schulz would), at most max_elements a batch: the speedrun
+    model's 72 blocks are two batches, 768 x 768 and 768 x 3072, instead of 72 chains of small GEMMs
+    (modded-nanogpt batches them the same way). items: (key, rows, block shape); look(key, rows) gives the
+    block (any float dtype: it is rounded to bf16, as newton_schulz does). Yields (key, rows, the block's fp32
+    update, scaled by its shape), one batch at a time, so only a batch's blocks are held at once."""
+    groups: dict[tuple[int, int], list] = {}
+    for key, rows, shape in items:
+        groups.setdefault((min(shape), max(shape)), []).append((key, rows, shape))
+    for (small, big), members in groups.items():
+        per = max(1, max_elements // (small * big))
+        for start in range(0, len(members), per):
+            batch = members[start : start + per]
+            wide = [look(key, rows).bfloat16() for key, rows, _ in batch]
+            wide = [x.mT if shape[0] > shape[1] else x for x, (_, _, shape) in zip(wide, batch)]
+            for (key, rows, shape), x in zip(batch, newton_schulz(torch.stack(wide)).unbind(0)):
+                yield key, rows, (x.mT if shape[0] > shape[1] else x).float() * max(1.0, shape[0] / shape[1]) ** 0.5
+
+
+def row_blocks(shape: torch.Size, blocks: list[int] | None) -> list[tuple[slice, tuple[int, int]]]:
+    """(rows, block shape) of each row block of a matrix orthogonalised in blocks (hidden_matrices)."""
+    out, start = [], 0
+    for n in blocks or [shape[-2]]:
+        out.append((slice(start, start + n), (n, shape[-1])))
+        start += n
+    return out
 
 
 def owners(sizes: list[int], world_size: int) -> list[int]:
@@ -196,22 +206,27 @@ class MuonAdamW(PlainWeights):
         self.adam.step(lr, norm_ready=True)
         muon_lr = lr * self.lr_ratio
         clip = self.adam.norm[1]
-        looks = []
-        for i in self.mine:
+        mu = self.momentum
+        for i in self.mine:  # the momentum (an average of the gradients: modded-nanogpt's lerp) and the decay
             p = self.muon[i]
-            g = p.grad.float() * clip if p.grad is not None else torch.zeros_like(self.buf[i])
-            buf = self.buf[i]
-            mu = self.momentum
-            buf.mul_(mu).add_(g, alpha=1 - mu)  # an average of the gradients (modded-nanogpt's lerp)
-            looks.append((1 - mu) * g + mu * buf)  # Nesterov: look ahead along the momentum
-        for i, d in zip(self.mine, orthogonal_updates(looks, [self.blocks[i] for i in self.mine])):
-            p = self.muon[i]
-            w = self.master.get(i, p.data)
+            self.buf[i].mul_(mu)
+            if p.grad is not None:
+                self.buf[i].add_(p.grad.float() * clip, alpha=1 - mu)
             if self.weight_decay:
-                w.mul_(1 - muon_lr * self.weight_decay)
-            w.add_(d.to(w.dtype), alpha=-muon_lr)
+                self.master.get(i, p.data).mul_(1 - muon_lr * self.weight_decay)
+
+        def look(i: int, rows: slice) -> torch.Tensor:  # Nesterov: look ahead along the momentum
+            g = self.muon[i].grad
+            ahead = mu * self.buf[i][rows]
+            return ahead if g is None else ahead + (1 - mu) * (g[rows].float() * clip)
+
+        items = [(i, rows, shape) for i in self.mine for rows, shape in row_blocks(self.muon[i].shape, self.blocks[i])]
+        for i, rows, d in orthogonal_updates(items, look):
+            w = self.master.get(i, self.muon[i].data)
+            w[rows].add_(d.to(w.dtype), alpha=-muon_lr)
+        for i in self.mine:
             if i in self.master:
-                p.copy_(w)  # round to nearest: the fp32 master keeps what bf16 cannot
+                self.muon[i].copy_(self.master[i])  # round to nearest: the fp32 master keeps what bf16 cannot
         self._broadcast()
         self.discard()
 
