@@ -13,11 +13,27 @@ from gpt2pipe.model.gpt import GPT
 from conftest import assert_same_run, run_train_process as run
 from gpt2pipe.report import parse_log
 from gpt2pipe.train import loop as train_mod
-from gpt2pipe.train.muon import MuonAdamW, newton_schulz, owners
+from gpt2pipe.train.muon import MuonAdamW, owners
+from gpt2pipe.train.newton_schulz import muon_scale, newton_schulz, orthogonal_updates, row_blocks
 
 
 def singular_values(x):
     return torch.linalg.svdvals(x.float())
+
+
+def updates(gs, blocks, max_elements=1 << 26):
+    """orthogonal_updates of whole matrices gs (row blocks as hidden_matrices gives them), put back together."""
+    items = [(k, rows, shape) for k, (g, b) in enumerate(zip(gs, blocks)) for rows, shape in row_blocks(g.shape, b)]
+    out = [torch.full_like(g, float("nan")) for g in gs]
+    for k, rows, u in orthogonal_updates(items, lambda k, rows: gs[k][rows], max_elements):
+        assert u.dtype == torch.float32
+        out[k][rows] = u
+    return out
+
+
+def each_block(g, blocks):
+    """The reference: each row block's Newton-Schulz on its own, scaled by its shape."""
+    return torch.cat([newton_schulz(b).float() * muon_scale(b.shape) for b in g.split(blocks or [len(g)])])
 
 
 def test_newton_schulz_orthogonalises_random_and_ill_conditioned_matrices():
@@ -42,7 +58,7 @@ def test_newton_schulz_orthogonalises_random_and_ill_conditioned_matrices():
 
 def test_packed_matrices_are_orthogonalised_as_their_parts():
     """qkv as q, k, v (narrower k and v with grouped-query attention) and SwiGLU's [gate | up] as two."""
-    from gpt2pipe.train.muon import hidden_matrices, orthogonal_update
+    from gpt2pipe.train.muon import hidden_matrices
 
     torch.manual_seed(0)
     model = GPT(config.from_dict({"model": {"n_layer": 1, "n_head": 4, "n_kv_head": 2, "n_embd": 64,
@@ -55,7 +71,7 @@ def test_packed_matrices_are_orthogonalised_as_their_parts():
     assert blocks[id(h.mlp.c_fc.weight)] == [hidden, hidden] and blocks[id(h.mlp.c_proj.weight)] is None
     assert id(model.transformer.wte.weight) not in blocks and len(blocks) == 4
     g = torch.randn(128, 64)
-    u = orthogonal_update(g, [64, 32, 32])
+    u = updates([g], [[64, 32, 32]])[0]
     for part in u.split([64, 32, 32]):  # each part orthogonal on its own (scale 1: not taller than wide)
         s = singular_values(part)
         assert 0.6 <= s.min() and s.max() <= 1.25
@@ -63,21 +79,15 @@ def test_packed_matrices_are_orthogonalised_as_their_parts():
 
 def test_batched_newton_schulz_equals_each_matrix_on_its_own():
     """orthogonal_updates stacks the blocks of one shape (tall ones transposed to wide) into batched iterations:
-    each block's update is its own orthogonal_update's rows, to bf16 rounding, in its own orientation and with
+    each block's update is its own Newton-Schulz alone, to bf16 rounding, in its own orientation and with
     its own shape's scale, however many blocks a batch may hold."""
-    from gpt2pipe.train.muon import orthogonal_update, orthogonal_updates, row_blocks
-
     torch.manual_seed(0)
     gs = [torch.randn(96, 32), torch.randn(32, 96), torch.randn(32, 32), torch.randn(64, 32), torch.randn(32, 96)]
     blocks = [[32, 32, 32], None, None, None, None]  # a packed qkv, a wide, a square, a tall, another wide
-    items = [(k, rows, shape) for k, (g, b) in enumerate(zip(gs, blocks)) for rows, shape in row_blocks(g.shape, b)]
     for max_elements in (1 << 26, 32 * 32):  # every block of a shape in one batch; one block a batch
-        got = [torch.full_like(g, float("nan")) for g in gs]
-        for k, rows, u in orthogonal_updates(items, lambda k, rows: gs[k][rows], max_elements):
-            assert u.dtype == torch.float32
-            got[k][rows] = u
+        got = updates(gs, blocks, max_elements)
         for g, b, u in zip(gs, blocks, got):
-            alone = orthogonal_update(g, b)
+            alone = each_block(g, b)
             torch.testing.assert_close(u, alone, rtol=0, atol=2e-2 * alone.abs().max().item())
         assert got[3].norm() > got[4].norm() * 1.2  # the tall block's scale sqrt(2) survived the transpose
 

@@ -185,8 +185,8 @@ def plan_on_one_screen():
     by rule, as `--quiet rules host` would; not one block per job (its files, reason, resources and command:
     after one changed training setting, 11 jobs and 121 of 185 lines) nor the host banner. Only in a dry run,
     and only without a --quiet or -p of the user's own: `snakemake -np` (or `-n --quiet host`) lists every job
-    with its command. A run that
-    executes prints each job as it starts, its command and a failed job's log, as the profile says.
+    with its command. A run that executes prints each job as it starts, its command and a failed job's log, as
+    the profile says.
     A filter on Snakemake's logger drops those records by their event (snakemake_interface_logger_plugins'
     LogEvent values)."""
     settings = workflow.output_settings

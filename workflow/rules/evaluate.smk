@@ -35,9 +35,9 @@ if "rl" in config:
         model's shape comes from the checkpoint (rl.init_from's)."""
         input:
             config=f"{RUN}/config/evaluate.yaml",
-            # step 0: what the rl rule starts from
-            checkpoint=lambda wildcards: ((config["rl"]["init_from"] or str(layout.checkpoint(config, STEPS[-1])))
-                                          if int(wildcards.step) == 0 else f"{RUN}/rl/model_{wildcards.step}.pt"),
+            # step 0: what the rl rule starts from (rl.smk is read after this file; the function runs later)
+            checkpoint=lambda wildcards: (rules.rl.input.init if int(wildcards.step) == 0
+                                          else f"{RUN}/rl/model_{wildcards.step}.pt"),
             shards=rules.tokenize.output[0],
             hellaswag=rules.hellaswag.output[0],
         output:

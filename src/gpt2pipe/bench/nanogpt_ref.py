@@ -1,5 +1,5 @@
 """The bench's `nanogpt` baseline: the project's speed reference, a plain nanoGPT-style GPT-2 step under
-torch.compile as a user writes it in ~100 lines (../shared/reference/nanogpt_step.py; one H200, 2026-12-03:
+torch.compile as a user writes it in ~100 lines (the team's reference script nanogpt_step.py; one H200, 2026-12-03:
 967-971 ms/step at 124M where the bench's `compile` mode took 1038.5 ms). Copied here on 2026-12-04 with its
 model, loss and optimizer unchanged, its shapes taken from the bench's ModelConfig so every GPT-2 size runs:
 vocabulary padded as the config pads it, learned positions, pre-LayerNorm blocks with biases, tanh GELU, SDPA in
