@@ -6,7 +6,7 @@
 #   PART=grpo: the sampler against HF generate -> the same prompts as text -> `gpt2pipe rl` GRPO and TRL's
 #              GRPOTrainer, $STEPS steps each (dev/rl/trl_grpo.py's settings) -> reward-model variants
 #              ($RM_VARIANTS: JSON objects separated by ';', trained side by side, no PPO)
-#   PART=ppo:  GPU tests of rl -> `gpt2pipe rl` PPO and TRL's PPOTrainer, $STEPS steps each (dev/rl/trl_ppo.py's
+#   PART=ppo:  GPU tests of rl (unless SKIP_TESTS=1) -> `gpt2pipe rl` PPO and TRL's PPOTrainer, $STEPS steps each (dev/rl/trl_ppo.py's
 #              settings) -> the reward-model path with $RM_SET (reward model, PPO against it, VADER held out)
 #   PART=profile: where the time goes: the sampler's kernels (--profile), then one profiled GRPO step and one
 #              PPO step with the settings above (dev/rl/profile_rl.py)
@@ -48,7 +48,8 @@ elif [ "$PART" = grpo ]; then
     wait
     for i in "${!variants[@]}"; do tail -1 "$OUT/rm_v$i.log"; done
 else
-    timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rl.py tests/test_reward_model.py 2>&1 | tail -4
+    [ -n "${SKIP_TESTS:-}" ] || timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rl.py \
+        tests/test_reward_model.py 2>&1 | tail -4
     timeout 120 $ours --run-dir results/ppo_side --set rl.kl_target=null --set rl.grad_clip=0 --set rl.learning_rate=3e-5
     cp results/ppo_side/rl/rl.log "$OUT/ours_ppo.log"
     PYTHONPATH=/tmp/site029:$PYTHONPATH timeout ${TRL_SECONDS:-220} python3 dev/rl/trl_ppo.py /tmp/hf /tmp/prompts.jsonl \
