@@ -353,3 +353,34 @@ def test_rl_on_the_kernels_path(rl_setup):
     model.ops = "kernels"
     got = response_logprobs(model.bfloat16(), seq, None, 8, 0.7)
     assert (got - ref).abs().max() < 0.1 * ref.abs().mean(), ((got - ref).abs().max(), ref.abs().mean())
+
+
+@gpu
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_recorded_update_micro_steps_equal_eager_ones(rl_setup, monkeypatch, algorithm):
+    """The update's forward and backward replayed as CUDA graphs (rl/graphed.py) give the run the eager
+    micro-steps give: same rewards, losses and statistics step after step (the graphs are recorded, and
+    replayed, from the second mini-batch on)."""
+    from gpt2pipe.rl import graphed, update
+
+    raw, run_dir = rl_setup
+    texts = ["To be, or not to be, that is the question of the day", "Friends, Romans, countrymen, lend me your ears",
+             "Now is the winter of our discontent made glorious summer", "All the world's a stage, and all the men"]
+    with (run_dir.parent / "long.jsonl").open("w") as f:  # 7 tokens or more each: no padding, the recorded path
+        for t in texts * 8:
+            f.write(json.dumps({"prompt": t}) + "\n")
+    raw["train"].update(device="cuda", ops="kernels")
+    raw["rl"].update(steps=3, checkpoint_every=3, algorithm=algorithm, grpo_group_size=4,
+                     prompts=str(run_dir.parent / "long.jsonl"))
+    recorded = []
+    record = graphed.MicroStep._record
+    monkeypatch.setattr(graphed.MicroStep, "_record", lambda self, *a: recorded.append(1) or record(self, *a))
+    run(config.from_dict(raw), run_dir, progress=False)
+    assert recorded, "no micro-step was recorded"
+    monkeypatch.setattr(update, "graphs_apply", lambda *a: False)
+    run(config.from_dict(raw), run_dir.parent / "eager", progress=False)
+    graphs, eager = rl_log(run_dir), rl_log(run_dir.parent / "eager")
+    keys = ["reward_mean", "kl", "entropy", "policy_loss", "value_loss", "policy_clipfrac", "approxkl"]
+    for g, e in zip(graphs, eager, strict=True):
+        for k in keys:
+            assert g[k] == pytest.approx(e[k], rel=1e-3, abs=1e-5), (g["step"], k, g[k], e[k])

@@ -133,6 +133,8 @@ class _Run:
         self.kl = (losses.AdaptiveKL(rl.kl_coef, rl.kl_target, rl.kl_horizon) if rl.kl_target
                    else losses.FixedKL(rl.kl_coef))
         self.ctx = autocast(device, None if use_kernels else autocast_dtype(device, t.dtype))
+        self.update = update.Updater(rl, self.policy, self.value, [o for o in (self.opt_policy, self.opt_value) if o],
+                                     self.ctx, device, world)
         self.step, self.sampler = 0, None
         if world.main:
             self.paths.out.mkdir(parents=True, exist_ok=True)
@@ -195,12 +197,7 @@ class _Run:
         t1 = time.perf_counter()
         self.policy.train()
         order = self.generator(step, "cpu")
-        if rl.algorithm == "ppo":
-            stats = update.ppo(exp, self.policy, self.value, self.opt_policy, self.opt_value, rl, self.ctx, order,
-                               rl.learning_rate, self.device, self.world)
-        else:
-            stats = update.grpo(exp, self.policy, self.opt_policy, rl, self.ctx, order, rl.learning_rate, self.device,
-                                self.world)
+        stats = self.update(exp, order, rl.learning_rate)
         n = torch.tensor(float(len(exp.scores)))
         sums = torch.stack([exp.scores.sum(), (exp.scores ** 2).sum(), kl.sum(), exp.mask.sum()]).cpu()
         mean = sums[0] / n

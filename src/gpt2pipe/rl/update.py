@@ -18,6 +18,7 @@ import torch
 from gpt2pipe import distributed
 from gpt2pipe.distributed import World
 from gpt2pipe.rl import losses
+from gpt2pipe.rl.graphed import MicroStep, graphs_apply
 from gpt2pipe.rl.policy import response_logprobs
 from gpt2pipe.rl.rollout import Experience
 from gpt2pipe.rl.shard import share
@@ -34,10 +35,10 @@ def _micro(rows: torch.Tensor, size: int):
 
 
 def _optimise(exp: Experience, rl, passes: int, optimizers: list, gen: torch.Generator, lr: float, device,
-              world: World, loss_of) -> dict:
-    """`passes` over exp in shuffled mini-batches, one optimizer step each; loss_of(rows, mb_mask) ->
-    (loss, stats) of one micro-batch as parts of the mini-batch's (mb_mask: the whole mini-batch's mask).
-    Returns each statistic's mean over the optimizer steps."""
+              world: World, micro: MicroStep) -> dict:
+    """`passes` over exp in shuffled mini-batches, one optimizer step each; micro(rows, mb_mask) runs one
+    micro-batch's forward and backward and gives its statistics as parts of the mini-batch's (mb_mask: the
+    whole mini-batch's mask). Returns each statistic's mean over the optimizer steps."""
     sums, steps = defaultdict(float), 0
     for _ in range(passes):
         for mb in _minibatches(exp.seq.shape[0], rl.mini_batch_size, gen):
@@ -47,11 +48,8 @@ def _optimise(exp: Experience, rl, passes: int, optimizers: list, gen: torch.Gen
                 if k == len(parts) - 1:
                     for opt in optimizers:
                         opt.prepare_last_backward()
-                loss, micro_stats = loss_of(exp.rows(rows.to(device)), mb_mask)
-                # the optimizers average the processes' gradients: each sends world.size x its part of the sum
-                (loss * world.size).backward()
-                for key, v in micro_stats.items():
-                    sums[key] = sums[key] + v.detach()
+                for key, v in micro(exp.rows(rows.to(device)), mb_mask).items():
+                    sums[key] = sums[key] + v
             for opt in optimizers:
                 optimizer_step(opt, lr)
             steps += 1
@@ -60,10 +58,9 @@ def _optimise(exp: Experience, rl, passes: int, optimizers: list, gen: torch.Gen
     return dict(zip(keys, totals))
 
 
-def ppo(exp: Experience, policy, value, opt_policy, opt_value, rl, ctx, gen: torch.Generator, lr: float,
-        device, world: World = World()) -> dict:
-    """rl.ppo_epochs passes over exp (advantages and returns already set); the statistics' means (token means
-    over each mini-batch)."""
+def ppo_loss(policy, value, rl, ctx):
+    """loss_of(e, mb_mask) -> (loss, statistics) of PPO's clipped policy and value losses (token means over
+    each mini-batch)."""
     def loss_of(e: Experience, mb_mask: torch.Tensor):
         part = losses.part_of(mb_mask.sum())
         with ctx:
@@ -75,13 +72,12 @@ def ppo(exp: Experience, policy, value, opt_policy, opt_value, rl, ctx, gen: tor
             "policy/clipfrac_avg": pg_clip, "val/clipfrac_avg": vf_clip, "policy/approxkl_avg": approx_kl,
             "loss/policy_avg": pg, "loss/value_avg": vf, "objective/entropy": losses.masked_mean(entropy, e.mask, part)}
 
-    return _optimise(exp, rl, rl.ppo_epochs, [opt_policy, opt_value], gen, lr, device, world, loss_of)
+    return loss_of
 
 
-def grpo(exp: Experience, policy, opt_policy, rl, ctx, gen: torch.Generator, lr: float, device,
-         world: World = World()) -> dict:
-    """rl.grpo_iterations passes of TRL's GRPO loss: the clipped surrogate with one advantage per sequence
-    (exp.advantages [B]) and beta x k3-KL to the reference, averaged over each sequence's tokens, then over
+def grpo_loss(policy, rl, ctx):
+    """loss_of(e, mb_mask) of TRL's GRPO loss: the clipped surrogate with one advantage per sequence
+    (e.advantages [B]) and beta x k3-KL to the reference, averaged over each sequence's tokens, then over
     sequences."""
     def loss_of(e: Experience, mb_mask: torch.Tensor):
         part = losses.part_of(mb_mask.sum())
@@ -98,4 +94,22 @@ def grpo(exp: Experience, policy, opt_policy, rl, ctx, gen: torch.Generator, lr:
                       "objective/entropy": losses.masked_mean(entropy, e.mask, part),
                       "grpo/kl_k3": losses.masked_mean(kl, e.mask, part)}
 
-    return _optimise(exp, rl, rl.grpo_iterations, [opt_policy], gen, lr, device, world, loss_of)
+    return loss_of
+
+
+class Updater:
+    """The optimisation of one batch of experience: PPO (rl.ppo_epochs passes, policy and value model) or GRPO
+    (rl.grpo_iterations passes, the policy alone). Made once a run: its recorded micro-steps (rl/graphed.py)
+    are replayed step after step."""
+
+    def __init__(self, rl, policy, value, optimizers: list, ctx, device, world: World = World()):
+        ppo = rl.algorithm == "ppo"
+        loss_of = ppo_loss(policy, value, rl, ctx) if ppo else grpo_loss(policy, rl, ctx)
+        # the optimizers average the processes' gradients: each sends world.size x its part of the sum
+        self.micro = MicroStep(loss_of, world.size, graphs_apply(policy, device, world.size))
+        self.passes = rl.ppo_epochs if ppo else rl.grpo_iterations
+        self.rl, self.optimizers, self.device, self.world = rl, optimizers, device, world
+
+    def __call__(self, exp: Experience, gen: torch.Generator, lr: float) -> dict:
+        """exp's advantages (and PPO's returns) already set; the statistics' means over the optimizer steps."""
+        return _optimise(exp, self.rl, self.passes, self.optimizers, gen, lr, self.device, self.world, self.micro)
