@@ -116,7 +116,8 @@ def main() -> None:
     if len(per) >= 2:
         (a, ka), (b, kb) = list(per.items())[:2]
         diff = sorted(set(ka) | set(kb), key=lambda k: -abs(kb.get(k, 0) - ka.get(k, 0)))[: args.rows]
-        print(f"\n## kernels whose GPU time differs most, {b} - {a} (total {sum(kb.values()) - sum(ka.values()):+.1f} ms)")
+        total = sum(kb.values()) - sum(ka.values())
+        print(f"\n## kernels whose GPU time differs most, {b} - {a} (total {total:+.1f} ms)")
         print(f"| kernel | {a} ms | {b} ms | {b} - {a} |\n|---|---:|---:|---:|")
         for k in diff:
             print(f"| {k[:100]} | {ka.get(k, 0):.2f} | {kb.get(k, 0):.2f} | {kb.get(k, 0) - ka.get(k, 0):+.2f} |")

@@ -56,13 +56,15 @@ def main() -> None:
     print("# Speed table (dev/speed/speed_table.sh)\n")
     if base:
         print(f"Ratio = fastest baseline's ms / row's ms (>1: faster); fastest baseline: {base[0]} {base[1]:.1f} ms.\n")
-    print("| mode / loop | ms/step | tokens/s | vs fastest baseline | vs bench kernels | from |\n|---|---:|---:|---:|---:|---|")
+    print("| mode / loop | ms/step | tokens/s | vs fastest baseline | vs bench kernels | from |")
+    print("|---|---:|---:|---:|---:|---|")
     for what, ms, tps, detail in rows:
         r = f"{base[1] / ms:.3f}x" if base else "-"
         k = f"{kern / ms:.3f}x" if kern else "-"
         print(f"| {what} | {ms:.1f} | {tps:,.0f} | {r} | {k} | {detail} |")
     if "gpt2" in loops and "speedrun" in loops:
-        print(f"\nspeedrun model / GPT-2 model in `gpt2pipe train`: {loops['speedrun'] / loops['gpt2']:.3f}x the step time")
+        ratio = loops["speedrun"] / loops["gpt2"]
+        print(f"\nspeedrun model / GPT-2 model in `gpt2pipe train`: {ratio:.3f}x the step time")
     prof = a.out / "profile.md"
     if prof.is_file():
         lines = [ln for ln in prof.read_text().splitlines()
