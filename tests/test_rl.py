@@ -374,7 +374,7 @@ def test_recorded_update_micro_steps_equal_eager_ones(rl_setup, monkeypatch, alg
                      prompts=str(run_dir.parent / "long.jsonl"))
     recorded = []
     record = graphed.MicroStep._record
-    monkeypatch.setattr(graphed.MicroStep, "_record", lambda self, *a: recorded.append(1) or record(self, *a))
+    monkeypatch.setattr(graphed.MicroStep, "_record", lambda self, *a: (record(self, *a), recorded.append(1))[0])
     run(config.from_dict(raw), run_dir, progress=False)
     assert recorded, "no micro-step was recorded"
     monkeypatch.setattr(update, "graphs_apply", lambda *a: False)

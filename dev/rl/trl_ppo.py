@@ -31,7 +31,10 @@ def run_trl(a):
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     tok = AutoTokenizer.from_pretrained(a.model)
-    tok.pad_token = tok.eos_token
+    # a pad token of its own, as TRL's PPO example adds (pads are masked and zeroed before the model): with
+    # pad = eos TRL masks the <|endoftext|> that ends a response (left out of its KL and never trained, where
+    # ours counts and trains it) and the one that starts each prompt
+    tok.add_special_tokens({"pad_token": "[PAD]"})
     tok.padding_side = "left"
     texts = [json.loads(line)["prompt"] for line in open(a.src)]
     ids = [tok("<|endoftext|>" + t)["input_ids"] for t in texts]
@@ -49,7 +52,7 @@ def run_trl(a):
         if not isinstance(model, Vader):
             return tokens_reward(model, query_responses, pad_token_id, context_length)
         rows = query_responses[:, context_length:].tolist()
-        responses = [tok.decode([t for t in r if t != pad_token_id]) for r in rows]
+        responses = [tok.decode([t for t in r if t not in (pad_token_id, tok.eos_token_id)]) for r in rows]
         score = torch.tensor([vader.polarity_scores(r)["compound"] for r in responses], device=query_responses.device)
         return None, score, None
 

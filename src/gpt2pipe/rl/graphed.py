@@ -17,6 +17,7 @@ arithmetic.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import fields
 
@@ -52,7 +53,12 @@ class MicroStep:
         key = tuple((k, tuple(v.shape), v.dtype) for k, v in inputs.items())
         if key not in self.recorded:
             stats = self.eager(e, mb_mask)
-            self.recorded[key] = self._record(e, inputs)
+            try:
+                self.recorded[key] = self._record(e, inputs)
+            except Exception as err:  # noqa: BLE001 — a speed-up only: the eager micro-steps stay correct
+                warnings.warn(f"rl: the update's CUDA graph could not be recorded ({type(err).__name__}: {err}); "
+                              "it runs eagerly", stacklevel=2)
+                self.graphs = False
             return stats
         graph, static, stats = self.recorded[key]
         for k, v in inputs.items():
