@@ -30,7 +30,7 @@ def entry_points() -> dict[str, set[str]]:
             names["rmsnorm"] |= {f"rmsnorm_forward{vec}_{sfx}", f"rmsnorm_backward{vec}_{sfx}"}
             names["activation"] |= {f"{op}_{way}{vec}_{sfx}" for op in ("swiglu", "relu2")
                                     for way in ("forward", "backward")}
-        names["rope"] |= {f"qkv_rope_forward_{sfx}", f"qkv_rope_backward_{sfx}"}
+            names["rope"] |= {f"qkv_rope_forward{vec}_{sfx}", f"qkv_rope_backward{vec}_{sfx}"}
     return names
 
 
@@ -124,16 +124,26 @@ def test_every_launch_fits_its_kernel_signature(recorder, dtype):
     launched(lambda x: A.RMSNorm.apply(x, None, 1e-6), leaf(4, 64))
     assert recorder.calls[1][3]["w"] == 0 and recorder.calls[1][3]["partials"] == 0 and recorder.calls[1][4] == 0
 
-    # QK-norm + RoPE: GQA, tables longer than T, bf16 tables (a model cast to bf16) handed over as fp32
+    # QK-norm + RoPE: GQA, tables longer than T, bf16 tables (a model cast to bf16) handed over as fp32;
+    # 16-byte entries where half a row is whole 16-byte accesses (D = 64), `lanes` lanes a (token, head) row
     cos, sin = R.rope_tables(16, 64)
     for qk_norm in (True, False):
         calls = launched(lambda qkv: A.QkvRope.apply(qkv, 8, 2, cos.bfloat16(), sin, qk_norm, 1e-6),
                          leaf(2, 10, 12 * 64))
-        assert calls == [f"qkv_rope_forward_{sfx}", f"qkv_rope_backward_{sfx}"]
+        assert calls == [f"qkv_rope_forward_vec_{sfx}", f"qkv_rope_backward_vec_{sfx}"]
         forward, backward = recorder.calls
-        assert forward[1] * forward[2] // 32 >= 2 * 10 * 12  # a warp per (token, head)
+        lanes = 32 // (16 // dtype.itemsize)  # D/2 = 32 elements: 4 accesses of 8 bf16, 8 of 4 fp32
+        assert forward[3]["lanes"] == backward[3]["lanes"] == lanes
+        assert forward[1] * forward[2] >= 2 * 10 * 12 * lanes
         assert (forward[3]["rstd"] != 0) == qk_norm and (backward[3]["q"] != 0) == qk_norm
         assert forward[3]["S"] == 10 and forward[3]["D"] == 64 and forward[3]["G"] == 2
+    # half a row not whole accesses (D = 34), or an input off a 16-byte boundary: a warp per row, 2-byte accesses
+    cos34, sin34 = R.rope_tables(16, 34)
+    assert launched(lambda qkv: A.QkvRope.apply(qkv, 2, 1, cos34, sin34, True, 1e-6), leaf(2, 5, 4 * 34)) == \
+        [f"qkv_rope_forward_{sfx}", f"qkv_rope_backward_{sfx}"]
+    assert recorder.calls[0][1] * recorder.calls[0][2] // 32 >= 2 * 5 * 4  # a warp per (token, head)
+    assert launched(lambda qkv: A.QkvRope.apply(qkv, 8, 2, cos, sin, True, 1e-6),
+                    _misaligned(2, 10, 12 * 64, dtype=dtype))[0] == f"qkv_rope_forward_{sfx}"
 
     # activations
     assert launched(A.SwiGLU.apply, leaf(3, 4, 2 * 64)) == [f"swiglu_forward_vec_{sfx}", f"swiglu_backward_vec_{sfx}"]
@@ -152,9 +162,10 @@ def test_launches_cover_every_entry_point(recorder):
             _run_forward_backward(A.RMSNorm.apply(x, torch.zeros(C, requires_grad=True), 1e-6))
             _run_forward_backward(A.SwiGLU.apply(torch.zeros(4, 2 * C, dtype=dtype, requires_grad=True)))
             _run_forward_backward(A.ReLU2.apply(torch.zeros(3, C, dtype=dtype, requires_grad=True)))
-        cos, sin = R.rope_tables(4, 8)
-        _run_forward_backward(A.QkvRope.apply(torch.zeros(1, 4, 3 * 8, dtype=dtype, requires_grad=True), 1, 1,
-                                              cos, sin, True, 1e-6))
+        for D in (16, 6):  # the 16-byte entries and the scalar ones
+            cos, sin = R.rope_tables(4, D)
+            _run_forward_backward(A.QkvRope.apply(torch.zeros(1, 4, 3 * D, dtype=dtype, requires_grad=True), 1, 1,
+                                                  cos, sin, True, 1e-6))
     seen = {c[0] for c in recorder.calls}
     assert seen == set().union(*entry_points().values())
 
@@ -310,9 +321,10 @@ def test_other_dtypes_and_empty_inputs():
 
 
 # (B, T, H, G, D, T_max): MHA at GPT-2 124M head size with T < table length; GQA with D = 128; tiny odd
-# half-widths (D/2 = 3, 17); D = 256 (each lane several pairs); T == table length
+# half-widths (D/2 = 3, 17: the scalar entries); D = 256 (each lane several pairs); T == table length;
+# D = 48 (3 accesses of bf16 a half row: 2 lanes, one of them twice); D = 16 (one bf16 lane a row: 32 rows a warp)
 ROPE_SHAPES = [(2, 64, 12, 12, 64, 128), (2, 33, 8, 2, 128, 64), (1, 7, 3, 1, 6, 7), (3, 5, 4, 4, 34, 16),
-               (1, 3, 2, 1, 256, 8), (4, 256, 6, 3, 64, 1024)]
+               (1, 3, 2, 1, 256, 8), (4, 256, 6, 3, 64, 1024), (2, 5, 3, 1, 48, 8), (1, 4, 2, 2, 16, 4)]
 
 
 @gpu

@@ -144,6 +144,15 @@ def _rope_tables(cos, sin, T: int):
     return cos[:T].float().contiguous(), sin[:T].float().contiguous()
 
 
+def _rope_lanes(D: int, dtype: torch.dtype, *tensors) -> int:
+    """Lanes a row for rope.cu's 16-byte entries (the largest power of two <= 32 and <= the row's accesses per
+    half), or 0 where they do not apply (half a row not a whole number of accesses, a tensor unaligned)."""
+    per_half, rem = divmod(D // 2, _VEC[dtype])
+    if rem or not per_half or not aligned(*tensors):
+        return 0
+    return 1 << (min(per_half, 32).bit_length() - 1)
+
+
 class QkvRope(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, n_head, n_kv_head, cos, sin, qk_norm, eps):
@@ -157,7 +166,11 @@ class QkvRope(torch.autograd.Function):
         v = torch.empty(B, G, T, D, dtype=qkv.dtype, device=qkv.device)
         rstd = torch.empty(B, T, H + G, dtype=torch.float32, device=qkv.device) if qk_norm else None
         rows = B * T * (H + 2 * G)
-        if rows:
+        lanes = _rope_lanes(D, qkv.dtype, qkv, q, k, v, c, s)
+        if rows and lanes:
+            launch("rope", _name("qkv_rope_forward", qkv.dtype, vec=True), (rows * lanes + 255) // 256, 256,
+                   q, k, v, rstd, qkv, c, s, B, T, H, G, D, int(qk_norm), eps, lanes)
+        elif rows:
             launch("rope", _name("qkv_rope_forward", qkv.dtype), (rows + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK,
                    32 * _ROWS_PER_BLOCK, q, k, v, rstd, qkv, c, s, B, T, H, G, D, int(qk_norm), eps)
         # QK-norm's backward recovers the normed q and k from these outputs, which SDPA keeps anyway
@@ -172,10 +185,14 @@ class QkvRope(torch.autograd.Function):
         B, T, H, G, D, dtype = ctx.shape
         dqkv = torch.empty(B, T, (H + 2 * G) * D, dtype=dtype, device=c.device)
         rows = B * T * (H + 2 * G)
-        if rows:
+        dq, dk, dv = dq.contiguous(), dk.contiguous(), dv.contiguous()
+        lanes = _rope_lanes(D, dtype, dqkv, dq, dk, dv, q, k, c, s)
+        if rows and lanes:
+            launch("rope", _name("qkv_rope_backward", dtype, vec=True), (rows * lanes + 255) // 256, 256,
+                   dqkv, dq, dk, dv, q, k, rstd, c, s, B, T, H, G, D, int(ctx.qk_norm), lanes)
+        elif rows:
             launch("rope", _name("qkv_rope_backward", dtype), (rows + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK,
-                   32 * _ROWS_PER_BLOCK, dqkv, dq.contiguous(), dk.contiguous(), dv.contiguous(), q, k, rstd, c, s,
-                   B, T, H, G, D, int(ctx.qk_norm))
+                   32 * _ROWS_PER_BLOCK, dqkv, dq, dk, dv, q, k, rstd, c, s, B, T, H, G, D, int(ctx.qk_norm))
         return dqkv, None, None, None, None, None, None
 
 

@@ -6,6 +6,9 @@
 // the first and second half of D, c = cos[t, i], s = sin[t, i] from fp32 tables [>= S, D/2]. v is copied.
 // fp32 math for bf16 or fp32 tensors (T); no rounding between the norm and the rotation.
 // One warp per (token, head) row of qkv: lane i handles the pairs (i, i + D/2), i += 32; any even D.
+// The _vec entries (D/2 a multiple of 16 bytes' worth, tensors 16-byte aligned) give a row `lanes` lanes (a
+// power of two <= 32: several rows a warp) and each lane V consecutive pairs through 16-byte accesses: at
+// D = 128 the one-warp-per-row kernels moved ~1 TB/s on the H200, 2-byte accesses and 64-byte warp requests.
 #include "typed.cuh"
 
 // where row `row` of the packed input lands: its output tensor and row, and (q/k heads) its rstd slot
@@ -122,6 +125,131 @@ __device__ void rope_backward(T* dqkv, const T* dq, const T* dk, const T* dv, co
     }
 }
 
+
+// --- the vectorised entries: `lanes` lanes a row, V = 16 bytes of T per access -------------------------------
+
+// the sum over the row's lanes (an aligned group of `lanes` lanes: xor partners stay inside it)
+__device__ __forceinline__ float row_sum(float x, int lanes, unsigned int mask) {
+    for (int o = lanes / 2; o > 0; o >>= 1) x += __shfl_xor_sync(mask, x, o);
+    return x;
+}
+
+__device__ __forceinline__ unsigned int row_mask(int lanes) {
+    const int lane = threadIdx.x % 32;
+    return lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u) << (lane / lanes * lanes);
+}
+
+template <typename T>
+__device__ void rope_forward_vec(T* q, T* k, T* v, float* rstd, const T* qkv, const float* cos, const float* sin,
+                                 int B, int S, int H, int G, int D, int qk_norm, float eps, int lanes) {
+    constexpr int V = vec_width<T>();
+    const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / lanes;
+    if (row >= (long long)B * S * (H + 2 * G)) return;  // whole rows leave together
+    const int sub = threadIdx.x % lanes, step = lanes * V, half = D / 2;
+    const RopeRow at = rope_row(row, S, H, G, D);
+    const T* src = qkv + row * D;
+    float x1[V], x2[V];
+    if (at.which == 2) {
+        for (int i = sub * V; i < D; i += step) {
+            load<V>(x1, src + i);
+            store<V>(v + at.out + i, x1);
+        }
+        return;
+    }
+    T* dst = (at.which == 0 ? q : k) + at.out;
+    float r = 1.0f;
+    if (qk_norm) {
+        float ss = 0.0f;
+        for (int i = sub * V; i < D; i += step) {
+            load<V>(x1, src + i);
+#pragma unroll
+            for (int j = 0; j < V; ++j) ss += x1[j] * x1[j];
+        }
+        r = rsqrtf(row_sum(ss, lanes, row_mask(lanes)) / D + eps);
+        if (sub == 0) rstd[at.head] = r;
+    }
+    const float* c = cos + (long long)at.t * half;
+    const float* s = sin + (long long)at.t * half;
+    for (int i = sub * V; i < half; i += step) {
+        float cc[V], sn[V], y1[V], y2[V];
+        load<V>(x1, src + i);
+        load<V>(x2, src + i + half);
+        load<V>(cc, c + i);
+        load<V>(sn, s + i);
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const float a = x1[j] * r, b = x2[j] * r;
+            y1[j] = a * cc[j] - b * sn[j];
+            y2[j] = b * cc[j] + a * sn[j];
+        }
+        store<V>(dst + i, y1);
+        store<V>(dst + i + half, y2);
+    }
+}
+
+template <typename T>
+__device__ void rope_backward_vec(T* dqkv, const T* dq, const T* dk, const T* dv, const T* q, const T* k,
+                                  const float* rstd, const float* cos, const float* sin, int B, int S, int H, int G,
+                                  int D, int qk_norm, int lanes) {
+    constexpr int V = vec_width<T>();
+    const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / lanes;
+    if (row >= (long long)B * S * (H + 2 * G)) return;
+    const int sub = threadIdx.x % lanes, step = lanes * V, half = D / 2;
+    const RopeRow at = rope_row(row, S, H, G, D);
+    T* dst = dqkv + row * D;
+    float g1[V], g2[V];
+    if (at.which == 2) {
+        for (int i = sub * V; i < D; i += step) {
+            load<V>(g1, dv + at.out + i);
+            store<V>(dst + i, g1);
+        }
+        return;
+    }
+    const T* dy = (at.which == 0 ? dq : dk) + at.out;
+    const T* y = (at.which == 0 ? q : k) + at.out;
+    const float* c = cos + (long long)at.t * half;
+    const float* s = sin + (long long)at.t * half;
+    float r = 1.0f, dot = 0.0f;
+    // two passes when QK-norm needs the row's dot product first; the second reads the row again (from cache)
+    for (int pass = qk_norm ? 0 : 1; pass < 2; ++pass) {
+        for (int i = sub * V; i < half; i += step) {
+            float cc[V], sn[V], y1[V], y2[V], o1[V], o2[V];
+            load<V>(g1, dy + i);
+            load<V>(g2, dy + i + half);
+            load<V>(cc, c + i);
+            load<V>(sn, s + i);
+            if (qk_norm) {
+                load<V>(y1, y + i);
+                load<V>(y2, y + i + half);
+            }
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                const float dn1 = g1[j] * cc[j] + g2[j] * sn[j], dn2 = g2[j] * cc[j] - g1[j] * sn[j];
+                float n1 = 0.0f, n2 = 0.0f;
+                if (qk_norm) {
+                    const float inv = 1.0f / (cc[j] * cc[j] + sn[j] * sn[j]);
+                    n1 = (y1[j] * cc[j] + y2[j] * sn[j]) * inv;
+                    n2 = (y2[j] * cc[j] - y1[j] * sn[j]) * inv;
+                }
+                if (pass == 0) {
+                    dot += dn1 * n1 + dn2 * n2;
+                } else {
+                    o1[j] = qk_norm ? r * (dn1 - n1 * dot) : dn1;
+                    o2[j] = qk_norm ? r * (dn2 - n2 * dot) : dn2;
+                }
+            }
+            if (pass == 1) {
+                store<V>(dst + i, o1);
+                store<V>(dst + i + half, o2);
+            }
+        }
+        if (pass == 0) {
+            r = rstd[at.head];
+            dot = row_sum(dot, lanes, row_mask(lanes)) / D;
+        }
+    }
+}
+
 #define ROPE_ENTRY(T)                                                                                        \
     extern "C" __global__ void qkv_rope_forward_##T(T* q, T* k, T* v, float* rstd, const T* qkv,            \
                                                     const float* cos, const float* sin, int B, int S, int H, \
@@ -133,6 +261,18 @@ __device__ void rope_backward(T* dqkv, const T* dq, const T* dk, const T* dv, co
                                                      const float* cos, const float* sin, int B, int S, int H, \
                                                      int G, int D, int qk_norm) {                             \
         rope_backward<T>(dqkv, dq, dk, dv, q, k, rstd, cos, sin, B, S, H, G, D, qk_norm);                     \
+    }                                                                                                         \
+    extern "C" __global__ void qkv_rope_forward_vec_##T(T* q, T* k, T* v, float* rstd, const T* qkv,        \
+                                                        const float* cos, const float* sin, int B, int S,    \
+                                                        int H, int G, int D, int qk_norm, float eps,          \
+                                                        int lanes) {                                          \
+        rope_forward_vec<T>(q, k, v, rstd, qkv, cos, sin, B, S, H, G, D, qk_norm, eps, lanes);                \
+    }                                                                                                         \
+    extern "C" __global__ void qkv_rope_backward_vec_##T(T* dqkv, const T* dq, const T* dk, const T* dv,    \
+                                                         const T* q, const T* k, const float* rstd,          \
+                                                         const float* cos, const float* sin, int B, int S,   \
+                                                         int H, int G, int D, int qk_norm, int lanes) {       \
+        rope_backward_vec<T>(dqkv, dq, dk, dv, q, k, rstd, cos, sin, B, S, H, G, D, qk_norm, lanes);          \
     }
 
 ROPE_ENTRY(bf16)
