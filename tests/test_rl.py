@@ -3,6 +3,7 @@ plain forward, PPO and GRPO raising a known reward on a tiny model, exact resume
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -305,6 +306,53 @@ def test_no_rl_section_is_one_line(tiny):
         run(tiny, tiny.run_dir)
 
 
+def _micro_experience(rows: int, P: int = 4, R: int = 3, seed: int = 0):
+    from gpt2pipe.rl.rollout import Experience
+
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(0, 50, (rows, P + R), generator=g)
+    zeros = torch.zeros(rows, R)
+    return Experience(seq, None, P, torch.ones(rows, R), torch.zeros(rows), zeros, zeros, [], [])
+
+
+def _logp_loss(model):
+    from gpt2pipe.rl.policy import response_logprobs
+
+    def loss_of(e, mb_mask):
+        logp = response_logprobs(model, e.seq, e.valid, e.P, 1.0)
+        loss = -(logp * e.mask).sum() / mb_mask.sum()
+        return loss, {"loss": loss}
+
+    return loss_of
+
+
+def test_a_micro_step_that_cannot_be_recorded_counts_each_gradient_once(recwarn):
+    """MicroStep's bookkeeping without a GPU: a shape's first call runs eagerly and is not recorded, its second
+    runs eagerly and then tries to record; here recording fails (no CUDA), which warns once and leaves every
+    later call eager. The gradients are those of plain eager calls: none counted twice, none lost."""
+    from gpt2pipe.rl.graphed import MicroStep
+
+    torch.manual_seed(0)
+    a = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=64))
+    b = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=64))
+    b.load_state_dict(a.state_dict())
+    graphed, eager = MicroStep(_logp_loss(a), 1.0, graphs=True), MicroStep(_logp_loss(b), 1.0, graphs=False)
+    tries = []
+    record = MicroStep._record
+    MicroStep._record = lambda self, *x: (tries.append(1), record(self, *x))[1]
+    try:
+        for k in range(4):
+            e = _micro_experience(4 if k % 2 else 6, seed=k)
+            sa, sb = graphed(e, e.mask), eager(e, e.mask)
+            assert torch.equal(sa["loss"], sb["loss"])
+    finally:
+        MicroStep._record = record
+    assert len(tries) == 1 and not graphed.graphs and not graphed.recorded  # the 6-row shape's second call
+    assert len([w for w in recwarn if "could not be recorded" in str(w.message)]) == 1
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa.grad, pb.grad)
+
+
 # --- on the GPU -------------------------------------------------------------------------------------------
 
 gpu = pytest.mark.gpu
@@ -370,17 +418,50 @@ def test_recorded_update_micro_steps_equal_eager_ones(rl_setup, monkeypatch, alg
         for t in texts * 8:
             f.write(json.dumps({"prompt": t}) + "\n")
     raw["train"].update(device="cuda", ops="kernels")
-    raw["rl"].update(steps=3, checkpoint_every=3, algorithm=algorithm, grpo_group_size=4,
+    # two micro-batches of 8 rows a 16-row mini-batch: replays add into the gradients of the one before
+    raw["rl"].update(steps=3, checkpoint_every=3, algorithm=algorithm, grpo_group_size=4, forward_batch=8,
                      prompts=str(run_dir.parent / "long.jsonl"))
-    recorded = []
-    record = graphed.MicroStep._record
+    recorded, replays = [], []
+    record, replay = graphed.MicroStep._record, torch.cuda.CUDAGraph.replay
     monkeypatch.setattr(graphed.MicroStep, "_record", lambda self, *a: (record(self, *a), recorded.append(1))[0])
-    run(config.from_dict(raw), run_dir, progress=False)
-    assert recorded, "no micro-step was recorded"
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda self: (replays.append(1), replay(self))[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a recording that fails falls back to eager: here, an error
+        run(config.from_dict(raw), run_dir, progress=False)
+    assert recorded and len(replays) > 10, (len(recorded), len(replays))
     monkeypatch.setattr(update, "graphs_apply", lambda *a: False)
     run(config.from_dict(raw), run_dir.parent / "eager", progress=False)
     graphs, eager = rl_log(run_dir), rl_log(run_dir.parent / "eager")
-    keys = ["reward_mean", "kl", "entropy", "policy_loss", "value_loss", "policy_clipfrac", "approxkl"]
+    keys = ["reward_mean", "kl", "entropy", "policy_loss", "value_loss", "policy_clipfrac", "value_clipfrac",
+            "approxkl"]
     for g, e in zip(graphs, eager, strict=True):
         for k in keys:
             assert g[k] == pytest.approx(e[k], rel=1e-3, abs=1e-5), (g["step"], k, g[k], e[k])
+
+
+@gpu
+def test_replayed_micro_steps_accumulate_the_gradients_eager_ones_do():
+    """On the kernels path with the flat AdamW's gradient buffer: micro-steps of two shapes, interleaved and
+    never zeroed between, recorded on each shape's second call and replayed after, leave the buffer as eager
+    micro-steps of the same inputs do (a replay that overwrote instead of adding would not)."""
+    from gpt2pipe.rl.graphed import MicroStep, graphs_apply
+    from gpt2pipe.train.adamw import ShardedAdamW
+
+    torch.manual_seed(0)
+    models, opts = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        m = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=64), ops="kernels").cuda()
+        opts.append(ShardedAdamW(m, lr=1e-3))  # the kernels path's optimizer: bf16 weights, one gradient buffer
+        models.append(m)
+    assert graphs_apply(models[0], opts[:1], torch.device("cuda"), 1)
+    graphed, eager = MicroStep(_logp_loss(models[0]), 2.0, graphs=True), MicroStep(_logp_loss(models[1]), 2.0, False)
+    for k in range(8):
+        e = _micro_experience(8 if k % 2 else 16, P=6, R=5, seed=k)
+        e.seq, e.mask, e.old_logp, e.ref_logp = (t.cuda() for t in (e.seq, e.mask, e.old_logp, e.ref_logp))
+        e.scores = e.scores.cuda()
+        sa, sb = graphed(e, e.mask), eager(e, e.mask)
+        torch.testing.assert_close(sa["loss"], sb["loss"])
+    assert len(graphed.recorded) == 2 and graphed.graphs
+    assert opts[0].grads.abs().sum() > 0
+    torch.testing.assert_close(opts[0].grads.float(), opts[1].grads.float(), rtol=1e-2, atol=1e-3)

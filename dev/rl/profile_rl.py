@@ -28,8 +28,9 @@ def labelled(module, name: str, label: str | None = None) -> None:
 
 for mod, name, label in ((rollout, "sample", "sample"), (rollout, "_texts", "texts"),
                          (rollout.rewards_mod, "score", "reward"), (rollout, "response_logprobs", "rollout logp"),
+                         # with recorded update graphs (rl/graphed.py) this covers only eager and recording calls
                          (update, "response_logprobs", "update forward logp"), (update, "optimizer_step", "optimizer"),
-                         (loop, "collect", "collect"), (update, "grpo", "update"), (update, "ppo", "update"),
+                         (loop, "collect", "collect"), (update, "_optimise", "update"),
                          (loop.shard, "gather", "gather")):
     labelled(mod, name, label)
 

@@ -6,12 +6,12 @@
 #   PART=grpo: the sampler against HF generate -> the same prompts as text -> `gpt2pipe rl` GRPO and TRL's
 #              GRPOTrainer, $STEPS steps each (dev/rl/trl_grpo.py's settings) -> reward-model variants
 #              ($RM_VARIANTS: JSON objects separated by ';', trained side by side, no PPO)
-#   PART=ppo: `gpt2pipe rl` PPO and TRL's PPOTrainer, $STEPS steps each (dev/rl/trl_ppo.py's
+#   PART=ppo:  `gpt2pipe rl` PPO and TRL's PPOTrainer, $STEPS steps each (dev/rl/trl_ppo.py's
 #              settings) -> the reward-model path with $RM_SET (reward model, PPO against it, VADER held out)
 #   PART=both: the GRPO and PPO comparisons alone (TRL's GRPO for $TRL_GRPO_STEPS steps: its speed)
-#   every part first runs the GPU tests of rl and reward-model (SKIP_TESTS=1: none; TESTS=...: those)
 #   PART=profile: where the time goes: the sampler's kernels (--profile), then one profiled GRPO step and one
 #              PPO step with the settings above (dev/rl/profile_rl.py)
+# Every part first runs the GPU tests of rl and reward-model (SKIP_TESTS=1: none; TESTS=...: those).
 set -uo pipefail
 OUT=${OUT:-dev/rl/out}; STEPS=${STEPS:-30}; PART=${PART:-grpo}
 mkdir -p "$OUT"

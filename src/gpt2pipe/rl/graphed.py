@@ -3,16 +3,18 @@
 At RL's shapes (a 64-row mini-batch of ~56 tokens on the 124M model) one forward and backward is ~10 ms of GPU
 work but ~1,500 kernel launches from Python: the step waits on the CPU. A replayed graph launches them all at
 once. What makes that correct:
-- the first micro-step of a shape runs eagerly (it is also the warm-up: kernels compiled, workspaces made);
-  the graph is recorded after it, and recording runs nothing, so no gradient is counted twice;
+- a shape's micro-steps run eagerly until it comes a second time (a shape seen once, e.g. a batch of prompts
+  of an unusual length, is not worth a recording's sync and memory); the graph is recorded after that eager
+  run, which was also its warm-up, and recording runs nothing, so no gradient is counted twice;
 - the gradients are the optimizer's persistent flat buffer (ops/flat_adamw.py), so the recorded backward adds
   into them in place and each replay accumulates as an eager backward would; the optimizer's step stays
   outside (its step count and learning rate change every step);
 - the weights are updated in place, so a replay reads the current ones; inputs are copied into the graph's
   own tensors before each replay, and its outputs (loss, statistics) are read before the next.
 Only where that holds: CUDA, the kernels path, one process (several processes reduce gradients from backward
-hooks), prompts without padding (the padded path builds a cache model per call). Elsewhere: eager, the same
-arithmetic.
+hooks), optimizers whose gradients are one persistent buffer (the flat AdamW: an optimizer that sets .grad to
+None would leave the replays writing into freed memory), prompts without padding (the padded path builds a
+cache model per call). Elsewhere: eager, the same arithmetic.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import fields
 
 import torch
 
+from gpt2pipe.ops.flat_adamw import FlatAdamW
 from gpt2pipe.rl.rollout import Experience
 
 
@@ -39,6 +42,7 @@ class MicroStep:
     def __init__(self, loss_of: Callable, scale: float, graphs: bool):
         self.loss_of, self.scale, self.graphs = loss_of, scale, graphs
         self.recorded: dict[tuple, tuple] = {}  # shape key -> (graph, static inputs, static statistics)
+        self.seen: set[tuple] = set()  # shapes run once (eagerly)
         self.pool = None  # one memory pool shared by the graphs of every shape (replayed one at a time)
 
     def eager(self, e: Experience, mb_mask: torch.Tensor) -> dict:
@@ -53,12 +57,15 @@ class MicroStep:
         key = tuple((k, tuple(v.shape), v.dtype) for k, v in inputs.items())
         if key not in self.recorded:
             stats = self.eager(e, mb_mask)
+            if key not in self.seen:
+                self.seen.add(key)
+                return stats
             try:
                 self.recorded[key] = self._record(e, inputs)
             except Exception as err:  # noqa: BLE001 — a speed-up only: the eager micro-steps stay correct
                 warnings.warn(f"rl: the update's CUDA graph could not be recorded ({type(err).__name__}: {err}); "
                               "it runs eagerly", stacklevel=2)
-                self.graphs = False
+                self.graphs, self.recorded, self.pool = False, {}, None  # the graphs' memory goes back
             return stats
         graph, static, stats = self.recorded[key]
         for k, v in inputs.items():
@@ -80,6 +87,7 @@ class MicroStep:
         return graph, static, stats
 
 
-def graphs_apply(model, device: torch.device, world_size: int) -> bool:
+def graphs_apply(model, optimizers: list, device: torch.device, world_size: int) -> bool:
     """Whether the update's micro-steps may be recorded (see the module's note)."""
-    return device.type == "cuda" and getattr(model, "ops", None) == "kernels" and world_size == 1
+    return (device.type == "cuda" and getattr(model, "ops", None) == "kernels" and world_size == 1
+            and all(isinstance(o, FlatAdamW) and not o.sharded_grads for o in optimizers))

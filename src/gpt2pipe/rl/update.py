@@ -106,7 +106,7 @@ class Updater:
         ppo = rl.algorithm == "ppo"
         loss_of = ppo_loss(policy, value, rl, ctx) if ppo else grpo_loss(policy, rl, ctx)
         # the optimizers average the processes' gradients: each sends world.size x its part of the sum
-        self.micro = MicroStep(loss_of, world.size, graphs_apply(policy, device, world.size))
+        self.micro = MicroStep(loss_of, world.size, graphs_apply(policy, optimizers, device, world.size))
         self.passes = rl.ppo_epochs if ppo else rl.grpo_iterations
         self.rl, self.optimizers, self.device, self.world = rl, optimizers, device, world
 
