@@ -326,7 +326,7 @@ def _logp_loss(model):
     return loss_of
 
 
-def test_a_micro_step_that_cannot_be_recorded_counts_each_gradient_once(recwarn):
+def test_a_micro_step_that_cannot_be_recorded_counts_each_gradient_once(recwarn, monkeypatch):
     """MicroStep's bookkeeping without a GPU: a shape's first call runs eagerly and is not recorded, its second
     runs eagerly and then tries to record; here recording fails (no CUDA), which warns once and leaves every
     later call eager. The gradients are those of plain eager calls: none counted twice, none lost."""
@@ -339,14 +339,11 @@ def test_a_micro_step_that_cannot_be_recorded_counts_each_gradient_once(recwarn)
     graphed, eager = MicroStep(_logp_loss(a), 1.0, graphs=True), MicroStep(_logp_loss(b), 1.0, graphs=False)
     tries = []
     record = MicroStep._record
-    MicroStep._record = lambda self, *x: (tries.append(1), record(self, *x))[1]
-    try:
-        for k in range(4):
-            e = _micro_experience(4 if k % 2 else 6, seed=k)
-            sa, sb = graphed(e, e.mask), eager(e, e.mask)
-            assert torch.equal(sa["loss"], sb["loss"])
-    finally:
-        MicroStep._record = record
+    monkeypatch.setattr(MicroStep, "_record", lambda self, *x: (tries.append(1), record(self, *x))[1])
+    for k in range(4):
+        e = _micro_experience(4 if k % 2 else 6, seed=k)
+        sa, sb = graphed(e, e.mask), eager(e, e.mask)
+        assert torch.equal(sa["loss"], sb["loss"])
     assert len(tries) == 1 and not graphed.graphs and not graphed.recorded  # the 6-row shape's second call
     assert len([w for w in recwarn if "could not be recorded" in str(w.message)]) == 1
     for pa, pb in zip(a.parameters(), b.parameters()):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import torch
 
@@ -75,15 +75,13 @@ class MicroStep:
 
     def _record(self, e: Experience, inputs: dict[str, torch.Tensor]):
         static = {k: v.clone() for k, v in inputs.items()}
-        mb_mask = static.pop("mb_mask")
-        static_e = Experience(**{f.name: static.get(f.name, getattr(e, f.name)) for f in fields(e)})
-        static["mb_mask"] = mb_mask
+        static_e = replace(e, **{k: v for k, v in static.items() if k != "mb_mask"})
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize()
         with torch.cuda.graph(graph, pool=self.pool):
-            stats = self.eager(static_e, mb_mask)
+            stats = self.eager(static_e, static["mb_mask"])
         return graph, static, stats
 
 
