@@ -25,9 +25,9 @@ def updates(gs, blocks, max_elements=1 << 26):
     """orthogonal_updates of whole matrices gs (row blocks as hidden_matrices gives them), put back together."""
     items = [(k, rows, shape) for k, (g, b) in enumerate(zip(gs, blocks)) for rows, shape in row_blocks(g.shape, b)]
     out = [torch.full_like(g, float("nan")) for g in gs]
-    for k, rows, u in orthogonal_updates(items, lambda k, rows: gs[k][rows], max_elements):
-        assert u.dtype == torch.float32
-        out[k][rows] = u
+    for k, rows, u, scale in orthogonal_updates(items, lambda k, rows: gs[k][rows], max_elements):
+        assert u.dtype == torch.bfloat16 and u.shape == out[k][rows].shape
+        out[k][rows] = u.float() * scale
     return out
 
 

@@ -30,6 +30,7 @@ from gpt2pipe.distributed import World
 from gpt2pipe.ops import reference
 from gpt2pipe.ops.flat_adamw import FlatAdamW
 from gpt2pipe.ops.flat_layout import ordered_params
+from gpt2pipe.train.muon_buffers import MuonBuffers
 from gpt2pipe.train.newton_schulz import orthogonal_updates, row_blocks
 from gpt2pipe.train.optimizer_protocol import PlainWeights  # every process holds the whole model
 
@@ -89,16 +90,9 @@ class MuonAdamW(PlainWeights):
         self.momentum, self.weight_decay = t.muon_momentum, t.muon_weight_decay
         self.owner = owners([p.numel() for p in self.muon], world.size)
         self.mine = [i for i, r in enumerate(self.owner) if r == world.rank]
-        # fp32 master weights where the model's are bf16 (the kernels path); else the weight is its own master
-        self.master: dict[int, torch.Tensor] = {}
-        self.buf: dict[int, torch.Tensor] = {}
-        for i, p in enumerate(self.muon):
-            if i in self.mine:
-                self.buf[i] = torch.zeros_like(p, dtype=torch.float32)
-                if dtype != torch.float32:
-                    self.master[i] = p.detach().float().clone()
-            if p.dtype != dtype:
-                p.data = p.data.to(dtype)
+        # weights and gradients as views into flat buffers; momentum and fp32 master weights (where the
+        # model's are bf16, the kernels path) over this process's slice
+        self.flat = MuonBuffers(self.muon, self.owner, world.rank, dtype)
         self.param_groups = self.adam.param_groups
         self._handles: dict[int, object] = {}
         self._overlap = False
@@ -119,22 +113,15 @@ class MuonAdamW(PlainWeights):
         """Averaged gradients (AdamW's reduce-scattered, each Muon matrix's reduced into its owner), then the
         norm of all of them together and the clip factor, in self.adam.norm (the AdamW update reads it)."""
         adam_norm = self.adam.grad_norm()[0]
-        if self.world.distributed:
+        if self.world.distributed:  # (a matrix no gradient reached keeps its zeroed one)
             for i, p in enumerate(self.muon):
-                if p.grad is None:  # no gradient reached it (unused): it counts as zero
-                    p.grad = torch.zeros_like(p)
                 if i not in self._handles:
                     self._handles[i] = dist.reduce(p.grad, dst=self.owner[i], async_op=True)
             for h in self._handles.values():
                 h.wait()
             self._handles, self._overlap = {}, False
-        sq = torch.zeros((), dtype=torch.float32, device=adam_norm.device)
-        for i in self.mine:
-            g = self.muon[i].grad
-            if g is not None:
-                if self.world.distributed:
-                    g.div_(self.world.size)
-                sq += g.float().square().sum()
+            self.flat.my_grads().div_(self.world.size)
+        sq = torch.linalg.vector_norm(self.flat.my_grads(), dtype=torch.float32).square()
         if self.world.distributed:
             dist.all_reduce(sq)
         self.adam.norm.copy_(reference.norm_and_scale((adam_norm.square() + sq).sqrt(), self.grad_clip))
@@ -145,30 +132,26 @@ class MuonAdamW(PlainWeights):
     def update(self, lr: float) -> None:
         self.adam.step(lr, norm_ready=True)
         muon_lr = lr * self.lr_ratio
-        clip = self.adam.norm[1]
-        mu = self.momentum
-        for i in self.mine:  # the momentum (an average of the gradients: modded-nanogpt's lerp) and the decay
-            p = self.muon[i]
-            self.buf[i].mul_(mu)
-            if p.grad is not None:
-                self.buf[i].add_(p.grad.float() * clip, alpha=1 - mu)
-            if self.weight_decay:
-                self.master.get(i, p.data).mul_(1 - muon_lr * self.weight_decay)
+        flat = self.flat
+        ahead = flat.momentum_step(self.adam.norm[1], self.momentum)  # Nesterov's look-ahead, bf16
+        if self.weight_decay:
+            flat.master.mul_(1 - muon_lr * self.weight_decay)
 
-        def look(i: int, rows: slice) -> torch.Tensor:  # Nesterov: look ahead along the momentum
-            g = self.muon[i].grad
-            ahead = mu * self.buf[i][rows]
-            return ahead if g is None else ahead + (1 - mu) * (g[rows].float() * clip)
+        def look(i: int, rows: slice) -> torch.Tensor:
+            return ahead[flat.local(i, self.muon[i].shape)].view(self.muon[i].shape)[rows]
 
         items = [(i, rows, shape) for i in self.mine for rows, shape in row_blocks(self.muon[i].shape, self.blocks[i])]
-        for i, rows, d in orthogonal_updates(items, look):
-            w = self.master.get(i, self.muon[i].data)
-            w[rows].add_(d.to(w.dtype), alpha=-muon_lr)
-        for i in self.mine:
-            if i in self.master:
-                self.muon[i].copy_(self.master[i])  # round to nearest: the fp32 master keeps what bf16 cannot
+        for i, rows, u, scale in orthogonal_updates(items, look):
+            flat.master[flat.local(i, self.muon[i].shape)].view(self.muon[i].shape)[rows].add_(u, alpha=-muon_lr * scale)
+        flat.publish()
         self._broadcast()
         self.discard()
+
+    def _master(self, i: int) -> torch.Tensor:
+        return self.flat.master[self.flat.local(i, self.muon[i].shape)].view(self.muon[i].shape)
+
+    def _momentum(self, i: int) -> torch.Tensor:
+        return self.flat.momentum[self.flat.local(i, self.muon[i].shape)].view(self.muon[i].shape)
 
     def _broadcast(self) -> None:
         if self.world.distributed:
@@ -181,8 +164,7 @@ class MuonAdamW(PlainWeights):
             h.wait()
         self._handles, self._overlap = {}, False
         self.adam.zero_grad()
-        for p in self.muon:
-            p.grad = None
+        self.flat.zero_grads()
 
     # --- whole-model state ------------------------------------------------------------------------------
     def _layout(self):
@@ -216,8 +198,9 @@ class MuonAdamW(PlainWeights):
         adam = self.adam.gathered_state()
         pieces = {}
         for i, p in enumerate(self.muon):
-            master = self._from_owner(i, self.master.get(i, p.data) if i in self.mine else None)
-            buf = self._from_owner(i, self.buf.get(i))
+            mine = i in self.mine
+            master = self._from_owner(i, self._master(i) if mine else None)
+            buf = self._from_owner(i, self._momentum(i) if mine else None)
             pieces[i] = (master, buf)
         if not self.world.main:
             return None
@@ -249,14 +232,12 @@ class MuonAdamW(PlainWeights):
             if i not in self.mine:
                 continue
             with torch.no_grad():
-                self.buf[i].copy_(state["muon_momentum"][at : at + k].view(p.shape))
-                w = self.master.get(i, p.data)
-                w.copy_(state["master"][off : off + k].view(p.shape))  # the torch path: the weight itself
-                if weights_from_master and i in self.master:
-                    p.copy_(w)
+                self._momentum(i).copy_(state["muon_momentum"][at : at + k].view(p.shape))
+                self._master(i).copy_(state["master"][off : off + k].view(p.shape))  # torch path: the weight
         self.adam.load_state_dict({"t": state["t"], "master": torch.cat(adam_master), "m": state["m"],
                                    "v": state["v"]})
         if weights_from_master:
+            self.flat.publish()
             self.adam.weights_from_master()
         self._broadcast()  # every process gets the owners' weights
 

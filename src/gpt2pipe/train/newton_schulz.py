@@ -36,8 +36,9 @@ def orthogonal_updates(items, look, max_elements: int = 1 << 26):
     shape (tall ones transposed to wide, as newton_schulz would), at most max_elements a batch: the speedrun
     model's 72 blocks are two batches, 768 x 768 and 768 x 3072, instead of 72 chains of small GEMMs
     (modded-nanogpt batches them the same way). items: (key, rows, block shape); look(key, rows) gives the
-    block (any float dtype: it is rounded to bf16, as newton_schulz does). Yields (key, rows, the block's fp32
-    update, scaled by its shape), one batch at a time, so only a batch's blocks are held at once."""
+    block (any float dtype: it is rounded to bf16, as newton_schulz does). Yields (key, rows, the block's
+    orthogonalised bf16 update, its shape's scale muon_scale), one batch at a time, so only a batch's blocks
+    are held at once; the caller applies the scale with the learning rate (one launch a block, not three)."""
     groups: dict[tuple[int, int], list] = {}
     for key, rows, shape in items:
         groups.setdefault((min(shape), max(shape)), []).append((key, rows, shape))
@@ -48,7 +49,7 @@ def orthogonal_updates(items, look, max_elements: int = 1 << 26):
             tall = [shape[0] > shape[1] for _, _, shape in batch]
             wide = [x.mT if t else x for x, t in zip((look(key, rows).bfloat16() for key, rows, _ in batch), tall)]
             for (key, rows, shape), t, x in zip(batch, tall, newton_schulz(torch.stack(wide)).unbind(0)):
-                yield key, rows, (x.mT if t else x).float() * muon_scale(shape)
+                yield key, rows, (x.mT if t else x), muon_scale(shape)
 
 
 def row_blocks(shape: torch.Size, blocks: list[int] | None) -> list[tuple[slice, tuple[int, int]]]:
