@@ -1,6 +1,7 @@
 """GPT's forward through our CUDA kernels (GPT(cfg, ops="kernels")): the embedding, each residual add fused
 into the norm after it (LayerNorm or RMSNorm), the activations, RoPE and the fused classifier are our kernels
-(ops/); matmuls are cuBLAS and attention cuDNN. The parameters are model/gpt.py's, whose forward calls in here.
+(ops/); matmuls are cuBLAS (the speedrun MLP's two with ReLU^2 in them: Triton, ops/relu2_gemm.py) and
+attention cuDNN. The parameters are model/gpt.py's, whose forward calls in here.
 GPT-2 itself takes its own (benchmarked, fp8-capable) path; the model.arch options take ops/arch.py's kernels
 where they ask for them, and no fp8.
 
@@ -11,12 +12,14 @@ swapped modules have: `forward_kernels(x, x_fp8)` (an MLP that runs its own GEMM
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from gpt2pipe.ops import arch
+from gpt2pipe.ops import FUSIONS, arch, relu2_gemm
 from gpt2pipe.ops.attention import qkv_attention
 from gpt2pipe.ops.classifier import fused_classifier
 from gpt2pipe.ops.encoder import encoder
@@ -120,6 +123,12 @@ def mlp(module: nn.Module, x: torch.Tensor, x_fp8: torch.Tensor | None = None) -
     fc, proj = module.c_fc, module.c_proj
     if module.act == "gelu" and fc.bias is not None:  # GPT-2's: bias+GELU fused in one kernel
         return gelu_mlp(x, fc.weight, fc.bias, proj.weight, proj.bias)
+    if module.act == "relu2" and fc.bias is None and proj.bias is None and relu2_gemm.usable(x, fc.weight, proj.weight):
+        try:  # the speedrun's: ReLU^2 in the GEMMs' epilogues
+            return relu2_gemm.mlp(x, fc.weight, proj.weight)
+        except Exception as e:  # Triton could not build it here (a Triton or driver too old): unfused from now on
+            warnings.warn(f"the ReLU^2 GEMMs failed ({type(e).__name__}: {e}); the MLP runs unfused", stacklevel=2)
+            FUSIONS["relu2_epilogue"] = False
     return linear(module.activation(linear(x, fc.weight, fc.bias), arch), proj.weight, proj.bias)
 
 

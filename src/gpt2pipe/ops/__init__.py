@@ -19,8 +19,9 @@ import functools
 # The fusions of the GPT-2 kernels path that have an unfused way beside them, on unless switched off here
 # (module-wide, so `gpt2pipe bench` can time both in one run: mode kernels-unfused). gelu_epilogue: the MLP's
 # bias+GELU inside its GEMMs (mlp.EpilogueMlp; our bias+GELU kernel otherwise); packed_qkv:
-# attention.QkvAttention (autograd through split views and SDPA otherwise).
-FUSIONS = {"gelu_epilogue": True, "packed_qkv": True}
+# attention.QkvAttention (autograd through split views and SDPA otherwise); relu2_epilogue: the speedrun
+# MLP's ReLU^2 inside Triton GEMMs (relu2_gemm.Relu2Mlp; cuBLAS + our relu2 kernel otherwise).
+FUSIONS = {"gelu_epilogue": True, "packed_qkv": True, "relu2_epilogue": True}
 
 
 @functools.cache
