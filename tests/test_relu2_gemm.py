@@ -5,6 +5,7 @@ GPU (`pytest -m gpu tests/test_relu2_gemm.py`): both epilogue GEMMs at odd shape
 multiple of a tile, K not a multiple of BLOCK_K), the whole MLP's output and gradients against the unfused
 path, and the speedrun model's training step with and without the fusion. CPU: the fallback."""
 
+import copy
 import warnings
 
 import pytest
@@ -20,6 +21,11 @@ gpu = pytest.mark.gpu
 SHAPES = [(1, 768, 3072), (1000, 100, 300), (77, 48, 200), (4096, 768, 3072), (333, 3072, 768)]  # (M, K, N)
 
 
+def versions_for(*widths):
+    """The TMA version where the strides allow it (widths multiples of 8), the plain one everywhere."""
+    return [True, False] if all(w % 8 == 0 for w in widths) else [False]
+
+
 def rel(got, want):
     return ((got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-30)).item()
 
@@ -30,8 +36,13 @@ def test_fc_relu2_writes_the_product_and_its_relu_squared(M, K, N):
     torch.manual_seed(0)
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K**0.5
-    pre, act = relu2_gemm.fc_relu2(x, w)
     want = x @ w.t()
+    for tma in versions_for(K, N):
+        check_fc(x, w, want, *relu2_gemm.fc_relu2(x, w, tma=tma))
+
+
+def check_fc(x, w, want, pre, act):
+    M, N = want.shape
     assert pre.shape == act.shape == (M, N) and pre.dtype == act.dtype == torch.bfloat16
     assert rel(pre, want) < 5e-3  # bf16 rounding of a differently ordered fp32 sum
     # the epilogue squares the bf16 product it wrote: exactly the unfused activation of that output
@@ -46,15 +57,16 @@ def test_drelu2_is_the_gradient_through_proj_and_relu_squared(M, C, F):
     dy = torch.randn(M, C, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(C, F, device="cuda", dtype=torch.bfloat16) / C**0.5  # proj's weight: F -> C
     pre = torch.randn(M, F, device="cuda", dtype=torch.bfloat16)
-    got = relu2_gemm.drelu2(dy, w, pre)
     g = dy @ w  # what cuBLAS hands the unfused relu2 backward
     want = (g.float() * 2 * pre.float().clamp_min(0)).bfloat16()
-    assert rel(got, want) < 5e-3
-    assert (got[pre <= 0] == 0).all()
+    for tma in versions_for(C, F):
+        got = relu2_gemm.drelu2(dy, w, pre, tma=tma)
+        assert rel(got, want) < 5e-3, tma
+        assert (got[pre <= 0] == 0).all()
 
 
 @gpu
-@pytest.mark.parametrize("shape", [(2, 64, 768), (3, 37, 96), (1, 1, 64)], ids=str)
+@pytest.mark.parametrize("shape", [(2, 64, 768), (3, 37, 36), (1, 1, 64)], ids=str)
 def test_the_fused_mlp_trains_as_the_unfused_one(shape, monkeypatch):
     """Output and all three gradients against the same MLP with the fusion off (cuBLAS + our relu2 kernels)
     and against the fp32 torch reference."""
@@ -76,11 +88,12 @@ def test_the_fused_mlp_trains_as_the_unfused_one(shape, monkeypatch):
     with torch.no_grad():  # evaluation and sampling keep the unfused path (no autotuning per new shape)
         assert not relu2_gemm.usable(x, mlp.c_fc.weight, mlp.c_proj.weight)
     calls = []
-    monkeypatch.setattr(relu2_gemm, "_launch", lambda *a, f=relu2_gemm._launch, **k: calls.append(1) or f(*a, **k))
+    monkeypatch.setattr(relu2_gemm, "_launch", lambda *a, f=relu2_gemm._launch: calls.append(f(*a)))
     fused = run(True)
-    assert len(calls) == 2  # both epilogue GEMMs ran
+    assert calls == ["tma", "tma"] if C % 8 == 0 else ["plain", "plain"]  # both epilogue GEMMs ran
     unfused = run(False)
-    ref32 = mlp.float()
+    ref32 = copy.deepcopy(mlp).float()
+    ref32.zero_grad(set_to_none=True)
     xr = x.float().requires_grad_()
     yr = ref32.c_proj(R.relu2(ref32.c_fc(xr)))
     yr.backward(dy.float())

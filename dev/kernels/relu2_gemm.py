@@ -24,13 +24,15 @@ def validate() -> None:
         print(f"M={M} K={K} N={N}")
         x = torch.randn(M, K, **common.BF16)
         w = torch.randn(N, K, **common.BF16) / K**0.5
-        pre, act = relu2_gemm.fc_relu2(x, w)
-        common.check("fc pre", pre, x @ w.t(), 5e-3)
-        common.check_equal("fc act = relu2(pre)", act, A.relu2(pre))
         dy = torch.randn(M, N, **common.BF16)
         wp = torch.randn(N, K, **common.BF16) / N**0.5  # proj weight [C, F] with C = N, F = K
         hp = torch.randn(M, K, **common.BF16)
-        common.check("drelu2", relu2_gemm.drelu2(dy, wp, hp), ((dy @ wp).float() * 2 * hp.float().clamp_min(0)), 5e-3)
+        for tma in ([True, False] if K % 8 == N % 8 == 0 else [False]):
+            pre, act = relu2_gemm.fc_relu2(x, w, tma=tma)
+            common.check(f"fc pre tma={tma}", pre, x @ w.t(), 5e-3)
+            common.check_equal(f"fc act = relu2(pre) tma={tma}", act, A.relu2(pre))
+            common.check(f"drelu2 tma={tma}", relu2_gemm.drelu2(dy, wp, hp, tma=tma),
+                         (dy @ wp).float() * 2 * hp.float().clamp_min(0), 5e-3)
 
 
 def tflops(M, N, K, us):
@@ -48,21 +50,22 @@ def benchmark(M: int = 65536, C: int = 768, F: int = 3072) -> None:
     with torch.no_grad():
         gemm = common.time_us(lambda: x @ w_fc.t())
         unfused = common.time_us(lambda: A.relu2(x @ w_fc.t()))
-        fused = common.time_us(lambda: relu2_gemm.fc_relu2(x, w_fc))
-    _, kernel = relu2_gemm._kernel()
-    print(f"\nforward: autotuned {kernel.best_config}")
+        plain = common.time_us(lambda: relu2_gemm.fc_relu2(x, w_fc, tma=False))
+        fused = common.time_us(lambda: relu2_gemm.fc_relu2(x, w_fc, tma=True))
+    print(f"\nforward: autotuned TMA {T.gemm_relu2_tma.best_config}, plain {T.gemm_relu2.best_config}")
     common.print_table(f"fc GEMM + ReLU^2, M={M} K={C} N={F} (bytes: the activations written)", [
-        ("cuBLAS + relu2 kernel", unfused, 2 * act_bytes), ("Triton, ReLU^2 in the epilogue", fused, 2 * act_bytes),
-        ("bare cuBLAS GEMM (no activation)", gemm, act_bytes)])
-    print(f"bare cuBLAS {tflops(M, F, C, gemm)}, Triton fused {tflops(M, F, C, fused)}")
+        ("cuBLAS + relu2 kernel", unfused, 2 * act_bytes), ("Triton TMA, ReLU^2 in the epilogue", fused, 2 * act_bytes),
+        ("Triton plain, ReLU^2 in the epilogue", plain, 2 * act_bytes), ("bare cuBLAS GEMM (no activation)", gemm, act_bytes)])
+    print(f"bare cuBLAS {tflops(M, F, C, gemm)}, Triton TMA fused {tflops(M, F, C, fused)}, plain {tflops(M, F, C, plain)}")
     grad = common.time_us(lambda: dy @ w_proj)
     unfused = common.time_us(lambda: A.ReLU2.backward(type("C", (), {"saved_tensors": (pre,)})(), dy @ w_proj))
-    fused = common.time_us(lambda: relu2_gemm.drelu2(dy, w_proj, pre))
-    print(f"\nbackward: autotuned {kernel.best_config}")
+    plain = common.time_us(lambda: relu2_gemm.drelu2(dy, w_proj, pre, tma=False))
+    fused = common.time_us(lambda: relu2_gemm.drelu2(dy, w_proj, pre, tma=True))
+    print(f"\nbackward: autotuned TMA {T.gemm_relu2_tma.best_config}, plain {T.gemm_relu2.best_config}")
     common.print_table(f"dact GEMM + ReLU^2 backward, M={M} K={C} N={F}", [
-        ("cuBLAS + relu2 backward kernel", unfused, 3 * act_bytes), ("Triton, d ReLU^2 in the epilogue", fused, 2 * act_bytes),
-        ("bare cuBLAS GEMM", grad, act_bytes)])
-    print(f"bare cuBLAS {tflops(M, F, C, grad)}, Triton fused {tflops(M, F, C, fused)}")
+        ("cuBLAS + relu2 backward kernel", unfused, 3 * act_bytes), ("Triton TMA, d ReLU^2 in the epilogue", fused, 2 * act_bytes),
+        ("Triton plain, d ReLU^2 in the epilogue", plain, 2 * act_bytes), ("bare cuBLAS GEMM", grad, act_bytes)])
+    print(f"bare cuBLAS {tflops(M, F, C, grad)}, Triton TMA fused {tflops(M, F, C, fused)}, plain {tflops(M, F, C, plain)}")
     mlp = MLP(ModelConfig(n_embd=C, n_head=12, mlp="relu2", bias=False)).cuda().bfloat16()
     xb = x.view(64, M // 64, C).requires_grad_()
 
@@ -82,6 +85,8 @@ if __name__ == "__main__":
     if not relu2_gemm.available():
         print("needs Triton")
         raise SystemExit(2)
+    from gpt2pipe.ops import relu2_gemm_triton as T
+
     validate()
     benchmark()
     common.finish()

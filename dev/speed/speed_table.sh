@@ -64,11 +64,16 @@ TRAIN=(-c "import sys, gpt2pipe.train.logs as l; l.PRINT_EVERY = 1; from gpt2pip
 LOOP=(--shards "$SH" --restart --no-progress --set train.ops=kernels --set train.max_steps="$STEPS"
       --set train.val_every=0 --set train.checkpoint_every=100000 --set eval.val_tokens=65536
       --set train.micro_batch_size=64 --set train.total_batch_tokens=524288 --set train.seq_len=1024 ${SET:-})
+# UNFUSED=1 adds the speedrun model with ops.FUSIONS["relu2_epilogue"] off (cuBLAS + our relu2 kernels)
+UNFUSED_RUN=(-c "import sys, gpt2pipe.train.logs as l; l.PRINT_EVERY = 1; from gpt2pipe.ops import FUSIONS
+FUSIONS['relu2_epilogue'] = False; from gpt2pipe.cli import main; sys.exit(main())")
 if want 2; then
-  for run in gpt2:config/gpt2-124M.yaml speedrun:config/speedrun.yaml; do
-    timeout -k 10 "$(cap 110)" $PY "${TRAIN[@]}" train -c "${run#*:}" --run-dir "$OUT/runs/${run%%:*}" "${LOOP[@]}" \
-      2>&1 | tee "$OUT/train_${run%%:*}.log"
-    status "2 train ${run%%:*} (ops kernels, $STEPS steps)" $?
+  for run in gpt2:config/gpt2-124M.yaml speedrun:config/speedrun.yaml ${UNFUSED:+speedrun-unfused:config/speedrun.yaml}; do
+    name=${run%%:*}
+    if [ "$name" = speedrun-unfused ]; then py=("${UNFUSED_RUN[@]}"); else py=("${TRAIN[@]}"); fi
+    timeout -k 10 "$(cap 110)" $PY "${py[@]}" train -c "${run#*:}" --run-dir "$OUT/runs/$name" "${LOOP[@]}" \
+      2>&1 | tee "$OUT/train_$name.log"
+    status "2 train $name (ops kernels, $STEPS steps)" $?
   done
 fi
 
