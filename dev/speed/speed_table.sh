@@ -68,7 +68,7 @@ LOOP=(--shards "$SH" --restart --no-progress --set train.ops=kernels --set train
 UNFUSED_RUN=(-c "import sys, gpt2pipe.train.logs as l; l.PRINT_EVERY = 1; from gpt2pipe.ops import FUSIONS
 FUSIONS['relu2_epilogue'] = False; from gpt2pipe.cli import main; sys.exit(main())")
 if want 2; then
-  for run in gpt2:config/gpt2-124M.yaml speedrun:config/speedrun.yaml ${UNFUSED:+speedrun-unfused:config/speedrun.yaml}; do
+  for run in gpt2:config/gpt2-124M.yaml ${UNFUSED:+speedrun-unfused:config/speedrun.yaml} speedrun:config/speedrun.yaml; do
     name=${run%%:*}
     if [ "$name" = speedrun-unfused ]; then py=("${UNFUSED_RUN[@]}"); else py=("${TRAIN[@]}"); fi
     timeout -k 10 "$(cap 110)" $PY "${py[@]}" train -c "${run#*:}" --run-dir "$OUT/runs/$name" "${LOOP[@]}" \
