@@ -2,10 +2,10 @@
 
 C = A @ B^T for A [M, K] and B [N, K] (bf16, row-major), then an epilogue on the bf16-rounded product h:
 forward (BACKWARD=False) writes C = h and D = relu(h)^2; backward reads D (the pre-activation) and writes
-C = h * 2 relu(D). Two versions, as llm.c keeps its numbered ones:
-- `gemm_relu2_tma`: persistent, TMA descriptors (sm_90+), the epilogue in two half-width sub-tiles so more
-  shared memory goes to the pipeline's stages — the one that runs where the shapes allow (16-byte strides);
-- `gemm_relu2`: plain pointer loads with masks, any shape (and pre-Hopper GPUs)."""
+C = h * 2 relu(D). Persistent (one program per SM walking the tiles), operands read through TMA descriptors
+(sm_90+; row strides a multiple of 16 bytes), the epilogue in two half-width sub-tiles so more shared memory
+goes to the pipeline's stages. A first version with plain pointer loads reached ~340 TFLOP/s at the speedrun's
+shapes (cuBLAS ~690, this one ~410) and made the training step slower: not kept (docs/speedrun.md)."""
 
 from __future__ import annotations
 
@@ -70,58 +70,16 @@ def gemm_relu2_tma(a_desc, b_desc, c_desc, d_desc, M, N, K, BACKWARD: tl.constex
         _epilogue(h1, c_desc, d_desc, pm * BLOCK_M, pn * BLOCK_N + BLOCK_N // 2, BACKWARD)
 
 
-@triton.autotune(configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_stages=s,
-                                        num_warps=w)
-                          for m, n, k, s, w in [(128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 4, 4),
-                                                (64, 128, 32, 4, 4)]],
-                 key=["M", "N", "K", "BACKWARD"])
-@triton.jit
-def gemm_relu2(a_ptr, b_ptr, c_ptr, d_ptr, M, N, K, stride_am, stride_bn, BACKWARD: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    pm, pn = _tile(tl.program_id(0), GROUP_M * tl.cdiv(N, BLOCK_N), tl.cdiv(M, BLOCK_M), GROUP_M)
-    rm = pm * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pn * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    a = a_ptr + rm[:, None].to(tl.int64) * stride_am + rk[None, :]
-    b = b_ptr + rk[:, None] + rn[None, :].to(tl.int64) * stride_bn
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        left = K - k * BLOCK_K
-        x = tl.load(a, mask=(rm[:, None] < M) & (rk[None, :] < left), other=0.0)
-        y = tl.load(b, mask=(rk[:, None] < left) & (rn[None, :] < N), other=0.0)
-        acc = tl.dot(x, y, acc)
-        a += BLOCK_K
-        b += BLOCK_K
-    h = acc.to(tl.bfloat16).to(tl.float32)
-    mask = (rm[:, None] < M) & (rn[None, :] < N)
-    at = rm[:, None].to(tl.int64) * N + rn[None, :]
-    if BACKWARD:
-        pre = tl.load(d_ptr + at, mask=mask, other=0.0).to(tl.float32)
-        tl.store(c_ptr + at, (h * 2.0 * tl.maximum(pre, 0.0)).to(tl.bfloat16), mask=mask)
-    else:
-        r = tl.maximum(h, 0.0)
-        tl.store(c_ptr + at, h.to(tl.bfloat16), mask=mask)
-        tl.store(d_ptr + at, (r * r).to(tl.bfloat16), mask=mask)
+def tma_ok(*tensors: torch.Tensor) -> bool:
+    """What TMA takes: 2-D bf16 row-major tensors with a 16-byte multiple row stride and 16-byte aligned bases."""
+    return all(t.dim() == 2 and t.stride(1) == 1 and t.stride(0) % 8 == 0 and t.data_ptr() % 16 == 0
+               for t in tensors)
 
 
-def _tma_ok(*tensors: torch.Tensor) -> bool:
-    """TMA: sm_90+, row strides of 16 bytes' multiple, 16-byte aligned bases."""
-    return (torch.cuda.get_device_capability(tensors[0].device) >= (9, 0)
-            and all(t.stride(1) == 1 and t.stride(0) % 8 == 0 and t.data_ptr() % 16 == 0 for t in tensors))
-
-
-def launch(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor, backward: bool, tma: bool | None = None):
-    """C, D [M, N] from A [M, K] @ B [N, K]^T and the epilogue (all contiguous bf16). tma: force a version
-    (None: TMA where the shapes allow)."""
+def launch(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor, backward: bool) -> None:
+    """C, D [M, N] from A [M, K] @ B [N, K]^T and the epilogue (contiguous bf16, tma_ok)."""
     (M, K), N = a.shape, b.shape[0]
-    if tma is None:
-        tma = _tma_ok(a, b, c, d)
-    if tma:
-        sms = torch.cuda.get_device_properties(a.device).multi_processor_count
-        descs = [TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1]) for t in (a, b, c, d)]
-        gemm_relu2_tma[lambda meta: (min(sms, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)](
-            *descs, M, N, K, BACKWARD=backward, NUM_SMS=sms)
-    else:
-        gemm_relu2[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)](
-            a, b, c, d, M, N, K, a.stride(0), b.stride(0), BACKWARD=backward)
-    return "tma" if tma else "plain"
+    sms = torch.cuda.get_device_properties(a.device).multi_processor_count
+    descs = [TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1]) for t in (a, b, c, d)]  # blocks: _set_blocks
+    gemm_relu2_tma[lambda meta: (min(sms, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)](
+        *descs, M, N, K, BACKWARD=backward, NUM_SMS=sms)
