@@ -10,7 +10,8 @@
 #   4. with time left: bench compile-padded (nanoGPT's loss on our model: splits compile vs nanogpt
 #      into loss vs model+optimizer)                                                                ~90 s
 # $OUT/summary.md: every step time against the fastest baseline of the run; $OUT/status.txt: exit codes.
-#   STEPS=15 (training steps per run), PYTHON=python, SKIP=1,3 (parts to leave out, for a rerun),
+#   STEPS=15 (training steps per run), PYTHON=python, SKIP=1,3 (parts to leave out, for a rerun), MODES, PROFILE and
+#   RUNS (below: fewer bench modes or loops; dev/speed/loop_vs_bench.sh alternates bench and loop this way),
 #   SET='--set model.n_layer=2 ...' (more overrides for parts 2-3: the CPU test's tiny models)
 set -u -o pipefail
 OUT=${OUT:-$PWD/speed_out}
@@ -18,6 +19,9 @@ BUDGET=${BUDGET:-570}
 PY=${PYTHON:-python}
 STEPS=${STEPS:-15}
 SKIP=,${SKIP:-},
+MODES=${MODES:-kernels,kernels-fp8,nanogpt,compile}       # part 1's bench modes
+PROFILE=${PROFILE-nanogpt,compile}                        # ... of which profiled ('' for none)
+RUNS=${RUNS:-gpt2,speedrun-unfused,speedrun}              # part 2's loops (speedrun-unfused only with UNFUSED=1)
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 start=$(date +%s)
@@ -34,9 +38,9 @@ want() { [[ $SKIP != *,$1,* ]]; }
 
 # --- 1. the bench's modes in one process; bench.md is rewritten after each mode, so a timeout keeps those done
 if want 1; then
-  timeout -k 10 "$(cap 260)" $PY -m gpt2pipe bench --size 124M --modes kernels,kernels-fp8,nanogpt,compile \
-    --profile nanogpt,compile --no-kernel-table --steps 5 --warmup 2 --out "$OUT/bench.md" 2>&1 | tee "$OUT/bench.log"
-  status "1 bench kernels,kernels-fp8,nanogpt,compile" $?
+  timeout -k 10 "$(cap 260)" $PY -m gpt2pipe bench --size 124M --modes "$MODES" \
+    ${PROFILE:+--profile "$PROFILE"} --no-kernel-table --steps 5 --warmup 2 --out "$OUT/bench.md" 2>&1 | tee "$OUT/bench.log"
+  status "1 bench $MODES" $?
 fi
 
 # --- 2. the real loop. Random tokens (timing does not depend on the text) with <|endoftext|> every ~600 tokens,
@@ -70,6 +74,7 @@ FUSIONS['relu2_epilogue'] = False; from gpt2pipe.cli import main; sys.exit(main(
 if want 2; then
   for run in gpt2:config/gpt2-124M.yaml ${UNFUSED:+speedrun-unfused:config/speedrun.yaml} speedrun:config/speedrun.yaml; do
     name=${run%%:*}
+    [[ ,$RUNS, == *,$name,* ]] || continue
     if [ "$name" = speedrun-unfused ]; then py=("${UNFUSED_RUN[@]}"); else py=("${TRAIN[@]}"); fi
     timeout -k 10 "$(cap 110)" $PY "${py[@]}" train -c "${run#*:}" --run-dir "$OUT/runs/$name" "${LOOP[@]}" \
       2>&1 | tee "$OUT/train_$name.log"
