@@ -321,8 +321,8 @@ def test_other_dtypes_and_empty_inputs():
 
 
 # (B, T, H, G, D, T_max): MHA at GPT-2 124M head size with T < table length; GQA with D = 128; tiny odd
-# half-widths (D/2 = 3, 17: the scalar entries); D = 256 (each lane several pairs); T == table length;
-# D = 48 (3 accesses of bf16 a half row: 2 lanes, one of them twice); D = 16 (one bf16 lane a row: 32 rows a warp)
+# half-widths (D/2 = 3, 17: the scalar entries); D = 256 (16 lanes a row); T == table length; D = 48 (3 accesses
+# of bf16 a half row: 2 lanes, one of them twice — the two-pass QK-norm backward, the others take the one-pass one); D = 16 (one bf16 lane a row: 32 rows a warp)
 ROPE_SHAPES = [(2, 64, 12, 12, 64, 128), (2, 33, 8, 2, 128, 64), (1, 7, 3, 1, 6, 7), (3, 5, 4, 4, 34, 16),
                (1, 3, 2, 1, 256, 8), (4, 256, 6, 3, 64, 1024), (2, 5, 3, 1, 48, 8), (1, 4, 2, 2, 16, 4)]
 

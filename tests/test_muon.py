@@ -14,6 +14,7 @@ from conftest import assert_same_run, run_train_process as run
 from gpt2pipe.report import parse_log
 from gpt2pipe.train import loop as train_mod
 from gpt2pipe.train.muon import MuonAdamW, owners
+from gpt2pipe.train.muon_buffers import MuonBuffers
 from gpt2pipe.train.newton_schulz import muon_scale, newton_schulz, orthogonal_updates, row_blocks
 
 
@@ -248,6 +249,57 @@ def test_a_muon_state_loads_into_a_new_optimizer_exactly():
         o.update(1e-3)
     for k, v in model.state_dict().items():
         assert torch.equal(other.state_dict()[k], v), k
+
+
+def test_flat_buffers_give_each_process_its_matrices_as_one_aligned_slice():
+    """MuonBuffers for every rank of 1, 2, 3 and 7 processes (7 > matrices: some own nothing): each matrix a
+    16-byte aligned view of the flat weights and gradients holding its values; this rank's matrices one
+    contiguous slice, their masters and momentum at local(); a rank without matrices has empty state."""
+    torch.manual_seed(0)
+    shapes = [(24, 8), (8, 8), (40, 8), (8, 40), (3, 5), (8, 8)]
+    for world in (1, 2, 3, 7):
+        for rank in range(world):
+            params = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
+            values = [p.detach().clone() for p in params]
+            own = owners([p.numel() for p in params], world)
+            flat = MuonBuffers(params, own, rank, torch.bfloat16)
+            mine = [i for i in range(len(params)) if own[i] == rank]
+            for i, (p, v) in enumerate(zip(params, values)):
+                assert p.dtype == torch.bfloat16 and torch.equal(p.detach(), v.bfloat16())
+                assert p.untyped_storage().data_ptr() == flat.weights.untyped_storage().data_ptr()
+                assert p.data_ptr() % 16 == 0 and p.grad.data_ptr() % 16 == 0 and not p.grad.any()
+                if i in mine:
+                    at = flat.local(i, p.shape)
+                    assert flat.mine.start <= flat.offsets[i] and flat.offsets[i] + p.numel() <= flat.mine.stop
+                    # the master keeps the fp32 value, not its bf16 rounding
+                    assert torch.equal(flat.master[at].view(p.shape), v)
+            owned = sum(params[i].numel() for i in mine)
+            assert flat.momentum.numel() == flat.master.numel() == flat.mine.stop - flat.mine.start >= owned
+            if not mine:
+                assert flat.momentum.numel() == 0 and flat.my_grads().numel() == 0
+            flat.master.add_(1.0)
+            flat.publish()  # the bf16 weights of this rank's matrices from their masters; the rest untouched
+            for i, (p, v) in enumerate(zip(params, values)):
+                assert torch.equal(p.detach(), ((v + 1) if i in mine else v).bfloat16())
+
+
+def test_a_discarded_step_leaves_no_trace():
+    """discard() (the guard skipping a step) zeroes the Muon gradients: the next step's update is the one an
+    optimizer that never saw the skipped batch makes."""
+    t = muon_train_config(grad_clip=1.0)
+    (x1, y1), (x2, y2) = random_batches(2, seed=5)
+    a, b = small_model(), small_model()
+    opt_a, opt_b = MuonAdamW(a, t), MuonAdamW(b, t)
+    a(x1, y1)[1].backward()
+    opt_a.global_norm()
+    opt_a.discard()
+    assert all(not p.grad.any() for p in opt_a.muon)
+    for model, opt in ((a, opt_a), (b, opt_b)):
+        model(x2, y2)[1].backward()
+        opt.global_norm()
+        opt.update(1e-3)
+    for k, v in b.state_dict().items():
+        assert torch.equal(a.state_dict()[k], v), k
 
 
 # --- training ---------------------------------------------------------------------------------------

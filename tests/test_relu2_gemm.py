@@ -116,3 +116,44 @@ def test_a_fused_mlp_that_cannot_be_built_warns_once_and_runs_unfused(monkeypatc
         warnings.simplefilter("error")
         kernels_path.mlp(mlp, x)  # no second attempt, no second warning
     assert tried == [1]
+
+
+def test_the_fused_mlp_s_gradients_and_a_backward_kernel_that_fails(monkeypatch):
+    """Relu2Mlp's wiring on the CPU, its two kernels stood in for by torch: output and gradients equal the
+    plain MLP's; then a backward kernel that fails to build warns, switches the fusion off and still returns
+    the right gradients (the backward kernel is built at its first use, inside loss.backward())."""
+    torch.manual_seed(4)
+    mlp = MLP(ModelConfig(n_embd=32, n_head=1, mlp="relu2", bias=False))
+    x, dy = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    monkeypatch.setitem(FUSIONS, "relu2_epilogue", True)
+    monkeypatch.setattr(relu2_gemm, "usable", lambda *a: FUSIONS["relu2_epilogue"])
+    monkeypatch.setattr(relu2_gemm, "fc_relu2", lambda x, w: (x @ w.t(), R.relu2(x @ w.t())))
+    monkeypatch.setattr(relu2_gemm, "drelu2", lambda dy, w, pre: (dy @ w) * 2 * pre.clamp_min(0))
+
+    def grads():
+        mlp.zero_grad()
+        xi = x.clone().requires_grad_()
+        y = kernels_path.mlp(mlp, xi)
+        y.backward(dy)
+        return [y.detach(), xi.grad, mlp.c_fc.weight.grad.clone(), mlp.c_proj.weight.grad.clone()]
+
+    def plain():
+        mlp.zero_grad()
+        xi = x.clone().requires_grad_()
+        y = mlp(xi)
+        y.backward(dy)
+        return [y.detach(), xi.grad, mlp.c_fc.weight.grad.clone(), mlp.c_proj.weight.grad.clone()]
+
+    want = plain()
+    for got, ref in zip(grads(), want):
+        torch.testing.assert_close(got, ref)
+
+    def broken(*a):
+        raise RuntimeError("out of resource: shared memory")
+
+    monkeypatch.setattr(relu2_gemm, "drelu2", broken)
+    with pytest.warns(UserWarning, match="ReLU.2 GEMMs failed .RuntimeError: out of resource"):
+        got = grads()
+    assert not FUSIONS["relu2_epilogue"]
+    for g, ref in zip(got, want):
+        torch.testing.assert_close(g, ref)

@@ -12,14 +12,12 @@ swapped modules have: `forward_kernels(x, x_fp8)` (an MLP that runs its own GEMM
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from gpt2pipe.ops import FUSIONS, arch, relu2_gemm
+from gpt2pipe.ops import arch, relu2_gemm
 from gpt2pipe.ops.attention import qkv_attention
 from gpt2pipe.ops.classifier import fused_classifier
 from gpt2pipe.ops.encoder import encoder
@@ -126,9 +124,10 @@ def mlp(module: nn.Module, x: torch.Tensor, x_fp8: torch.Tensor | None = None) -
     if module.act == "relu2" and fc.bias is None and proj.bias is None and relu2_gemm.usable(x, fc.weight, proj.weight):
         try:  # the speedrun's: ReLU^2 in the GEMMs' epilogues
             return relu2_gemm.mlp(x, fc.weight, proj.weight)
-        except Exception as e:  # Triton could not build it here (a Triton or driver too old): unfused from now on
-            warnings.warn(f"the ReLU^2 GEMMs failed ({type(e).__name__}: {e}); the MLP runs unfused", stacklevel=2)
-            FUSIONS["relu2_epilogue"] = False
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # Triton could not build it here: unfused from now on
+            relu2_gemm.give_up(e)
     return linear(module.activation(linear(x, fc.weight, fc.bias), arch), proj.weight, proj.bias)
 
 

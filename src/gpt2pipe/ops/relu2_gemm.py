@@ -1,7 +1,7 @@
 """The speedrun model's MLP, proj(relu(fc(x))^2) without biases, with ReLU^2 inside its GEMMs (Triton, which
 ships with torch on CUDA; the kernel is in relu2_gemm_triton.py): the fc GEMM's epilogue writes its output and
-relu(.)^2 of it, and the GEMM that makes the activation's gradient multiplies by 2 relu(pre) in its epilogue. cuBLASLt does this for GPT-2's
-GELU (ops/mlp.EpilogueMlp) but has no ReLU^2 epilogue; without one the activation costs two passes of its own
+relu(.)^2 of it, and the GEMM that makes the activation's gradient multiplies by 2 relu(pre) in its epilogue.
+cuBLASLt does this for GPT-2's GELU (ops/mlp.EpilogueMlp) but has no ReLU^2 epilogue; without one the activation costs two passes of its own
 over the 4C-wide tensors (the relu2 kernels: 47 ms of the speedrun model's ~935 ms step on an H200).
 
 Both GEMMs round their product to bf16 before the epilogue, as the unfused path's GEMM output is, so they
@@ -14,6 +14,7 @@ step on an H200, although as a GEMM it is slower than cuBLAS (docs/speedrun.md).
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -67,7 +68,13 @@ class Relu2Mlp(torch.autograd.Function):
         dy2 = dy.reshape(-1, dy.shape[-1]).contiguous()
         if dy2.data_ptr() % 16:  # a view at an odd offset: TMA needs an aligned base
             dy2 = dy2.clone()
-        dpre = drelu2(dy2, proj_weight, pre)
+        try:  # the backward kernel is built at its first use, here
+            dpre = drelu2(dy2, proj_weight, pre)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:
+            give_up(e)
+            dpre = ((dy2 @ proj_weight).float() * 2 * pre.float().clamp_min(0)).to(pre.dtype)
         return (dpre @ fc_weight).view(ctx.shape), dpre.t() @ x2, dy2.t() @ act
 
 
@@ -83,6 +90,14 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
     from gpt2pipe.ops import relu2_gemm_triton
 
     return relu2_gemm_triton.tma_ok(*tensors)
+
+
+def give_up(error: Exception) -> None:
+    """Triton could not build or run a kernel here (a Triton or driver too old): warn once, unfused from now on."""
+    from gpt2pipe.ops import FUSIONS
+
+    warnings.warn(f"the ReLU^2 GEMMs failed ({type(error).__name__}: {error}); the MLP runs unfused", stacklevel=3)
+    FUSIONS["relu2_epilogue"] = False
 
 
 def mlp(x: torch.Tensor, fc_weight: torch.Tensor, proj_weight: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,9 @@ C = A @ B^T for A [M, K] and B [N, K] (bf16, row-major), then an epilogue on the
 forward (BACKWARD=False) writes C = h and D = relu(h)^2; backward reads D (the pre-activation) and writes
 C = h * 2 relu(D). Persistent (one program per SM walking the tiles), operands read through TMA descriptors
 (sm_90+; row strides a multiple of 16 bytes), the epilogue in two half-width sub-tiles so more shared memory
-goes to the pipeline's stages. A first version with plain pointer loads reached ~340 TFLOP/s at the speedrun's
-shapes (cuBLAS ~690, this one ~410) and made the training step slower: not kept (docs/speedrun.md)."""
+goes to the pipeline's stages. A first version with plain pointer loads reached 325-385 TFLOP/s at the
+speedrun's shapes (cuBLAS 650-690, this one 390-430) and made the training step slower: not kept
+(docs/speedrun.md)."""
 
 from __future__ import annotations
 

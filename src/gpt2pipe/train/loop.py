@@ -205,8 +205,6 @@ class Trainer:
             if k == self.grad_accum - 1:
                 st.optimizer.prepare_last_backward()
             x, y = st.loader.next_batch()
-            if self.device.type == "cuda":  # a copy from pageable memory waits for the GPU to drain its queue
-                x, y = x.pin_memory(), y.pin_memory()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.ctx:
                 loss = self.runner(x, y)[1]  # the logits (B x T x V) are not kept alive into the next micro-batch

@@ -121,7 +121,9 @@ class MuonAdamW(PlainWeights):
                 h.wait()
             self._handles, self._overlap = {}, False
             self.flat.my_grads().div_(self.world.size)
-        sq = torch.linalg.vector_norm(self.flat.my_grads(), dtype=torch.float32).square()
+        sq = torch.zeros((), dtype=torch.float32, device=adam_norm.device)
+        for i in self.mine:  # per matrix, as the saved runs' norms were summed (the clip factor to the last bit)
+            sq += self.muon[i].grad.float().square().sum()
         if self.world.distributed:
             dist.all_reduce(sq)
         self.adam.norm.copy_(reference.norm_and_scale((adam_norm.square() + sq).sqrt(), self.grad_clip))
@@ -142,7 +144,7 @@ class MuonAdamW(PlainWeights):
 
         items = [(i, rows, shape) for i in self.mine for rows, shape in row_blocks(self.muon[i].shape, self.blocks[i])]
         for i, rows, u, scale in orthogonal_updates(items, look):
-            flat.master[flat.local(i, self.muon[i].shape)].view(self.muon[i].shape)[rows].add_(u, alpha=-muon_lr * scale)
+            self._master(i)[rows].add_(u, alpha=-muon_lr * scale)
         flat.publish()
         self._broadcast()
         self.discard()

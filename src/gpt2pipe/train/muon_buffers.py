@@ -26,19 +26,23 @@ class MuonBuffers:
                 mine.append((off, off + params[i].numel()))
             off += -(-params[i].numel() // ALIGN) * ALIGN
         device = params[0].device
+        a, b = (mine[0][0], mine[-1][1]) if mine else (0, 0)
+        self.mine = slice(a, b)  # this process's matrices (and the padding between them, always zero)
         self.weights = torch.zeros(off, dtype=dtype, device=device)
         self.grads = torch.zeros(off, dtype=dtype, device=device)
+        self.momentum = torch.zeros(b - a, dtype=torch.float32, device=device)
+        # the fp32 master weights: the weights themselves where they are fp32 (the torch path); else a buffer
+        # of its own, filled from the weights before they are rounded to bf16
+        self.separate_master = dtype != torch.float32
+        self.master = torch.zeros(b - a, device=device) if self.separate_master else self.weights[a:b]
         for i, p in enumerate(params):
             view = self.view(i, p.shape)
             with torch.no_grad():
+                if self.separate_master and owner[i] == rank:
+                    self.master[self.local(i, p.shape)].copy_(p.detach().reshape(-1))
                 self.weights[view].copy_(p.detach().reshape(-1))
             p.data = self.weights[view].view(p.shape)
             p.grad = self.grads[view].view(p.shape)
-        a, b = (mine[0][0], mine[-1][1]) if mine else (0, 0)
-        self.mine = slice(a, b)  # this process's matrices (and the padding between them, always zero)
-        self.momentum = torch.zeros(b - a, dtype=torch.float32, device=device)
-        # the fp32 master weights: the weights themselves where they are fp32 (the torch path)
-        self.master = self.weights[a:b] if dtype == torch.float32 else self.weights[a:b].float()
 
     def view(self, i: int, shape: torch.Size) -> slice:
         """Where matrix i lies in the whole flat buffers."""
@@ -64,7 +68,7 @@ class MuonBuffers:
     def publish(self) -> None:
         """Round this process's fp32 master weights to the bf16 weights the model reads (to nearest: the
         master keeps what bf16 cannot)."""
-        if self.master.data_ptr() != self.weights[self.mine].data_ptr():
+        if self.separate_master:
             self.weights[self.mine].copy_(self.master)
 
     def zero_grads(self) -> None:

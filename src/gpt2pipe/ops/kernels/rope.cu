@@ -211,7 +211,7 @@ __device__ void rope_backward_vec(T* dqkv, const T* dq, const T* dk, const T* dv
     const float* s = sin + (long long)at.t * half;
     float r = 1.0f, dot = 0.0f;
     if (qk_norm && half == step) {  // a lane's share of the row is one access a half: one pass, in registers
-        // (D = 128 or 64 in bf16; the two-pass loop below ran at half the forward's bandwidth there)
+        // (D = 64, 128, 256 in bf16 or fp32; the two-pass loop below ran at half the forward's bandwidth there)
         const int i = sub * V;
         float cc[V], sn[V], y1[V], y2[V], dn1[V], dn2[V], n1[V], n2[V];
         load<V>(g1, dy + i);
