@@ -1,7 +1,8 @@
 """Issue 24 item 2 in one process: `gpt2pipe train`'s step (train/loop.py's Trainer.train_step, set up as the
 CLI sets it up) and the bench's `kernels` step (bench/step.py's _Step) at the same shape, timed alternately
-the same way (sync, step, sync) so neither gets another GPU state, process or timing rule. Prints each
-round's two times and their medians. Random-token shards are written to --shards if missing.
+the same way (sync, step, sync) so neither gets another GPU state, process or timing rule; and the loop's
+step once more with its batches already on the GPU (what the data path costs). Prints each round's times and
+the medians. Random-token shards are written to --shards if missing.
 
     PYTHONPATH=src python dev/speed/loop_step_vs_bench_step.py --shards DIR --run-dir DIR [--rounds 10]
 """
@@ -59,14 +60,25 @@ def main() -> None:
         tr.train_step()
         tr.state.step += 1
 
+    # the loop again, its loader's next batches taken from tokens staged on the GPU: what the data path costs
+    real_next = tr.state.loader.next_batch
+    staged = [tuple(t.to(device) for t in real_next()) for _ in range(tr.grad_accum)]
+
+    def loop_staged_step():
+        tr.state.loader.next_batch = iter(staged).__next__
+        try:
+            loop_step()
+        finally:
+            tr.state.loader.next_batch = real_next
+
     def bench_step():
         with _sdpa_context("kernels"):
             bench()[0].item()
 
-    times = {"loop": [], "bench": []}
+    times = {"loop": [], "loop, data staged": [], "bench": []}
     for r in range(a.warmup + a.rounds):
-        pair = (("loop", loop_step), ("bench", bench_step))
-        for name, fn in pair if r % 2 else pair[::-1]:  # each goes first every other round
+        runs = (("loop", loop_step), ("loop, data staged", loop_staged_step), ("bench", bench_step))
+        for name, fn in runs if r % 2 else runs[::-1]:  # the order reversed every other round
             sync()
             t0 = time.perf_counter()
             fn()
@@ -75,9 +87,10 @@ def main() -> None:
             if r >= a.warmup:
                 times[name].append(ms)
         if r >= a.warmup:
-            print(f"round {r - a.warmup + 1}: loop {times['loop'][-1]:.1f} ms, bench {times['bench'][-1]:.1f} ms")
-    loop, bench_ms = statistics.median(times["loop"]), statistics.median(times["bench"])
-    print(f"median: loop {loop:.1f} ms, bench {bench_ms:.1f} ms, loop / bench {loop / bench_ms:.4f}")
+            print(f"round {r - a.warmup + 1}: " + ", ".join(f"{k} {v[-1]:.1f} ms" for k, v in times.items()))
+    bench_ms = statistics.median(times["bench"])
+    print("median: " + ", ".join(f"{k} {statistics.median(v):.1f} ms ({statistics.median(v) / bench_ms:.4f} of the "
+                                 f"bench's)" for k, v in times.items()))
 
 
 if __name__ == "__main__":
