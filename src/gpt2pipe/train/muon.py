@@ -139,21 +139,12 @@ class MuonAdamW(PlainWeights):
         if self.weight_decay:
             flat.master.mul_(1 - muon_lr * self.weight_decay)
 
-        def look(i: int, rows: slice) -> torch.Tensor:
-            return ahead[flat.local(i, self.muon[i].shape)].view(self.muon[i].shape)[rows]
-
         items = [(i, rows, shape) for i in self.mine for rows, shape in row_blocks(self.muon[i].shape, self.blocks[i])]
-        for i, rows, u, scale in orthogonal_updates(items, look):
-            self._master(i)[rows].add_(u, alpha=-muon_lr * scale)
+        for i, rows, u, scale in orthogonal_updates(items, lambda i, rows: flat.owned(ahead, i)[rows]):
+            flat.owned(flat.master, i)[rows].add_(u, alpha=-muon_lr * scale)
         flat.publish()
         self._broadcast()
         self.discard()
-
-    def _master(self, i: int) -> torch.Tensor:
-        return self.flat.master[self.flat.local(i, self.muon[i].shape)].view(self.muon[i].shape)
-
-    def _momentum(self, i: int) -> torch.Tensor:
-        return self.flat.momentum[self.flat.local(i, self.muon[i].shape)].view(self.muon[i].shape)
 
     def _broadcast(self) -> None:
         if self.world.distributed:
@@ -201,8 +192,8 @@ class MuonAdamW(PlainWeights):
         pieces = {}
         for i, p in enumerate(self.muon):
             mine = i in self.mine
-            master = self._from_owner(i, self._master(i) if mine else None)
-            buf = self._from_owner(i, self._momentum(i) if mine else None)
+            master = self._from_owner(i, self.flat.owned(self.flat.master, i) if mine else None)
+            buf = self._from_owner(i, self.flat.owned(self.flat.momentum, i) if mine else None)
             pieces[i] = (master, buf)
         if not self.world.main:
             return None
@@ -233,9 +224,10 @@ class MuonAdamW(PlainWeights):
             i = index[id(p)]
             if i not in self.mine:
                 continue
-            with torch.no_grad():
-                self._momentum(i).copy_(state["muon_momentum"][at : at + k].view(p.shape))
-                self._master(i).copy_(state["master"][off : off + k].view(p.shape))  # torch path: the weight
+            flat = self.flat
+            with torch.no_grad():  # (on the torch path the master is the weight itself)
+                flat.owned(flat.momentum, i).copy_(state["muon_momentum"][at : at + k].view(p.shape))
+                flat.owned(flat.master, i).copy_(state["master"][off : off + k].view(p.shape))
         self.adam.load_state_dict({"t": state["t"], "master": torch.cat(adam_master), "m": state["m"],
                                    "v": state["v"]})
         if weights_from_master:

@@ -18,6 +18,7 @@ class MuonBuffers:
 
     def __init__(self, params: list[torch.Tensor], owner: list[int], rank: int, dtype: torch.dtype):
         order = sorted(range(len(params)), key=lambda i: (owner[i], i))
+        self.shapes = [p.shape for p in params]
         self.offsets: dict[int, int] = {}
         off, mine = 0, []
         for i in order:
@@ -36,21 +37,21 @@ class MuonBuffers:
         self.separate_master = dtype != torch.float32
         self.master = torch.zeros(b - a, device=device) if self.separate_master else self.weights[a:b]
         for i, p in enumerate(params):
-            view = self.view(i, p.shape)
             with torch.no_grad():
                 if self.separate_master and owner[i] == rank:
-                    self.master[self.local(i, p.shape)].copy_(p.detach().reshape(-1))
-                self.weights[view].copy_(p.detach().reshape(-1))
-            p.data = self.weights[view].view(p.shape)
-            p.grad = self.grads[view].view(p.shape)
+                    self.owned(self.master, i).copy_(p.detach())
+                self.matrix(self.weights, i).copy_(p.detach())
+            p.data = self.matrix(self.weights, i)
+            p.grad = self.matrix(self.grads, i)
 
-    def view(self, i: int, shape: torch.Size) -> slice:
-        """Where matrix i lies in the whole flat buffers."""
-        return slice(self.offsets[i], self.offsets[i] + shape.numel())
+    def matrix(self, buffer: torch.Tensor, i: int) -> torch.Tensor:
+        """Matrix i as a view of a whole flat buffer (weights, grads)."""
+        return buffer[self.offsets[i] : self.offsets[i] + self.shapes[i].numel()].view(self.shapes[i])
 
-    def local(self, i: int, shape: torch.Size) -> slice:
-        """Where matrix i (owned by this process) lies in the flat buffers of its slice (momentum, master)."""
-        return slice(self.offsets[i] - self.mine.start, self.offsets[i] - self.mine.start + shape.numel())
+    def owned(self, buffer: torch.Tensor, i: int) -> torch.Tensor:
+        """Matrix i, which this process owns, as a view of a buffer of its slice (momentum, master, look-ahead)."""
+        start = self.offsets[i] - self.mine.start
+        return buffer[start : start + self.shapes[i].numel()].view(self.shapes[i])
 
     def my_grads(self) -> torch.Tensor:
         return self.grads[self.mine]
