@@ -107,7 +107,7 @@ def test_a_fused_mlp_that_cannot_be_built_warns_once_and_runs_unfused(monkeypatc
         tried.append(1)
         raise RuntimeError("PassManager::run failed")
 
-    monkeypatch.setattr(relu2_gemm, "mlp", broken)
+    monkeypatch.setattr(relu2_gemm, "fc_relu2", broken)  # the forward kernel, as Triton fails to build it
     with pytest.warns(UserWarning, match="ReLU.2 GEMMs failed .RuntimeError: PassManager"):
         y = kernels_path.mlp(mlp, x)
     assert not FUSIONS["relu2_epilogue"] and tried == [1]

@@ -1,8 +1,9 @@
 """The speedrun model's MLP, proj(relu(fc(x))^2) without biases, with ReLU^2 inside its GEMMs (Triton, which
 ships with torch on CUDA; the kernel is in relu2_gemm_triton.py): the fc GEMM's epilogue writes its output and
 relu(.)^2 of it, and the GEMM that makes the activation's gradient multiplies by 2 relu(pre) in its epilogue.
-cuBLASLt does this for GPT-2's GELU (ops/mlp.EpilogueMlp) but has no ReLU^2 epilogue; without one the activation costs two passes of its own
-over the 4C-wide tensors (the relu2 kernels: 47 ms of the speedrun model's ~935 ms step on an H200).
+cuBLASLt does this for GPT-2's GELU (ops/mlp.EpilogueMlp) but has no ReLU^2 epilogue; without one the
+activation costs two passes of its own over the 4C-wide tensors (the relu2 kernels: 47 ms of the speedrun
+model's ~935 ms step on an H200).
 
 Both GEMMs round their product to bf16 before the epilogue, as the unfused path's GEMM output is, so they
 compute what cuBLAS + ops/arch.relu2 compute up to the GEMMs' summation order. The other three GEMMs of the
@@ -68,12 +69,8 @@ class Relu2Mlp(torch.autograd.Function):
         dy2 = dy.reshape(-1, dy.shape[-1]).contiguous()
         if dy2.data_ptr() % 16:  # a view at an odd offset: TMA needs an aligned base
             dy2 = dy2.clone()
-        try:  # the backward kernel is built at its first use, here
-            dpre = drelu2(dy2, proj_weight, pre)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as e:
-            give_up(e)
+        dpre = _or_none(drelu2, dy2, proj_weight, pre)  # the backward kernel is built at its first use, here
+        if dpre is None:
             dpre = ((dy2 @ proj_weight).float() * 2 * pre.float().clamp_min(0)).to(pre.dtype)
         return (dpre @ fc_weight).view(ctx.shape), dpre.t() @ x2, dy2.t() @ act
 
@@ -92,14 +89,22 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
     return relu2_gemm_triton.tma_ok(*tensors)
 
 
-def give_up(error: Exception) -> None:
-    """Triton could not build or run a kernel here (a Triton or driver too old): warn once, unfused from now on."""
-    from gpt2pipe.ops import FUSIONS
+def _or_none(fn, *args):
+    """fn(*args), or None where Triton could not build or run a kernel here (a Triton or driver too old): then
+    a warning, once, and the fusion off from now on. Running out of memory is not that."""
+    try:
+        return fn(*args)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 — a speed-up only: the unfused path computes the same
+        from gpt2pipe.ops import FUSIONS
 
-    warnings.warn(f"the ReLU^2 GEMMs failed ({type(error).__name__}: {error}); the MLP runs unfused", stacklevel=3)
-    FUSIONS["relu2_epilogue"] = False
+        warnings.warn(f"the ReLU^2 GEMMs failed ({type(e).__name__}: {e}); the MLP runs unfused", stacklevel=3)
+        FUSIONS["relu2_epilogue"] = False
+        return None
 
 
-def mlp(x: torch.Tensor, fc_weight: torch.Tensor, proj_weight: torch.Tensor) -> torch.Tensor:
-    """proj(relu(fc(x))^2) through Relu2Mlp (call where usable() says so)."""
-    return Relu2Mlp.apply(x.contiguous(), fc_weight, proj_weight)
+def mlp(x: torch.Tensor, fc_weight: torch.Tensor, proj_weight: torch.Tensor) -> torch.Tensor | None:
+    """proj(relu(fc(x))^2) through Relu2Mlp (call where usable() says so), or None where Triton failed (the
+    caller runs the MLP unfused)."""
+    return _or_none(Relu2Mlp.apply, x.contiguous(), fc_weight, proj_weight)
