@@ -310,3 +310,31 @@ def test_document_aligned_token_outside_the_vocabulary_names_its_position(tmp_pa
     starts(loader, 2)
     with pytest.raises(Gpt2pipeError, match=r"bad.bin: token 50300 at position 27 is outside the vocabulary"):
         loader.next_batch()
+
+
+# --- the training loop's one-ahead device batches (data/prefetch.py) ----------------------------------
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_prefetching_changes_no_batch_and_a_state_saved_with_one_ahead_resumes_on_it(tmp_path, world):
+    import torch
+
+    from gpt2pipe.data.prefetch import DeviceBatches
+
+    shards = shards_of(tmp_path, [100, 50, 85])  # 28 windows per epoch: 30 batches cross an epoch boundary
+    plain = ShardLoader(shards, 1, 8, world - 1, world, shuffle=True, seed=3)
+    expected = [plain.next_batch() for _ in range(30)]
+    batches = DeviceBatches(ShardLoader(shards, 1, 8, world - 1, world, shuffle=True, seed=3), torch.device("cpu"))
+    got, saved = [], None
+    for i in range(30):
+        got.append(batches.next_batch())
+        batches.prefetch()  # as Trainer.train_step does after each micro-batch
+        batches.prefetch()  # a second call fetches nothing more
+        if i == 11:
+            saved = json.loads(json.dumps(batches.state_dict()))
+    assert all(torch.equal(a, b) for g, e in zip(got, expected) for a, b in zip(g, e))
+    assert saved["sample"] == 12 * world and saved["epoch"] == 0  # the batch fetched ahead is not counted as read
+    resumed = DeviceBatches(ShardLoader(shards, 1, 8, world - 1, world, shuffle=True, seed=3), torch.device("cpu"))
+    resumed.prefetch()  # a batch fetched before the load is dropped, not handed out
+    resumed.load_state_dict(saved)
+    for want in expected[12:]:
+        assert all(torch.equal(a, b) for a, b in zip(resumed.next_batch(), want))

@@ -24,6 +24,7 @@ import torch
 from gpt2pipe import Gpt2pipeError, distributed
 from gpt2pipe.config import Config, training_identity
 from gpt2pipe.data.loader import ShardLoader
+from gpt2pipe.data.prefetch import DeviceBatches
 from gpt2pipe.data.llmc_format import ShardSet
 from gpt2pipe.device import autocast, autocast_dtype, peak_flops, pick_device, seed_everything
 from gpt2pipe.distributed import World
@@ -162,7 +163,7 @@ class Trainer:
         if t.fp8 and use_kernels:  # fp8 GEMMs exist on the kernels path only
             convert_to_fp8(model, t.fp8_gemms)
         optimizer = build_optimizer(model, t, world, device, use_kernels)
-        state = TrainState(model, optimizer, train_loader, UpdateGuard(t), identity)
+        state = TrainState(model, optimizer, DeviceBatches(train_loader, device), UpdateGuard(t), identity)
         if world.main:
             paths.out.mkdir(parents=True, exist_ok=True)
             paths.state.mkdir(parents=True, exist_ok=True)
@@ -205,11 +206,11 @@ class Trainer:
             if k == self.grad_accum - 1:
                 st.optimizer.prepare_last_backward()
             x, y = st.loader.next_batch()
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.ctx:
                 loss = self.runner(x, y)[1]  # the logits (B x T x V) are not kept alive into the next micro-batch
             (loss / self.grad_accum).backward()
             loss_sum += loss.detach()
+            st.loader.prefetch()  # the next micro-batch (after the last: the next step's first) while the GPU works
         lr = lr_at(st.step, t)
         norm_t = st.optimizer.global_norm()
         loss_mean = distributed.mean(loss_sum / self.grad_accum, self.world)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from gpt2pipe import Gpt2pipeError, distributed
 from gpt2pipe.config import LATER_TRAIN_KEYS, ModelConfig, training_identity, validate, with_sets
-from gpt2pipe.data.loader import ShardLoader
+from gpt2pipe.data.prefetch import DeviceBatches
 from gpt2pipe.distributed import World
 from gpt2pipe.model import checkpoint
 from gpt2pipe.model.gpt import GPT
@@ -110,7 +110,7 @@ def newest_or_refuse(state_dir: Path, say=tqdm.write, kind: str = "train-state")
 class TrainState:
     model: GPT
     optimizer: Optimizer
-    loader: ShardLoader
+    loader: DeviceBatches
     guard: UpdateGuard
     identity: dict
     step: int = 0

@@ -1,0 +1,47 @@
+"""A loader's micro-batches on the training device, read one ahead.
+
+The training loop asks for the next micro-batch right after it has queued the current one's forward and
+backward, so reading the shard and copying to the GPU happen while the GPU computes, also across the
+step's one host sync (without it the GPU waited for them at the start of every step: 0.6% of a
+65,536-token step on an H200, docs/benchmarks.md). The position saved with the training state is that of
+the first batch not yet handed out, so a resume reads the batch that was only fetched ahead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gpt2pipe.data.loader import ShardLoader
+
+
+class DeviceBatches:
+    """ShardLoader's batches as device tensors, at most one fetched ahead (prefetch)."""
+
+    def __init__(self, loader: ShardLoader, device: torch.device):
+        self.loader, self.device = loader, device
+        self._ahead: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (inputs, targets), int64 (B, T) on the device."""
+        batch, self._ahead = self._ahead or self._fetch(), None
+        return batch
+
+    def prefetch(self) -> None:
+        """Read and start copying the next batch now (no-op when one is already ahead)."""
+        if self._ahead is None:
+            self._ahead = self._fetch()
+
+    def _fetch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.loader.next_batch()
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        state = self.loader.state_dict()
+        if self._ahead is not None:  # fetched but not handed out: the position is still before it
+            state["sample"] -= self.loader.world
+            state["epoch"] = state["sample"] // self.loader.per_epoch
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self._ahead = None
+        self.loader.load_state_dict(state)
