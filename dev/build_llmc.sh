@@ -2,7 +2,8 @@
 # Build llm.c's train_gpt2cu WITH cuDNN attention, for `gpt2pipe bench --llmc` (without cuDNN, llm.c runs its
 # own attention, which stores the T x T scores: ~40 GB at B=64 and far slower, a weak baseline).
 # Needs cudnn-frontend's headers (header-only: the include/ folder of github NVIDIA/cudnn-frontend) at
-# $CUDNN_FRONTEND (default .llmc/cudnn-frontend/include), and cuDNN itself, taken from the nvidia-cudnn wheel
+# $CUDNN_FRONTEND (default .llmc/cudnn-frontend/include; v1.18.0 or older: from v1.19 its headers compile kernels
+# through NVRTC and llm.c's Makefile does not link -lnvrtc -lcuda), and cuDNN itself, taken from the nvidia-cudnn wheel
 # torch depends on (its headers and libcudnn.so.9). Writes $SRC/train_gpt2cu and a wrapper
 # $SRC/train_gpt2cu.sh that puts that cuDNN on LD_LIBRARY_PATH: pass the wrapper to --llmc
 # (dev/bench_step.sh picks it up). The cuDNN build compiles llm.c's cudnn_att.cpp: a few minutes.
@@ -19,6 +20,11 @@ ln -s "$(ls "$CUDNN"/lib/libcudnn.so.* | head -1)" "$LIB/libcudnn.so"  # the whe
 cd "$SRC"
 # llm.c's Makefile insists on ./cudnn-frontend/include or ~/cudnn-frontend/include existing
 [ -e cudnn-frontend/include ] || { mkdir -p cudnn-frontend && ln -s "$FRONTEND" cudnn-frontend/include; }
+# CUDA 13's cudaMemAdvise takes a cudaMemLocation where llm.c (written against CUDA 12) passes cudaCpuDeviceId
+if PATH=/usr/local/cuda/bin:$PATH nvcc --version | grep -Eq 'release (1[3-9]|[2-9][0-9])'; then
+  sed -i 's/cudaMemAdviseSetPreferredLocation, cudaCpuDeviceId)/cudaMemAdviseSetPreferredLocation, cudaMemLocation{cudaMemLocationTypeHost, 0})/' \
+    llmc/cuda_utils.cuh
+fi
 rm -f train_gpt2cu build/cudnn_att.o
 PATH=/usr/local/cuda/bin:$PATH LIBRARY_PATH="$LIB:${LIBRARY_PATH:-}" make train_gpt2cu USE_CUDNN=1 \
   CUDNN_FRONTEND_PATH="$FRONTEND -I$CUDNN/include" NO_MULTI_GPU=1 NO_USE_MPI=1 GPU_COMPUTE_CAPABILITY=90

@@ -12,7 +12,8 @@
 # $OUT/summary.md: every step time against the fastest baseline of the run; $OUT/status.txt: exit codes.
 #   STEPS=15 (training steps per run), PYTHON=python, SKIP=1,3 (parts to leave out, for a rerun), MODES, PROFILE and
 #   RUNS (below: fewer bench modes or loops; dev/speed/loop_vs_bench.sh alternates bench and loop this way),
-#   SET='--set model.n_layer=2 ...' (more overrides for parts 2-3: the CPU test's tiny models)
+#   SET='--set model.n_layer=2 ...' (more overrides for parts 2-3: the CPU test's tiny models),
+#   LLMC=path/to/train_gpt2cu.sh (dev/build_llmc.sh's wrapper: llm.c joins part 1 as a baseline)
 set -u -o pipefail
 OUT=${OUT:-$PWD/speed_out}
 BUDGET=${BUDGET:-570}
@@ -39,7 +40,7 @@ want() { [[ $SKIP != *,$1,* ]]; }
 # --- 1. the bench's modes in one process; bench.md is rewritten after each mode, so a timeout keeps those done
 if want 1; then
   timeout -k 10 "$(cap 260)" $PY -m gpt2pipe bench --size 124M --modes "$MODES" \
-    ${PROFILE:+--profile "$PROFILE"} --no-kernel-table --steps 5 --warmup 2 --out "$OUT/bench.md" 2>&1 | tee "$OUT/bench.log"
+    ${PROFILE:+--profile "$PROFILE"} ${LLMC:+--llmc "$LLMC"} --no-kernel-table --steps 5 --warmup 2 --out "$OUT/bench.md" 2>&1 | tee "$OUT/bench.log"
   status "1 bench $MODES" $?
 fi
 
