@@ -338,3 +338,20 @@ def test_prefetching_changes_no_batch_and_a_state_saved_with_one_ahead_resumes_o
     resumed.load_state_dict(saved)
     for want in expected[12:]:
         assert all(torch.equal(a, b) for a, b in zip(resumed.next_batch(), want))
+
+
+def test_a_batch_that_fails_to_read_fails_when_it_is_asked_for_not_when_fetched_ahead(tmp_path):
+    import torch
+
+    from gpt2pipe.data.prefetch import DeviceBatches
+
+    tokens = np.arange(40)
+    tokens[27] = 50300  # in the fourth window of 8 (+1) tokens
+    write_shard(tmp_path / "bad.bin", tokens)
+    batches = DeviceBatches(ShardLoader([tmp_path / "bad.bin"], 1, 8), torch.device("cpu"))
+    for _ in range(3):
+        batches.next_batch()
+        batches.prefetch()  # the third prefetch reads the bad window: nothing raised yet
+    assert batches.state_dict()["sample"] == 3  # the failed read moved nothing
+    with pytest.raises(Gpt2pipeError, match=r"bad.bin: token 50300 at position 27 is outside the vocabulary"):
+        batches.next_batch()

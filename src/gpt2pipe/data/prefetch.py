@@ -20,16 +20,25 @@ class DeviceBatches:
     def __init__(self, loader: ShardLoader, device: torch.device):
         self.loader, self.device = loader, device
         self._ahead: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._failed: Exception | None = None  # reading the batch ahead failed: raised when it is asked for
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next (inputs, targets), int64 (B, T) on the device."""
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
         batch, self._ahead = self._ahead or self._fetch(), None
         return batch
 
     def prefetch(self) -> None:
-        """Read and start copying the next batch now (no-op when one is already ahead)."""
-        if self._ahead is None:
-            self._ahead = self._fetch()
+        """Read and start copying the next batch now (no-op when one is already ahead). A batch that fails to
+        read (a foreign token, an unreadable shard) fails the step that uses it, not the step before, which
+        may be one that saves a checkpoint."""
+        if self._ahead is None and self._failed is None:
+            try:
+                self._ahead = self._fetch()
+            except Exception as e:  # noqa: BLE001 (any error: it belongs to the next next_batch)
+                self._failed = e
 
     def _fetch(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.loader.next_batch()
@@ -43,5 +52,5 @@ class DeviceBatches:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self._ahead = None
+        self._ahead = self._failed = None
         self.loader.load_state_dict(state)
