@@ -324,23 +324,25 @@ def test_prefetching_changes_no_batch_and_a_state_saved_with_one_ahead_resumes_o
     plain = ShardLoader(shards, 1, 8, world - 1, world, shuffle=True, seed=3)
     expected = [plain.next_batch() for _ in range(30)]
     batches = DeviceBatches(ShardLoader(shards, 1, 8, world - 1, world, shuffle=True, seed=3), torch.device("cpu"))
+    # saved where the batch fetched ahead is the next epoch's first (global sample 28): the state is in epoch 0
+    save_at = 28 // world - 2
     got, saved = [], None
     for i in range(30):
         got.append(batches.next_batch())
         batches.prefetch()  # as Trainer.train_step does after each micro-batch
         batches.prefetch()  # a second call fetches nothing more
-        if i == 11:
+        if i == save_at:
             saved = json.loads(json.dumps(batches.state_dict()))
     assert all(torch.equal(a, b) for g, e in zip(got, expected) for a, b in zip(g, e))
-    assert saved["sample"] == 12 * world and saved["epoch"] == 0  # the batch fetched ahead is not counted as read
+    assert saved["sample"] == 28 - world and saved["epoch"] == 0  # the batch fetched ahead is not counted as read
     resumed = DeviceBatches(ShardLoader(shards, 1, 8, world - 1, world, shuffle=True, seed=3), torch.device("cpu"))
     resumed.prefetch()  # a batch fetched before the load is dropped, not handed out
     resumed.load_state_dict(saved)
-    for want in expected[12:]:
+    for want in expected[save_at + 1:]:
         assert all(torch.equal(a, b) for a, b in zip(resumed.next_batch(), want))
 
 
-def test_a_batch_that_fails_to_read_fails_when_it_is_asked_for_not_when_fetched_ahead(tmp_path):
+def test_a_batch_that_fails_to_read_fails_when_it_is_asked_for_not_when_fetched_ahead(tmp_path, monkeypatch):
     import torch
 
     from gpt2pipe.data.prefetch import DeviceBatches
@@ -355,3 +357,18 @@ def test_a_batch_that_fails_to_read_fails_when_it_is_asked_for_not_when_fetched_
     assert batches.state_dict()["sample"] == 3  # the failed read moved nothing
     with pytest.raises(Gpt2pipeError, match=r"bad.bin: token 50300 at position 27 is outside the vocabulary"):
         batches.next_batch()
+    # a failed copy (the batch read, then no GPU memory) puts the position back, so the batch is read again
+    good = DeviceBatches(ShardLoader([tmp_path / "bad.bin"], 1, 8), torch.device("cpu"))
+    good.next_batch()
+    real_to = torch.Tensor.to
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, "to", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("no memory")))
+        good.prefetch()
+    assert torch.Tensor.to is real_to and good.state_dict()["sample"] == 1
+    # a load drops a pending failure with the batch ahead
+    batches.prefetch()
+    batches.load_state_dict(good.state_dict())
+    assert batches.next_batch()[0].tolist() == [list(range(8, 16))]
+    with pytest.raises(torch.OutOfMemoryError):
+        good.next_batch()
+    assert good.next_batch()[0].tolist() == [list(range(8, 16))]

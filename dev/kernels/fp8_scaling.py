@@ -38,9 +38,10 @@ def quantise(t: torch.Tensor, dtype, rows: int, cols: int):
 def scaled_mm(a, b, granularity: str, dtype_a=E4M3, dtype_b=E4M3):
     """a (M, K) @ b (N, K)^T in bf16 from fp8 operands scaled per `granularity` (per tensor: dtype_a/dtype_b,
     e5m2 for gradients as train.fp8 does; finer: e4m3 throughout)."""
-    if granularity == "tensor":
-        a8, sa = quantise(a, dtype_a, 0, 0)
-        b8, sb = quantise(b, dtype_b, 0, 0)
+    if granularity.startswith("tensor"):  # "tensor": train.fp8's types; "tensor, e4m3": e4m3 throughout
+        e4m3 = granularity.endswith("e4m3")
+        a8, sa = quantise(a, E4M3 if e4m3 else dtype_a, 0, 0)
+        b8, sb = quantise(b, E4M3 if e4m3 else dtype_b, 0, 0)
         return lambda: torch._scaled_mm(a8, b8.t(), scale_a=sa.view(()), scale_b=sb.view(()), out_dtype=torch.bfloat16)
     if granularity == "row":  # finer scales: e4m3 (more mantissa) for gradients too, as DeepSeek-V3 does
         a8, sa = quantise(a, E4M3, 1, 0)
@@ -104,7 +105,10 @@ def main() -> None:
         check(f"{name}, bf16", bf16(), ref, 1e-2)
         rows.append((name, "bf16", time_us(bf16), rel_error(bf16(), ref)))
         weight_grad = "weight" in name
-        for granularity in ("tensor", "row", "1x128 x 1x128" if weight_grad else "1x128 x 128x128"):
+        granularities = ["tensor", "row", "1x128 x 1x128" if weight_grad else "1x128 x 128x128"]
+        if dtype_a != E4M3:  # a gradient operand: per tensor in e4m3 too, to split format from scale size
+            granularities.insert(1, "tensor, e4m3")
+        for granularity in granularities:
             try:
                 fn = scaled_mm(A, B, granularity, dtype_a, E4M3)  # B: weights, or activations (weight gradient)
                 out = fn()

@@ -52,6 +52,7 @@ def profile_model(name: str, cfg_path: Path, overrides: list[str], shards: Path,
                        device=device)
     st = tr.state
     labelled(st.loader, "next_batch", "data next_batch")
+    labelled(st.loader, "prefetch", "data prefetch (read and copy the next batch)")
     labelled(st.optimizer, "global_norm", "optimizer global_norm")
     labelled(st.optimizer, "update", "optimizer update")
     labelled(tr.runner, "forward", "model forward")
