@@ -3,6 +3,7 @@
 # dev/speedrun/gpt2_mix.yaml) in bf16 and with each fp8 GEMM choice, one run per GPU at a time, from the repo
 # root on a GPU machine. Prints each run's val losses (llm.c's `tel:` lines, every 95 steps = 12.5M tokens).
 #   DATA=<shard dir> [VARIANTS="bf16 mlp mlp,qkv head"] [SEEDS="42"] [GPUS=2] [OUT=./fp8_quality] dev/fp8_quality.sh
+# DATA: e.g. results/data/local_docs/shards (dev/speedrun/local_docs.py; carry it to the GPU machine).
 # A variant is "bf16" or a comma-separated train.fp8_gemms list. docs/fp8.md's first table is one seed; single runs
 # of one config spread by up to ~0.1 on the 15M-token corpus, so compare several seeds.
 set -u -o pipefail
