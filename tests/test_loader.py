@@ -372,3 +372,27 @@ def test_a_batch_that_fails_to_read_fails_when_it_is_asked_for_not_when_fetched_
     with pytest.raises(torch.OutOfMemoryError):
         good.next_batch()
     assert good.next_batch()[0].tolist() == [list(range(8, 16))]
+
+
+def test_a_new_epoch_is_announced_when_its_first_batch_is_handed_out_not_when_fetched_ahead(tmp_path):
+    import torch
+
+    from gpt2pipe.data.prefetch import DeviceBatches
+
+    lines = []
+    shards = shards_of(tmp_path, [100, 50])  # 18 samples per epoch
+    batches = DeviceBatches(ShardLoader(shards, 1, 8, shuffle=True, seed=0, log=lines.append), torch.device("cpu"))
+    for _ in range(18):  # a run that ends with the epoch: the last prefetch reads epoch 1's first batch
+        batches.next_batch()
+        batches.prefetch()
+    assert lines == []
+    saved = batches.state_dict()
+    batches.next_batch()
+    assert lines == ["data: epoch 1 begins (18 samples of 1x8 tokens per epoch, reshuffled)"]
+    resumed = DeviceBatches(ShardLoader(shards, 1, 8, shuffle=True, seed=0, log=lines.append), torch.device("cpu"))
+    resumed.load_state_dict(saved)  # resumed at the boundary: the state is in epoch 1 already, so, as a
+    resumed.prefetch()              # ShardLoader resumed there, it says nothing; then epoch 2 is said once
+    for _ in range(19):
+        resumed.next_batch()
+        resumed.prefetch()
+    assert lines[1:] == ["data: epoch 2 begins (18 samples of 1x8 tokens per epoch, reshuffled)"]

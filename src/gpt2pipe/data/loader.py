@@ -139,14 +139,17 @@ class ShardLoader:
         return shard, int(self.rows[shard][w * self.B]) if self.document_aligned else w * self.span
 
     # --- batches ------------------------------------------------------------------------------------
+    def epoch_begins(self, epoch: int) -> str:
+        return (f"data: epoch {epoch} begins ({self.per_epoch:,} samples of {self.B}x{self.T} tokens per epoch, "
+                f"{'reshuffled' if self.shuffle else 'in order'})")
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's next (inputs, targets), int64 (B, T) on the CPU."""
         epoch = self.sample // self.per_epoch
         if epoch != self.epoch:
             self.epoch = epoch
             if self.log:
-                self.log(f"data: epoch {epoch} begins ({self.per_epoch:,} samples of {self.B}x{self.T} tokens per "
-                         f"epoch, {'reshuffled' if self.shuffle else 'in order'})")
+                self.log(self.epoch_begins(epoch))
         shard, w = self.window(self.sample + self.rank)
         tokens = self.tokens[shard]
         if self.document_aligned:

@@ -19,7 +19,11 @@ class DeviceBatches:
 
     def __init__(self, loader: ShardLoader, device: torch.device):
         self.loader, self.device = loader, device
-        self._ahead: tuple[torch.Tensor, torch.Tensor] | None = None
+        # "epoch N begins" is said when its first batch is handed out, not fetched: a run that ends on an
+        # epoch's last step fetches the next epoch's first batch and never trains on it
+        self.say, loader.log = loader.log, None
+        self._epoch = loader.epoch
+        self._ahead: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self._failed: Exception | None = None  # reading the batch ahead failed: raised when it is asked for
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,8 +31,12 @@ class DeviceBatches:
         if self._failed is not None:
             failed, self._failed = self._failed, None
             raise failed
-        batch, self._ahead = self._ahead or self._fetch(), None
-        return batch
+        (x, y, epoch), self._ahead = self._ahead or self._fetch(), None
+        if epoch != self._epoch:
+            self._epoch = epoch
+            if self.say:
+                self.say(self.loader.epoch_begins(epoch))
+        return x, y
 
     def prefetch(self) -> None:
         """Read and start copying the next batch now (no-op when one is already ahead). A batch that fails to
@@ -40,13 +48,13 @@ class DeviceBatches:
             except Exception as e:  # noqa: BLE001 (any error: it belongs to the next next_batch)
                 self._failed = e
 
-    def _fetch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fetch(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         before = self.loader.sample, self.loader.epoch
         try:
             x, y = self.loader.next_batch()
             if self.device.type == "cuda":  # from pageable memory the copy may wait for the GPU's queue
                 x, y = x.pin_memory(), y.pin_memory()
-            return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), self.loader.epoch
         except BaseException:  # a batch read but not delivered (a failed copy) is read again
             self.loader.sample, self.loader.epoch = before
             raise
@@ -61,3 +69,4 @@ class DeviceBatches:
     def load_state_dict(self, state: dict) -> None:
         self._ahead = self._failed = None
         self.loader.load_state_dict(state)
+        self._epoch = self.loader.epoch
