@@ -252,9 +252,19 @@ class ReLU2(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         (h,) = ctx.saved_tensors
-        dh = torch.empty_like(h)
-        _activation("relu2_backward", h.numel(), h.numel(), h.dtype, dh, dout.contiguous(), h, h.numel())
-        return dh
+        return _relu2_backward(dout, h)
+
+
+def _relu2_backward(dout: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    h = h.contiguous()
+    dh = torch.empty_like(h)
+    _activation("relu2_backward", h.numel(), h.numel(), h.dtype, dh, dout.contiguous(), h, h.numel())
+    return dh
+
+
+def relu2_backward(dout: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """d h of relu(h)^2 given d out, without autograd (the fused ReLU^2 GEMMs' fallback, ops/relu2_gemm.py)."""
+    return _relu2_backward(dout, h) if _use_kernels(h, dout) else reference.relu2_backward(dout, h)
 
 
 def swiglu(h: torch.Tensor) -> torch.Tensor:

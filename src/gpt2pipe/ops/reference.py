@@ -105,3 +105,8 @@ def swiglu(h: torch.Tensor) -> torch.Tensor:
 def relu2(h: torch.Tensor) -> torch.Tensor:
     """relu(h)^2 (modded-nanogpt's MLP activation)."""
     return F.relu(h).square()
+
+
+def relu2_backward(dout: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """d h of relu(h)^2 given d out: 2 relu(h) d out in fp32, rounded once (as kernels/activation.cu)."""
+    return (dout.float() * 2 * h.float().clamp_min(0)).to(h.dtype)

@@ -20,6 +20,8 @@ import warnings
 import torch
 from torch.autograd.function import once_differentiable
 
+from gpt2pipe.ops import arch
+
 
 @functools.cache
 def available() -> bool:
@@ -70,8 +72,8 @@ class Relu2Mlp(torch.autograd.Function):
         if dy2.data_ptr() % 16:  # a view at an odd offset: TMA needs an aligned base
             dy2 = dy2.clone()
         dpre = _or_none(drelu2, dy2, proj_weight, pre)  # the backward kernel is built at its first use, here
-        if dpre is None:
-            dpre = ((dy2 @ proj_weight).float() * 2 * pre.float().clamp_min(0)).to(pre.dtype)
+        if dpre is None:  # what the unfused path computes: cuBLAS, then the relu2 backward
+            dpre = arch.relu2_backward(dy2 @ proj_weight, pre)
         return (dpre @ fc_weight).view(ctx.shape), dpre.t() @ x2, dy2.t() @ act
 
 
