@@ -215,7 +215,7 @@ class MuonAdamW(PlainWeights):
         if "muon_momentum" not in state:
             raise Gpt2pipeError("the saved optimizer state has no Muon momentum (saved by another optimizer)")
         index = {id(p): i for i, p in enumerate(self.muon)}
-        adam_master = []
+        flat, adam_master = self.flat, []
         for p, off, is_muon, at in self._layout():
             k = p.numel()
             if not is_muon:
@@ -224,14 +224,13 @@ class MuonAdamW(PlainWeights):
             i = index[id(p)]
             if i not in self.mine:
                 continue
-            flat = self.flat
             with torch.no_grad():  # (on the torch path the master is the weight itself)
                 flat.owned(flat.momentum, i).copy_(state["muon_momentum"][at : at + k].view(p.shape))
                 flat.owned(flat.master, i).copy_(state["master"][off : off + k].view(p.shape))
         self.adam.load_state_dict({"t": state["t"], "master": torch.cat(adam_master), "m": state["m"],
                                    "v": state["v"]})
         if weights_from_master:
-            self.flat.publish()
+            flat.publish()
             self.adam.weights_from_master()
         self._broadcast()  # every process gets the owners' weights
 
