@@ -171,6 +171,26 @@ def test_fp8_gemms_is_in_the_identity_only_where_it_acts():
         config.from_dict({"train": {"fp8_gemms": ["attn"]}})
 
 
+def test_fp8_gradients_is_in_the_identity_only_where_it_acts():
+    """train.fp8_gradients changes the weights only with fp8 on and the MLP in fp8 (the only GEMMs that read
+    fp8 gradients): elsewhere it is left out, so it cannot make equal runs differ, and e5m2 (what fp8 runs
+    trained before the key existed) is left out too, so their saved states still resume."""
+    from gpt2pipe.config import training_identity
+
+    def ident(**train):
+        return training_identity(config.from_dict({"train": train}).raw)["train"]
+
+    assert config.from_dict({}).train.fp8_gradients == "e5m2"
+    assert ident(fp8_gradients="e4m3") == ident()  # fp8 off
+    assert ident(fp8=True, fp8_gemms=["qkv"], fp8_gradients="e4m3") == ident(fp8=True, fp8_gemms=["qkv"])
+    assert ident(fp8=True, fp8_gradients="e5m2") == ident(fp8=True)
+    assert "fp8_gradients" not in ident(fp8=True)
+    assert ident(fp8=True, fp8_gradients="e4m3")["fp8_gradients"] == "e4m3"
+    assert ident(fp8=True, fp8_gemms=["mlp", "head"], fp8_gradients="e4m3")["fp8_gradients"] == "e4m3"
+    with pytest.raises(Gpt2pipeError, match="fp8_gradients"):
+        config.from_dict({"train": {"fp8": True, "fp8_gradients": "e3m4"}})
+
+
 def test_fp8_gemms_is_compared_as_a_set():
     """[qkv, mlp] and [mlp, qkv] train the same model: one identity (a resume is not refused), one train stage
     config and one workflow fingerprint (Snakemake does not rerun training)."""

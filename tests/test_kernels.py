@@ -757,6 +757,50 @@ def test_fp8_mlp_calibrates_in_bf16_then_tracks_the_bf16_mlp():
     assert (state.amax_previous[0, slots] > 0).all()
 
 
+@gpu
+@fp8_gpu
+def test_fp8_mlp_with_e4m3_gradients_is_closer_to_bf16():
+    """train.fp8_gradients: e4m3: both gradients the MLP's input-gradient GEMMs read (the one arriving at
+    its output, cast here, and GELU's, written by the bias+GELU backward kernel) are e4m3 copies, and the
+    input gradient lands nearer the bf16 MLP's than with e5m2 (one more mantissa bit); the forward and the
+    bf16 weight gradients are the same either way."""
+    from gpt2pipe.ops import fp8
+    from gpt2pipe.ops.fp8 import Slot
+    from gpt2pipe.ops.fp8.gemms import Fp8MlpFunction
+    from gpt2pipe.ops.mlp import bias_gelu_backward
+
+    torch.manual_seed(0)
+    C, M = 768, 4096
+    h = leaf(M, C)
+    w_fc, b_fc = leaf(4 * C, C, scale=0.02), leaf(4 * C, scale=0.02)
+    w_pr, b_pr = leaf(C, 4 * C, scale=0.02), leaf(C, scale=0.02)
+    inputs = (h, w_fc, b_fc, w_pr, b_pr)
+    dy = torch.randn(M, C, device="cuda").bfloat16() * 1e-4
+    want = grads_of(R.bias_gelu(h @ w_fc.t(), b_fc) @ w_pr.t() + b_pr, inputs, dy)
+    runs = {}
+    for gradients in ("e5m2", "e4m3"):
+        state = fp8.Fp8State(1, torch.device("cuda"), gradients)
+        for _ in range(2):  # the first micro-step calibrates
+            state.roll()
+            y = Fp8MlpFunction.apply(h, None, w_fc, b_fc, w_pr, b_pr, state, 0)
+            got = grads_of(y, inputs, dy)
+        runs[gradients] = y, got, state
+    (y5, g5, s5), (y4, g4, s4) = runs["e5m2"], runs["e4m3"]
+    assert torch.equal(y4, y5)
+    assert all(torch.equal(a, b) for a, b in zip(g4[1:], g5[1:]))  # weight and bias gradients stay bf16 GEMMs
+    assert rel(g4[0], want[0]) < 0.8 * rel(g5[0], want[0]), (rel(g4[0], want[0]), rel(g5[0], want[0]))
+    assert s4.target(0, Slot.PRE_GELU_GRAD).dtype == fp8.E4M3 and s5.target(0, Slot.PRE_GELU_GRAD).dtype == fp8.E5M2
+    assert s4.target(0, Slot.MLP_INPUT).dtype == fp8.E4M3 == s5.target(0, Slot.MLP_INPUT).dtype
+    # the kernel's e4m3 copy of GELU's gradient is that gradient, scaled (e4m3: 3 mantissa bits)
+    pre, dout = leaf(M, 4 * C), torch.randn(M, 4 * C, device="cuda").bfloat16() * 1e-4
+    target = s4.target(0, Slot.PRE_GELU_GRAD)
+    dpre, _, dpre8 = bias_gelu_backward(dout, pre, b_fc, target)
+    assert dpre8.dtype == fp8.E4M3
+    assert rel(dpre8.float() * target.inv_scale.item(), dpre.float()) < 0.05
+    with pytest.raises(Gpt2pipeError, match="e3m4"):
+        fp8.Fp8State(1, "cpu", "e3m4")
+
+
 def _fp8_pair(cfg):
     """A bf16 kernels model and an fp8-converted copy of it, with their flat AdamW optimizers."""
     from gpt2pipe.ops import fp8

@@ -24,7 +24,7 @@ NOT_IDENTITY = {
 # so those runs' saved states and workflow fingerprints stay valid. (fp8_gemms' default is now [mlp]: a state
 # saved before the key existed trained mlp + qkv, and resuming it under the new default is refused by name.)
 LATER_TRAIN_KEYS = {"optimizer": "adamw", "lr_schedule": "cosine", "document_aligned": False,
-                    "fp8_gemms": ["mlp", "qkv"]}
+                    "fp8_gemms": ["mlp", "qkv"], "fp8_gradients": "e5m2"}
 
 
 # list keys whose order means nothing (sets): held sorted from validation on, so [qkv, mlp] and [mlp, qkv] are
@@ -41,7 +41,7 @@ def with_sets(sections: dict) -> dict:
 
 def _unused(section: str, key: str, values: dict) -> bool:
     """Keys that cannot change the weights under the section's other values (in the identity they would make
-    equal runs differ): Muon's settings without Muon, the cooldown without the wsd schedule."""
+    equal runs differ): Muon's settings without Muon, the cooldown without the wsd schedule, fp8's without fp8."""
     if section != "train":
         return False
     if key.startswith("muon_"):
@@ -50,6 +50,8 @@ def _unused(section: str, key: str, values: dict) -> bool:
         return values.get("lr_schedule") != "wsd"
     if key == "fp8_gemms" and not values.get("fp8"):
         return True
+    if key == "fp8_gradients" and not (values.get("fp8") and "mlp" in values.get("fp8_gemms", ["mlp"])):
+        return True  # only the MLP's GEMMs read fp8 gradients
     return key in LATER_TRAIN_KEYS and values[key] == LATER_TRAIN_KEYS[key]
 
 

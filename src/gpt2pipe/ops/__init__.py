@@ -8,7 +8,8 @@ tensors when kernels are available and the reference from reference.py otherwise
 Kernels that also write an fp8 copy of their output for the next GEMM (LayerNorm forward, bias+GELU
 forward and backward) take an `fp8_target`: any object with `inv_scale`, `amax_current`, `amax_previous`
 (0-d float32 CUDA tensors: where the kernel writes 1/scale, where it records this call's amax, and the
-amax the scale comes from) and `cast(x, dtype)` (a separate cast, for kernels without an fp8 output).
+amax the scale comes from), `dtype` (the fp8 format of the copy: e4m3, or e5m2 for a gradient unless
+train.fp8_gradients says e4m3) and `cast(x, dtype)` (a separate cast, for kernels without an fp8 output).
 ops/fp8 makes them; the op modules never import it, so there is no import cycle.
 """
 

@@ -45,7 +45,8 @@ def bias_gelu_forward(h, bias, fp8_target=None):
 
 
 def bias_gelu_backward(dout, h, bias, fp8_target=None):
-    """(dh, dbias, None) of gelu(h + bias); with an fp8_target also an e5m2 copy of dh, third."""
+    """(dh, dbias, None) of gelu(h + bias); with an fp8_target also an fp8 copy of dh (its `dtype`: e5m2 or
+    e4m3), third."""
     C = h.shape[-1]
     N = h.numel() // C
     dout = dout.contiguous()
@@ -57,8 +58,9 @@ def bias_gelu_backward(dout, h, bias, fp8_target=None):
         launch("gelu", f"bias_gelu_backward{vec}", grid, threads, dh=dh, partials=partials, dout=dout, h=h,
                bias=bias, N=N, C=C)
     else:
-        dh8 = torch.empty(h.shape, dtype=torch.float8_e5m2, device=h.device)
-        launch("gelu", "bias_gelu_backward_fp8", grid, threads, dh=dh, dh8=dh8, inv_scale=fp8_target.inv_scale,
+        dh8 = torch.empty(h.shape, dtype=fp8_target.dtype, device=h.device)
+        kernel = "bias_gelu_backward_fp8" if fp8_target.dtype == torch.float8_e5m2 else "bias_gelu_backward_fp8_e4m3"
+        launch("gelu", kernel, grid, threads, dh=dh, dh8=dh8, inv_scale=fp8_target.inv_scale,
                amax_cur=fp8_target.amax_current, amax_prev=fp8_target.amax_previous, partials=partials,
                dout=dout, h=h, bias=bias, N=N, C=C)
     return dh, partials.sum(0).to(bias.dtype), dh8

@@ -161,7 +161,7 @@ class Trainer:
             model.load_state_dict(source.state_dict())
         model.to(device)
         if t.fp8 and use_kernels:  # fp8 GEMMs exist on the kernels path only
-            convert_to_fp8(model, t.fp8_gemms)
+            convert_to_fp8(model, t.fp8_gemms, t.fp8_gradients)
         optimizer = build_optimizer(model, t, world, device, use_kernels)
         state = TrainState(model, optimizer, DeviceBatches(train_loader, device), UpdateGuard(t), identity)
         if world.main:

@@ -47,14 +47,14 @@ class Fp8Scaling:
     """The scaling state of one converted model, shared by its fp8 modules; made on the device of the first
     forward (or of the parameters, when a saved state is loaded first)."""
 
-    def __init__(self, n_layer: int):
-        self.n_layer = n_layer
+    def __init__(self, n_layer: int, gradients: str = "e5m2"):
+        self.n_layer, self.gradients = n_layer, gradients
         self.state: Fp8State | None = None
         self._read_only: Fp8State | None = None
 
     def on(self, device: torch.device) -> Fp8State:
         if self.state is None:
-            self.state = Fp8State(self.n_layer, device)
+            self.state = Fp8State(self.n_layer, device, self.gradients)
         elif self.state.device != torch.device(device):
             self.state, self._read_only = self.state.to(device), None
         return self.state
@@ -76,7 +76,7 @@ class Fp8Scaling:
             self.on(idx.device).roll()
 
     def state_dict(self) -> dict:
-        return (self.state or Fp8State(self.n_layer, "cpu")).state_dict()
+        return (self.state or Fp8State(self.n_layer, "cpu", self.gradients)).state_dict()
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
         self.on(device).load_state_dict(state)
@@ -169,15 +169,17 @@ class Fp8Head(_SameLinear):
         return lambda start, end: scaled_mm(h8[start:end], w8.t(), s[0, 0], s[1, 0])
 
 
-def convert_to_fp8(model: nn.Module, gemms=("mlp",)) -> nn.Module:
+def convert_to_fp8(model: nn.Module, gemms=("mlp",), gradients: str = "e5m2") -> nn.Module:
     """Swap, in place, each block's `mlp` for Fp8MLP ("mlp" in gemms), `attn.c_attn` for Fp8QkvLinear
     ("qkv" in gemms) (blocks are `model.transformer.h`, nanoGPT's layout), and `lm_head` for Fp8Head ("head"
     in gemms); parameters and their names are unchanged, and the scaling state has the same slots whichever
-    are swapped. Idempotent. Returns the model. The default is train.fp8_gemms': the MLP only."""
+    are swapped. `gradients`: the MLP's input-gradient GEMMs read their gradients in e5m2 or e4m3
+    (train.fp8_gradients). Idempotent. Returns the model. The defaults are train.fp8_gemms' (the MLP only)
+    and train.fp8_gradients'."""
     if getattr(model, SCALING_ATTRIBUTE, None) is not None:
         return model
     blocks = list(model.transformer.h)
-    scaling = Fp8Scaling(len(blocks))
+    scaling = Fp8Scaling(len(blocks), gradients)
     for layer, block in enumerate(blocks):
         if "mlp" in gemms:
             block.mlp = Fp8MLP(block.mlp, scaling, layer)

@@ -26,20 +26,27 @@ class Slot(enum.IntEnum):
 
     MLP_INPUT = 0  # LayerNorm output feeding the MLP's fc GEMM (e4m3)
     GELU_OUTPUT = 1  # bias+GELU output feeding the proj GEMM (e4m3)
-    MLP_OUTPUT_GRAD = 2  # gradient arriving at the MLP's output (e5m2)
-    PRE_GELU_GRAD = 3  # gradient of the fc GEMM's output (e5m2)
+    MLP_OUTPUT_GRAD = 2  # gradient arriving at the MLP's output (e5m2, or e4m3: train.fp8_gradients)
+    PRE_GELU_GRAD = 3  # gradient of the fc GEMM's output (likewise)
     QKV_INPUT = 4  # LayerNorm output feeding the attention's qkv GEMM (e4m3)
     FC_WEIGHT = 5
     PROJ_WEIGHT = 6
     QKV_WEIGHT = 7
 
 
+GRADIENT_SLOTS = (Slot.MLP_OUTPUT_GRAD, Slot.PRE_GELU_GRAD)
+GRADIENT_FORMATS = {"e5m2": casts.E5M2, "e4m3": casts.E4M3}  # train.fp8_gradients
+
+
 class Fp8State:
     """amax per (layer, slot) on the device: `amax_previous` sets this micro-step's scales, `amax_current`
-    collects this micro-step's; `inv_scale` holds each slot's 1/scale for the GEMMs."""
+    collects this micro-step's; `inv_scale` holds each slot's 1/scale for the GEMMs. `gradients`: the fp8
+    format of the gradient slots (e5m2's range, or e4m3's extra mantissa bit)."""
 
-    def __init__(self, n_layer: int, device: torch.device | str):
-        self.n_layer = n_layer
+    def __init__(self, n_layer: int, device: torch.device | str, gradients: str = "e5m2"):
+        if gradients not in GRADIENT_FORMATS:
+            raise Gpt2pipeError(f"fp8 gradients must be one of {sorted(GRADIENT_FORMATS)}, not {gradients!r}")
+        self.n_layer, self.gradients = n_layer, gradients
         self.amax_previous = torch.zeros(n_layer, len(Slot), device=device)
         self.amax_current = torch.zeros(n_layer, len(Slot), device=device)
         # cuBLASLt wants each scale 16-byte aligned: one scale per 4 floats
@@ -70,7 +77,7 @@ class Fp8State:
         """A state that reads these scales but records amax and writes 1/scale into scratch tensors of its
         own and never rolls: forwards through it (validation, evaluation) leave training's state as it was."""
         view = Fp8State.__new__(Fp8State)
-        view.n_layer = self.n_layer
+        view.n_layer, view.gradients = self.n_layer, self.gradients
         view.amax_previous = self.amax_previous  # read only: nothing but roll() writes it
         view.amax_current = torch.zeros_like(self.amax_current)
         view._inv_scale_storage = torch.ones_like(self._inv_scale_storage)
@@ -82,7 +89,7 @@ class Fp8State:
         """This state on `device` (itself when already there)."""
         if self.device == torch.device(device):
             return self
-        moved = Fp8State(self.n_layer, device)
+        moved = Fp8State(self.n_layer, device, self.gradients)
         moved.load_state_dict(self.state_dict())
         return moved
 
@@ -123,6 +130,11 @@ class Fp8Target:
     @property
     def amax_current(self) -> torch.Tensor:
         return self.state.amax_current[self.layer, self.slot]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The fp8 format of this slot's copies: e4m3, or the state's gradient format in a gradient slot."""
+        return GRADIENT_FORMATS[self.state.gradients] if self.slot in GRADIENT_SLOTS else casts.E4M3
 
     @property
     def amax_previous(self) -> torch.Tensor:

@@ -44,7 +44,8 @@ extern "C" __global__ void bias_gelu_backward(bf16* dh, float* partials, const b
 }
 
 // Vectorised versions for C % 8 == 0: each thread owns 8 consecutive columns (16-byte accesses).
-// With F8, each also writes an fp8 copy of its output for the next GEMM (e4m3 forward, e5m2 gradient),
+// With F8, each also writes an fp8 copy of its output for the next GEMM (e4m3 forward; the gradient in e5m2,
+// or e4m3 with G_E5M2 false: train.fp8_gradients),
 // scaled from amax_prev, records this call's amax in amax_cur and writes 1/scale (see fp8.cu).
 template <bool F8>
 __device__ void bias_gelu_forward_vec_impl(bf16* out, fp8* out8, float* inv_scale, float* amax_cur,
@@ -70,13 +71,13 @@ __device__ void bias_gelu_forward_vec_impl(bf16* out, fp8* out8, float* inv_scal
     if (F8) amax_commit(amax_cur, m);
 }
 
-template <bool F8>
+template <bool F8, bool G_E5M2>
 __device__ void bias_gelu_backward_vec_impl(bf16* dh, fp8* dh8, float* inv_scale, float* amax_cur,
                                             const float* amax_prev, float* partials, const bf16* dout,
                                             const bf16* h, const bf16* bias, int N, int C) {
     const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (c >= C) return;
-    const float s = F8 ? fp8_begin(amax_prev, E5M2_MAX, inv_scale) : 1.0f;
+    const float s = F8 ? fp8_begin(amax_prev, G_E5M2 ? E5M2_MAX : E4M3_MAX, inv_scale) : 1.0f;
     float m = 0.0f;
     float b8[8], db[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     load8(b8, bias + c);
@@ -93,7 +94,7 @@ __device__ void bias_gelu_backward_vec_impl(bf16* dh, fp8* dh8, float* inv_scale
         if (F8) {
 #pragma unroll
             for (int j = 0; j < 8; ++j) m = fmaxf(m, fabsf(g8[j]));
-            store8_fp8<true>(dh8 + r * C + c, g8, s);
+            store8_fp8<G_E5M2>(dh8 + r * C + c, g8, s);
         }
     }
 #pragma unroll
@@ -107,7 +108,7 @@ extern "C" __global__ void bias_gelu_forward_vec(bf16* out, const bf16* h, const
 
 extern "C" __global__ void bias_gelu_backward_vec(bf16* dh, float* partials, const bf16* dout, const bf16* h,
                                                   const bf16* bias, int N, int C) {
-    bias_gelu_backward_vec_impl<false>(dh, nullptr, nullptr, nullptr, nullptr, partials, dout, h, bias, N, C);
+    bias_gelu_backward_vec_impl<false, true>(dh, nullptr, nullptr, nullptr, nullptr, partials, dout, h, bias, N, C);
 }
 
 extern "C" __global__ void bias_gelu_forward_fp8(bf16* out, fp8* out8, float* inv_scale, float* amax_cur,
@@ -118,5 +119,11 @@ extern "C" __global__ void bias_gelu_forward_fp8(bf16* out, fp8* out8, float* in
 extern "C" __global__ void bias_gelu_backward_fp8(bf16* dh, fp8* dh8, float* inv_scale, float* amax_cur,
                                                   const float* amax_prev, float* partials, const bf16* dout,
                                                   const bf16* h, const bf16* bias, int N, int C) {
-    bias_gelu_backward_vec_impl<true>(dh, dh8, inv_scale, amax_cur, amax_prev, partials, dout, h, bias, N, C);
+    bias_gelu_backward_vec_impl<true, true>(dh, dh8, inv_scale, amax_cur, amax_prev, partials, dout, h, bias, N, C);
+}
+
+extern "C" __global__ void bias_gelu_backward_fp8_e4m3(bf16* dh, fp8* dh8, float* inv_scale, float* amax_cur,
+                                                       const float* amax_prev, float* partials, const bf16* dout,
+                                                       const bf16* h, const bf16* bias, int N, int C) {
+    bias_gelu_backward_vec_impl<true, false>(dh, dh8, inv_scale, amax_cur, amax_prev, partials, dout, h, bias, N, C);
 }
