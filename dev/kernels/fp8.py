@@ -81,11 +81,12 @@ def validate(N: int, C: int) -> None:
         state.amax_previous[0, Slot.GELU_OUTPUT] = 8.0
         g, g8 = M.bias_gelu_forward(x, bias, gelu)
         common.check("bias+gelu fp8 copy", g8.float() * gelu.inv_scale.item(), g.float(), 5e-2)
-        grad = state.target(0, Slot.PRE_GELU_GRAD)
-        state.amax_previous[0, Slot.PRE_GELU_GRAD] = 16.0
-        dh, _, dh8 = M.bias_gelu_backward(torch.randn(N, C, **common.BF16), x, bias, grad)
-        common.check_equal("bias+gelu bwd e5m2 copy = torch's conversion of dh", dh8.view(torch.uint8),
-                           torch_cast(dh, E5M2, 1 / grad.inv_scale.item()).view(torch.uint8))
+        for gradients in ("e5m2", "e4m3"):  # train.fp8_gradients
+            grad = Fp8State(1, torch.device("cuda"), gradients).target(0, Slot.PRE_GELU_GRAD)
+            grad.state.amax_previous[0, Slot.PRE_GELU_GRAD] = 16.0
+            dh, _, dh8 = M.bias_gelu_backward(torch.randn(N, C, **common.BF16), x, bias, grad)
+            common.check_equal(f"bias+gelu bwd {gradients} copy = torch's conversion of dh", dh8.view(torch.uint8),
+                               torch_cast(dh, grad.dtype, 1 / grad.inv_scale.item()).view(torch.uint8))
 
 
 def benchmark(N: int = 65536, C: int = 768) -> None:

@@ -214,9 +214,9 @@ def fp8_rows(both, N: int, C: int, bf: dict) -> None:
 
     def torch_gelu_bwd8():
         dh, db = torch.autograd.grad(ref, (hg, bg), g4, retain_graph=True)
-        return torch_cast(dh, E5M2), db
+        return torch_cast(dh, grad_target.dtype), db
 
-    both("bias+gelu bwd + e5m2 copy", lambda: bias_gelu_backward(g4, h, bias, grad_target), torch_gelu_bwd8,
+    both(f"bias+gelu bwd + {grad_target.state.gradients} copy", lambda: bias_gelu_backward(g4, h, bias, grad_target), torch_gelu_bwd8,
          28 * N * C)
 
 

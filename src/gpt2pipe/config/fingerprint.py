@@ -21,8 +21,9 @@ NOT_IDENTITY = {
 
 
 # train keys added after runs existed, at the value that trains as before them: left out of the identity there,
-# so those runs' saved states and workflow fingerprints stay valid. (fp8_gemms' default is now [mlp]: a state
-# saved before the key existed trained mlp + qkv, and resuming it under the new default is refused by name.)
+# so those runs' saved states and workflow fingerprints stay valid. (fp8_gemms' default is now [mlp] and
+# fp8_gradients' e4m3: a state saved before those keys existed trained mlp + qkv with e5m2 gradients, and
+# resuming it under the new defaults is refused by name.)
 LATER_TRAIN_KEYS = {"optimizer": "adamw", "lr_schedule": "cosine", "document_aligned": False,
                     "fp8_gemms": ["mlp", "qkv"], "fp8_gradients": "e5m2"}
 

@@ -79,7 +79,7 @@ class TrainConfig:
     muon_weight_decay: float = 0.0
     document_aligned: bool = False
     fp8_gemms: tuple[str, ...] = ("mlp",)
-    fp8_gradients: str = "e5m2"
+    fp8_gradients: str = "e4m3"
 
     def checkpoint_steps(self) -> list[int]:
         """Steps at which a model snapshot is written (and later evaluated); always includes the last."""

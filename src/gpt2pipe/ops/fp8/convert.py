@@ -28,7 +28,7 @@ from gpt2pipe.ops import mlp as bf16_mlp  # the kernels path where fp8 cannot ru
 from gpt2pipe.ops.cuda import aligned
 from gpt2pipe.ops.fp8.casts import E4M3, cast_current, scaled_mm
 from gpt2pipe.ops.fp8.gemms import Fp8MlpFunction, qkv_forward
-from gpt2pipe.ops.fp8.state import Fp8State, Fp8Target, Slot
+from gpt2pipe.ops.fp8.state import DEFAULT_GRADIENTS, Fp8State, Fp8Target, Slot
 
 SCALING_ATTRIBUTE = "fp8_scaling"  # where a converted model keeps its Fp8Scaling
 
@@ -47,7 +47,7 @@ class Fp8Scaling:
     """The scaling state of one converted model, shared by its fp8 modules; made on the device of the first
     forward (or of the parameters, when a saved state is loaded first)."""
 
-    def __init__(self, n_layer: int, gradients: str = "e5m2"):
+    def __init__(self, n_layer: int, gradients: str = DEFAULT_GRADIENTS):
         self.n_layer, self.gradients = n_layer, gradients
         self.state: Fp8State | None = None
         self._read_only: Fp8State | None = None
@@ -169,7 +169,7 @@ class Fp8Head(_SameLinear):
         return lambda start, end: scaled_mm(h8[start:end], w8.t(), s[0, 0], s[1, 0])
 
 
-def convert_to_fp8(model: nn.Module, gemms=("mlp",), gradients: str = "e5m2") -> nn.Module:
+def convert_to_fp8(model: nn.Module, gemms=("mlp",), gradients: str = DEFAULT_GRADIENTS) -> nn.Module:
     """Swap, in place, each block's `mlp` for Fp8MLP ("mlp" in gemms), `attn.c_attn` for Fp8QkvLinear
     ("qkv" in gemms) (blocks are `model.transformer.h`, nanoGPT's layout), and `lm_head` for Fp8Head ("head"
     in gemms); parameters and their names are unchanged, and the scaling state has the same slots whichever
