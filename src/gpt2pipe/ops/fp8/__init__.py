@@ -6,8 +6,8 @@ to a model by `convert_to_fp8(model, gemms)` (a module swap; see convert.py).
     gemms.py    the fp8 MLP GEMMs as an autograd Function, the qkv forward GEMM
     convert.py  the fp8 modules, the converter, and state_of / load_state for the training state
 
-Scaling is per tensor with power-of-two scales (kernels/fp8.cuh); activations (e4m3) and gradients (e5m2)
-use delayed scaling, weights (and the LM head's input) current scaling. Nothing here is imported by
+Scaling is per tensor with power-of-two scales (kernels/fp8.cuh); activations (e4m3) and gradients (e4m3,
+or e5m2: train.fp8_gradients) use delayed scaling, weights (and the LM head's input) current scaling. Nothing here is imported by
 the op modules (ops/layernorm.py, mlp.py, ...) or by the model.
 """
 

@@ -1,8 +1,8 @@
 """The fp8 GEMMs as autograd Functions: the MLP (both GEMMs forward and their input-gradient GEMMs) and
 the attention's qkv projection (forward only; its backward is ops.attention.QkvAttention's).
 
-`torch._scaled_mm` on e4m3 activations/weights and e5m2 (or e4m3) gradients runs about 1.4-1.8x the bf16 rate on
-the H100 at GPT-2 shapes. Weight gradients stay bf16 (they would need transposed fp8 copies of the
+`torch._scaled_mm` on e4m3 activations/weights and e4m3 (or e5m2) gradients runs about 1.4-1.8x the bf16
+rate on the H100 at GPT-2 shapes. Weight gradients stay bf16 (they would need transposed fp8 copies of the
 activations). The fp8 copies come out of our kernels where they can: the LayerNorm forward and the
 bias+GELU forward and backward write them beside their bf16 outputs; only the gradient coming into the
 MLP gets a separate cast. A direction with no amax yet runs in bf16 and only measures (calibration).

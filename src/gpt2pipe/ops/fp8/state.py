@@ -44,7 +44,7 @@ DEFAULT_GRADIENTS = "e4m3"
 class Fp8State:
     """amax per (layer, slot) on the device: `amax_previous` sets this micro-step's scales, `amax_current`
     collects this micro-step's; `inv_scale` holds each slot's 1/scale for the GEMMs. `gradients`: the fp8
-    format of the gradient slots (e5m2's range, or e4m3's extra mantissa bit)."""
+    format of the gradient slots (e4m3's extra mantissa bit, or e5m2's range)."""
 
     def __init__(self, n_layer: int, device: torch.device | str, gradients: str = DEFAULT_GRADIENTS):
         if gradients not in GRADIENT_FORMATS:
