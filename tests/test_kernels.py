@@ -725,6 +725,19 @@ def test_fp8_head_logits_track_the_bf16_classifier():
     assert head.projection(h) is None  # evaluation keeps the bf16 logits
 
 
+def _mlp_case(C: int = 768, M: int = 4096):
+    """GPT-2's MLP at width C on M tokens (seeded): (h, w_fc, b_fc, w_pr, b_pr), an output gradient dy, and the
+    bf16 torch MLP's output and gradients."""
+    torch.manual_seed(0)
+    h = leaf(M, C)
+    w_fc, b_fc = leaf(4 * C, C, scale=0.02), leaf(4 * C, scale=0.02)
+    w_pr, b_pr = leaf(C, 4 * C, scale=0.02), leaf(C, scale=0.02)
+    inputs = (h, w_fc, b_fc, w_pr, b_pr)
+    dy = torch.randn(M, C, device="cuda").bfloat16() * 1e-4
+    want_y = R.bias_gelu(h @ w_fc.t(), b_fc) @ w_pr.t() + b_pr
+    return inputs, dy, want_y, grads_of(want_y, inputs, dy)
+
+
 @gpu
 @fp8_gpu
 def test_fp8_mlp_calibrates_in_bf16_then_tracks_the_bf16_mlp():
@@ -732,15 +745,8 @@ def test_fp8_mlp_calibrates_in_bf16_then_tracks_the_bf16_mlp():
     from gpt2pipe.ops.fp8 import Slot
     from gpt2pipe.ops.fp8.gemms import Fp8MlpFunction
 
-    torch.manual_seed(0)
-    C, M = 768, 4096
-    h = leaf(M, C)
-    w_fc, b_fc = leaf(4 * C, C, scale=0.02), leaf(4 * C, scale=0.02)
-    w_pr, b_pr = leaf(C, 4 * C, scale=0.02), leaf(C, scale=0.02)
-    inputs = (h, w_fc, b_fc, w_pr, b_pr)
-    dy = torch.randn(M, C, device="cuda").bfloat16() * 1e-4
-    want_y = R.bias_gelu(h @ w_fc.t(), b_fc) @ w_pr.t() + b_pr
-    want = grads_of(want_y, inputs, dy)
+    inputs, dy, want_y, want = _mlp_case()
+    h, w_fc, b_fc, w_pr, b_pr = inputs
     state = fp8.Fp8State(1, torch.device("cuda"))
     for micro_step in range(3):
         state.roll()
@@ -769,14 +775,9 @@ def test_fp8_mlp_with_e4m3_gradients_is_closer_to_bf16():
     from gpt2pipe.ops.fp8.gemms import Fp8MlpFunction
     from gpt2pipe.ops.mlp import bias_gelu_backward
 
-    torch.manual_seed(0)
-    C, M = 768, 4096
-    h = leaf(M, C)
-    w_fc, b_fc = leaf(4 * C, C, scale=0.02), leaf(4 * C, scale=0.02)
-    w_pr, b_pr = leaf(C, 4 * C, scale=0.02), leaf(C, scale=0.02)
-    inputs = (h, w_fc, b_fc, w_pr, b_pr)
-    dy = torch.randn(M, C, device="cuda").bfloat16() * 1e-4
-    want = grads_of(R.bias_gelu(h @ w_fc.t(), b_fc) @ w_pr.t() + b_pr, inputs, dy)
+    inputs, dy, _, want = _mlp_case()
+    h, w_fc, b_fc, w_pr, b_pr = inputs
+    C, M = w_pr.shape[0], h.shape[0]
     runs = {}
     for gradients in ("e5m2", "e4m3"):
         state = fp8.Fp8State(1, torch.device("cuda"), gradients)
