@@ -4,8 +4,8 @@
 # root on a GPU machine. Prints each run's val losses (llm.c's `tel:` lines, every 95 steps = 12.5M tokens).
 #   DATA=<shard dir> [VARIANTS="bf16 mlp mlp,qkv head"] [SEEDS="42"] [GPUS=2] [OUT=./fp8_quality] dev/fp8_quality.sh
 # DATA: e.g. results/data/local_docs/shards (dev/speedrun/local_docs.py; carry it to the GPU machine).
-# A variant is "bf16" or a comma-separated train.fp8_gemms list, optionally with "/e4m3" (train.fp8_gradients:
-# e4m3, e.g. "mlp/e4m3"). docs/fp8.md's first table is one seed; single runs
+# A variant is "bf16" or a comma-separated train.fp8_gemms list, optionally with "/e4m3" or "/e5m2"
+# (train.fp8_gradients, e.g. "mlp/e5m2"; without it, the default e4m3). docs/fp8.md's first table is one seed; single runs
 # of one config spread by up to ~0.1 on the 15M-token corpus, so compare several seeds.
 set -u -o pipefail
 : "${DATA:?set DATA to a directory of llm.c-format shards (mix_train_*.bin, mix_val_*.bin)}"

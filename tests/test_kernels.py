@@ -670,11 +670,12 @@ def test_fp8_casts_scale_by_powers_of_two_and_record_amax():
     from gpt2pipe.ops.fp8 import Slot
 
     torch.manual_seed(0)
-    state = fp8.Fp8State(1, torch.device("cuda"))
+    state = fp8.Fp8State(1, torch.device("cuda"), "e5m2")  # gradient slots in e5m2, as cast below
     x = (torch.randn(4096, 768, device="cuda") * 3e-5).bfloat16()  # gradient-sized values
     grad = state.target(0, Slot.MLP_OUTPUT_GRAD)
     state.amax_previous[0, Slot.MLP_OUTPUT_GRAD] = x.abs().max().float()
-    x8 = grad.cast(x, fp8.E5M2)
+    assert grad.dtype == fp8.E5M2
+    x8 = grad.cast(x, grad.dtype)
     inv = grad.inv_scale.item()
     assert inv == 2.0 ** round(torch.log2(torch.tensor(inv)).item())  # a power of two: exact to undo
     assert grad.amax_current.item() == x.abs().max().item()
@@ -925,6 +926,11 @@ def test_every_launch_in_the_code_names_a_real_kernel_and_its_parameters():
             elif isinstance(kernel, ast.JoinedStr):  # f"layernorm_forward{vec}": the parts pick a `_vec[V]` variant
                 pattern = "".join(re.escape(v.value) if isinstance(v, ast.Constant) else r"_?vec\d*"
                                   for v in kernel.values)
+            elif isinstance(kernel, ast.IfExp) and all(isinstance(b, ast.Constant) for b in (kernel.body, kernel.orelse)):
+                names = (kernel.body.value, kernel.orelse.value)  # "a" if ... else "b": both must exist and fit
+                missing = [n for n in names if n not in cuda.signatures(source.value)]
+                assert not missing, f"{path}:{node.lineno}: no kernel {missing} in {source.value}.cu"
+                pattern = "|".join(re.escape(n) for n in names)
             else:  # a name chosen at run time (CAST_KERNELS[dtype]): some kernel of the file must fit
                 pattern = r"\w+"
             kernels = {k: p for k, p in cuda.signatures(source.value).items() if re.fullmatch(pattern, k)}

@@ -210,14 +210,17 @@ def fp8_rows(both, N: int, C: int, bf: dict) -> None:
     g4 = torch.randn(N, 4 * C, **bf)
     hg, bg = h.clone().requires_grad_(), bias.clone().requires_grad_()
     ref = R.bias_gelu(hg, bg)
-    grad_target = state.target(0, Slot.PRE_GELU_GRAD)
+    for gradients in ("e4m3", "e5m2"):  # train.fp8_gradients: one kernel each
+        grad_state = Fp8State(1, torch.device("cuda"), gradients)
+        grad_state.amax_previous.fill_(4.0)
+        grad_target = grad_state.target(0, Slot.PRE_GELU_GRAD)
 
-    def torch_gelu_bwd8():
-        dh, db = torch.autograd.grad(ref, (hg, bg), g4, retain_graph=True)
-        return torch_cast(dh, grad_target.dtype), db
+        def torch_gelu_bwd8(dtype=grad_target.dtype):
+            dh, db = torch.autograd.grad(ref, (hg, bg), g4, retain_graph=True)
+            return torch_cast(dh, dtype), db
 
-    both(f"bias+gelu bwd + {grad_target.state.gradients} copy", lambda: bias_gelu_backward(g4, h, bias, grad_target), torch_gelu_bwd8,
-         28 * N * C)
+        both(f"bias+gelu bwd + {gradients} copy", lambda t=grad_target: bias_gelu_backward(g4, h, bias, t),
+             torch_gelu_bwd8, 28 * N * C)
 
 
 def optimizer_rows(both, cfg: ModelConfig) -> None:

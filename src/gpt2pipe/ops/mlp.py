@@ -59,10 +59,10 @@ def bias_gelu_backward(dout, h, bias, fp8_target=None):
                bias=bias, N=N, C=C)
     else:
         dh8 = torch.empty(h.shape, dtype=fp8_target.dtype, device=h.device)
-        kernel = "bias_gelu_backward_fp8" if fp8_target.dtype == torch.float8_e5m2 else "bias_gelu_backward_fp8_e4m3"
-        launch("gelu", kernel, grid, threads, dh=dh, dh8=dh8, inv_scale=fp8_target.inv_scale,
-               amax_cur=fp8_target.amax_current, amax_prev=fp8_target.amax_previous, partials=partials,
-               dout=dout, h=h, bias=bias, N=N, C=C)
+        e5m2 = fp8_target.dtype == torch.float8_e5m2
+        launch("gelu", "bias_gelu_backward_fp8" if e5m2 else "bias_gelu_backward_fp8_e4m3", grid, threads, dh=dh,
+               dh8=dh8, inv_scale=fp8_target.inv_scale, amax_cur=fp8_target.amax_current,
+               amax_prev=fp8_target.amax_previous, partials=partials, dout=dout, h=h, bias=bias, N=N, C=C)
     return dh, partials.sum(0).to(bias.dtype), dh8
 
 
