@@ -162,6 +162,11 @@ class Trainer:
         model.to(device)
         if t.fp8 and use_kernels:  # fp8 GEMMs exist on the kernels path only
             convert_to_fp8(model, t.fp8_gemms, t.fp8_gradients)
+            if torch.cuda.get_device_capability(device) < (8, 9):  # the fp8 modules run bf16 there
+                say(f"train.fp8: {torch.cuda.get_device_name(device)} has no fp8 GEMMs (sm_89 and newer have): "
+                    "this run trains in bf16")
+        elif t.fp8:
+            say("train.fp8 needs train.ops: kernels on a CUDA GPU with CuPy: this run trains without fp8")
         optimizer = build_optimizer(model, t, world, device, use_kernels)
         state = TrainState(model, optimizer, DeviceBatches(train_loader, device), UpdateGuard(t), identity)
         if world.main:
