@@ -84,10 +84,12 @@ class ShardLoader:
         self.sample = 0  # global index of the sample process 0 reads next
         self.epoch = 0
 
-    def state_dict(self) -> dict:
-        """The position plus what it is a position in; no rank in it, so it is the same on every process
-        at an optimizer-step boundary and resumes under any process count."""
-        return {"version": STATE_VERSION, "sample": self.sample, "epoch": self.sample // self.per_epoch,
+    def state_dict(self, sample: int | None = None) -> dict:
+        """The position (`sample`: another than the current one, e.g. before a batch read ahead) plus what it
+        is a position in; no rank in it, so it is the same on every process at an optimizer-step boundary and
+        resumes under any process count."""
+        sample = self.sample if sample is None else sample
+        return {"version": STATE_VERSION, "sample": sample, "epoch": sample // self.per_epoch,
                 "shards": [p.name for p in self.shards], "shard_tokens": [len(t) for t in self.tokens],
                 "batch_size": self.B, "seq_len": self.T, "shuffle": self.shuffle, "seed": self.seed,
                 "document_aligned": self.document_aligned}

@@ -23,7 +23,7 @@ class DeviceBatches:
         # epoch's last step fetches the next epoch's first batch and never trains on it
         self.say, loader.log = loader.log, None
         self._epoch = loader.epoch
-        self._ahead: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        self._ahead: tuple[torch.Tensor, torch.Tensor, int, int] | None = None  # x, y, epoch, position before
         self._failed: Exception | None = None  # reading the batch ahead failed: raised when it is asked for
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +31,7 @@ class DeviceBatches:
         if self._failed is not None:
             failed, self._failed = self._failed, None
             raise failed
-        (x, y, epoch), self._ahead = self._ahead or self._fetch(), None
+        (x, y, epoch, _), self._ahead = self._ahead or self._fetch(), None
         if epoch != self._epoch:
             self._epoch = epoch
             if self.say:
@@ -48,23 +48,21 @@ class DeviceBatches:
             except Exception as e:  # noqa: BLE001 (any error: it belongs to the next next_batch)
                 self._failed = e
 
-    def _fetch(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _fetch(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         before = self.loader.sample, self.loader.epoch
         try:
             x, y = self.loader.next_batch()
             if self.device.type == "cuda":  # from pageable memory the copy may wait for the GPU's queue
                 x, y = x.pin_memory(), y.pin_memory()
-            return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), self.loader.epoch
+            return (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), self.loader.epoch,
+                    before[0])
         except BaseException:  # a batch read but not delivered (a failed copy) is read again
             self.loader.sample, self.loader.epoch = before
             raise
 
     def state_dict(self) -> dict:
-        state = self.loader.state_dict()
-        if self._ahead is not None:  # fetched but not handed out: the position is still before it
-            state["sample"] -= self.loader.world
-            state["epoch"] = state["sample"] // self.loader.per_epoch
-        return state
+        # a batch fetched but not handed out: the position is still before it
+        return self.loader.state_dict(None if self._ahead is None else self._ahead[3])
 
     def load_state_dict(self, state: dict) -> None:
         self._ahead = self._failed = None
