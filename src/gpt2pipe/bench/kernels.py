@@ -20,9 +20,9 @@ import torch
 
 from gpt2pipe.bench import kernel_rows, timing
 from gpt2pipe.config import ModelConfig
+from gpt2pipe.ops.fp8 import has_fp8_gemms
 
 COPY_BANDWIDTH = {"H100": 3.0e12, "H200": 4.3e12}  # measured device-to-device copy (read + write), bytes/s
-FP8_CAPABILITY = (8, 9)
 
 
 def kernel_table(cfg: ModelConfig, tokens: int = 65536) -> list[tuple[str, float, float, float]]:
@@ -46,7 +46,7 @@ def kernel_table(cfg: ModelConfig, tokens: int = 65536) -> list[tuple[str, float
     kernel_rows.gpt2_rows(both, N, C, V, Vp, T, bf)
     kernel_rows.arch_rows(both, N, C, cfg.n_head, bf)
     kernel_rows.classifier_rows(both, C, V, Vp, N, bf)
-    if torch.cuda.get_device_capability() >= FP8_CAPABILITY:
+    if has_fp8_gemms():
         kernel_rows.fp8_rows(both, N, C, bf)
     kernel_rows.optimizer_rows(both, cfg)
     return rows

@@ -34,7 +34,7 @@ from gpt2pipe.files import atomic_path, count_text
 from gpt2pipe.model import checkpoint
 from gpt2pipe.model.gpt import GPT
 from gpt2pipe.ops import kernels_available
-from gpt2pipe.ops.fp8 import convert_to_fp8
+from gpt2pipe.ops.fp8 import convert_to_fp8, has_fp8_gemms
 from gpt2pipe.train.aside import keep_aside
 from gpt2pipe.train.guards import Preempted, UpdateGuard, stop_signals
 from gpt2pipe.train.logs import RunLog, check_sinks, say_for
@@ -162,7 +162,7 @@ class Trainer:
         model.to(device)
         if t.fp8 and use_kernels:  # fp8 GEMMs exist on the kernels path only
             convert_to_fp8(model, t.fp8_gemms, t.fp8_gradients)
-            if torch.cuda.get_device_capability(device) < (8, 9):  # the fp8 modules run bf16 there
+            if not has_fp8_gemms(device):  # the fp8 modules run bf16 there
                 say(f"train.fp8: {torch.cuda.get_device_name(device)} has no fp8 GEMMs (sm_89 and newer have): "
                     "this run trains in bf16")
         elif t.fp8:

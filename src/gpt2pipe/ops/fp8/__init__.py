@@ -12,9 +12,9 @@ the op modules (ops/layernorm.py, mlp.py, ...) or by the model.
 """
 
 from gpt2pipe.ops.fp8.casts import E4M3, E5M2
-from gpt2pipe.ops.fp8.convert import (Fp8Head, Fp8MLP, Fp8QkvLinear, Fp8Scaling, convert_to_fp8, is_fp8,
-                                      load_state, state_of, usable)
+from gpt2pipe.ops.fp8.convert import (Fp8Head, Fp8MLP, Fp8QkvLinear, Fp8Scaling, convert_to_fp8, has_fp8_gemms,
+                                      is_fp8, load_state, state_of, usable)
 from gpt2pipe.ops.fp8.state import Fp8State, Fp8Target, Slot
 
 __all__ = ["E4M3", "E5M2", "Fp8Head", "Fp8MLP", "Fp8QkvLinear", "Fp8Scaling", "Fp8State", "Fp8Target",
-           "Slot", "convert_to_fp8", "is_fp8", "load_state", "state_of", "usable"]
+           "Slot", "convert_to_fp8", "has_fp8_gemms", "is_fp8", "load_state", "state_of", "usable"]

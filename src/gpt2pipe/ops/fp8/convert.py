@@ -33,10 +33,15 @@ from gpt2pipe.ops.fp8.state import DEFAULT_GRADIENTS, Fp8State, Fp8Target, Slot
 SCALING_ATTRIBUTE = "fp8_scaling"  # where a converted model keeps its Fp8Scaling
 
 
+def has_fp8_gemms(device: torch.device | None = None) -> bool:
+    """The CUDA device has fp8 tensor cores (sm_89: Ada, Hopper and newer)."""
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
 def usable(x: torch.Tensor, *params: torch.Tensor) -> bool:
     """fp8 GEMMs need an sm_89+ GPU with our kernels, bf16 tensors and dimensions that are multiples of 16;
     the fp8 kernels are the vectorised ones, so the parameters must also be 16-byte aligned."""
-    if not (x.is_cuda and kernels_available() and torch.cuda.get_device_capability(x.device) >= (8, 9)):
+    if not (x.is_cuda and kernels_available() and has_fp8_gemms(x.device)):
         return False
     dims = (x.shape[-1], x.numel() // x.shape[-1], *(p.shape[0] for p in params))
     return (x.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in params)
