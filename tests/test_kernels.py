@@ -22,6 +22,7 @@ from gpt2pipe.ops import linear as linear_ops
 from gpt2pipe.ops.attention import qkv_attention
 from gpt2pipe.ops.classifier import FusedClassifier, fused_classifier
 from gpt2pipe.ops.encoder import Encoder
+from gpt2pipe.ops.fp8 import has_fp8_gemms
 from gpt2pipe.ops.layernorm import LayerNorm, ResidualLayerNorm, residual_layernorm
 from gpt2pipe.ops.linear import LinearBias
 from gpt2pipe.ops.mlp import BiasGelu, mlp
@@ -633,7 +634,7 @@ def test_kernels_training_resumes_bit_exactly(tmp_path, monkeypatch, use_fp8):
     """The CLI's training loop on the kernels path, bf16 and fp8 (whose scaling state is saved with the
     training state and not moved by the in-training validation): a crash and --resume reproduce the
     uninterrupted run bit for bit."""
-    if use_fp8 and torch.cuda.get_device_capability() < (8, 9):
+    if use_fp8 and not has_fp8_gemms():
         pytest.skip("fp8 needs an sm_89+ GPU")
     from conftest import build_shards, crash_then_resume, tiny_config
 
@@ -659,7 +660,7 @@ def test_kernels_training_resumes_bit_exactly(tmp_path, monkeypatch, use_fp8):
     assert model.transformer.wte.weight.dtype == torch.float32
 
 
-fp8_gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+fp8_gpu = pytest.mark.skipif(not torch.cuda.is_available() or not has_fp8_gemms(),
                              reason="fp8 needs an sm_89+ GPU")
 
 

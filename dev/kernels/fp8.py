@@ -15,7 +15,7 @@ import torch
 
 from gpt2pipe.ops import layernorm as LN
 from gpt2pipe.ops import mlp as M
-from gpt2pipe.ops.fp8 import E4M3, E5M2, Fp8State, Slot
+from gpt2pipe.ops.fp8 import E4M3, E5M2, Fp8State, Slot, has_fp8_gemms
 
 FORMAT_MAX = {E4M3: 448.0, E5M2: 57344.0}
 
@@ -120,7 +120,7 @@ def benchmark(N: int = 65536, C: int = 768) -> None:
 
 if __name__ == "__main__":
     common.require_gpu()
-    if torch.cuda.get_device_capability() < (8, 9):
+    if not has_fp8_gemms():
         print("fp8 needs an sm_89+ GPU", file=sys.stderr)
         sys.exit(2)
     for shape in [(16, 16), (8, 24), (1000, 776), (4096, 768), (48, 3072)]:

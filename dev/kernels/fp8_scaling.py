@@ -21,6 +21,8 @@ import torch
 
 from common import check, finish, rel_error, require_gpu, time_us
 
+from gpt2pipe.ops.fp8 import has_fp8_gemms
+
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 FP8_MAX = {E4M3: 448.0, E5M2: 57344.0}
 
@@ -75,7 +77,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=65536)
     a = p.parse_args()
     require_gpu()
-    if torch.cuda.get_device_capability() < (8, 9):
+    if not has_fp8_gemms():
         print("fp8 GEMMs need sm_89 or newer", file=sys.stderr)
         sys.exit(2)
     torch.manual_seed(0)
