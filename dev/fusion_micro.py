@@ -4,6 +4,8 @@ B=64 micro-batch, 65,536 tokens), each as the median of CUDA-event timings on on
   mlp fwd:  fc GEMM + our bias+GELU kernel | cuBLASLt GELU_AUX_BIAS epilogue
   mlp bwd:  dact GEMM + our bias+GELU backward kernel | DGELU epilogue + our bias_grad | DGELU_BGRAD epilogue
   qkv bwd:  cat(dq, dk, dv) + one dW GEMM + one dx GEMM + bias_grad | three of each (no cat) | ...
+  dW + db:  per linear, torch's dW GEMM + our bias_grad | cuBLASLt's dW GEMM with the BGRADB epilogue (the bias
+            gradient summed inside the weight-gradient GEMM, which already reads dy)
 
 Usage (repo root, on a GPU): python dev/fusion_micro.py [--tokens 65536] [--C 768]
 """
@@ -89,6 +91,21 @@ def main() -> None:
     rows.append(("  one dW GEMM [3C,N]x[N,C]", timed(lambda: dqkv.t() @ x)))
     rows.append(("  three dW GEMMs [C,N]x[N,C]", timed(lambda: [g.t() @ x for g in parts])))
     rows.append(("  one dx GEMM [N,3C]x[3C,C]", timed(lambda: dqkv @ w)))
+    for name, cout, cin in (("qkv", 3 * C, C), ("attn proj", C, C), ("fc", H, C), ("mlp proj", C, H)):
+        xi, g = torch.randn(N, cin, **bf), torch.randn(N, cout, **bf)
+        rows.append((f"dW + db {name}: torch dW GEMM + bias_grad", timed(lambda: (g.t() @ xi, bias_grad(g)))))
+        rows.append(("  torch dW GEMM alone", timed(lambda: g.t() @ xi)))
+        dw = torch.empty(cout, cin, **bf)
+        try:
+            got_w, got_b = cublaslt.weight_bias_grad(g, xi)
+            err_w = ((got_w.float() - g.t().float() @ xi.float()).norm() / (g.t().float() @ xi.float()).norm()).item()
+            err_b = ((got_b.float() - g.float().sum(0)).norm() / g.float().sum(0).norm()).item()
+            rows.append((f"  cuBLASLt dW GEMM, BGRADB epilogue (rel. err dW {err_w:.1e}, db {err_b:.1e})",
+                         timed(lambda: cublaslt.weight_bias_grad(g, xi))))
+            rows.append(("  cuBLASLt dW GEMM, no epilogue",
+                         timed(lambda: cublaslt._matmul(dw, xi, g, cin, cout, N, False, True, "default"))))
+        except cublaslt.CublasLtError as e:
+            rows.append((f"  cuBLASLt BGRADB: {e}", float("nan")))
     print(f"| {N} tokens, C={C} | µs |\n|---|---:|")
     for name, us in rows:
         print(f"| {name} | {us:.1f} |")

@@ -289,13 +289,14 @@ def test_kernel_switches_set_each_mode_and_are_restored():
     from gpt2pipe.ops.classifier import FusedClassifier
 
     on = dict(FUSIONS)
-    assert FusedClassifier.dw_fp32 is True and all(on.values())
-    for mode, dw_fp32, fused in (("kernels-dw-bf16", False, True), ("kernels-unfused", True, False),
-                                 ("kernels", True, True)):
+    assert FusedClassifier.dw_fp32 is True and on == {"gelu_epilogue": True, "packed_qkv": True,
+                                                      "relu2_epilogue": True, "bgrad_epilogue": False}
+    for mode, dw_fp32, fused in (("kernels-dw-bf16", False, on), ("kernels-unfused", True, dict.fromkeys(on, False)),
+                                 ("kernels-bgrad", True, {**on, "bgrad_epilogue": True}), ("kernels", True, on)):
         with pytest.raises(KeyError):
             with step.kernel_switches(mode):
                 assert FusedClassifier.dw_fp32 is dw_fp32
-                assert all(v is fused for v in FUSIONS.values())
+                assert FUSIONS == fused
                 raise KeyError
         assert FusedClassifier.dw_fp32 is True and FUSIONS == on
 

@@ -418,7 +418,7 @@ def test_packed_qkv_attention_autograd_without_a_gpu(monkeypatch):
     stand-in keeps its weight gradients on that unpacked path."""
     for ops in (attention_ops, linear_ops):
         monkeypatch.setattr(ops, "use_kernels", lambda *t: True)
-        monkeypatch.setattr(ops, "bias_grad", lambda dy: dy.sum(0))  # the column-sum kernel's reference
+    monkeypatch.setattr(linear_ops, "bias_grad", column_sums)
     torch.manual_seed(0)
     B, T, C, H = 2, 16, 32, 4
     x = torch.randn(B, T, C, dtype=torch.float64, requires_grad=True)
@@ -448,6 +448,53 @@ def test_packed_qkv_attention_autograd_without_a_gpu(monkeypatch):
         torch.testing.assert_close(got, exp)
 
 
+def column_sums(dy, out=None):
+    """The column-sum kernel's reference (linear.bias_grad)."""
+    return dy.sum(0) if out is None else out.copy_(dy.sum(0))
+
+
+def test_bias_gradients_from_the_weight_gradient_gemm_land_where_the_column_sums_did(monkeypatch):
+    """With FUSIONS["bgrad_epilogue"] the qkv projection's q, k and v blocks and the output projection each
+    take dW and db from one call into their own blocks (cuBLASLt's BGRADB GEMM, here a float64 stand-in that
+    writes into the blocks it is given, on the CPU): the gradients equal the column-sum path's, and each call
+    received the blocks of the one dW and db autograd returns. Without the switch the stand-in is not called."""
+    calls = []
+
+    def fused(dy, x, dw=None, db=None):
+        calls.append((dw, db))
+        dw = torch.mm(dy.t(), x, out=dw) if dw is not None else dy.t() @ x
+        return dw, column_sums(dy, db)
+
+    for ops in (attention_ops, linear_ops):
+        monkeypatch.setattr(ops, "use_kernels", lambda *t: True)
+    monkeypatch.setattr(linear_ops, "bias_grad", column_sums)
+    monkeypatch.setattr(linear_ops.cublaslt, "usable", lambda *t: True)
+    monkeypatch.setattr(linear_ops.cublaslt, "weight_bias_grad", fused)
+    torch.manual_seed(0)
+    B, T, C, H = 2, 16, 32, 4
+    x = torch.randn(B, T, C, dtype=torch.float64, requires_grad=True)
+    w = (torch.randn(3 * C, C, dtype=torch.float64) * 0.2).requires_grad_()
+    b = torch.randn(3 * C, dtype=torch.float64, requires_grad=True)
+    pw = (torch.randn(C, C, dtype=torch.float64) * 0.2).requires_grad_()
+    pb = torch.randn(C, dtype=torch.float64, requires_grad=True)
+
+    def grads(fused_on: bool):
+        monkeypatch.setitem(FUSIONS, "bgrad_epilogue", fused_on)
+        out = LinearBias.apply(qkv_attention(x, w, b, H), pw, pb)
+        return torch.autograd.grad(out, (x, w, b, pw, pb), torch.ones_like(out))
+
+    plain = grads(False)
+    assert calls == []
+    for got, exp in zip(grads(True), plain):
+        torch.testing.assert_close(got, exp)
+    assert len(calls) == 4  # q, k, v blocks, then the output projection's own tensors
+    for i, (dw, db) in enumerate(calls[1:]):  # backward runs the projection first
+        assert dw.shape == (C, C) and db.shape == (C,)
+        assert dw.untyped_storage().data_ptr() == calls[1][0].untyped_storage().data_ptr()
+        assert dw.storage_offset() == i * C * C and db.storage_offset() == i * C
+    assert calls[0] == (None, None)
+
+
 @pytest.mark.parametrize("recompute", [False, True])
 def test_recompute_keeps_the_packed_qkv_attention_out(monkeypatch, recompute):
     """Under activation checkpointing (train.recompute) the model asks for the unpacked attention: the
@@ -464,6 +511,65 @@ def test_recompute_keeps_the_packed_qkv_attention_out(monkeypatch, recompute):
     x = torch.randint(0, cfg.vocab_size, (2, 16))
     model(x, x)[1].backward()
     assert asked and set(asked) == {not recompute}
+
+
+@gpu
+@pytest.mark.parametrize("N,K,M", [(65536, 768, 2304), (4096, 3072, 768), (33, 24, 40), (5, 7, 9)])
+def test_weight_and_bias_gradients_in_one_gemm(N, K, M, monkeypatch):
+    """linear.weight_bias_grad with the BGRADB epilogue on: dW and db against fp32, at GPT-2's token count and
+    odd shapes (5 x 7 -> 9 is not one cuBLASLt takes: the column-sum path answers), into given blocks too."""
+    from gpt2pipe.ops import cublaslt
+
+    if not cublaslt.available():
+        pytest.skip("no cuBLASLt here")
+    monkeypatch.setitem(FUSIONS, "bgrad_epilogue", True)
+    torch.manual_seed(0)
+    dy = torch.randn(N, M, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
+    want_w, want_b = dy.float().t() @ x.float(), dy.float().sum(0)
+    dw, db = linear_ops.weight_bias_grad(dy, x)
+    assert rel(dw, want_w) < 1e-2 and rel(db, want_b) < 1e-2
+    assert FUSIONS["bgrad_epilogue"]  # no warning turned it off
+    if cublaslt.usable(dy, x):  # the epilogue itself, not the fallback
+        dw, db = cublaslt.weight_bias_grad(dy, x)
+        assert rel(dw, want_w) < 1e-2 and rel(db, want_b) < 1e-2
+    big_w, big_b = torch.zeros(2 * M, K, device="cuda", dtype=torch.bfloat16), torch.zeros(2 * M, device="cuda",
+                                                                                           dtype=torch.bfloat16)
+    linear_ops.weight_bias_grad(dy, x, big_w[M:], big_b[M:])
+    assert rel(big_w[M:], want_w) < 1e-2 and rel(big_b[M:], want_b) < 1e-2
+    assert not big_w[:M].any() and not big_b[:M].any()
+
+
+@gpu
+def test_model_gradients_with_bias_gradients_in_the_gemms(monkeypatch):
+    """A GPT-2 step on the kernels path (packed qkv, GELU epilogues, output projections): the bias gradients
+    from the weight-gradient GEMMs' epilogue match those from the column-sum kernel, and every other gradient
+    stays what it was (the same math; cuBLASLt may sum dW in another order). Every bias of the blocks came
+    through the epilogue: 6 calls per layer (q, k, v, attention projection, fc, MLP projection)."""
+    from gpt2pipe.ops import cublaslt
+
+    if not cublaslt.available():
+        pytest.skip("no cuBLASLt here")
+    calls = []
+    real = cublaslt.weight_bias_grad
+    monkeypatch.setattr(cublaslt, "weight_bias_grad", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=64)
+    model = GPT(cfg, ops="kernels").cuda().bfloat16()
+    x = torch.randint(0, 50257, (8, 64), device="cuda")
+
+    def grads(bgrad: bool):
+        monkeypatch.setitem(FUSIONS, "bgrad_epilogue", bgrad)
+        model.zero_grad(set_to_none=True)
+        model(x, x)[1].backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain = grads(False)
+    assert calls == []
+    fused = grads(True)
+    assert len(calls) == 6 * cfg.n_layer and FUSIONS["bgrad_epilogue"]
+    for name, g in fused.items():
+        assert rel(g, plain[name]) < 1e-2, name
 
 
 @gpu

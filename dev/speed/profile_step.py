@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
+from torch.autograd import DeviceType
 
 from gpt2pipe import config as config_mod
 from gpt2pipe import distributed
@@ -82,9 +83,11 @@ def profile_model(name: str, cfg_path: Path, overrides: list[str], shards: Path,
     print("| part | calls | CPU wall ms | GPU ms under it |\n|---|---:|---:|---:|")
     for e in sorted((e for e in avg if e.key.startswith("## ")), key=lambda e: -e.cpu_time_total):
         print(f"| {e.key[3:]} | {e.count} | {e.cpu_time_total / 1e3:.1f} | {e.device_time_total / 1e3:.1f} |")
-    # kernels (and memcpy/memset) by their own GPU time; "## " labels also appear as GPU-side annotations
+    # kernels (and memcpy/memset) by their own GPU time: device events only, not the GPU-side copies of
+    # record_function ranges (autograd Functions' names, the "## " labels), which would count kernels twice
     kernels = {e.key: (e.self_device_time_total / 1e3, e.count) for e in avg
-               if e.self_device_time_total > 0 and not e.key.startswith("## ")}
+               if e.device_type == DeviceType.CUDA and not e.is_user_annotation and e.self_device_time_total > 0
+               and not e.key.startswith("## ")}
     busy = sum(ms for ms, _ in kernels.values())
     print(f"GPU busy: {busy:.1f} ms of kernels in the step\n")
     print(f"| kernel (top {rows} by GPU time) | calls | GPU ms | % of busy |\n|---|---:|---:|---:|")

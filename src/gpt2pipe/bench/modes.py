@@ -1,9 +1,9 @@
 """The modes `gpt2pipe bench` times a training step in, and each one's default micro-batch per GPT-2 size.
 
 Our kernels (bf16, fp8, with recompute, with the classifier's weight gradient summed in bf16, without the
-fusions), torch eager, the torch.compile recipes (bench/compiled.py), the reference nanoGPT step
-(bench/nanogpt_ref.py) and llm.c (with --llmc). The baselines, which the ratios are against, are nanogpt, the
-compile* modes and llm.c.
+fusions, with the bias gradients in the weight-gradient GEMMs), torch eager, the torch.compile recipes
+(bench/compiled.py), the reference nanoGPT step (bench/nanogpt_ref.py) and llm.c (with --llmc). The
+baselines, which the ratios are against, are nanogpt, the compile* modes and llm.c.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from gpt2pipe.bench import compiled
 from gpt2pipe.model.gpt import GPT2_SIZES
 
 KERNEL_MODES = ("kernels", "kernels-fp8", "kernels-fp8-qkv", "kernels-fp8-head", "kernels-recompute",
-                "kernels-dw-bf16", "kernels-unfused")
+                "kernels-dw-bf16", "kernels-unfused", "kernels-bgrad")
 # the GEMMs each fp8 mode runs in fp8: kernels-fp8 is what train.fp8 runs by default (train.fp8_gemms)
 FP8_MODES = {"kernels-fp8": ("mlp",), "kernels-fp8-qkv": ("mlp", "qkv"), "kernels-fp8-head": ("mlp", "head")}
 MODES = (*KERNEL_MODES, "eager", "nanogpt", *compiled.RECIPES)  # what --modes takes (and "llmc" with --llmc)

@@ -69,8 +69,8 @@ def _sdpa_context(mode: str):
 @contextlib.contextmanager
 def kernel_switches(mode: str):
     """The kernels path as `mode` times it: the fused classifier's weight gradient summed in fp32 (bf16 in
-    kernels-dw-bf16), and the GELU epilogue and packed-qkv fusions on (off in kernels-unfused, the step as
-    it was before them)."""
+    kernels-dw-bf16), and the fusions as they are by default (all off in kernels-unfused, the step as it was
+    before them; the bias gradients in the weight-gradient GEMMs on in kernels-bgrad)."""
     from gpt2pipe.ops import FUSIONS
     from gpt2pipe.ops.classifier import FusedClassifier
 
@@ -78,6 +78,8 @@ def kernel_switches(mode: str):
     FusedClassifier.dw_fp32 = mode != "kernels-dw-bf16"
     if mode == "kernels-unfused":
         FUSIONS.update(dict.fromkeys(FUSIONS, False))
+    elif mode == "kernels-bgrad":
+        FUSIONS["bgrad_epilogue"] = True
     try:
         yield
     finally:

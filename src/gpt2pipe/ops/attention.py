@@ -8,7 +8,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from gpt2pipe.ops import FUSIONS, use_kernels
-from gpt2pipe.ops.linear import LinearBias, bias_grad, linear
+from gpt2pipe.ops.linear import LinearBias, linear, weight_bias_grad
 
 
 class QkvAttention(torch.autograd.Function):
@@ -48,12 +48,15 @@ class QkvAttention(torch.autograd.Function):
         x2 = x.reshape(B * T, C)
         w_parts = weight.split(C)
         dw = torch.empty_like(weight)
-        for g, dw_part in zip(parts, dw.split(C)):
-            torch.mm(g.t(), x2, out=dw_part)
+        db = weight.new_empty(3 * C) if ctx.has_bias else None
+        for i, (g, dw_part) in enumerate(zip(parts, dw.split(C))):
+            if db is None:
+                torch.mm(g.t(), x2, out=dw_part)
+            else:  # q, k and v's blocks of dW and db, each written in place
+                weight_bias_grad(g, x2, dw_part, db[i * C:(i + 1) * C])
         dx = torch.mm(parts[0], w_parts[0])
         for g, w in zip(parts[1:], w_parts[1:]):
             dx.addmm_(g, w)
-        db = torch.cat([bias_grad(g) for g in parts]) if ctx.has_bias else None
         return dx.view(B, T, C), dw, db, None, None
 
 

@@ -32,7 +32,8 @@ DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 3, 4, 7, 8
 DESC_AUX_POINTER, DESC_AUX_LD, DESC_BIAS_DATA_TYPE = 11, 12, 26
 PREF_MAX_WORKSPACE_BYTES = 1
 PREF_MIN_ALIGNMENT = {"a": 5, "b": 6, "c": 7, "d": 8}  # bytes each pointer is aligned to (default: 256)
-EPILOGUE = {"gelu_aux_bias": 164, "dgelu": 192, "dgelu_bgrad": 208}  # dgelu_bgrad: dev/fusion_micro.py only
+EPILOGUE = {"gelu_aux_bias": 164, "dgelu": 192, "bgradb": 512,
+            "default": 1, "dgelu_bgrad": 208}  # the last two: dev/fusion_micro.py only
 WORKSPACE_BYTES = 32 * 2**20  # what torch gives cuBLASLt on Hopper
 
 
@@ -148,7 +149,7 @@ def _plan(device: int, m: int, n: int, k: int, trans_a: bool, trans_b: bool, epi
     _set(desc, DESC_TRANSB, ctypes.c_int(OP_T if trans_b else OP_N))
     _set(desc, DESC_EPILOGUE, ctypes.c_int(EPILOGUE[epilogue]))
     _set(desc, DESC_BIAS_DATA_TYPE, ctypes.c_int(R_16BF))
-    _set(desc, DESC_AUX_LD, ctypes.c_int64(m))  # every epilogue here reads or writes the GELU input
+    _set(desc, DESC_AUX_LD, ctypes.c_int64(m))  # the GELU epilogues' input (the others ignore it)
     a = _layout(*((k, m) if trans_a else (m, k)), k if trans_a else m)
     b = _layout(*((n, k) if trans_b else (k, n)), n if trans_b else k)
     d = _layout(m, n, m)
@@ -218,3 +219,17 @@ def linear_dgelu(dy: torch.Tensor, weight: torch.Tensor, pre: torch.Tensor) -> t
     dpre = torch.empty(N, H, dtype=dy.dtype, device=dy.device)
     _matmul(dpre, weight, dy, H, N, M, False, False, "dgelu", aux=pre)
     return dpre
+
+
+def weight_bias_grad(dy: torch.Tensor, x: torch.Tensor, dw: torch.Tensor | None = None,
+                     db: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dW, db) of y = x W^T + b in one GEMM: dW = dy^T x, with the bias gradient (dy summed over its rows) in
+    the epilogue (BGRADB: the sum of the dy tiles the GEMM reads anyway, instead of a column-sum kernel reading
+    dy again). dy [N, M], x [N, K]; written into dw [M, K] and db [M] where given (blocks of larger tensors,
+    as the qkv projection's)."""
+    N, M = dy.shape
+    K = x.shape[1]
+    dw = torch.empty(M, K, dtype=dy.dtype, device=dy.device) if dw is None else dw
+    db = torch.empty(M, dtype=dy.dtype, device=dy.device) if db is None else db
+    _matmul(dw, x, dy, K, M, N, False, True, "bgradb", bias=db)
+    return dw, db

@@ -11,7 +11,7 @@ from torch.autograd.function import once_differentiable
 
 from gpt2pipe.ops import FUSIONS, cublaslt, reference, use_kernels
 from gpt2pipe.ops.cuda import aligned, launch
-from gpt2pipe.ops.linear import bias_grad, column_grid, linear
+from gpt2pipe.ops.linear import column_grid, linear, weight_bias_grad
 
 
 class BiasGelu(torch.autograd.Function):
@@ -79,7 +79,8 @@ def bias_gelu(h, bias):
 class EpilogueMlp(torch.autograd.Function):
     """GPT-2's MLP with the bias+GELU inside the fc GEMM (cuBLASLt GELU_AUX_BIAS, which also keeps the GELU
     input for backward) and GELU's derivative inside the GEMM that makes the gradient of the GELU output
-    (DGELU): no pass of their own over the 4C-wide activations. Bias gradients by our column-sum kernel."""
+    (DGELU): no pass of their own over the 4C-wide activations. Bias gradients as linear.weight_bias_grad
+    makes them."""
 
     @staticmethod
     def forward(ctx, x, fc_weight, fc_bias, proj_weight, proj_bias):
@@ -94,19 +95,18 @@ class EpilogueMlp(torch.autograd.Function):
     def backward(ctx, dy):
         x2, pre, g, fc_weight, proj_weight = ctx.saved_tensors
         dy2 = dy.reshape(-1, dy.shape[-1]).contiguous()
-        d_proj_weight, d_proj_bias = dy2.t() @ g, bias_grad(dy2)
+        d_proj_weight, d_proj_bias = weight_bias_grad(dy2, g)
         try:
             dpre = cublaslt.linear_dgelu(dy2, proj_weight, pre)
         except cublaslt.CublasLtError:  # no DGELU for this shape here: the GEMM, then our GELU backward
             dpre = bias_gelu_backward(dy2 @ proj_weight, pre, torch.zeros_like(pre[0]))[0]
-        return (dpre @ fc_weight).view(ctx.shape), dpre.t() @ x2, bias_grad(dpre), d_proj_weight, d_proj_bias
+        return (dpre @ fc_weight).view(ctx.shape), *weight_bias_grad(dpre, x2), d_proj_weight, d_proj_bias
 
 
 def mlp(x, fc_weight, fc_bias, proj_weight, proj_bias):
     """GPT-2's MLP, proj(gelu(fc(x))): when training, bias+GELU fused into the fc GEMM and its derivative
     into proj's input-gradient GEMM where cuBLASLt can (EpilogueMlp); else (and for evaluation and sampling,
-    whose changing shapes would each need a cuBLASLt plan) our bias+GELU kernel. Bias gradients by our
-    column-sum kernel."""
+    whose changing shapes would each need a cuBLASLt plan) our bias+GELU kernel."""
     if FUSIONS["gelu_epilogue"] and torch.is_grad_enabled() and use_kernels(x):
         x = x.contiguous()
         if cublaslt.usable(x, fc_weight, fc_bias, proj_weight, proj_bias):

@@ -14,7 +14,7 @@ import functools
 
 import torch
 
-from gpt2pipe.ops.linear import bias_grad
+from gpt2pipe.ops.linear import weight_bias_grad
 from gpt2pipe.ops.mlp import bias_gelu_backward, bias_gelu_forward
 from gpt2pipe.ops.fp8.casts import E4M3, scaled_mm
 from gpt2pipe.ops.fp8.state import Fp8State, Slot
@@ -80,7 +80,7 @@ class Fp8MlpFunction(torch.autograd.Function):
         else:
             out_grad.record_amax(dy2)
             dg = dy2 @ proj_weight
-        d_proj_weight, d_proj_bias = dy2.t() @ g, bias_grad(dy2)
+        d_proj_weight, d_proj_bias = weight_bias_grad(dy2, g)
         if ctx.fp8:
             dpre, d_fc_bias, dpre8 = bias_gelu_backward(dg, pre, fc_bias, pre_grad)
             dx = scaled_mm(dpre8, fc8_t.t(), pre_grad.inv_scale, state.target(layer, Slot.FC_WEIGHT).inv_scale)
