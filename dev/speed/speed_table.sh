@@ -11,7 +11,8 @@
 #      into loss vs model+optimizer)                                                                ~90 s
 # $OUT/summary.md: every step time against the fastest baseline of the run; $OUT/status.txt: exit codes.
 #   STEPS=15 (training steps per run), PYTHON=python, SKIP=1,3 (parts to leave out, for a rerun), MODES, PROFILE and
-#   RUNS (below: fewer bench modes or loops; dev/speed/loop_vs_bench.sh alternates bench and loop this way),
+#   RUNS (below: fewer bench modes or loops, or gpt2-bgrad too; dev/speed/loop_vs_bench.sh alternates bench and
+#   loop this way),
 #   SET='--set model.n_layer=2 ...' (more overrides for parts 2-3: the CPU test's tiny models),
 #   LLMC=path/to/train_gpt2cu.sh (dev/build_llmc.sh's wrapper: llm.c joins part 1 as a baseline)
 set -u -o pipefail
@@ -69,14 +70,20 @@ TRAIN=(-c "import sys, gpt2pipe.train.logs as l; l.PRINT_EVERY = 1; from gpt2pip
 LOOP=(--shards "$SH" --restart --no-progress --set train.ops=kernels --set train.max_steps="$STEPS"
       --set train.val_every=0 --set train.checkpoint_every=100000 --set eval.val_tokens=65536
       --set train.micro_batch_size=64 --set train.total_batch_tokens=524288 --set train.seq_len=1024 ${SET:-})
-# UNFUSED=1 adds the speedrun model with ops.FUSIONS["relu2_epilogue"] off (cuBLAS + our relu2 kernels)
-UNFUSED_RUN=(-c "import sys, gpt2pipe.train.logs as l; l.PRINT_EVERY = 1; from gpt2pipe.ops import FUSIONS
-FUSIONS['relu2_epilogue'] = False; from gpt2pipe.cli import main; sys.exit(main())")
+# loops with one of ops.FUSIONS switched from its default: speedrun-unfused (UNFUSED=1: relu2_epilogue off,
+# cuBLAS + our relu2 kernels) and gpt2-bgrad (RUNS=gpt2,gpt2-bgrad: bias gradients in the dW GEMMs)
+switched() { echo "import sys, gpt2pipe.train.logs as l; l.PRINT_EVERY = 1; from gpt2pipe.ops import FUSIONS
+FUSIONS.update($1); from gpt2pipe.cli import main; sys.exit(main())"; }
 if want 2; then
-  for run in gpt2:config/gpt2-124M.yaml ${UNFUSED:+speedrun-unfused:config/speedrun.yaml} speedrun:config/speedrun.yaml; do
+  for run in gpt2:config/gpt2-124M.yaml gpt2-bgrad:config/gpt2-124M.yaml \
+      ${UNFUSED:+speedrun-unfused:config/speedrun.yaml} speedrun:config/speedrun.yaml; do
     name=${run%%:*}
     [[ ,$RUNS, == *,$name,* ]] || continue
-    if [ "$name" = speedrun-unfused ]; then py=("${UNFUSED_RUN[@]}"); else py=("${TRAIN[@]}"); fi
+    case $name in
+      speedrun-unfused) py=(-c "$(switched relu2_epilogue=False)") ;;
+      gpt2-bgrad) py=(-c "$(switched bgrad_epilogue=True)") ;;
+      *) py=("${TRAIN[@]}") ;;
+    esac
     timeout -k 10 "$(cap 110)" $PY "${py[@]}" train -c "${run#*:}" --run-dir "$OUT/runs/$name" "${LOOP[@]}" \
       2>&1 | tee "$OUT/train_$name.log"
     status "2 train $name (ops kernels, $STEPS steps)" $?
