@@ -29,12 +29,13 @@ import os, sys
 sys.path[:0] = {path!r}
 from gpt2pipe.data.llmc_format import read_shard
 args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
-if len(sys.argv) % 2 == 0 or set(args) - set("-i -j -e -b -t -d -x -v -m -s -h -n -y".split()):
+if len(sys.argv) % 2 == 0 or set(args) - set("-i -j -e -b -t -d -x -v -m -s -h -n -y -r".split()):
     print("usage: ./train_gpt2cu [options]")  # llm.c's error_usage(), exit status 1
     sys.exit(1)
 B, T, total, steps = (int(args[k]) for k in ("-b", "-t", "-d", "-x"))
 assert args["-e"] == os.environ.get("FAKE_DEPTH", "d12"), args
 assert (args["-s"], args["-h"], args["-n"], args["-y"], args["-m"]) == ("0", "0", "0", "0", "1"), args
+assert args["-r"] == os.environ.get("FAKE_RECOMPUTE", "0"), args  # the last -r given wins, as in llm.c
 assert "-o" not in args and total % (B * T) == 0
 for pattern in (args["-i"], args["-j"]):
     tokens = read_shard(pattern)
@@ -129,6 +130,11 @@ def test_llmc_runs_on_shards_it_writes_and_reports_timed_steps(fake_llmc, monkey
     assert r.losses[0] == pytest.approx(11.0) and r.norms[0] == pytest.approx(17.1324)
     monkeypatch.setenv("FAKE_DEPTH", "d24")
     assert baselines.time_llmc(str(fake_llmc), "350M", GPT2_SIZES["350M"], 8, 64, 8 * 64, 1, 0, [], []).ms == 900.0
+    monkeypatch.setenv("FAKE_RECOMPUTE", "1")  # --llmc-args '-r 1' overrides the bench's -r 0
+    assert baselines.time_llmc(str(fake_llmc), "350M", GPT2_SIZES["350M"], 8, 64, 8 * 64, 1, 0, ["-r", "1"],
+                               []).ms == 900.0
+    with pytest.raises(llmc.LlmcFailed):  # the fake asserts -r 1 arrived: without it, llm.c's "-r 0" fails it
+        baselines.time_llmc(str(fake_llmc), "350M", GPT2_SIZES["350M"], 8, 64, 8 * 64, 1, 0, [], [])
 
 
 def test_llmc_out_of_memory_halves_the_micro_batch_and_other_failures_stop(fake_llmc, monkeypatch):

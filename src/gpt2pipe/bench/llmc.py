@@ -2,8 +2,8 @@
 
 llm.c reads real shards only (-i/-j), so the bench writes a small pair of random-token shards in llm.c's
 format (data/llmc_format.py) into a temporary folder, runs the binary for warm-up + timed steps from a fresh
-GPT-2 (`-e d12` for 124M, d24, d36, d48) with evaluation, sampling, HellaSwag and checkpoints off, and reads
-its per-step lines:
+GPT-2 (`-e d12` for 124M, d24, d36, d48) with evaluation, sampling, HellaSwag and checkpoints off and without
+GELU recompute (`-r 0`), and reads its per-step lines:
 
     step    5/10 | loss 7.123456 (+0.00z)| norm 1.2345 (+0.00z)| lr 6.00e-04 | 968.91 ms | 43.1% bf16 MFU | ...
 
@@ -79,12 +79,14 @@ def write_shards(folder: Path, micro_batch: int, seq_len: int, total_batch: int,
 def command(binary: Path, size: str, micro_batch: int, seq_len: int, total_batch: int, steps: int,
             train: str, val: str, extra: list[str]) -> list[str]:
     """The train_gpt2cu command line: a fresh model of `size`, only training steps (validation once at the
-    start and end on one batch, which llm.c always does; no sampling, HellaSwag, checkpoints or log dir)."""
+    start and end on one batch, which llm.c always does; no sampling, HellaSwag, checkpoints or log dir),
+    without recomputing GELU in backward (`-r 0`: llm.c's default -r 1 saves memory "but less speed", and the
+    baseline should be llm.c at its fastest; `extra` comes last, so a -r there wins)."""
     if size not in DEPTH:
         raise Gpt2pipeError(f"--llmc: no llm.c model for size {size} (llm.c has {', '.join(DEPTH)})")
     return [str(binary), "-i", train, "-j", val, "-e", DEPTH[size], "-b", str(micro_batch), "-t", str(seq_len),
             "-d", str(total_batch), "-x", str(steps), "-v", str(1_000_000), "-m", "1", "-s", "0", "-h", "0",
-            "-n", "0", "-y", "0", *extra]
+            "-n", "0", "-y", "0", "-r", "0", *extra]
 
 
 def run(binary: str | Path, size: str, micro_batch: int, seq_len: int, total_batch: int, steps: int, warmup: int,

@@ -167,7 +167,8 @@ def register(sub) -> None:
     p.add_argument("--llmc", metavar="PATH", help="also time llm.c: a built train_gpt2cu, run on the same shape "
                    "over random-token shards it is given (mode llmc, before compile-max)")
     p.add_argument("--llmc-args", default="", metavar="ARGS",
-                   help="extra train_gpt2cu arguments, e.g. '-r 0' (no GELU recompute)")
+                   help="extra train_gpt2cu arguments, after the bench's own (which include -r 0, no GELU "
+                   "recompute), e.g. '-ge 2' (GELU in cuBLASLt's epilogues)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, autotuning)")
     p.add_argument("--no-kernel-table", action="store_true", help="skip the per-kernel table")
