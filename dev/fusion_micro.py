@@ -4,8 +4,8 @@ B=64 micro-batch, 65,536 tokens), each as the median of CUDA-event timings on on
   mlp fwd:  fc GEMM + our bias+GELU kernel | cuBLASLt GELU_AUX_BIAS epilogue
   mlp bwd:  dact GEMM + our bias+GELU backward kernel | DGELU epilogue + our bias_grad | DGELU_BGRAD epilogue
   qkv bwd:  cat(dq, dk, dv) + one dW GEMM + one dx GEMM + bias_grad | three of each (no cat) | ...
-  dW + db:  per linear, torch's dW GEMM + our bias_grad | cuBLASLt's dW GEMM with the BGRADB epilogue (the bias
-            gradient summed inside the weight-gradient GEMM, which already reads dy)
+  dW + db:  per linear (qkv as QkvAttention runs it: three C-wide blocks), torch's dW GEMM + our bias_grad |
+            cuBLASLt's dW GEMM asked for the bias gradient in its BGRADB epilogue | cuBLASLt's dW GEMM alone
 
 Usage (repo root, on a GPU): python dev/fusion_micro.py [--tokens 65536] [--C 768]
 """
@@ -91,19 +91,25 @@ def main() -> None:
     rows.append(("  one dW GEMM [3C,N]x[N,C]", timed(lambda: dqkv.t() @ x)))
     rows.append(("  three dW GEMMs [C,N]x[N,C]", timed(lambda: [g.t() @ x for g in parts])))
     rows.append(("  one dx GEMM [N,3C]x[3C,C]", timed(lambda: dqkv @ w)))
-    for name, cout, cin in (("qkv", 3 * C, C), ("attn proj", C, C), ("fc", H, C), ("mlp proj", C, H)):
-        xi, g = torch.randn(N, cin, **bf), torch.randn(N, cout, **bf)
-        rows.append((f"dW + db {name}: torch dW GEMM + bias_grad", timed(lambda: (g.t() @ xi, bias_grad(g)))))
-        rows.append(("  torch dW GEMM alone", timed(lambda: g.t() @ xi)))
+    for name, cout, cin, blocks in (("qkv", C, C, 3), ("attn proj", C, C, 1), ("fc", H, C, 1),
+                                    ("mlp proj", C, H, 1)):
+        xi, gs = torch.randn(N, cin, **bf), [torch.randn(N, cout, **bf) for _ in range(blocks)]
+        each = f" (x{blocks} blocks)" if blocks > 1 else ""
+        rows.append((f"dW + db {name}{each}: torch dW GEMM + bias_grad",
+                     timed(lambda: [(g.t() @ xi, bias_grad(g)) for g in gs])))
+        rows.append(("  torch dW GEMM alone", timed(lambda: [g.t() @ xi for g in gs])))
         dw = torch.empty(cout, cin, **bf)
         try:
+            g = gs[0]
             got_w, got_b = cublaslt.weight_bias_grad(g, xi)
-            err_w = ((got_w.float() - g.t().float() @ xi.float()).norm() / (g.t().float() @ xi.float()).norm()).item()
-            err_b = ((got_b.float() - g.float().sum(0)).norm() / g.float().sum(0).norm()).item()
+            want_w, want_b = g.t().float() @ xi.float(), g.float().sum(0)
+            err_w = ((got_w.float() - want_w).norm() / want_w.norm()).item()
+            err_b = ((got_b.float() - want_b).norm() / want_b.norm()).item()
             rows.append((f"  cuBLASLt dW GEMM, BGRADB epilogue (rel. err dW {err_w:.1e}, db {err_b:.1e})",
-                         timed(lambda: cublaslt.weight_bias_grad(g, xi))))
+                         timed(lambda: [cublaslt.weight_bias_grad(g, xi) for g in gs])))
             rows.append(("  cuBLASLt dW GEMM, no epilogue",
-                         timed(lambda: cublaslt._matmul(dw, xi, g, cin, cout, N, False, True, "default"))))
+                         timed(lambda: [cublaslt._matmul(dw, xi, g, cin, cout, N, False, True, "default")
+                                        for g in gs])))
         except cublaslt.CublasLtError as e:
             rows.append((f"  cuBLASLt BGRADB: {e}", float("nan")))
     print(f"| {N} tokens, C={C} | µs |\n|---|---:|")

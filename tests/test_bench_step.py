@@ -305,6 +305,11 @@ def test_kernel_switches_set_each_mode_and_are_restored():
                 assert FUSIONS == fused
                 raise KeyError
         assert FusedClassifier.dw_fp32 is True and FUSIONS == on
+    assert not step.REFUSED
+    with step.kernel_switches("kernels-bgrad"):
+        FUSIONS["bgrad_epilogue"] = False  # what linear.weight_bias_grad does when cuBLASLt refuses a shape
+    assert step.REFUSED == {"kernels-bgrad"} and FUSIONS == on  # the bench notes it under the table
+    step.REFUSED.clear()
 
 
 def test_bench_cli_checks_sizes_and_llmc_before_it_needs_a_gpu(capsys):
@@ -333,7 +338,8 @@ def test_bench_end_to_end_on_cpu(fake_llmc, monkeypatch):
     monkeypatch.setitem(GPT2_SIZES, "tiny", TINY)
     monkeypatch.setattr(llmc, "DEPTH", {**llmc.DEPTH, "tiny": "d12"})
     monkeypatch.setenv("FAKE_MS", "0.5,0.3,0.3")
-    modes = ("kernels", "kernels-dw-bf16", "kernels-unfused", "eager", "nanogpt", "compile", "compile-sliced")
+    modes = ("kernels", "kernels-dw-bf16", "kernels-unfused", "kernels-bgrad", "eager", "nanogpt", "compile",
+             "compile-sliced")
     partials = []
     text = step_table.run(("tiny",), seq_len=16, total_batch=16 * 4 * 2, modes=modes,
                      micro_batch={(None, m): 4 for m in (*modes, "llmc")}, steps=2, warmup=1, kernels=False,
@@ -341,14 +347,16 @@ def test_bench_end_to_end_on_cpu(fake_llmc, monkeypatch):
     assert "FAILED" not in text, text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and
             not line.startswith("| mode")}
-    assert list(rows) == ["kernels", "kernels-dw-bf16", "kernels-unfused", "eager", "nanogpt (baseline)",
-                          "compile (baseline)", "compile-sliced (baseline)", "llmc (baseline)"]
+    assert list(rows) == ["kernels", "kernels-dw-bf16", "kernels-unfused", "kernels-bgrad", "eager",
+                          "nanogpt (baseline)", "compile (baseline)", "compile-sliced (baseline)", "llmc (baseline)"]
     assert "fastest baseline measured here: llmc (0.3 ms/step)" in text  # the stand-in's timed steps
     losses = {m: [float(x) for x in re.findall(r"[0-9.]+", re.search(rf"- {m}: losses \[([^\]]*)\]", text)[1])]
-              for m in ("kernels", "kernels-dw-bf16", "kernels-unfused", "eager", "compile", "compile-sliced")}
+              for m in ("kernels", "kernels-dw-bf16", "kernels-unfused", "kernels-bgrad", "eager", "compile",
+                        "compile-sliced")}
     assert losses["compile"][0] == pytest.approx(losses["eager"][0], rel=1e-3)
     assert losses["compile-sliced"][0] == pytest.approx(losses["eager"][0], rel=1e-3)
-    assert losses["kernels"] == losses["kernels-dw-bf16"] == losses["kernels-unfused"]  # CPU: nothing to switch
+    # CPU: nothing to switch
+    assert losses["kernels"] == losses["kernels-dw-bf16"] == losses["kernels-unfused"] == losses["kernels-bgrad"]
     # the reference recipe: its own model (torch's default init) and optimizer, learning on the same tokens
     nano = [float(x) for x in re.findall(r"[0-9.]+", re.search(r"- nanogpt: losses \[([^\]]*)\]", text)[1])]
     assert len(nano) == 3 and nano[-1] < nano[0]

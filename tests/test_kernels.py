@@ -529,7 +529,8 @@ def test_weight_and_bias_gradients_in_one_gemm(N, K, M, monkeypatch):
     want_w, want_b = dy.float().t() @ x.float(), dy.float().sum(0)
     dw, db = linear_ops.weight_bias_grad(dy, x)
     assert rel(dw, want_w) < 1e-2 and rel(db, want_b) < 1e-2
-    assert FUSIONS["bgrad_epilogue"]  # no warning turned it off
+    if N >= 4096:  # GPT-2's shapes take the epilogue (a small odd one may fall back, with a warning)
+        assert FUSIONS["bgrad_epilogue"]
     if cublaslt.usable(dy, x):  # the epilogue itself, not the fallback
         dw, db = cublaslt.weight_bias_grad(dy, x)
         assert rel(dw, want_w) < 1e-2 and rel(db, want_b) < 1e-2
@@ -541,11 +542,16 @@ def test_weight_and_bias_gradients_in_one_gemm(N, K, M, monkeypatch):
 
 
 @gpu
-def test_model_gradients_with_bias_gradients_in_the_gemms(monkeypatch):
+@pytest.mark.parametrize("cudnn_first", [True, False], ids=["cudnn", "default"])
+def test_model_gradients_with_bias_gradients_in_the_gemms(cudnn_first, monkeypatch):
     """A GPT-2 step on the kernels path (packed qkv, GELU epilogues, output projections): the bias gradients
     from the weight-gradient GEMMs' epilogue match those from the column-sum kernel, and every other gradient
     stays what it was (the same math; cuBLASLt may sum dW in another order). Every bias of the blocks came
-    through the epilogue: 6 calls per layer (q, k, v, attention projection, fc, MLP projection)."""
+    through the epilogue: 6 calls per layer (q, k, v, attention projection, fc, MLP projection), under cuDNN
+    attention first (training's order) and torch's default order, whose dq, dk, dv may be laid out otherwise."""
+    import contextlib
+
+    from gpt2pipe.device import sdpa_fastest_first
     from gpt2pipe.ops import cublaslt
 
     if not cublaslt.available():
@@ -561,7 +567,8 @@ def test_model_gradients_with_bias_gradients_in_the_gemms(monkeypatch):
     def grads(bgrad: bool):
         monkeypatch.setitem(FUSIONS, "bgrad_epilogue", bgrad)
         model.zero_grad(set_to_none=True)
-        model(x, x)[1].backward()
+        with sdpa_fastest_first() if cudnn_first else contextlib.nullcontext():
+            model(x, x)[1].backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
     plain = grads(False)

@@ -66,6 +66,9 @@ def _sdpa_context(mode: str):
     return sdpa_fastest_first()
 
 
+REFUSED: set[str] = set()  # modes whose fusion the kernels turned off while timing (cuBLASLt refused the shape)
+
+
 @contextlib.contextmanager
 def kernel_switches(mode: str):
     """The kernels path as `mode` times it: the fused classifier's weight gradient summed in fp32 (bf16 in
@@ -83,6 +86,8 @@ def kernel_switches(mode: str):
     try:
         yield
     finally:
+        if mode == "kernels-bgrad" and not FUSIONS["bgrad_epilogue"]:
+            REFUSED.add(mode)
         FusedClassifier.dw_fp32 = old[0]
         FUSIONS.update(old[1])
 
@@ -265,8 +270,11 @@ def fit_micro_batch(mode: str, cfg: ModelConfig, b: int, seq_len: int, total_bat
     """Time one mode on this process alone, halving the micro-batch on out-of-memory."""
     while True:
         try:
-            return time_training_step(mode, cfg, b, seq_len, total_batch, steps, warmup, profile=profile,
-                                      compile_mode=compile_mode)
+            result = time_training_step(mode, cfg, b, seq_len, total_batch, steps, warmup, profile=profile,
+                                        compile_mode=compile_mode)
+            if mode in REFUSED:
+                notes.append(f"# {mode}: cuBLASLt refused the fused epilogue, so this row is the unfused step")
+            return result
         except torch.cuda.OutOfMemoryError:
             release(True)
             notes.append(f"# {mode}: micro-batch {b} ran out of memory, trying {b // 2}")

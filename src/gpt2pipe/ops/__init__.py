@@ -22,8 +22,8 @@ import functools
 # bias+GELU inside its GEMMs (mlp.EpilogueMlp; our bias+GELU kernel otherwise); packed_qkv:
 # attention.QkvAttention (autograd through split views and SDPA otherwise); relu2_epilogue: the speedrun
 # MLP's ReLU^2 inside Triton GEMMs (relu2_gemm.Relu2Mlp; cuBLAS + our relu2 kernel otherwise); bgrad_epilogue:
-# the bias gradients inside the weight-gradient GEMMs (cuBLASLt BGRADB, linear.weight_bias_grad; our column-sum
-# kernel otherwise), off until the training loop measures it faster (bench mode kernels-bgrad times it).
+# the bias gradients from the weight-gradient GEMMs' epilogue (cuBLASLt BGRADB, linear.weight_bias_grad; our
+# column-sum kernel otherwise), off until the training loop measures it faster (bench mode kernels-bgrad).
 FUSIONS = {"gelu_epilogue": True, "packed_qkv": True, "relu2_epilogue": True, "bgrad_epilogue": False}
 
 

@@ -138,10 +138,11 @@ def alignment(t: torch.Tensor) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _plan(device: int, m: int, n: int, k: int, trans_a: bool, trans_b: bool, epilogue: str,
-          aligned: tuple[int, int, int]):
+          aligned: tuple[int, int, int, int, int]):
     """(descriptor, A, B, D layouts, algorithm) of one bf16 GEMM shape, epilogue and pointer alignment
-    (A, B, D), made once: creating them and asking the heuristic costs more CPU than the GEMM call itself.
-    Pointers (bias, aux) are set per call."""
+    (A, B, D, bias, aux; 0: no such pointer), made once: creating them and asking the heuristic costs more CPU
+    than the GEMM call itself. Bias and aux pointers are set per call; the heuristic picks by their alignment,
+    read from the pointer values on the descriptor, so it is shown stand-ins of the same alignment."""
     lib = _lib()
     desc = ctypes.c_void_p()
     _check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), COMPUTE_32F, R_32F), "descriptor")
@@ -150,6 +151,9 @@ def _plan(device: int, m: int, n: int, k: int, trans_a: bool, trans_b: bool, epi
     _set(desc, DESC_EPILOGUE, ctypes.c_int(EPILOGUE[epilogue]))
     _set(desc, DESC_BIAS_DATA_TYPE, ctypes.c_int(R_16BF))
     _set(desc, DESC_AUX_LD, ctypes.c_int64(m))  # the GELU epilogues' input (the others ignore it)
+    for attribute, value in ((DESC_BIAS_POINTER, aligned[3]), (DESC_AUX_POINTER, aligned[4])):
+        if value:  # a qkv block's bias gradient at C = 1600 is only 128-byte aligned
+            _set(desc, attribute, ctypes.c_void_p(value))
     a = _layout(*((k, m) if trans_a else (m, k)), k if trans_a else m)
     b = _layout(*((n, k) if trans_b else (k, n)), n if trans_b else k)
     d = _layout(m, n, m)
@@ -158,7 +162,7 @@ def _plan(device: int, m: int, n: int, k: int, trans_a: bool, trans_b: bool, epi
     size = ctypes.c_size_t(WORKSPACE_BYTES)
     _check(lib.cublasLtMatmulPreferenceSetAttribute(pref, PREF_MAX_WORKSPACE_BYTES, ctypes.byref(size),
                                                     ctypes.sizeof(size)), "preference attribute")
-    for which, value in zip("abcd", (*aligned, aligned[2])):  # C is D (beta = 0)
+    for which, value in zip("abcd", (*aligned[:3], aligned[2])):  # C is D (beta = 0)
         align = ctypes.c_uint32(value)
         _check(lib.cublasLtMatmulPreferenceSetAttribute(pref, PREF_MIN_ALIGNMENT[which], ctypes.byref(align),
                                                         ctypes.sizeof(align)), "alignment preference")
@@ -178,7 +182,8 @@ def _matmul(d: torch.Tensor, a: torch.Tensor, b: torch.Tensor, m: int, n: int, k
         with torch.cuda.device(device):
             return _matmul(d, a, b, m, n, k, trans_a, trans_b, epilogue, bias, aux)
     desc, la, lb, ld, heuristic = _plan(device, m, n, k, trans_a, trans_b, epilogue,
-                                        (alignment(a), alignment(b), alignment(d)))
+                                        (alignment(a), alignment(b), alignment(d),
+                                         0 if bias is None else alignment(bias), 0 if aux is None else alignment(aux)))
     if bias is not None:
         _set(desc, DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
     if aux is not None:
@@ -223,10 +228,11 @@ def linear_dgelu(dy: torch.Tensor, weight: torch.Tensor, pre: torch.Tensor) -> t
 
 def weight_bias_grad(dy: torch.Tensor, x: torch.Tensor, dw: torch.Tensor | None = None,
                      db: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dW, db) of y = x W^T + b in one GEMM: dW = dy^T x, with the bias gradient (dy summed over its rows) in
-    the epilogue (BGRADB: the sum of the dy tiles the GEMM reads anyway, instead of a column-sum kernel reading
-    dy again). dy [N, M], x [N, K]; written into dw [M, K] and db [M] where given (blocks of larger tensors,
-    as the qkv projection's)."""
+    """(dW, db) of y = x W^T + b in one cuBLASLt call: dW = dy^T x, with cuBLASLt asked for the bias gradient
+    (dy summed over its rows) in the epilogue (BGRADB) instead of our column-sum kernel reading dy again. Whether
+    cuBLASLt sums inside the GEMM or adds a kernel of its own (as DGELU_BGRAD did, linear_dgelu) is what
+    dev/fusion_micro.py measures. dy [N, M], x [N, K]; written into dw [M, K] and db [M] where given (blocks
+    of larger tensors, as the qkv projection's)."""
     N, M = dy.shape
     K = x.shape[1]
     dw = torch.empty(M, K, dtype=dy.dtype, device=dy.device) if dw is None else dw

@@ -40,8 +40,7 @@ def weight_bias_grad(dy, x, dw=None, db=None):
     """(dW, db) of y = x W^T + b for dy [N, M], x [N, K]: one cuBLASLt GEMM with the bias gradient in its
     epilogue where FUSIONS["bgrad_epilogue"] asks and the tensors allow, else the GEMM and our column-sum
     kernel. Written into dw [M, K] and db [M] where given."""
-    if (FUSIONS["bgrad_epilogue"] and cublaslt.usable(dy, x) and (dw is None or dw.is_contiguous())
-            and (db is None or db.data_ptr() % 16 == 0)):
+    if FUSIONS["bgrad_epilogue"] and cublaslt.usable(dy, x, *(t for t in (dw, db) if t is not None)):
         try:
             return cublaslt.weight_bias_grad(dy, x, dw, db)
         except cublaslt.CublasLtError as e:  # this cuBLASLt cannot fuse the shape: the kernel, from now on
