@@ -83,6 +83,7 @@ def kernel_switches(mode: str):
         FUSIONS.update(dict.fromkeys(FUSIONS, False))
     elif mode == "kernels-bgrad":
         FUSIONS["bgrad_epilogue"] = True
+    REFUSED.discard(mode)  # each timing (another size, a halved micro-batch) answers for itself
     try:
         yield
     finally:
