@@ -308,10 +308,14 @@ def test_kernel_switches_set_each_mode_and_are_restored():
     assert not step.REFUSED
     with step.kernel_switches("kernels-bgrad"):
         FUSIONS["bgrad_epilogue"] = False  # what linear.weight_bias_grad does when cuBLASLt refuses a shape
-    assert step.REFUSED == {"kernels-bgrad"} and FUSIONS == on  # the bench notes it under the table
+    assert step.REFUSED == {"kernels-bgrad": ["bgrad_epilogue"]} and FUSIONS == on  # noted under the table
+    with step.kernel_switches("kernels"):
+        FUSIONS["gelu_epilogue"] = False  # mlp.mlp's fallback, likewise
+    assert step.REFUSED == {"kernels-bgrad": ["bgrad_epilogue"], "kernels": ["gelu_epilogue"]} and FUSIONS == on
     with step.kernel_switches("kernels-bgrad"):  # the next timing (another size) took the epilogue
         assert FUSIONS["bgrad_epilogue"]
-    assert not step.REFUSED
+    assert step.REFUSED == {"kernels": ["gelu_epilogue"]}
+    step.REFUSED.clear()
 
 
 def test_bench_cli_checks_sizes_and_llmc_before_it_needs_a_gpu(capsys):

@@ -66,7 +66,7 @@ def _sdpa_context(mode: str):
     return sdpa_fastest_first()
 
 
-REFUSED: set[str] = set()  # modes whose fusion the kernels turned off while timing (cuBLASLt refused the shape)
+REFUSED: dict[str, list[str]] = {}  # mode -> the fusions the kernels turned off while timing it (a shape refused)
 
 
 @contextlib.contextmanager
@@ -83,12 +83,14 @@ def kernel_switches(mode: str):
         FUSIONS.update(dict.fromkeys(FUSIONS, False))
     elif mode == "kernels-bgrad":
         FUSIONS["bgrad_epilogue"] = True
-    REFUSED.discard(mode)  # each timing (another size, a halved micro-batch) answers for itself
+    asked = [name for name, on in FUSIONS.items() if on]
+    REFUSED.pop(mode, None)  # each timing (another size, a halved micro-batch) answers for itself
     try:
         yield
-    finally:
-        if mode == "kernels-bgrad" and not FUSIONS["bgrad_epilogue"]:
-            REFUSED.add(mode)
+    finally:  # a fusion that cannot run a shape switches itself off (with a warning) and the step runs without
+        refused = [name for name in asked if not FUSIONS[name]]
+        if refused:
+            REFUSED[mode] = refused
         FusedClassifier.dw_fp32 = old[0]
         FUSIONS.update(old[1])
 
@@ -274,7 +276,8 @@ def fit_micro_batch(mode: str, cfg: ModelConfig, b: int, seq_len: int, total_bat
             result = time_training_step(mode, cfg, b, seq_len, total_batch, steps, warmup, profile=profile,
                                         compile_mode=compile_mode)
             if mode in REFUSED:
-                notes.append(f"# {mode}: cuBLASLt refused the fused epilogue, so this row is the unfused step")
+                notes.append(f"# {mode}: ran without {', '.join(REFUSED[mode])} (the kernels could not fuse a "
+                             "shape and fell back)")
             return result
         except torch.cuda.OutOfMemoryError:
             release(True)

@@ -46,7 +46,7 @@ def weight_bias_grad(dy, x, dw=None, db=None):
         except cublaslt.CublasLtError as e:  # this cuBLASLt cannot fuse the shape: the kernel, from now on
             warnings.warn(f"{e}; bias gradients come from our column-sum kernel instead", stacklevel=2)
             FUSIONS["bgrad_epilogue"] = False
-    return (dy.t() @ x if dw is None else torch.mm(dy.t(), x, out=dw)), bias_grad(dy, out=db)
+    return torch.mm(dy.t(), x, out=dw), bias_grad(dy, out=db)
 
 
 def bias_grad(dy: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
